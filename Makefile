@@ -1,0 +1,47 @@
+# fastvae: `make demo` trains the default VAE on the bundled digits; `make test` builds and runs every check.
+# A virtualenv in .venv sees the system's packages: an installed torch (e.g. a CUDA build) is used as it is,
+# otherwise torch==2.13.0 is installed (a bare `torch` would pull several GB of CUDA wheels).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_PIN ?= torch==2.13.0
+MAX_JOBS ?= 2
+NVCC ?= nvcc
+CUDA_ARCHS ?= 80 90
+DEPS := "setuptools>=70" wheel pybind11 ninja numpy pytest hypothesis scipy matplotlib tqdm scikit-learn
+
+.PHONY: all env build test cuda-check demo bench clean
+
+all: test
+
+$(BIN)/.ready:
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_PIN)"
+	$(BIN)/python -m pip install -q $(DEPS)
+	touch $@
+
+env: $(BIN)/.ready
+
+build: $(BIN)/.ready
+	MAX_JOBS=$(MAX_JOBS) $(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
+
+# Every .cu file must compile for sm_80 and sm_90 (the kernels are torch-free: CUDA runtime + CCCL only).
+cuda-check:
+	@if command -v $(NVCC) >/dev/null 2>&1; then \
+	  for f in csrc/cuda/*.cu; do [ -e "$$f" ] || continue; for a in $(CUDA_ARCHS); do \
+	    echo "nvcc sm_$$a $$f"; \
+	    $(NVCC) -std=c++17 -O3 -Icsrc/include -gencode arch=compute_$$a,code=sm_$$a -c $$f -o /dev/null || exit 1; \
+	  done; done; \
+	else echo "cuda-check: nvcc not found, CUDA sources not compiled"; fi
+
+test: build cuda-check
+	$(BIN)/python -m pytest -q tests
+
+demo: build
+	$(BIN)/fastvae train --out out/digits
+
+bench: build
+	$(BIN)/fastvae bench --out bench/results/cpu
+
+clean:
+	rm -rf build *.egg-info fastvae/_C*.so $(VENV)

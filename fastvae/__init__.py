@@ -1,0 +1,28 @@
+"""fastvae: fused C++/CUDA loss ops for variational autoencoders, registered as PyTorch custom ops."""
+import torch  # noqa: F401  (loads libtorch before the extension)
+
+from ._load import load_extension as _load_extension
+
+_C = _load_extension()
+
+from .functional import (  # noqa: E402
+    bernoulli_nll,
+    gaussian_nll,
+    kl_normal,
+    reparameterize,
+    reparameterize_kl,
+    reparameterize_tril,
+)
+from . import reference  # noqa: E402,F401
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "reparameterize",
+    "reparameterize_kl",
+    "reparameterize_tril",
+    "gaussian_nll",
+    "bernoulli_nll",
+    "kl_normal",
+    "reference",
+]
