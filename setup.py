@@ -43,11 +43,13 @@ archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
 
 defines = [f'-DFASTVAE_TORCH_VERSION="{torch.__version__}"', f'-DFASTVAE_CUDA_ARCHS="{archs}"']
 cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", *defines]
-srcs = ["csrc/ops.cpp"] + sources("csrc/cpu/*.cpp")
+# Binding files: csrc/ops*.cpp (schemas, checks, CPU dispatch), csrc/ops*_cuda.cpp (CUDA dispatch).
+# Kernel files: csrc/cpu/*.cpp always, csrc/cuda/*.cu with CUDA.
+srcs = [s for s in sources("csrc/ops*.cpp") if not s.endswith("_cuda.cpp")] + sources("csrc/cpu/*.cpp")
 include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
 
 if with_cuda:
-    srcs += sources("csrc/ops_cuda*.cpp") + sources("csrc/cuda/*.cu")
+    srcs += sources("csrc/ops*_cuda.cpp") + sources("csrc/cuda/*.cu")
     ext = cpp_extension.CUDAExtension(
         "fastvae._C", srcs, include_dirs=include_dirs,
         extra_compile_args={"cxx": cxx + ["-DFASTVAE_WITH_CUDA"],
