@@ -64,6 +64,8 @@ const Kernels<double>& kernels<double>() {
 
 const char* isa_name(int isa) { return isa == kAvx512 ? "avx512" : isa == kAvx2 ? "avx2" : "baseline"; }
 
+int isa_level() { return current(); }
+
 std::string active_isa() { return isa_name(current()); }
 std::string best_isa() { return isa_name(kBest); }
 

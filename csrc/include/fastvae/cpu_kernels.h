@@ -62,5 +62,8 @@ namespace cpu {
 std::string active_isa();
 std::string best_isa();
 void force_isa(const std::string& name);  // "auto", "avx512", "avx2" or "baseline"
+// The instruction set in use: 0 baseline, 1 AVX2+FMA, 2 AVX-512. Other kernel families (built per ISA the
+// same way) switch on this so that every family follows force_isa().
+int isa_level();
 }  // namespace cpu
 }  // namespace fastvae
