@@ -23,6 +23,11 @@ inline void check_pair(const at::Tensor& mu, const at::Tensor& lv, const char* a
               lv.sizes());
 }
 
+// The backward ops index their incoming gradients by the forward shapes: a wrong shape would read out of bounds.
+inline void check_grad_shape(const at::Tensor& g, at::IntArrayRef expected, const char* op, const char* name) {
+  TORCH_CHECK(g.sizes() == expected, "fastvae.", op, ": ", name, " must have shape ", expected, "; got ", g.sizes());
+}
+
 template <class B>
 struct Ops {
   using Guard = typename B::Guard;
@@ -42,6 +47,8 @@ struct Ops {
   static std::tuple<at::Tensor, at::Tensor> reparameterize_backward(const at::Tensor& gz_, const at::Tensor& lv_,
                                                                     const at::Tensor& seed,
                                                                     std::optional<int64_t> k) {
+    TORCH_CHECK(!k.has_value() || *k >= 1, "fastvae: n_samples must be >= 1; got ", k.value_or(0));
+    check_grad_shape(gz_, sampled_shape(lv_, k), "reparameterize_backward", "grad_z");
     Guard g(lv_);
     const auto lv = lv_.contiguous(), gz = gz_.contiguous().to(lv.scalar_type());
     auto grad_lv = at::empty_like(lv);
@@ -66,6 +73,10 @@ struct Ops {
   static std::tuple<at::Tensor, at::Tensor> reparameterize_kl_backward(const at::Tensor& gz_, const at::Tensor& gkl_,
                                                                        const at::Tensor& mu_, const at::Tensor& lv_,
                                                                        const at::Tensor& seed) {
+    TORCH_CHECK(mu_.dim() >= 1 && mu_.sizes() == lv_.sizes(), "fastvae.reparameterize_kl_backward: mu and logvar ",
+                "must have one shape with a batch dimension; got ", mu_.sizes(), " and ", lv_.sizes());
+    check_grad_shape(gz_, mu_.sizes(), "reparameterize_kl_backward", "grad_z");
+    check_grad_shape(gkl_, {mu_.size(0)}, "reparameterize_kl_backward", "grad_kl");
     Guard g(mu_);
     const auto mu = mu_.contiguous(), lv = lv_.contiguous();
     const auto gz = gz_.contiguous().to(mu.scalar_type());
@@ -99,6 +110,14 @@ struct Ops {
   static std::tuple<at::Tensor, at::Tensor> reparameterize_tril_backward(const at::Tensor& gz_, const at::Tensor& glq_,
                                                                          const at::Tensor& L_, const at::Tensor& seed,
                                                                          std::optional<int64_t> k) {
+    TORCH_CHECK(L_.dim() == 3 && L_.size(1) == L_.size(2),
+                "fastvae.reparameterize_tril_backward: scale_tril must be (R, d, d); got ", L_.sizes());
+    TORCH_CHECK(!k.has_value() || *k >= 1, "fastvae: n_samples must be >= 1; got ", k.value_or(0));
+    std::vector<int64_t> q_shape = k.has_value() ? std::vector<int64_t>{*k, L_.size(0)} : std::vector<int64_t>{L_.size(0)};
+    std::vector<int64_t> z_shape = q_shape;
+    z_shape.push_back(L_.size(1));
+    check_grad_shape(gz_, z_shape, "reparameterize_tril_backward", "grad_z");
+    check_grad_shape(glq_, q_shape, "reparameterize_tril_backward", "grad_log_q");
     Guard g(L_);
     const auto L = L_.contiguous();
     const auto acc = acc_type(L.scalar_type());
@@ -129,6 +148,7 @@ struct Ops {
                                                                   bool need_logvar) {
     const auto sh = likelihood_shape(x_, mean_, "mean");
     const Layout layout = operand_layout(lv_, mean_, x_.dim() - 1, "logvar");
+    check_grad_shape(g_, sh.out_shape, "gaussian_nll_backward", "grad");
     Guard guard(mean_);
     const auto x = x_.contiguous(), mean = mean_.contiguous();
     const auto g = g_.contiguous().to(acc_type(mean.scalar_type()));
@@ -152,6 +172,7 @@ struct Ops {
 
   static at::Tensor bernoulli_nll_backward(const at::Tensor& g_, const at::Tensor& logits_, const at::Tensor& x_) {
     const auto sh = likelihood_shape(x_, logits_, "logits");
+    check_grad_shape(g_, sh.out_shape, "bernoulli_nll_backward", "grad");
     Guard guard(logits_);
     const auto x = x_.contiguous(), logits = logits_.contiguous();
     const auto g = g_.contiguous().to(acc_type(logits.scalar_type()));
@@ -179,17 +200,21 @@ struct Ops {
   static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kl_normal_backward(
       const at::Tensor& g_, const at::Tensor& mu_, const at::Tensor& lv_, const std::optional<at::Tensor>& mp_,
       const std::optional<at::Tensor>& lp_, std::array<bool, 4> mask) {
+    TORCH_CHECK(mu_.dim() >= 1 && mu_.sizes() == lv_.sizes(), "fastvae.kl_normal_backward: mu and logvar must have ",
+                "one shape with a batch dimension; got ", mu_.sizes(), " and ", lv_.sizes());
+    check_grad_shape(g_, {mu_.size(0)}, "kl_normal_backward", "grad");
     const Layout lm = operand_layout(mp_, mu_, mu_.dim() - 1, "mu_prior");
     const Layout ll = operand_layout(lp_, mu_, mu_.dim() - 1, "logvar_prior");
     Guard guard(mu_);
     const auto mu = mu_.contiguous(), lv = lv_.contiguous();
     const auto g = g_.contiguous().to(acc_type(mu.scalar_type()));
     const auto mp = contiguous_opt(mp_), lp = contiguous_opt(lp_);
-    auto empty = at::empty({0}, mu.options());
-    auto g_mu = mask[0] ? at::empty_like(mu) : empty;
-    auto g_lv = mask[1] ? at::empty_like(lv) : empty;
-    auto g_mp = mask[2] && mp ? at::empty_like(*mp) : empty;
-    auto g_lp = mask[3] && lp ? at::empty_like(*lp) : empty;
+    // a fresh empty tensor per output not wanted: one shared tensor would make the outputs alias each other
+    auto empty = [&] { return at::empty({0}, mu.options()); };
+    auto g_mu = mask[0] ? at::empty_like(mu) : empty();
+    auto g_lv = mask[1] ? at::empty_like(lv) : empty();
+    auto g_mp = mask[2] && mp ? at::empty_like(*mp) : empty();
+    auto g_lp = mask[3] && lp ? at::empty_like(*lp) : empty();
     B::kl_normal_bwd(g, mu, lv, mp, lm, lp, ll, g_mu, g_lv, g_mp, g_lp);
     return {g_mu, g_lv, g_mp, g_lp};
   }
