@@ -11,12 +11,18 @@ import torch
 
 from . import _checks
 from . import _ops_distances  # noqa: F401  (registers fake and autograd implementations)
-from .functional import _compute_dtype, _draw_seed
+from .functional import _draw_seed
 
 _ops_ns = torch.ops.fastvae
 
 KERNELS = ("rbf", "imq", "laplacian", "energy")
 ESTIMATORS = ("unbiased", "biased")
+
+
+def _compute_dtype(*tensors):
+    """float64 if any operand is float64, else float32 (16-bit codes are computed and returned in float32, on
+    every device: the pair sums need the range and the digits)."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def _samples(t, name):
@@ -83,7 +89,7 @@ def mmd(x, y=None, *, kernel="imq", bandwidth=1.0, estimator="unbiased", generat
         raise ValueError(f"x needs at least 2 samples for the unbiased estimator; got N = {xb.shape[1]}")
     if unbiased and yb is not None and yb.shape[1] < 2:
         raise ValueError(f"y needs at least 2 samples for the unbiased estimator; got M = {yb.shape[1]}")
-    dt = _compute_dtype(xb.device, xb, yb)
+    dt = _compute_dtype(xb, yb)
     seed = _draw_seed(xb.device, generator) if yb is None and kernel != "rbf" else None
     out = _ops_ns.mmd(xb.to(dt), None if yb is None else yb.to(dt), seed, kernel, bws, unbiased)
     return out if batched else out[0]
@@ -110,7 +116,7 @@ def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, g
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not p >= 1 or p == float("inf"):
         raise ValueError(f"p must be a finite number >= 1; got {p!r}")
     _checks.generator(generator)
-    dt = _compute_dtype(xb.device, xb, yb, projections)
+    dt = _compute_dtype(xb, yb, projections)
     if projections is None:
         if isinstance(n_projections, bool) or not isinstance(n_projections, numbers.Integral) or n_projections < 1:
             raise ValueError(f"n_projections must be a positive int; got {n_projections!r}")
