@@ -368,3 +368,61 @@ def test_bad_inputs_name_the_argument():
         torch.ops.fastvae.mmd(x.unsqueeze(0), y.unsqueeze(0), None, "imq", [0.0], True)
     with pytest.raises(RuntimeError, match="p must be >= 1"):
         torch.ops.fastvae.sliced_wasserstein_projected(x.unsqueeze(0), None, 0.5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CUDA: the same ops against the CPU kernels (float64: same math, other summation order)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("with_y", [True, False], ids=["y", "prior"])
+def test_cuda_mmd_matches_cpu(kernel, estimator, with_y):
+    x = _points((2, 130, 70), seed=40).requires_grad_()
+    y = _points((2, 97, 70), seed=41, shift=-0.3).requires_grad_() if with_y else None
+    inputs = (x, y) if with_y else (x,)
+    kw = dict(kernel=kernel, bandwidth=[0.5, 2.0], estimator=estimator)
+    cpu = fastvae.mmd(x, y, generator=torch.Generator().manual_seed(4), **kw)
+    gcpu = torch.autograd.grad(cpu.sum(), inputs)
+    xc = x.detach().cuda().requires_grad_()
+    yc = y.detach().cuda().requires_grad_() if with_y else None
+    dev = fastvae.mmd(xc, yc, generator=torch.Generator().manual_seed(4), **kw)  # CPU generator: same prior
+    gdev = torch.autograd.grad(dev.sum(), (xc, yc) if with_y else (xc,))
+    # the prior samples are float32 Box-Muller on both devices; CUDA's libm may differ by an ulp or two
+    tol = 1e-10 if with_y or kernel == "rbf" else 1e-5
+    torch.testing.assert_close(dev.cpu(), cpu, rtol=tol, atol=tol)
+    for a, b in zip(gdev, gcpu):
+        torch.testing.assert_close(a.cpu(), b, rtol=tol, atol=tol)
+    # float32 on the device against the float64 result: the float32 tolerance of the CPU test above
+    yf = None if yc is None else yc.detach().float()
+    v = fastvae.mmd(xc.detach().float(), yf, generator=torch.Generator().manual_seed(4), **kw)
+    scale = _term_scale(x.detach()[0], (y.detach() if with_y else x.detach())[0], kernel, [0.5, 2.0])
+    assert float((v.cpu().double() - cpu.detach()).abs().max()) <= 2e-5 * scale + (0 if with_y else 1e-4)
+
+
+@cuda
+@pytest.mark.parametrize("p", [1, 2, 3.0])
+@pytest.mark.parametrize("with_y", [True, False], ids=["y", "prior"])
+@pytest.mark.parametrize("n", [100, 5000])
+def test_cuda_sliced_wasserstein_matches_cpu(p, with_y, n):
+    theta = _directions(8, 32, seed=5)
+    x = _points((2, n, 8), seed=42).requires_grad_()
+    y = _points((2, n, 8), seed=43).requires_grad_() if with_y else None
+    cpu = fastvae.sliced_wasserstein(x, y, p=p, projections=theta)
+    gcpu = torch.autograd.grad(cpu.sum(), x)[0]
+    xc = x.detach().cuda().requires_grad_()
+    dev = fastvae.sliced_wasserstein(xc, None if y is None else y.detach().cuda(), p=p, projections=theta.cuda())
+    gdev = torch.autograd.grad(dev.sum(), xc)[0]
+    torch.testing.assert_close(dev.cpu(), cpu, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gdev.cpu(), gcpu, rtol=1e-10, atol=1e-12)
+
+
+@cuda
+def test_cuda_random_projections_same_as_cpu():
+    x = _points((300, 16), torch.float32, seed=44)
+    a = fastvae.sliced_wasserstein(x, generator=torch.Generator().manual_seed(9))
+    b = fastvae.sliced_wasserstein(x.cuda(), generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(b.cpu(), a, rtol=1e-5, atol=1e-6)
