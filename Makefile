@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 MAX_JOBS ?= 2
 NVCC ?= nvcc
 CUDA_ARCHS ?= 80 90
-DEPS := "setuptools>=70" wheel pybind11 ninja numpy pytest hypothesis scipy matplotlib tqdm scikit-learn
+DEPS := "setuptools>=70" wheel pybind11 ninja numpy pytest hypothesis scipy matplotlib tqdm scikit-learn POT geomloss
 
 .PHONY: all env build test cuda-check demo bench clean
 
