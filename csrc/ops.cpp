@@ -239,11 +239,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kl_normal_backward_cp
   const auto g = g_.contiguous().to(mu.scalar_type());
   const std::optional<at::Tensor> mp = mp_ ? std::optional<at::Tensor>(mp_->contiguous()) : std::nullopt;
   const std::optional<at::Tensor> lp = lp_ ? std::optional<at::Tensor>(lp_->contiguous()) : std::nullopt;
-  auto empty = at::empty({0}, mu.options());
-  auto g_mu = mask[0] ? at::empty_like(mu) : empty;
-  auto g_lv = mask[1] ? at::empty_like(lv) : empty;
-  auto g_mp = mask[2] && mp ? at::empty_like(*mp) : empty;
-  auto g_lp = mask[3] && lp ? at::empty_like(*lp) : empty;
+  // a fresh empty tensor per output not wanted: one shared tensor would make the outputs alias each other
+  auto empty = [&] { return at::empty({0}, mu.options()); };
+  auto g_mu = mask[0] ? at::empty_like(mu) : empty();
+  auto g_lv = mask[1] ? at::empty_like(lv) : empty();
+  auto g_mp = mask[2] && mp ? at::empty_like(*mp) : empty();
+  auto g_lp = mask[3] && lp ? at::empty_like(*lp) : empty();
   dispatch_cpu(mu.scalar_type(), "kl_normal", [&](auto tag) {
     using T = decltype(tag);
     cpu::kernels<T>().kl_normal_bwd(ptr<T>(g), ptr<T>(mu), ptr<T>(lv), opt_ptr<T>(mp), lm, opt_ptr<T>(lp), ll,
