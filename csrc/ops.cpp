@@ -36,6 +36,11 @@ std::vector<int64_t> sampled_shape(const at::Tensor& t, std::optional<int64_t> k
   return s;
 }
 
+// The backward ops index their incoming gradients by the forward shapes: a wrong shape would read out of bounds.
+void check_grad_shape(const at::Tensor& g, at::IntArrayRef expected, const char* op, const char* name) {
+  TORCH_CHECK(g.sizes() == expected, "fastvae.", op, ": ", name, " must have shape ", expected, "; got ", g.sizes());
+}
+
 // ---- reparameterize ----
 
 at::Tensor reparameterize_cpu(const at::Tensor& mu_, const at::Tensor& lv_, const at::Tensor& seed,
@@ -57,6 +62,8 @@ at::Tensor reparameterize_cpu(const at::Tensor& mu_, const at::Tensor& lv_, cons
 std::tuple<at::Tensor, at::Tensor> reparameterize_backward_cpu(const at::Tensor& gz_, const at::Tensor& lv_,
                                                                const at::Tensor& seed,
                                                                std::optional<int64_t> n_samples) {
+  TORCH_CHECK(!n_samples.has_value() || *n_samples >= 1, "fastvae: n_samples must be >= 1");
+  check_grad_shape(gz_, sampled_shape(lv_, n_samples), "reparameterize_backward", "grad_z");
   const auto gz = gz_.contiguous().to(lv_.scalar_type()), lv = lv_.contiguous();
   auto grad_lv = at::empty_like(lv);
   auto grad_mu = n_samples.has_value() ? at::empty_like(lv) : at::empty({0}, lv.options());
@@ -92,6 +99,10 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_kl_cpu(const at::Tensor& mu_, 
 std::tuple<at::Tensor, at::Tensor> reparameterize_kl_backward_cpu(const at::Tensor& gz_, const at::Tensor& gkl_,
                                                                   const at::Tensor& mu_, const at::Tensor& lv_,
                                                                   const at::Tensor& seed) {
+  TORCH_CHECK(mu_.dim() >= 1 && mu_.sizes() == lv_.sizes(), "fastvae.reparameterize_kl_backward: mu and logvar must "
+              "have one shape with a batch dimension; got ", mu_.sizes(), " and ", lv_.sizes());
+  check_grad_shape(gz_, mu_.sizes(), "reparameterize_kl_backward", "grad_z");
+  check_grad_shape(gkl_, {mu_.size(0)}, "reparameterize_kl_backward", "grad_kl");
   const auto mu = mu_.contiguous(), lv = lv_.contiguous();
   const auto gz = gz_.contiguous().to(mu.scalar_type()), gkl = gkl_.contiguous().to(mu.scalar_type());
   auto grad_mu = at::empty_like(mu), grad_lv = at::empty_like(lv);
@@ -129,6 +140,15 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_tril_cpu(const at::Tensor& mu_
 std::tuple<at::Tensor, at::Tensor> reparameterize_tril_backward_cpu(const at::Tensor& gz_, const at::Tensor& glq_,
                                                                     const at::Tensor& L_, const at::Tensor& seed,
                                                                     std::optional<int64_t> n_samples) {
+  TORCH_CHECK(L_.dim() == 3 && L_.size(1) == L_.size(2), "fastvae.reparameterize_tril_backward: scale_tril must be "
+              "(R, d, d); got ", L_.sizes());
+  TORCH_CHECK(!n_samples.has_value() || *n_samples >= 1, "fastvae: n_samples must be >= 1");
+  std::vector<int64_t> q_shape = n_samples.has_value() ? std::vector<int64_t>{*n_samples, L_.size(0)}
+                                                       : std::vector<int64_t>{L_.size(0)};
+  std::vector<int64_t> z_shape = q_shape;
+  z_shape.push_back(L_.size(1));
+  check_grad_shape(gz_, z_shape, "reparameterize_tril_backward", "grad_z");
+  check_grad_shape(glq_, q_shape, "reparameterize_tril_backward", "grad_log_q");
   const auto L = L_.contiguous();
   const auto gz = gz_.contiguous().to(L.scalar_type()), glq = glq_.contiguous().to(L.scalar_type());
   const int64_t R = L.size(0), d = L.size(1);
@@ -167,6 +187,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_nll_backward_cpu(const at::Tensor& g
                                                              bool need_logvar) {
   const auto sh = likelihood_shape(x_, mean_, "mean");
   const Layout layout = operand_layout(lv_, mean_, x_.dim() - 1, "logvar");
+  check_grad_shape(g_, sh.out_shape, "gaussian_nll_backward", "grad");
   const auto x = x_.contiguous(), mean = mean_.contiguous();
   const auto g = g_.contiguous().to(mean.scalar_type());
   const std::optional<at::Tensor> lv = lv_ ? std::optional<at::Tensor>(lv_->contiguous()) : std::nullopt;
@@ -197,6 +218,7 @@ at::Tensor bernoulli_nll_cpu(const at::Tensor& logits_, const at::Tensor& x_) {
 
 at::Tensor bernoulli_nll_backward_cpu(const at::Tensor& g_, const at::Tensor& logits_, const at::Tensor& x_) {
   const auto sh = likelihood_shape(x_, logits_, "logits");
+  check_grad_shape(g_, sh.out_shape, "bernoulli_nll_backward", "grad");
   const auto x = x_.contiguous(), logits = logits_.contiguous();
   const auto g = g_.contiguous().to(logits.scalar_type());
   auto grad = at::empty_like(logits);
@@ -233,6 +255,9 @@ at::Tensor kl_normal_cpu(const at::Tensor& mu_, const at::Tensor& lv_, const std
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kl_normal_backward_cpu(
     const at::Tensor& g_, const at::Tensor& mu_, const at::Tensor& lv_, const std::optional<at::Tensor>& mp_,
     const std::optional<at::Tensor>& lp_, std::array<bool, 4> mask) {
+  TORCH_CHECK(mu_.dim() >= 1 && mu_.sizes() == lv_.sizes(), "fastvae.kl_normal_backward: mu and logvar must have "
+              "one shape with a batch dimension; got ", mu_.sizes(), " and ", lv_.sizes());
+  check_grad_shape(g_, {mu_.size(0)}, "kl_normal_backward", "grad");
   const Layout lm = operand_layout(mp_, mu_, mu_.dim() - 1, "mu_prior");
   const Layout ll = operand_layout(lp_, mu_, mu_.dim() - 1, "logvar_prior");
   const auto mu = mu_.contiguous(), lv = lv_.contiguous();
