@@ -41,7 +41,7 @@ def feature_shapes(draw):
 def likelihood_cases(draw):
     F = draw(feature_shapes())
     D_ = math.prod(F)
-    B = draw(st.integers(1, 3)) if D_ > 4096 else draw(st.sampled_from([1, 2, 3, 5, 33]))
+    B = draw(st.integers(1, 3)) if D_ > 4096 else draw(st.sampled_from([1, 2, 3, 5, 33, 700 if D_ < 50 else 40]))
     k = draw(st.sampled_from([None, None, 1, 3]))
     seed = draw(st.integers(0, 2**31 - 1))
     return B, F, k, seed
@@ -50,7 +50,7 @@ def likelihood_cases(draw):
 def lv_layouts(F, sampled):
     out = ["none", "full", "scalar", "feature", "per_sample"]
     if len(F) >= 1:
-        out.append("broadcast")  # e.g. (C, 1, 1) against (C, H, W)
+        out += ["broadcast", "broadcast_lead1"]  # e.g. (C, 1, 1) or (1, C, 1, 1) against (B, C, H, W)
     if sampled:
         out.append("x_shape")  # one variance per element of x, shared by the k samples
     return out
@@ -70,6 +70,8 @@ def make_logvar(layout, B, F, k, g, dtype, lo=-3.0, hi=3.0):
         return u(F)
     if layout == "broadcast":
         return u((F[0], *([1] * (len(F) - 1))))
+    if layout == "broadcast_lead1":
+        return u((1, F[0], *([1] * (len(F) - 1))))
     if layout == "per_sample":
         return u((B, *([1] * len(F))))
     if layout == "x_shape":
@@ -187,16 +189,17 @@ def test_bernoulli_nll_matches_bernoulli_log_prob(dtype):
 def kl_cases(draw):
     F = draw(feature_shapes())
     D_ = math.prod(F)
-    B = draw(st.integers(1, 3)) if D_ > 4096 else draw(st.sampled_from([1, 2, 3, 5, 33]))
-    mp = draw(st.sampled_from(["none", "full", "feature", "scalar", "broadcast"] if F else ["none", "full", "scalar"]))
-    lp = draw(st.sampled_from(["none", "full", "feature", "scalar", "broadcast"] if F else ["none", "full", "scalar"]))
+    B = draw(st.integers(1, 3)) if D_ > 4096 else draw(st.sampled_from([1, 2, 3, 5, 33, 700 if D_ < 50 else 40]))
+    layouts = ["none", "full", "feature", "scalar", "broadcast", "per_sample"] if F else ["none", "full", "scalar"]
+    mp = draw(st.sampled_from(layouts))
+    lp = draw(st.sampled_from(layouts))
     return B, F, mp, lp, draw(st.integers(0, 2**31 - 1))
 
 
 def make_prior(layout, B, F, g, dtype):
     if layout == "none":
         return None
-    shape = {"full": (B, *F), "feature": F, "scalar": (),
+    shape = {"full": (B, *F), "feature": F, "scalar": (), "per_sample": (B, *([1] * len(F))),
              "broadcast": (F[0], *([1] * (len(F) - 1))) if F else ()}[layout]
     return randn(shape, g, dtype)
 
