@@ -137,7 +137,7 @@ def reparameterize_tril(mu, scale_tril, *, n_samples=None, generator=None, valid
     seed = _draw_seed(mu.device, generator)
     z, log_q = _ops_ns.reparameterize_tril(mu.to(dt).reshape(-1, d), scale_tril.to(dt).reshape(-1, d, d), seed, k)
     lead = () if k is None else (k,)
-    return z.reshape(*lead, *batch, d).to(out_dtype), log_q.reshape(*lead, *batch)
+    return z.reshape(*lead, *batch, d).to(out_dtype), log_q.reshape((*lead, *batch))
 
 
 # ---------------------------------------------------------------------------------------------------------------
