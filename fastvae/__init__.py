@@ -14,6 +14,7 @@ from .functional import (  # noqa: E402
     reparameterize_tril,
 )
 from . import reference  # noqa: E402,F401
+from .models import VAE, VAEOutput  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -25,4 +26,6 @@ __all__ = [
     "bernoulli_nll",
     "kl_normal",
     "reference",
+    "VAE",
+    "VAEOutput",
 ]
