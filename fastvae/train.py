@@ -401,12 +401,21 @@ def _train(cfg, data, device, distributed, rank, world):
         if bar is not None:
             bar.close()
 
+    ranks_agree = _ranks_agree(model) if distributed else None
     summary = {}
     if rank == 0:
-        summary = _finish(cfg, model, data, metrics, out_dir, ckpt_path, world)
+        summary = _finish(cfg, model, data, metrics, out_dir, ckpt_path, world, ranks_agree)
     if distributed:
         dist.barrier()
     return TrainResult(model=model, config=cfg, metrics=metrics, out=out_dir, summary=summary)
+
+
+def _ranks_agree(model):
+    """Whether every rank holds exactly the same parameters (DDP keeps them in lockstep; this checks it)."""
+    flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
+    parts = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, flat)
+    return all(torch.equal(parts[0], q) for q in parts[1:])
 
 
 def _progress(cfg, rank, total, initial):
@@ -485,7 +494,7 @@ def save_pictures(model, data, out_dir, metrics=None, seed=0):
     return written
 
 
-def _finish(cfg, model, data, metrics, out_dir, ckpt_path, world):
+def _finish(cfg, model, data, metrics, out_dir, ckpt_path, world, ranks_agree=None):
     device = next(model.parameters()).device
     t0 = time.perf_counter()
     final = evaluate(model, data.test_x, data.test_y, n_samples=cfg["eval_k"], seed=cfg["seed"]) if metrics else {}
@@ -495,6 +504,8 @@ def _finish(cfg, model, data, metrics, out_dir, ckpt_path, world):
                    backend=cfg["backend"], checkpoint=ckpt_path,
                    metrics=[os.path.join(out_dir, "metrics.csv"), os.path.join(out_dir, "metrics.json")],
                    pictures=pictures)
+    if ranks_agree is not None:
+        summary["ranks_agree"] = ranks_agree
     if metrics:
         last = metrics[-1]
         summary.update(test_elbo=final["elbo"], train_loss=last["train_loss"],
