@@ -41,6 +41,7 @@ _TRAIN_FLAGS = {
     "n-projections": (int, "sliced-Wasserstein projections (default 128)"),
     "binarize": (str, "none, static or dynamic (default dynamic for bernoulli)"),
     "backend": (str, "fastvae (fused ops, default) or reference (plain PyTorch ops)"),
+    "threads": (int, "CPU threads of torch (default: torch's choice; 1 is fastest for small models on a busy box)"),
     "eval-k": (int, "importance samples of the final test log-likelihood; 0 skips it (default 1000)"),
 }
 _TRAIN_SWITCHES = {

@@ -30,7 +30,7 @@ DEFAULTS = dict(
     device="auto", amp=None, compile=False, out="out/digits", resume=False, seed=0,
     likelihood="gaussian", variance="learned", beta=None, n_samples=None, posterior="diagonal", divergence=None,
     reg_weight=None, kernel="imq", bandwidth=None, n_projections=128, binarize=None, conv=False,
-    backend="fastvae", eval_k=1000, progress=True,
+    backend="fastvae", eval_k=1000, progress=True, threads=None,
 )
 PRESETS = {
     "vae": dict(beta=1.0, n_samples=1, divergence="kl"),
@@ -246,6 +246,8 @@ def train(config=None, *, data=None):
     data: an already loaded fastvae.data.Data (else config["data"] is loaded)."""
     cfg = resolve_config(config)
     distributed, rank, world, local_rank = _dist_env()
+    if cfg["threads"]:
+        torch.set_num_threads(int(cfg["threads"]))
     device = pick_device(cfg["device"], local_rank)
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
