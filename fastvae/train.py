@@ -249,12 +249,13 @@ def train(config=None, *, data=None):
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
     device = pick_device(cfg["device"], local_rank)
-    if distributed and not dist.is_initialized():
+    created = distributed and not dist.is_initialized()
+    if created:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         return _train(cfg, data, device, distributed, rank, world)
     finally:
-        if distributed and dist.is_initialized():
+        if created and dist.is_initialized():     # a group the caller set up stays theirs
             dist.destroy_process_group()
 
 
