@@ -23,7 +23,7 @@ _TRAIN_FLAGS = {
     "latent-dim": (int, "latent dimensions (default 16)"),
     "hidden-dims": (str, "encoder widths, comma-separated; the decoder mirrors them; '' for linear (default 512,256)"),
     "batch-size": (int, "samples per step and process (default 128)"),
-    "epochs": (int, "passes over the training set (default 200)"),
+    "epochs": (int, "passes over the training set (default 100)"),
     "lr": (float, "Adam learning rate (default 1e-3)"),
     "device": (str, "cpu, cuda, cuda:N or auto (default: cuda when available)"),
     "amp": (str, "bf16 autocast, or none (default none)"),
