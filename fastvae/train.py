@@ -259,6 +259,7 @@ def train(config=None, *, data=None):
     data: an already loaded fastvae.data.Data (else config["data"] is loaded)."""
     cfg = resolve_config(config)
     distributed, rank, world, local_rank = _dist_env()
+    threads_before = torch.get_num_threads()
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
     device = pick_device(cfg["device"], local_rank)
@@ -270,6 +271,7 @@ def train(config=None, *, data=None):
     finally:
         if created and dist.is_initialized():     # a group the caller set up stays theirs
             dist.destroy_process_group()
+        torch.set_num_threads(threads_before)
 
 
 def _train(cfg, data, device, distributed, rank, world):
