@@ -299,7 +299,7 @@ class VAE(nn.Module):
         passes the same one)."""
         mu, stat = self.encode(x, y)
         _, x_flat = self._flat(x)
-        x_flat = x_flat.to(mu.dtype)
+        x_flat = _as_float(x_flat)
         k = self.n_samples
         if k == 1 and self.posterior == "diagonal":
             z, kl = self.ops.reparameterize_kl(mu, stat, generator=generator)
@@ -362,7 +362,7 @@ class VAE(nn.Module):
             yb = None if y is None else y[i:i + b]
             mu, stat = self.encode(xb, yb)
             _, x_flat = self._flat(xb)
-            x_flat = x_flat.to(mu.dtype)
+            x_flat = _as_float(x_flat)
             acc = None
             for j in range(0, n_samples, k_chunk):
                 k = min(k_chunk, n_samples - j)
@@ -415,6 +415,11 @@ class VAE(nn.Module):
         std = torch.ones_like(params) if logvar is None else torch.exp(0.5 * logvar).expand_as(params)
         return params + std * torch.randn(params.shape, device=params.device, dtype=params.dtype,
                                           generator=generator)
+
+
+def _as_float(x):
+    """Data stays in its floating dtype (the ops promote it against the decoder's, e.g. under bf16 autocast)."""
+    return x if x.is_floating_point() else x.float()
 
 
 def _choice(name, value, allowed):

@@ -77,7 +77,7 @@ def save_latent_scatter(z, labels, path):
     z = z.detach().float().cpu()
     fig, ax = plt.subplots(figsize=(5, 5))
     c = None if labels is None else labels.detach().cpu()
-    sc = ax.scatter(z[:, 0], z[:, 1], c=c, s=6, cmap="tab10")
+    sc = ax.scatter(z[:, 0], z[:, 1], c=c, s=6, **({} if c is None else {"cmap": "tab10"}))
     if c is not None:
         fig.colorbar(sc, ax=ax)
     ax.set_xlabel("z1")

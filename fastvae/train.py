@@ -325,9 +325,11 @@ def _train(cfg, data, device, distributed, rank, world):
         step_model = torch.compile(step_model)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg["amp"] == "bf16" else nullcontext
 
+    if not isinstance(cfg["data"], str):           # a Dataset object: recorded by name (checkpoints hold no code)
+        cfg = {**cfg, "data": f"<{type(cfg['data']).__name__}>"}
     if rank == 0:
         with open(os.path.join(out_dir, "config.json"), "w") as f:
-            json.dump({k: v for k, v in cfg.items()}, f, indent=2)
+            json.dump(cfg, f, indent=2)
 
     n_train = data.train_x.shape[0]
     per_rank = n_train // world

@@ -153,3 +153,11 @@ def test_bench_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "fastvae.bench", None)   # import fails as if the suite were absent
     with pytest.raises(SystemExit, match="benchmark suite"):
         main(["bench"])
+
+
+def test_bf16_autocast_and_a_dataset_object(tmp_path):
+    x = torch.rand(64, 1, 4, 4)
+    res = tr.train(_small_cfg(tmp_path, epochs=1, amp="bf16", data=torch.utils.data.TensorDataset(x)))
+    assert all(torch.isfinite(p).all() for p in res.model.parameters())
+    assert json.loads((tmp_path / "config.json").read_text())["data"] == "<TensorDataset>"
+    assert tr.load_checkpoint(tmp_path)["epoch"] == 1
