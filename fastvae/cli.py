@@ -113,7 +113,8 @@ def _train(args):
         raise SystemExit(f"fastvae train: {e}")
     try:
         tr.train(cfg)
-    except (tr.TrainingDiverged, tr.CheckpointError) as e:
+    except (tr.TrainingDiverged, ValueError, NotImplementedError) as e:
+        # bad data files, checkpoints, devices or settings, and a diverged run: a message, not a traceback
         print(f"fastvae train: {e}", file=sys.stderr)
         return 1
     return 0
@@ -121,10 +122,10 @@ def _train(args):
 
 def _load(args):
     from .train import CheckpointError, model_from_checkpoint, pick_device
-    device = pick_device(args.device)
     try:
+        device = pick_device(args.device)
         return (*model_from_checkpoint(args.checkpoint, device), device)
-    except CheckpointError as e:
+    except (CheckpointError, ValueError) as e:
         raise SystemExit(f"fastvae {args.command}: {e}")
 
 
@@ -134,7 +135,10 @@ def _eval(args):
     from .train import evaluate
     model, ckpt, device = _load(args)
     run = ckpt["config"]
-    data = load_data(args.data or run["data"], binarize=run.get("binarize"), device=device)
+    try:
+        data = load_data(args.data or run["data"], binarize=run.get("binarize"), device=device)
+    except ValueError as e:
+        raise SystemExit(f"fastvae eval: {e}")
     torch.manual_seed(args.seed)
     res = evaluate(model, data.test_x, data.test_y, n_samples=args.n_samples, seed=args.seed)
     res.update(checkpoint=args.checkpoint, data=data.name, n_test=int(data.test_x.shape[0]),

@@ -111,7 +111,7 @@ def pick_device(name="auto", local_rank=0):
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU")
+            raise ValueError(f"device {name!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU")
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)

