@@ -37,7 +37,7 @@ _TRAIN_FLAGS = {
     "divergence": (str, "kl, mmd or sliced (set by --model)"),
     "reg-weight": (float, "weight of the MMD / sliced-Wasserstein term (preset: wae-mmd 100, swae 10)"),
     "kernel": (str, "MMD kernel (default imq)"),
-    "bandwidth": (float, "MMD kernel bandwidth (default 2 * latent_dim for imq, else 1)"),
+    "bandwidth": (float, "MMD kernel bandwidth h (default 1; imq uses C = 2 d h^2)"),
     "n-projections": (int, "sliced-Wasserstein projections (default 128)"),
     "binarize": (str, "none, static or dynamic (default dynamic for bernoulli)"),
     "backend": (str, "fastvae (fused ops, default) or reference (plain PyTorch ops)"),

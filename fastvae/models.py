@@ -100,7 +100,8 @@ class VAE(nn.Module):
     likelihood: "gaussian" (variance "learned": one log-variance trained by gradient descent, "fixed": unit,
         "network": the decoder also outputs a per-feature log-variance) or "bernoulli" (decoder outputs logits).
     beta: the weight of the KL term (beta-VAE; for WAE/SWAE beta > 0 adds the KL as InfoVAE does).
-    divergence: "kl" (the ELBO), "mmd" (WAE-MMD / InfoVAE: reg_weight * MMD(z, prior) with `kernel`, `bandwidth`)
+    divergence: "kl" (the ELBO), "mmd" (WAE-MMD / InfoVAE: reg_weight * MMD(z, prior) with `kernel`, `bandwidth`
+        (None: 1, as fastvae.mmd reads it))
         or "sliced" (SWAE: reg_weight * SW_2^2(z, prior) with n_projections directions).
     n_samples: k > 1 trains on the importance-weighted bound (IWAE), logsumexp over the k samples.
     posterior: "diagonal" or "full" (the encoder outputs a Cholesky factor with a softplus-positive diagonal).
@@ -333,11 +334,10 @@ class VAE(nn.Module):
     def _distance(self, z, generator):
         z = z.float()
         if self.divergence == "mmd":
-            kw = dict(kernel=self.kernel, estimator=self.mmd_estimator, generator=generator)
-            # The IMQ kernel's usual scale for a d-dim standard normal prior is C = 2 d (WAE paper).
-            kw["bandwidth"] = self.bandwidth if self.bandwidth is not None else (
-                2.0 * self.latent_dim if self.kernel == "imq" else 1.0)
-            return self._op("mmd")(z, None, **kw)
+            # bandwidth 1: for "imq" fastvae.mmd uses C = 2 d h^2, the WAE paper's scale for a N(0, I_d) prior
+            bandwidth = 1.0 if self.bandwidth is None else self.bandwidth
+            return self._op("mmd")(z, None, kernel=self.kernel, bandwidth=bandwidth, estimator=self.mmd_estimator,
+                                   generator=generator)
         return self._op("sliced_wasserstein")(z, None, n_projections=self.n_projections, p=2, generator=generator)
 
     # ------------------------------------------------------------------------------------------------------------
