@@ -10,7 +10,6 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -295,9 +294,10 @@ def _train(cfg, data, device, distributed, rank, world):
 
     if cfg["resume"] and os.path.isfile(ckpt_path):
         ckpt = load_checkpoint(ckpt_path)
-        if ckpt["model_config"] != model.config:
-            diff = {k: (ckpt["model_config"].get(k), v) for k, v in model.config.items()
-                    if ckpt["model_config"].get(k) != v}
+        # the op backend may change between runs (same model, same parameters); nothing else may
+        diff = {k: (ckpt["model_config"].get(k), v) for k, v in model.config.items()
+                if k != "backend" and ckpt["model_config"].get(k) != v}
+        if diff:
             raise CheckpointError(f"{ckpt_path} holds another model than the one configured (checkpoint vs config: "
                                   f"{diff}); use another --out or the checkpoint's settings")
         model.load_state_dict(ckpt["model"])
@@ -378,8 +378,8 @@ def _train(cfg, data, device, distributed, rank, world):
                         post["samples/s"] = f"{seen * world / (time.perf_counter() - t0):.0f}"
                         bar.set_postfix(post, refresh=False)
                 if s % 50 == 49:
-                    _check_finite(sums, epoch, global_step, ckpt_path, distributed, start_epoch, metrics)
-            _check_finite(sums, epoch, global_step, ckpt_path, distributed, start_epoch, metrics)
+                    _check_finite(sums, epoch, global_step, ckpt_path, distributed, metrics)
+            _check_finite(sums, epoch, global_step, ckpt_path, distributed, metrics)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_time = time.perf_counter() - t0
@@ -446,7 +446,7 @@ def _progress(cfg, rank, total, initial):
                 file=sys.stderr)
 
 
-def _check_finite(sums, epoch, step, ckpt_path, distributed, start_epoch, metrics):
+def _check_finite(sums, epoch, step, ckpt_path, distributed, metrics):
     ok = torch.isfinite(sums[:4]).all().to(torch.int32)
     if distributed:
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
