@@ -16,6 +16,7 @@ from .functional import (  # noqa: E402
 from .distances import energy_distance, mmd, sliced_wasserstein  # noqa: E402
 from .nn import MMDLoss, SlicedWassersteinLoss  # noqa: E402
 from . import reference  # noqa: E402,F401
+from .models import VAE, VAEOutput  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -32,4 +33,6 @@ __all__ = [
     "MMDLoss",
     "SlicedWassersteinLoss",
     "reference",
+    "VAE",
+    "VAEOutput",
 ]
