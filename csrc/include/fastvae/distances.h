@@ -84,6 +84,31 @@ struct PairKernel<DistKernel::Energy> {
 // k(x, x) of one bandwidth: 1 for the bounded kernels, 0 for the energy kernel.
 FV_HD double kernel_at_zero(DistKernel k) { return k == DistKernel::Energy ? 0.0 : 1.0; }
 
+// MMD^2 = xx S_xx + yy S_yy + xy S_xy for the pair sums S (S_xx over i != j for the unbiased estimator).
+struct MmdCoefs {
+  double xx, yy, xy;
+};
+
+FV_HD MmdCoefs mmd_coefs(index_t N, index_t M, bool unbiased) {
+  const double n = static_cast<double>(N), m = static_cast<double>(M);
+  return MmdCoefs{unbiased ? 1.0 / (n * (n - 1.0)) : 1.0 / (n * n), unbiased ? 1.0 / (m * (m - 1.0)) : 1.0 / (m * m),
+                  -2.0 / (n * m)};
+}
+
+// The rbf kernel against y ~ N(0, I_d), in closed form, for one bandwidth h:
+//   E_y k(x, y) = (h^2 / (h^2 + 1))^(d/2) exp(-|x|^2 / (2 (h^2 + 1)))    (rbf_prior_cross, of n2 = |x|^2)
+//   d/dx of it = -x rbf_prior_cross / (h^2 + 1)
+//   E_{y,y'} k(y, y') = (h^2 / (h^2 + 2))^(d/2)                           (rbf_prior_yy)
+FV_HD double rbf_prior_cross(double n2, double h, double d) {
+  const double h2 = h * h;
+  return pow(h2 / (h2 + 1.0), 0.5 * d) * exp(-n2 / (2.0 * (h2 + 1.0)));
+}
+
+FV_HD double rbf_prior_yy(double h, double d) {
+  const double h2 = h * h;
+  return pow(h2 / (h2 + 2.0), 0.5 * d);
+}
+
 // Standard normal quantile Phi^-1(q), q in (0, 1), to double precision: Acklam's rational approximation
 // (relative error 1.2e-9) refined by one Halley step on erfc.
 FV_HD double normal_quantile(double q) {
