@@ -181,7 +181,7 @@ void sq_dist_row(T na, const T* FV_R nb, const T* FV_R D, T* FV_R u) {
 #pragma omp simd
   for (index_t j = 0; j < kTile; ++j) {
     const T v = na + nb[j] - T(2) * D[j];
-    u[j] = v > T(0) ? v : T(0);
+    u[j] = v < T(0) ? T(0) : v;  // NaN stays NaN
   }
 }
 

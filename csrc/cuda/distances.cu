@@ -198,7 +198,7 @@ __global__ void __launch_bounds__(kThreads) mmd_tiles_kernel(Dev<T> p, double* _
       const index_t gj = J * kTile + 4 * tx + j;
       if (gi >= nA || gj >= nB || (same && gi == gj)) continue;
       T u = na[gi] + nb[gj] - T(2) * acc[i][j];
-      u = u > T(0) ? u : T(0);
+      u = u < T(0) ? T(0) : u;
       for (int h = 0; h < p.n_bw; ++h) s += PairKernel<K>::value(u, p.params[h]);
     }
   }
@@ -316,7 +316,7 @@ __global__ void __launch_bounds__(kThreads) mmd_grad_kernel(Dev<T> p, GradRole r
           T w = 0;
           if (gi < nA && gj < nB && !(set == 0 && gi == gj)) {
             T u = nAv[gi] + nBv[gj] - T(2) * acc[i][j];
-            u = u > T(0) ? u : T(0);
+            u = u < T(0) ? T(0) : u;
             for (int h = 0; h < p.n_bw; ++h) w += PairKernel<K>::dk_du(u, p.params[h]);
             w *= coef;
           }

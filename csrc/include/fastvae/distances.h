@@ -2,7 +2,8 @@
 // sliced-Wasserstein prior target, shared by the CPU and CUDA kernels.
 //
 // Every kernel is a function of u = |x - y|^2, computed by the callers from dot products
-// (u = |x|^2 + |y|^2 - 2 x.y) and clamped at 0, so that cancellation never gives a negative distance.
+// (u = |x|^2 + |y|^2 - 2 x.y) and clamped at 0 (`u < 0 ? 0 : u`, which lets a NaN through), so that cancellation
+// never gives a negative distance.
 // `p` is the per-bandwidth parameter from kernel_param(); value() is k(u) and dk_du() is dk/du, the
 // gradient weight: d k / d x = 2 dk_du(u) (x - y).  For the kernels of r = sqrt(u) (laplacian, energy),
 // dk/du = k'(r) / (2 r) is set to 0 at r = 0: the gradient of |x - y| at x = y is 0, never NaN.
@@ -64,7 +65,7 @@ struct PairKernel<DistKernel::Laplacian> {
     const T r = fv_sqrt(u);
     const T safe = r > T(0) ? r : T(1);
     const T w = T(-0.5) * p * fv_exp(-p * r) / safe;
-    return r > T(0) ? w : T(0);
+    return r == T(0) ? T(0) : w;  // (a NaN distance stays NaN)
   }
 };
 
@@ -77,7 +78,7 @@ struct PairKernel<DistKernel::Energy> {
   FV_HD T dk_du(T u, T) {
     const T r = fv_sqrt(u);
     const T safe = r > T(0) ? r : T(1);
-    return r > T(0) ? T(-0.5) / safe : T(0);
+    return r == T(0) ? T(0) : T(-0.5) / safe;
   }
 };
 
