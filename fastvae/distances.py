@@ -129,8 +129,12 @@ def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, g
             raise ValueError(f"projections must have shape (d, L) = ({d}, L) with L >= 1; got "
                              f"{tuple(projections.shape)}")
         theta = projections.to(dt)
-    theta_t = theta.mT
-    px = torch.matmul(theta_t, xb.to(dt).mT)  # (B, L, N): one row per direction
-    py = None if yb is None else torch.matmul(theta_t, yb.to(dt).mT)
+    B, L = xb.shape[0], theta.shape[1]
+
+    def project(s):  # (B, L, N), one row per direction, from one 2-D matmul (contiguous as it is when B = 1)
+        return (theta.mT @ s.to(dt).reshape(B * N, d).mT).view(L, B, N).permute(1, 0, 2)
+
+    px = project(xb)
+    py = None if yb is None else project(yb)
     out, _, _ = _ops_ns.sliced_wasserstein_projected(px, py, float(p))
     return out if batched else out[0]

@@ -26,7 +26,10 @@ class SlicedWassersteinLoss(torch.nn.Module):
     def __init__(self, n_projections=128, p=2, projections=None, generator=None):
         super().__init__()
         self.n_projections, self.p, self.generator = n_projections, p, generator
-        self.projections = projections
+        if projections is None:
+            self.projections = None
+        else:  # a buffer: it follows the module's .to(device)
+            self.register_buffer("projections", projections)
 
     def forward(self, x, y=None):
         return distances.sliced_wasserstein(x, y, n_projections=self.n_projections, p=self.p,

@@ -178,6 +178,14 @@ def test_mmd_float32_identical_points_never_negative_distance():
     assert torch.isfinite(v) and abs(float(v)) < 1e-4
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_nan_input_gives_nan_not_a_silent_number(kernel):
+    x, y = _points((70, 3), torch.float32, seed=45), _points((70, 3), torch.float32, seed=46)
+    x[5, 1] = float("nan")
+    assert torch.isnan(fastvae.mmd(x, y, kernel=kernel))
+    assert torch.isnan(fastvae.sliced_wasserstein(x, y, n_projections=4))
+
+
 def test_mmd_float32_large_n_blocked_accumulation():
     x64, y64 = _points((3000, 8), seed=17), _points((3000, 8), seed=18, shift=0.0)
     got = fastvae.mmd(x64.float(), y64.float(), kernel="imq", bandwidth=[0.5, 1.0, 2.0])
@@ -373,7 +381,8 @@ def test_bad_inputs_name_the_argument():
 # ---------------------------------------------------------------------------------------------------------------
 # CUDA: the same ops against the CPU kernels (float64: same math, other summation order)
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def cuda(test):
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
 
 
 @cuda

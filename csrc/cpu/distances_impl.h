@@ -181,7 +181,7 @@ void sq_dist_row(T na, const T* FV_R nb, const T* FV_R D, T* FV_R u) {
 #pragma omp simd
   for (index_t j = 0; j < kTile; ++j) {
     const T v = na + nb[j] - T(2) * D[j];
-    u[j] = v > T(0) ? v : T(0);
+    u[j] = v < T(0) ? T(0) : v;  // NaN stays NaN
   }
 }
 
@@ -272,28 +272,6 @@ void grad_sums(const Packed<T>& A, index_t ib, const Packed<T>& Bs, const T* par
   }
 }
 
-// The MMD^2 coefficients of the three pair sums.
-struct MmdCoefs {
-  double xx, yy, xy;
-};
-
-inline MmdCoefs mmd_coefs(index_t N, index_t M, bool unbiased) {
-  const double n = static_cast<double>(N), m = static_cast<double>(M);
-  return {unbiased ? 1.0 / (n * (n - 1.0)) : 1.0 / (n * n), unbiased ? 1.0 / (m * (m - 1.0)) : 1.0 / (m * m),
-          -2.0 / (n * m)};
-}
-
-// rbf against N(0, I_d) in closed form: E_y k(x, y) = a_h exp(-|x|^2 / (2 (h^2 + 1))), a_h = (h^2 / (h^2 + 1))^(d/2);
-// E_{y,y'} k = (h^2 / (h^2 + 2))^(d/2).
-inline double rbf_prior_yy(const double* bw, int nbw, index_t d) {
-  double s = 0;
-  for (int h = 0; h < nbw; ++h) {
-    const double h2 = bw[h] * bw[h];
-    s += std::pow(h2 / (h2 + 2.0), 0.5 * static_cast<double>(d));
-  }
-  return s;
-}
-
 template <class T>
 std::vector<double> params_of(const MmdProblem<T>& pr) {
   std::vector<double> p(static_cast<size_t>(pr.n_bw));
@@ -357,15 +335,12 @@ void mmd_fwd_k(const MmdProblem<T>& pr, T* out) {
     if (pr.y) {
       v += c.yy * syy + c.xy * sxy;
     } else {  // rbf against N(0, I): E k(y, y') - 2/N sum_i E_y k(x_i, y)
-      double e = 0;
-      for (index_t i = 0; i < pr.N; ++i) {
-        const double n2 = static_cast<double>(X.norms[i]);
-        for (int h = 0; h < pr.n_bw; ++h) {
-          const double h2 = pr.bandwidths[h] * pr.bandwidths[h];
-          e += std::pow(h2 / (h2 + 1.0), 0.5 * static_cast<double>(pr.d)) * std::exp(-n2 / (2.0 * (h2 + 1.0)));
-        }
-      }
-      v += rbf_prior_yy(pr.bandwidths, pr.n_bw, pr.d) - 2.0 / static_cast<double>(pr.N) * e;
+      const double d = static_cast<double>(pr.d);
+      double e = 0, yy = 0;
+      for (index_t i = 0; i < pr.N; ++i)
+        for (int h = 0; h < pr.n_bw; ++h) e += rbf_prior_cross(static_cast<double>(X.norms[i]), pr.bandwidths[h], d);
+      for (int h = 0; h < pr.n_bw; ++h) yy += rbf_prior_yy(pr.bandwidths[h], d);
+      v += yy - 2.0 / static_cast<double>(pr.N) * e;
     }
     out[b] = static_cast<T>(v);
   }
@@ -408,12 +383,10 @@ void mmd_bwd_k(const MmdProblem<T>& pr, const T* g, T* grad_x, T* grad_y) {
     if (!pr.y) {  // d/dx_i of -2/N sum_h a_h exp(-|x_i|^2 / (2 (h^2 + 1))) = s_i x_i
       extra.assign(static_cast<size_t>(pr.N), 0.0);
       for (index_t i = 0; i < pr.N; ++i) {
-        const double n2 = static_cast<double>(X.norms[i]);
         double e = 0;
         for (int h = 0; h < pr.n_bw; ++h) {
-          const double h2 = pr.bandwidths[h] * pr.bandwidths[h];
-          e += std::pow(h2 / (h2 + 1.0), 0.5 * static_cast<double>(pr.d)) * std::exp(-n2 / (2.0 * (h2 + 1.0))) /
-               (h2 + 1.0);
+          const double hb = pr.bandwidths[h];
+          e += rbf_prior_cross(static_cast<double>(X.norms[i]), hb, static_cast<double>(pr.d)) / (hb * hb + 1.0);
         }
         extra[i] = gb * 2.0 / static_cast<double>(pr.N) * e;
       }
@@ -455,61 +428,104 @@ inline uint32_t sort_key(float f) {
   const uint32_t b = __builtin_bit_cast(uint32_t, f);
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
+inline float key_value(uint32_t k) {
+  return __builtin_bit_cast(float, (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
 inline uint64_t sort_key(double f) {
   const uint64_t b = __builtin_bit_cast(uint64_t, f);
   return (b & 0x8000000000000000ull) ? ~b : (b | 0x8000000000000000ull);
 }
+inline double key_value(uint64_t k) {
+  return __builtin_bit_cast(double, (k & 0x8000000000000000ull) ? (k & 0x7fffffffffffffffull) : ~k);
+}
 
-template <class T>
-struct KeyOf {
-  using type = uint32_t;
-};
-template <>
-struct KeyOf<double> {
-  using type = uint64_t;
-};
+// One scatter pass of an LSD radix sort over 64-bit records: digit = (e >> shift) & mask, offsets in h
+// (exclusive prefix sums, advanced as records land). Stable.
+inline void radix_pass(const uint64_t* FV_R src, uint64_t* FV_R dst, index_t n, int shift, uint64_t mask,
+                       uint32_t* FV_R h) {
+  for (index_t i = 0; i < n; ++i) {
+    const uint64_t e = src[i];
+    dst[h[(e >> shift) & mask]++] = e;
+  }
+}
 
-// Stable LSD radix sort of one row: perm receives the indices of v in ascending order. Buffers of n keys
-// and indices (2 each) are the caller's, reused across rows.
-template <class T>
-void radix_argsort(const T* FV_R v, index_t n, int32_t* FV_R perm, typename KeyOf<T>::type* FV_R k0,
-                   typename KeyOf<T>::type* FV_R k1, int32_t* FV_R i1) {
-  using Key = typename KeyOf<T>::type;
-  constexpr int kPasses = static_cast<int>(sizeof(Key));
-  uint32_t hist[kPasses][256];
+// Exclusive prefix sums of a histogram; false when one bucket holds all n records (the pass changes nothing).
+inline bool prefix(uint32_t* h, int buckets, index_t n) {
+  uint32_t sum = 0;
+  bool useful = true;
+  for (int c = 0; c < buckets; ++c) {
+    if (h[c] == static_cast<uint32_t>(n)) useful = false;
+    const uint32_t t = h[c];
+    h[c] = sum;
+    sum += t;
+  }
+  return useful;
+}
+
+// Stable argsort of one row: perm receives the indices of v in ascending order and sorted the values.
+// float: records (key << 32 | index) in 3 LSD passes of 11, 11 and 10 bits. double: (key, index) pairs in
+// 8 passes of 8 bits (the float64 path is for checks, not speed). scratch holds 4 n 64-bit words.
+inline void argsort_row(const float* FV_R v, index_t n, int32_t* FV_R perm, float* FV_R sorted,
+                        uint64_t* FV_R scratch) {
+  uint64_t* a = scratch;
+  uint64_t* b = scratch + n;
+  uint32_t h0[2048], h1[2048], h2[1024];
+  std::memset(h0, 0, sizeof(h0));
+  std::memset(h1, 0, sizeof(h1));
+  std::memset(h2, 0, sizeof(h2));
+  for (index_t i = 0; i < n; ++i) {
+    const uint32_t k = sort_key(v[i]);
+    a[i] = (static_cast<uint64_t>(k) << 32) | static_cast<uint32_t>(i);
+    ++h0[k & 2047u];
+    ++h1[(k >> 11) & 2047u];
+    ++h2[k >> 22];
+  }
+  if (prefix(h0, 2048, n)) {
+    radix_pass(a, b, n, 32, 2047u, h0);
+    std::swap(a, b);
+  }
+  if (prefix(h1, 2048, n)) {
+    radix_pass(a, b, n, 43, 2047u, h1);
+    std::swap(a, b);
+  }
+  if (prefix(h2, 1024, n)) {
+    radix_pass(a, b, n, 54, 1023u, h2);
+    std::swap(a, b);
+  }
+  for (index_t i = 0; i < n; ++i) {
+    perm[i] = static_cast<int32_t>(static_cast<uint32_t>(a[i]));
+    sorted[i] = key_value(static_cast<uint32_t>(a[i] >> 32));
+  }
+}
+
+inline void argsort_row(const double* FV_R v, index_t n, int32_t* FV_R perm, double* FV_R sorted,
+                        uint64_t* FV_R scratch) {
+  uint64_t* ka = scratch;
+  uint64_t* kb = scratch + n;
+  uint64_t* ia = scratch + 2 * n;  // indices ride in 64-bit words
+  uint64_t* ib = scratch + 3 * n;
+  uint32_t hist[8][256];
   std::memset(hist, 0, sizeof(hist));
   for (index_t i = 0; i < n; ++i) {
-    const Key k = sort_key(v[i]);
-    k0[i] = k;
-    for (int p = 0; p < kPasses; ++p) ++hist[p][(k >> (8 * p)) & 0xff];
+    const uint64_t k = sort_key(v[i]);
+    ka[i] = k;
+    ia[i] = static_cast<uint64_t>(i);
+    for (int p = 0; p < 8; ++p) ++hist[p][(k >> (8 * p)) & 0xff];
   }
-  int32_t* idx_a = perm;
-  int32_t* idx_b = i1;
-  for (index_t i = 0; i < n; ++i) idx_a[i] = static_cast<int32_t>(i);
-  Key* ka = k0;
-  Key* kb = k1;
-  for (int p = 0; p < kPasses; ++p) {
-    uint32_t* h = hist[p];
-    bool trivial = false;
-    uint32_t sum = 0;
-    for (int c = 0; c < 256; ++c) {
-      if (h[c] == static_cast<uint32_t>(n)) trivial = true;
-      const uint32_t t = h[c];
-      h[c] = sum;
-      sum += t;
-    }
-    if (trivial) continue;  // every key has the same digit here
-    const int shift = 8 * p;
+  for (int p = 0; p < 8; ++p) {
+    if (!prefix(hist[p], 256, n)) continue;
     for (index_t i = 0; i < n; ++i) {
-      const Key k = ka[i];
-      const uint32_t pos = h[(k >> shift) & 0xff]++;
-      kb[pos] = k;
-      idx_b[pos] = idx_a[i];
+      const uint32_t pos = hist[p][(ka[i] >> (8 * p)) & 0xff]++;
+      kb[pos] = ka[i];
+      ib[pos] = ia[i];
     }
     std::swap(ka, kb);
-    std::swap(idx_a, idx_b);
+    std::swap(ia, ib);
   }
-  if (idx_a != perm) std::memcpy(perm, idx_a, static_cast<size_t>(n) * sizeof(int32_t));
+  for (index_t i = 0; i < n; ++i) {
+    perm[i] = static_cast<int32_t>(ia[i]);
+    sorted[i] = key_value(ka[i]);
+  }
 }
 
 template <class T>
@@ -519,25 +535,23 @@ std::vector<T> normal_targets(index_t N) {
   return q;
 }
 
-// sum_i |x_i - t_i|^p over one row in sorted order (x gathered through perm), blocked in double
+// sum_i |xs_i - t_i|^p over one sorted row, blocked: float within blocks of 256, double across
 template <class T>
-double sw_row(const T* FV_R px, const int32_t* FV_R perm, const T* FV_R t, index_t N, double p) {
+double sw_row(const T* FV_R xs, const T* FV_R t, index_t N, double p) {
   double total = 0;
   for (index_t i0 = 0; i0 < N; i0 += 256) {
-    const index_t i1 = std::min(N, i0 + 256);
+    const index_t n = std::min<index_t>(256, N - i0);
+    const T* a = xs + i0;
+    const T* b = t + i0;
     T s = 0;
     if (p == 2.0) {
-      for (index_t i = i0; i < i1; ++i) {
-        const T dd = px[perm[i]] - t[i];
-        s += dd * dd;
-      }
+#pragma omp simd reduction(+ : s)
+      for (index_t i = 0; i < n; ++i) s += (a[i] - b[i]) * (a[i] - b[i]);
     } else if (p == 1.0) {
-      for (index_t i = i0; i < i1; ++i) {
-        const T dd = px[perm[i]] - t[i];
-        s += dd < T(0) ? -dd : dd;
-      }
+#pragma omp simd reduction(+ : s)
+      for (index_t i = 0; i < n; ++i) s += a[i] > b[i] ? a[i] - b[i] : b[i] - a[i];
     } else {
-      for (index_t i = i0; i < i1; ++i) s += static_cast<T>(abs_pow(static_cast<double>(px[perm[i]] - t[i]), p));
+      for (index_t i = 0; i < n; ++i) s += static_cast<T>(abs_pow(static_cast<double>(a[i] - b[i]), p));
     }
     total += static_cast<double>(s);
   }
@@ -547,26 +561,15 @@ double sw_row(const T* FV_R px, const int32_t* FV_R perm, const T* FV_R t, index
 template <class T>
 void sw_fwd(const T* px, const T* py, T* out, int32_t* perm_x, int32_t* perm_y, index_t B, index_t L, index_t N,
             double p) {
-  using Key = typename KeyOf<T>::type;
   const std::vector<T> q = py ? std::vector<T>() : normal_targets<T>(N);
   std::vector<double> part(static_cast<size_t>(B * L));
   parallel_for(0, B * L, 1, [&](index_t tb, index_t te) {
-    std::vector<Key> k0(static_cast<size_t>(N)), k1(static_cast<size_t>(N));
-    std::vector<int32_t> i1(static_cast<size_t>(N));
-    std::vector<T> ty(py ? static_cast<size_t>(N) : 0);
+    std::vector<uint64_t> scratch(static_cast<size_t>(4 * N));
+    std::vector<T> xs(static_cast<size_t>(N)), ys(py ? static_cast<size_t>(N) : 0);
     for (index_t r = tb; r < te; ++r) {
-      const T* x = px + r * N;
-      int32_t* permx = perm_x + r * N;
-      radix_argsort(x, N, permx, k0.data(), k1.data(), i1.data());
-      const T* t = q.data();
-      if (py) {
-        const T* y = py + r * N;
-        int32_t* permy = perm_y + r * N;
-        radix_argsort(y, N, permy, k0.data(), k1.data(), i1.data());
-        for (index_t i = 0; i < N; ++i) ty[i] = y[permy[i]];
-        t = ty.data();
-      }
-      part[r] = sw_row(x, permx, t, N, p);
+      argsort_row(px + r * N, N, perm_x + r * N, xs.data(), scratch.data());
+      if (py) argsort_row(py + r * N, N, perm_y + r * N, ys.data(), scratch.data());
+      part[r] = sw_row(xs.data(), py ? ys.data() : q.data(), N, p);
     }
   });
   for (index_t b = 0; b < B; ++b) {
@@ -576,23 +579,41 @@ void sw_fwd(const T* px, const T* py, T* out, int32_t* perm_x, int32_t* perm_y, 
   }
 }
 
+// d|d|^p/dd scaled by `scale`, in T for p = 1 and 2 (the common cases), through double otherwise
+template <class T>
+void sw_grad_row(const T* FV_R x, const int32_t* FV_R permx, const T* FV_R t, T* FV_R gx, index_t N, double p,
+                 double scale, T* FV_R gsorted) {
+  if (p == 2.0) {
+    const T s2 = static_cast<T>(2.0 * scale);
+    for (index_t i = 0; i < N; ++i) gsorted[i] = s2 * (x[permx[i]] - t[i]);
+  } else if (p == 1.0) {
+    const T s1 = static_cast<T>(scale);
+    for (index_t i = 0; i < N; ++i) {
+      const T dd = x[permx[i]] - t[i];
+      gsorted[i] = dd > T(0) ? s1 : (dd < T(0) ? -s1 : T(0));
+    }
+  } else {
+    for (index_t i = 0; i < N; ++i)
+      gsorted[i] = static_cast<T>(scale * abs_pow_grad(static_cast<double>(x[permx[i]] - t[i]), p));
+  }
+  for (index_t i = 0; i < N; ++i) gx[permx[i]] = gsorted[i];
+}
+
 template <class T>
 void sw_bwd(const T* g, const T* px, const T* py, const int32_t* perm_x, const int32_t* perm_y, T* gpx, T* gpy,
             index_t B, index_t L, index_t N, double p) {
   const std::vector<T> q = py ? std::vector<T>() : normal_targets<T>(N);
   parallel_for(0, B * L, 4, [&](index_t tb, index_t te) {
+    std::vector<T> ty(py ? static_cast<size_t>(N) : 0), gs(static_cast<size_t>(N));
     for (index_t r = tb; r < te; ++r) {
       const double scale = static_cast<double>(g[r / L]) / static_cast<double>(L * N);
-      const T* x = px + r * N;
-      const int32_t* permx = perm_x + r * N;
       const int32_t* permy = py ? perm_y + r * N : nullptr;
-      T* gx = gpx + r * N;
-      T* gy = gpy ? gpy + r * N : nullptr;
-      for (index_t i = 0; i < N; ++i) {
-        const double t = py ? static_cast<double>(py[r * N + permy[i]]) : static_cast<double>(q[i]);
-        const double gr = scale * abs_pow_grad(static_cast<double>(x[permx[i]]) - t, p);
-        gx[permx[i]] = static_cast<T>(gr);
-        if (gy) gy[permy[i]] = static_cast<T>(-gr);
+      if (py)
+        for (index_t i = 0; i < N; ++i) ty[i] = py[r * N + permy[i]];
+      sw_grad_row(px + r * N, perm_x + r * N, py ? ty.data() : q.data(), gpx + r * N, N, p, scale, gs.data());
+      if (gpy) {
+        T* gy = gpy + r * N;
+        for (index_t i = 0; i < N; ++i) gy[permy[i]] = -gs[i];
       }
     }
   });

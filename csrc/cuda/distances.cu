@@ -198,7 +198,7 @@ __global__ void __launch_bounds__(kThreads) mmd_tiles_kernel(Dev<T> p, double* _
       const index_t gj = J * kTile + 4 * tx + j;
       if (gi >= nA || gj >= nB || (same && gi == gj)) continue;
       T u = na[gi] + nb[gj] - T(2) * acc[i][j];
-      u = u > T(0) ? u : T(0);
+      u = u < T(0) ? T(0) : u;
       for (int h = 0; h < p.n_bw; ++h) s += PairKernel<K>::value(u, p.params[h]);
     }
   }
@@ -232,11 +232,8 @@ __global__ void __launch_bounds__(kThreads) mmd_finish_kernel(const double* __re
   double prior = 0;  // rbf against N(0, I): sum_i sum_h a_h exp(-|x_i|^2 / (2 (h^2 + 1)))
   if (f.prior_rbf) {
     for (index_t i = threadIdx.x; i < N; i += kThreads) {
-      const double n2 = static_cast<double>(nx[b * N + i]);
-      for (int h = 0; h < f.n_bw; ++h) {
-        const double h2 = f.bw[h] * f.bw[h];
-        prior += pow(h2 / (h2 + 1.0), 0.5 * static_cast<double>(d)) * exp(-n2 / (2.0 * (h2 + 1.0)));
-      }
+      for (int h = 0; h < f.n_bw; ++h)
+        prior += rbf_prior_cross(static_cast<double>(nx[b * N + i]), f.bw[h], static_cast<double>(d));
     }
     prior = block_sum(prior, red);
   }
@@ -248,10 +245,7 @@ __global__ void __launch_bounds__(kThreads) mmd_finish_kernel(const double* __re
     double v = f.cxx * sx;
     if (f.prior_rbf) {
       double yy = 0;
-      for (int h = 0; h < f.n_bw; ++h) {
-        const double h2 = f.bw[h] * f.bw[h];
-        yy += pow(h2 / (h2 + 2.0), 0.5 * static_cast<double>(d));
-      }
+      for (int h = 0; h < f.n_bw; ++h) yy += rbf_prior_yy(f.bw[h], static_cast<double>(d));
       v += yy - 2.0 / static_cast<double>(N) * prior;
     } else {
       v += f.cyy * sy + f.cxy * sxy;
@@ -322,7 +316,7 @@ __global__ void __launch_bounds__(kThreads) mmd_grad_kernel(Dev<T> p, GradRole r
           T w = 0;
           if (gi < nA && gj < nB && !(set == 0 && gi == gj)) {
             T u = nAv[gi] + nBv[gj] - T(2) * acc[i][j];
-            u = u > T(0) ? u : T(0);
+            u = u < T(0) ? T(0) : u;
             for (int h = 0; h < p.n_bw; ++h) w += PairKernel<K>::dk_du(u, p.params[h]);
             w *= coef;
           }
@@ -378,12 +372,10 @@ __global__ void __launch_bounds__(kThreads) mmd_grad_kernel(Dev<T> p, GradRole r
     double si = 0;
     for (int q = 0; q < 16; ++q) si += sred[r * 16 + q];
     if (role.prior_rbf) {  // d/dx_i of -2/N sum_h a_h exp(-|x_i|^2 / (2 (h^2 + 1))) = (...) x_i
-      const double n2 = static_cast<double>(nAv[gi]);
       double e = 0;
-      for (int h = 0; h < p.n_bw; ++h) {
-        const double h2 = role.bw[h] * role.bw[h];
-        e += pow(h2 / (h2 + 1.0), 0.5 * static_cast<double>(p.d)) * exp(-n2 / (2.0 * (h2 + 1.0))) / (h2 + 1.0);
-      }
+      for (int h = 0; h < p.n_bw; ++h)
+        e += rbf_prior_cross(static_cast<double>(nAv[gi]), role.bw[h], static_cast<double>(p.d)) /
+             (role.bw[h] * role.bw[h] + 1.0);
       si += gb * 2.0 * role.inv_n * e;
     }
 #pragma unroll
@@ -446,16 +438,6 @@ Dev<T> prepare(const MmdArgs<T>& a, const MmdLayout<T>& l, unsigned char* ws, cu
   p.nx = nx;
   p.ny = a.y ? ny : nullptr;
   return p;
-}
-
-struct Coefs {
-  double xx, yy, xy;
-};
-
-inline Coefs coefs(index_t N, index_t M, bool unbiased) {
-  const double n = static_cast<double>(N), m = static_cast<double>(M);
-  return {unbiased ? 1.0 / (n * (n - 1.0)) : 1.0 / (n * n), unbiased ? 1.0 / (m * (m - 1.0)) : 1.0 / (m * m),
-          -2.0 / (n * m)};
 }
 
 template <class T, DistKernel K>
@@ -608,7 +590,7 @@ int mmd_forward(const MmdArgs<T>& a, T* out, void* workspace, void* stream) {
     launch_tiles<T, decltype(kc)::value>(p, l, a.B, partials, st);
     return 0;
   });
-  const Coefs c = coefs(a.N, a.M, a.unbiased);
+  const MmdCoefs c = mmd_coefs(a.N, a.M, a.unbiased);
   Finish f;
   f.cxx = c.xx;
   f.cyy = c.yy;
@@ -630,7 +612,7 @@ int mmd_backward(const MmdArgs<T>& a, const T* g, T* grad_x, T* grad_y, void* wo
   unsigned char* ws = static_cast<unsigned char*>(workspace);
   const MmdLayout<T> l = mmd_layout(a);
   const Dev<T> p = prepare(a, l, ws, st);
-  const Coefs c = coefs(a.N, a.M, a.unbiased);
+  const MmdCoefs c = mmd_coefs(a.N, a.M, a.unbiased);
   return with_kernel<T>(a.kernel, [&](auto kc) {
     constexpr DistKernel K = decltype(kc)::value;
     GradRole rx{true, 4.0 * c.xx, a.y ? 2.0 * c.xy : 0.0, a.y == nullptr, 1.0 / static_cast<double>(a.N), {}};

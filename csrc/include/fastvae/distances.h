@@ -2,7 +2,8 @@
 // sliced-Wasserstein prior target, shared by the CPU and CUDA kernels.
 //
 // Every kernel is a function of u = |x - y|^2, computed by the callers from dot products
-// (u = |x|^2 + |y|^2 - 2 x.y) and clamped at 0, so that cancellation never gives a negative distance.
+// (u = |x|^2 + |y|^2 - 2 x.y) and clamped at 0 (`u < 0 ? 0 : u`, which lets a NaN through), so that cancellation
+// never gives a negative distance.
 // `p` is the per-bandwidth parameter from kernel_param(); value() is k(u) and dk_du() is dk/du, the
 // gradient weight: d k / d x = 2 dk_du(u) (x - y).  For the kernels of r = sqrt(u) (laplacian, energy),
 // dk/du = k'(r) / (2 r) is set to 0 at r = 0: the gradient of |x - y| at x = y is 0, never NaN.
@@ -64,7 +65,7 @@ struct PairKernel<DistKernel::Laplacian> {
     const T r = fv_sqrt(u);
     const T safe = r > T(0) ? r : T(1);
     const T w = T(-0.5) * p * fv_exp(-p * r) / safe;
-    return r > T(0) ? w : T(0);
+    return r == T(0) ? T(0) : w;  // (a NaN distance stays NaN)
   }
 };
 
@@ -77,12 +78,37 @@ struct PairKernel<DistKernel::Energy> {
   FV_HD T dk_du(T u, T) {
     const T r = fv_sqrt(u);
     const T safe = r > T(0) ? r : T(1);
-    return r > T(0) ? T(-0.5) / safe : T(0);
+    return r == T(0) ? T(0) : T(-0.5) / safe;
   }
 };
 
 // k(x, x) of one bandwidth: 1 for the bounded kernels, 0 for the energy kernel.
 FV_HD double kernel_at_zero(DistKernel k) { return k == DistKernel::Energy ? 0.0 : 1.0; }
+
+// MMD^2 = xx S_xx + yy S_yy + xy S_xy for the pair sums S (S_xx over i != j for the unbiased estimator).
+struct MmdCoefs {
+  double xx, yy, xy;
+};
+
+FV_HD MmdCoefs mmd_coefs(index_t N, index_t M, bool unbiased) {
+  const double n = static_cast<double>(N), m = static_cast<double>(M);
+  return MmdCoefs{unbiased ? 1.0 / (n * (n - 1.0)) : 1.0 / (n * n), unbiased ? 1.0 / (m * (m - 1.0)) : 1.0 / (m * m),
+                  -2.0 / (n * m)};
+}
+
+// The rbf kernel against y ~ N(0, I_d), in closed form, for one bandwidth h:
+//   E_y k(x, y) = (h^2 / (h^2 + 1))^(d/2) exp(-|x|^2 / (2 (h^2 + 1)))    (rbf_prior_cross, of n2 = |x|^2)
+//   d/dx of it = -x rbf_prior_cross / (h^2 + 1)
+//   E_{y,y'} k(y, y') = (h^2 / (h^2 + 2))^(d/2)                           (rbf_prior_yy)
+FV_HD double rbf_prior_cross(double n2, double h, double d) {
+  const double h2 = h * h;
+  return pow(h2 / (h2 + 1.0), 0.5 * d) * exp(-n2 / (2.0 * (h2 + 1.0)));
+}
+
+FV_HD double rbf_prior_yy(double h, double d) {
+  const double h2 = h * h;
+  return pow(h2 / (h2 + 2.0), 0.5 * d);
+}
 
 // Standard normal quantile Phi^-1(q), q in (0, 1), to double precision: Acklam's rational approximation
 // (relative error 1.2e-9) refined by one Halley step on erfc.
