@@ -13,7 +13,7 @@ import fastvae
 # Reproducible CI: a fixed example budget, no deadline (the first call of a kernel pays for thread start-up),
 # and derandomize so that every run draws the same examples.
 settings.register_profile(
-    "fastvae", max_examples=25, deadline=None, derandomize=True, print_blob=True,
+    "fastvae", max_examples=50, deadline=None, derandomize=True, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
 # FASTVAE_HYPOTHESIS=thorough: a long random search (not for CI) when hunting bugs
 settings.register_profile("thorough", max_examples=400, deadline=None, print_blob=True,
