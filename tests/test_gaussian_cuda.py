@@ -211,15 +211,17 @@ def test_compile_reduce_overhead():
     mu, lv, w = rand((16, 8), 2).to(DEV).requires_grad_(), rand((16, 8), 3, 0.3).to(DEV), rand((8, 32), 4).to(DEV)
     compiled = torch.compile(_vae_loss, mode="reduce-overhead", fullgraph=True)
     vals = []
-    for _ in range(4):
-        torch.manual_seed(0)
+    for _ in range(5):  # the first calls record, the later ones replay CUDA graphs
         out = compiled(x, mu, lv, w)
         out.backward()
         vals.append(out.item())
-    torch.manual_seed(0)
-    expected = _vae_loss(x, mu, lv, w).item()
+        assert mu.grad.isfinite().all()
+        mu.grad = None
     assert all(math.isfinite(v) for v in vals)
-    assert abs(vals[-1] - expected) <= 1e-4 * abs(expected) + 1e-4
+    assert len(set(vals[2:])) == 3, f"replays must draw fresh noise: {vals}"
+    # the same distribution as eager: compare with the eager mean over draws, loosely
+    eager = torch.tensor([_vae_loss(x, mu, lv, w).item() for _ in range(20)])
+    assert abs(sum(vals) / len(vals) - eager.mean().item()) < 6 * eager.std().item() + 1e-3
 
     def det(x_, m_, l_):
         return fastvae.gaussian_nll(x_, m_, l_[0]) + fastvae.kl_normal(m_, l_)

@@ -522,3 +522,36 @@ def test_random_ops_every_cpu_build(isa_runner):
         for i, (a, b) in enumerate(zip(outs, base)):
             # eps may differ by an ulp on the baseline build (no FMA): compare as float32 values of that scale
             assert_grad_close(a, b, torch.float32, n_summed=8200 if i == 2 else 2, what=f"{isa} output {i}")
+
+
+@pytest.mark.parametrize("shape", [(3, 255), (2, 8193), (1, 2 * 8192 + 3), (5, 3, 7, 11)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_each_cpu_build_matches_reference(each_isa, shape, dtype):
+    """Every op, forward and backward, under each instruction-set build, against the float64 reference."""
+    mu, lv = _inputs(shape, 20, dtype)
+    x = torch.randn(shape, generator=gen(21), dtype=torch.float64).to(dtype)
+    leaves = [t.clone().requires_grad_() for t in (mu, lv, x)]
+    rleaves = [t.double().requires_grad_() for t in (mu, lv, x)]
+    m, l, xx = leaves
+    mr, lr, xr = rleaves
+    eps_k = kernel_eps(22, (2, *shape))
+    outs = [fastvae.reparameterize(m, l, n_samples=2, generator=gen(22)),
+            *fastvae.reparameterize_kl(m, l, generator=gen(22)),
+            fastvae.gaussian_nll(xx, m, l, reduction="none"),
+            fastvae.gaussian_nll(xx, m, l[0], reduction="none"),
+            fastvae.bernoulli_nll(m, torch.sigmoid(xx), reduction="none"),
+            fastvae.kl_normal(m, l, xx, l[0], reduction="none")]
+    routs = [ref.reparameterize(mr, lr, n_samples=2, eps=eps_k),
+             *ref.reparameterize_kl(mr, lr, eps=eps_k[0]),
+             ref.gaussian_nll(xr, mr, lr, reduction="none"),
+             ref.gaussian_nll(xr, mr, lr[0], reduction="none"),
+             ref.bernoulli_nll(mr, torch.sigmoid(xr), reduction="none"),
+             ref.kl_normal(mr, lr, xr, lr[0], reduction="none")]
+    n = mu[0].numel()
+    for i, (a, b) in enumerate(zip(outs, routs)):
+        # values of magnitude up to ~|b|: per element or a sum over n elements
+        assert_grad_close(a, b, dtype, n_summed=1 if i < 2 else n, what=f"{each_isa} output {i}")
+    sum(((o.double() * (0.5 + 0.1 * j)).sum() for j, o in enumerate(outs))).backward()
+    sum(((o * (0.5 + 0.1 * j)).sum() for j, o in enumerate(routs))).backward()
+    for a, b, name in zip(leaves, rleaves, ("mu", "logvar", "x")):
+        assert_grad_close(a.grad, b.grad, dtype, n_summed=shape[0] * 4, what=f"{each_isa} d{name}")
