@@ -12,7 +12,7 @@ from hypothesis import given, strategies as st
 import fastvae
 from fastvae import reference as ref
 
-from conftest import assert_grad_close, assert_within, sum_tol
+from conftest import EPS, assert_grad_close, assert_within, sum_tol
 
 LOG_2PI = math.log(2 * math.pi)
 DTYPES = [torch.float32, torch.float64]
@@ -586,3 +586,26 @@ def test_deterministic_across_thread_counts():
     finally:
         torch.set_num_threads(n)
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+def test_bernoulli_accuracy_sweep(isa_runner):
+    """The float32 softplus and sigmoid of the kernels over the logits where they are representable: the value
+    within a few ulp of its magnitude (softplus(l) + |x l|); the gradient sigmoid(l) - x within a few ulp of
+    max(sigmoid(l), x) (the subtraction cancels as in torch's own float32 BCE-with-logits backward)."""
+    l = torch.linspace(-87, 87, 100001).reshape(-1, 1)
+    for xv in (0.0, 1.0, 0.25):
+        x = torch.full_like(l, xv)
+        exp = ref.bernoulli_nll(l.double(), x.double(), reduction="none")
+        scale = (torch.nn.functional.softplus(l.double()) + (x.double() * l.double()).abs()).squeeze(1)
+        sig = torch.sigmoid(l.double())
+
+        def run():
+            lg = l.clone().requires_grad_()
+            out = fastvae.bernoulli_nll(lg, x, reduction="none")
+            out.sum().backward()
+            return out, lg.grad
+        for isa, (out, grad) in isa_runner(run).items():
+            # the reference's own softplus(l) - x l cancels for x = 1, l >> 0: its error is float64 eps of scale
+            assert_within(out, exp, 4 * EPS[torch.float32] * scale, f"{isa} bernoulli_nll x={xv}")
+            assert_within(grad, sig - xv, 4 * EPS[torch.float32] * torch.maximum(sig, torch.tensor(xv)),
+                          f"{isa} d logits x={xv}")

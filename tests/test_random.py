@@ -555,3 +555,22 @@ def test_each_cpu_build_matches_reference(each_isa, shape, dtype):
     sum(((o * (0.5 + 0.1 * j)).sum() for j, o in enumerate(routs))).backward()
     for a, b, name in zip(leaves, rleaves, ("mu", "logvar", "x")):
         assert_grad_close(a.grad, b.grad, dtype, n_summed=shape[0] * 4, what=f"{each_isa} d{name}")
+
+
+def test_exp_accuracy_over_the_float_range(isa_runner):
+    """z = exp(lv / 2) eps with mu = 0 exposes the kernels' float32 exp (vmath.h): within a few ulp wherever
+    exp(lv / 2) is a normal float32, gradual underflow below, inf where exp(lv / 2) itself overflows float32."""
+    lv = torch.cat([torch.linspace(-215, 180, 200003), torch.tensor([-math.inf, math.inf, math.nan, 0.0, -0.0])])
+    eps = kernel_eps(1, lv.shape)
+    sd = torch.exp(0.5 * lv.double())
+    exact = sd * eps
+    normal = (sd.float().abs() >= torch.finfo(torch.float32).tiny) & sd.float().isfinite() & \
+        (exact.float().abs() >= torch.finfo(torch.float32).tiny) & exact.float().isfinite()
+    for isa, z in isa_runner(lambda: fastvae.reparameterize(torch.zeros_like(lv), lv, generator=gen(1))).items():
+        rel = ((z.double() - exact).abs() / exact.abs())[normal]
+        assert rel.max() <= 4 * EPS[torch.float32], (isa, rel.max().item() / EPS[torch.float32])
+        tiny = exact.abs() < torch.finfo(torch.float32).tiny  # gradual underflow: a few subnormal steps
+        assert (z.double() - exact)[tiny].abs().max() <= 4 * 2.0**-149, isa
+        over = sd.float().isinf() | (normal.logical_not() & exact.float().isinf())
+        assert z[over].isinf().all(), isa  # exp(lv / 2) or the product past FLT_MAX: inf, as float32 torch gives
+        assert torch.equal(z.isnan(), exact.isnan()), isa
