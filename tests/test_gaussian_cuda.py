@@ -256,3 +256,19 @@ def test_reparameterize_over_2_31_elements():
     out = fastvae.gaussian_nll(x, x[:, :], reduction="none")  # sum over > 2^30 elements per row
     expected = 0.5 * math.log(2 * math.pi) * (n // 2)
     torch.testing.assert_close(out.double().cpu(), torch.full((2,), expected, dtype=torch.float64), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_network(dtype):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 16).to(DEV)
+    x, target = torch.randn(4, 8, device=DEV), torch.randn(4, 8, device=DEV)
+    with torch.autocast("cuda", dtype=dtype):
+        h = lin(x)
+        assert h.dtype == dtype
+        mu, lv = h[:, :8], h[:, 8:]
+        z, kl = fastvae.reparameterize_kl(mu, lv)
+        loss = fastvae.gaussian_nll(target, z) + kl.mean() + fastvae.bernoulli_nll(h, torch.sigmoid(x.repeat(1, 2)))
+    assert kl.dtype == torch.float32 and loss.dtype == torch.float32
+    loss.backward()
+    assert lin.weight.grad.isfinite().all()

@@ -609,3 +609,20 @@ def test_bernoulli_accuracy_sweep(isa_runner):
             assert_within(out, exp, 4 * EPS[torch.float32] * scale, f"{isa} bernoulli_nll x={xv}")
             assert_within(grad, sig - xv, 4 * EPS[torch.float32] * torch.maximum(sig, torch.tensor(xv)),
                           f"{isa} d logits x={xv}")
+
+
+def test_cpu_autocast_bfloat16_network():
+    """Under CPU autocast a Linear layer hands bfloat16 activations to the ops: they run in float32 and the
+    gradients reach the float32 parameters."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 16)
+    x, target = torch.randn(4, 8), torch.randn(4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = lin(x)
+        assert h.dtype == torch.bfloat16
+        mu, lv = h[:, :8], h[:, 8:]
+        z, kl = fastvae.reparameterize_kl(mu, lv)
+        loss = fastvae.gaussian_nll(target, z) + kl.mean() + fastvae.bernoulli_nll(h, torch.sigmoid(x.repeat(1, 2)))
+    assert z.dtype == torch.bfloat16 and kl.dtype == torch.float32 and loss.dtype == torch.float32
+    loss.backward()
+    assert lin.weight.grad.dtype == torch.float32 and lin.weight.grad.isfinite().all()
