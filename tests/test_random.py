@@ -420,6 +420,7 @@ def test_reparameterize_saves_no_eps(k):
     mu = torch.randn(8, 64, requires_grad=True)
     lv = torch.randn(8, 64, requires_grad=True)
     z, saved = _saved_during(lambda: fastvae.reparameterize(mu, lv, n_samples=k, generator=gen(1)))
+    assert saved, "the hooks saw nothing: the test would prove nothing"
     # only the inputs (or tensors sharing their storage) and the one-element seed; nothing of z's size
     for t in saved:
         assert t.numel() <= mu.numel(), t.shape
@@ -433,6 +434,7 @@ def test_reparameterize_kl_and_tril_save_no_eps():
     mu = torch.randn(8, 64, requires_grad=True)
     lv = torch.randn(8, 64, requires_grad=True)
     (z, kl), saved = _saved_during(lambda: fastvae.reparameterize_kl(mu, lv, generator=gen(1)))
+    assert saved
     ptrs = {mu.untyped_storage().data_ptr(), lv.untyped_storage().data_ptr()}
     assert all(t.numel() == 1 or t.untyped_storage().data_ptr() in ptrs for t in saved), [t.shape for t in saved]
     L = torch.eye(6).repeat(8, 1, 1).requires_grad_()
