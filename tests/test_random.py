@@ -576,3 +576,13 @@ def test_exp_accuracy_over_the_float_range(isa_runner):
         over = sd.float().isinf() | (normal.logical_not() & exact.float().isinf())
         assert z[over].isinf().all(), isa  # exp(lv / 2) or the product past FLT_MAX: inf, as float32 torch gives
         assert torch.equal(z.isnan(), exact.isnan()), isa
+
+
+def test_force_cpu_isa_rejects_unknown_and_unsupported():
+    with pytest.raises(ValueError, match="isa must be one of"):
+        C.force_cpu_isa("sse9")
+    order = ["baseline", "avx2", "avx512"]
+    for isa in order[len(supported_isas()):]:
+        with pytest.raises(ValueError, match="does not support"):
+            C.force_cpu_isa(isa)
+    assert C.cpu_isa() == C.build_info()["cpu_isa"]  # still auto
