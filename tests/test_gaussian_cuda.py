@@ -89,7 +89,9 @@ def test_likelihoods_and_kl_match_cpu(k):
         (fastvae.gaussian_nll(*leaves_c, reduction="none") * w).sum().backward()
         (fastvae.gaussian_nll(*leaves_g, reduction="none") * w.to(DEV)).sum().backward()
         for a, b in zip(leaves_g, leaves_c):
-            close(a.grad, b.grad, rtol=1e-5, atol=1e-5 * b.grad.abs().max().item(), what="gaussian_nll grad")
+            # a per-feature gradient sums mean.numel() / numel terms of size ~1 that may cancel
+            scale = max(b.grad.abs().max().item(), mean.numel() / b.grad.numel())
+            close(a.grad, b.grad, rtol=1e-5, atol=1e-5 * scale, what="gaussian_nll grad")
     xb = torch.rand((B, *Fs), generator=gen(8))
     logits = rand(mean.shape, 9, 4.0)
     (xc, lc), (xg, lg) = both(xb, logits)
@@ -114,7 +116,8 @@ def test_likelihoods_and_kl_match_cpu(k):
             fastvae.kl_normal(*fill(lc_)).backward()
             fastvae.kl_normal(*fill(lg_)).backward()
         for u, v in zip(lg_, lc_):
-            close(u.grad, v.grad, rtol=1e-5, atol=1e-5 * v.grad.abs().max().item(), what="kl grad")
+            scale = max(v.grad.abs().max().item(), mu.numel() / v.grad.numel())
+            close(u.grad, v.grad, rtol=1e-5, atol=1e-5 * scale, what="kl grad")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
