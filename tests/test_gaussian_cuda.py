@@ -89,7 +89,9 @@ def test_likelihoods_and_kl_match_cpu(k):
         (fastvae.gaussian_nll(*leaves_c, reduction="none") * w).sum().backward()
         (fastvae.gaussian_nll(*leaves_g, reduction="none") * w.to(DEV)).sum().backward()
         for a, b in zip(leaves_g, leaves_c):
-            close(a.grad, b.grad, rtol=1e-5, atol=1e-5 * b.grad.abs().max().item(), what="gaussian_nll grad")
+            # a per-feature gradient sums mean.numel() / numel terms of size ~1 that may cancel
+            scale = max(b.grad.abs().max().item(), mean.numel() / b.grad.numel())
+            close(a.grad, b.grad, rtol=1e-5, atol=1e-5 * scale, what="gaussian_nll grad")
     xb = torch.rand((B, *Fs), generator=gen(8))
     logits = rand(mean.shape, 9, 4.0)
     (xc, lc), (xg, lg) = both(xb, logits)
@@ -114,7 +116,8 @@ def test_likelihoods_and_kl_match_cpu(k):
             fastvae.kl_normal(*fill(lc_)).backward()
             fastvae.kl_normal(*fill(lg_)).backward()
         for u, v in zip(lg_, lc_):
-            close(u.grad, v.grad, rtol=1e-5, atol=1e-5 * v.grad.abs().max().item(), what="kl grad")
+            scale = max(v.grad.abs().max().item(), mu.numel() / v.grad.numel())
+            close(u.grad, v.grad, rtol=1e-5, atol=1e-5 * scale, what="kl grad")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -211,15 +214,17 @@ def test_compile_reduce_overhead():
     mu, lv, w = rand((16, 8), 2).to(DEV).requires_grad_(), rand((16, 8), 3, 0.3).to(DEV), rand((8, 32), 4).to(DEV)
     compiled = torch.compile(_vae_loss, mode="reduce-overhead", fullgraph=True)
     vals = []
-    for _ in range(4):
-        torch.manual_seed(0)
+    for _ in range(5):  # the first calls record, the later ones replay CUDA graphs
         out = compiled(x, mu, lv, w)
         out.backward()
         vals.append(out.item())
-    torch.manual_seed(0)
-    expected = _vae_loss(x, mu, lv, w).item()
+        assert mu.grad.isfinite().all()
+        mu.grad = None
     assert all(math.isfinite(v) for v in vals)
-    assert abs(vals[-1] - expected) <= 1e-4 * abs(expected) + 1e-4
+    assert len(set(vals[2:])) == 3, f"replays must draw fresh noise: {vals}"
+    # the same distribution as eager: compare with the eager mean over draws, loosely
+    eager = torch.tensor([_vae_loss(x, mu, lv, w).item() for _ in range(20)])
+    assert abs(sum(vals) / len(vals) - eager.mean().item()) < 6 * eager.std().item() + 1e-3
 
     def det(x_, m_, l_):
         return fastvae.gaussian_nll(x_, m_, l_[0]) + fastvae.kl_normal(m_, l_)
@@ -254,3 +259,19 @@ def test_reparameterize_over_2_31_elements():
     out = fastvae.gaussian_nll(x, x[:, :], reduction="none")  # sum over > 2^30 elements per row
     expected = 0.5 * math.log(2 * math.pi) * (n // 2)
     torch.testing.assert_close(out.double().cpu(), torch.full((2,), expected, dtype=torch.float64), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_network(dtype):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 16).to(DEV)
+    x, target = torch.randn(4, 8, device=DEV), torch.randn(4, 8, device=DEV)
+    with torch.autocast("cuda", dtype=dtype):
+        h = lin(x)
+        assert h.dtype == dtype
+        mu, lv = h[:, :8], h[:, 8:]
+        z, kl = fastvae.reparameterize_kl(mu, lv)
+        loss = fastvae.gaussian_nll(target, z) + kl.mean() + fastvae.bernoulli_nll(h, torch.sigmoid(x.repeat(1, 2)))
+    assert kl.dtype == torch.float32 and loss.dtype == torch.float32
+    loss.backward()
+    assert lin.weight.grad.isfinite().all()
