@@ -413,7 +413,8 @@ def test_kl_normal_gradcheck(priors):
 
 # ---- opcheck of every op, forward and backward ---------------------------------------------------------------
 
-@pytest.mark.parametrize("case", [
+# (op name, a function making its arguments): every op, forward and backward; also run on CUDA
+OPCHECK_CASES = [
     ("gaussian_nll", lambda: (f64(3, 5), f64(3, 5, seed=1).requires_grad_(), f64(3, 5, seed=2).requires_grad_())),
     ("gaussian_nll", lambda: (f64(3, 5).requires_grad_(), f64(2, 3, 5, seed=1).requires_grad_(), f64(5, seed=2))),
     ("gaussian_nll", lambda: (f64(3, 5), f64(3, 5, seed=1).requires_grad_(), None)),
@@ -428,7 +429,10 @@ def test_kl_normal_gradcheck(priors):
     ("kl_normal_backward", lambda: (f64(3), f64(3, 5), f64(3, 5, seed=1), f64(5, seed=2), None,
                                     [True, True, True, False])),
     ("kl_normal_backward", lambda: (f64(3), f64(3, 5), f64(3, 5, seed=1), None, None, [True, False, False, False])),
-], ids=lambda c: c[0])
+]
+
+
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=lambda c: c[0])
 def test_opcheck(case):
     name, make = case
     torch.library.opcheck(getattr(torch.ops.fastvae, name).default, make(), test_utils=OPCHECK_UTILS)

@@ -303,7 +303,8 @@ def _seed(s=123):
     return torch.tensor([key_of(s)], dtype=torch.int64)
 
 
-@pytest.mark.parametrize("case", [
+# (op name, a function making its arguments): every op, forward and backward; also run on CUDA
+OPCHECK_CASES = [
     ("reparameterize", lambda: (f64(3, 5).requires_grad_(), f64(3, 5, seed=1).requires_grad_(), _seed(), None)),
     ("reparameterize", lambda: (f64(3, 5).requires_grad_(), f64(3, 5, seed=1).requires_grad_(), _seed(), 4)),
     ("reparameterize_backward", lambda: (f64(3, 5), f64(3, 5, seed=1), _seed(), None)),
@@ -316,7 +317,10 @@ def _seed(s=123):
                                      _seed(), 2)),
     ("reparameterize_tril_backward", lambda: (f64(2, 3, 4), f64(2, 3), _tril(3, 4, gen(1), torch.float64),
                                               _seed(), 2)),
-], ids=lambda c: c[0])
+]
+
+
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=lambda c: c[0])
 def test_opcheck(case):
     name, make = case
     torch.library.opcheck(getattr(torch.ops.fastvae, name).default, make(), test_utils=OPCHECK_UTILS)
