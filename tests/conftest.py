@@ -51,6 +51,14 @@ def gen(seed, device="cpu"):
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def f64(*shape, seed=0):
+    return torch.randn(shape, dtype=torch.float64, generator=gen(seed))
+
+
+# opcheck's checks of every op (test_aot_dispatch_dynamic also runs the registered backward)
+OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
 # ---- tolerances ------------------------------------------------------------------------------------------------
 # The kernels compute float32 with ~2-ulp polynomial exp/log (Cephes) and float64 with libm; the oracle is the
 # float64 reference at the same inputs (float32 inputs upcast exactly). So:
@@ -79,7 +87,8 @@ def assert_within(actual, expected, tol, what=""):
     if bad.any():
         i = bad.nonzero()[0].tolist()
         raise AssertionError(
-            f"{what}: {int(bad.sum())} of {expected.numel()} values off; first at {i}: got {actual[tuple(i)].item()!r}, "
+            f"{what}: {int(bad.sum())} of {expected.numel()} values off; first at {i}: "
+            f"got {actual[tuple(i)].item()!r}, "
             f"expected {expected[tuple(i)].item()!r}, tol {tol[tuple(i)].item():.3g}, "
             f"max err/tol {(err / (tol + 1e-300))[~expected.isnan()].max().item():.3g}")
 

@@ -45,7 +45,8 @@ CASES = {
     # ---- integer and bool tensors
     "reparameterize int mu": (TypeError, "mu", lambda: F.reparameterize(t(3, dtype=torch.int64), t(3))),
     "reparameterize bool logvar": (TypeError, "logvar", lambda: F.reparameterize(t(3), t(3, dtype=torch.bool))),
-    "reparameterize_kl int logvar": (TypeError, "logvar", lambda: F.reparameterize_kl(t(2, 3), t(2, 3, dtype=torch.int32))),
+    "reparameterize_kl int logvar": (TypeError, "logvar",
+                                     lambda: F.reparameterize_kl(t(2, 3), t(2, 3, dtype=torch.int32))),
     "gaussian_nll int x": (TypeError, "x", lambda: F.gaussian_nll(t(2, 3, dtype=torch.int64), t(2, 3))),
     "gaussian_nll bool mean": (TypeError, "mean", lambda: F.gaussian_nll(t(2, 3), t(2, 3, dtype=torch.bool))),
     "gaussian_nll int logvar": (TypeError, "logvar", lambda: F.gaussian_nll(t(2, 3), t(2, 3), t(3, dtype=torch.int64))),

@@ -275,3 +275,27 @@ def test_cuda_autocast_network(dtype):
     assert kl.dtype == torch.float32 and loss.dtype == torch.float32
     loss.backward()
     assert lin.weight.grad.isfinite().all()
+
+
+# ---- opcheck on CUDA tensors ---------------------------------------------------------------------------------
+
+def _opcheck_cases():
+    from test_gaussian_ops import OPCHECK_CASES as likelihood_cases
+    from test_random import OPCHECK_CASES as random_cases
+    return likelihood_cases + random_cases
+
+
+def _to_cuda32(a):
+    """The CPU float64 opcheck arguments as float32 CUDA tensors (CUDA kernels take float32/16-bit)."""
+    if not isinstance(a, torch.Tensor):
+        return a
+    t = a.detach().to(DEV, torch.float32 if a.is_floating_point() else a.dtype)
+    return t.requires_grad_(a.requires_grad)
+
+
+@pytest.mark.parametrize("case", _opcheck_cases(), ids=lambda c: c[0])
+def test_opcheck_cuda(case):
+    name, make = case
+    from conftest import OPCHECK_UTILS
+    args = tuple(_to_cuda32(a) for a in make())
+    torch.library.opcheck(getattr(torch.ops.fastvae, name).default, args, test_utils=OPCHECK_UTILS)

@@ -12,7 +12,7 @@ from hypothesis import given, strategies as st
 import fastvae
 from fastvae import reference as ref
 
-from conftest import EPS, assert_grad_close, assert_within, grad_tol, sum_tol
+from conftest import EPS, OPCHECK_UTILS, assert_grad_close, assert_within, f64, grad_tol, sum_tol
 
 LOG_2PI = math.log(2 * math.pi)
 DTYPES = [torch.float32, torch.float64]
@@ -127,8 +127,12 @@ def check_reduced(out, expected_none, scale_elem, lead, reduction, dtype, what):
 
 # ---- gaussian_nll ------------------------------------------------------------------------------------------
 
-@given(case=likelihood_cases(), data=st.data())
-def test_gaussian_nll_matches_reference(case, data):
+def opt64(t):
+    return None if t is None else t.double()
+
+
+def draw_gaussian_case(case, data):
+    """x, mean and logvar of a drawn likelihood case, with the logvar layout, reduction and dtype drawn."""
     B, F, k, seed = case
     layout = data.draw(st.sampled_from(lv_layouts(F, k is not None)), label="logvar layout")
     reduction = data.draw(st.sampled_from(REDUCTIONS), label="reduction")
@@ -137,9 +141,15 @@ def test_gaussian_nll_matches_reference(case, data):
     x = randn((B, *F), g, dtype)
     mean = randn(((k,) if k else ()) + (B, *F), g, dtype)
     lv = make_logvar(layout, B, F, k, g, dtype)
+    return layout, reduction, dtype, g, x, mean, lv
+
+
+@given(case=likelihood_cases(), data=st.data())
+def test_gaussian_nll_matches_reference(case, data):
+    k = case[2]
+    layout, reduction, dtype, _, x, mean, lv = draw_gaussian_case(case, data)
     out = fastvae.gaussian_nll(x, mean, lv, reduction=reduction)
-    lv64 = None if lv is None else lv.double()
-    expected = ref.gaussian_nll(x.double(), mean.double(), lv64, reduction="none")
+    expected = ref.gaussian_nll(x.double(), mean.double(), opt64(lv), reduction="none")
     check_reduced(out, expected, gauss_scale(x, mean, lv), 2 if k else 1, reduction, dtype,
                   f"gaussian_nll {layout} {reduction}")
 
@@ -204,17 +214,23 @@ def make_prior(layout, B, F, g, dtype):
     return randn(shape, g, dtype)
 
 
-@given(case=kl_cases(), data=st.data())
-def test_kl_normal_matches_reference(case, data):
+def draw_kl_case(case, data):
+    """mu, logvar and the priors of a drawn KL case, with the reduction and dtype drawn."""
     B, F, mpl, lpl, seed = case
     reduction = data.draw(st.sampled_from(REDUCTIONS), label="reduction")
     dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
     g = torch.Generator().manual_seed(seed)
     mu, lv = randn((B, *F), g, dtype), randn((B, *F), g, dtype)
     mp, lp = make_prior(mpl, B, F, g, dtype), make_prior(lpl, B, F, g, dtype)
+    return reduction, dtype, g, mu, lv, mp, lp
+
+
+@given(case=kl_cases(), data=st.data())
+def test_kl_normal_matches_reference(case, data):
+    mpl, lpl = case[2:4]
+    reduction, dtype, _, mu, lv, mp, lp = draw_kl_case(case, data)
     out = fastvae.kl_normal(mu, lv, mp, lp, reduction=reduction)
-    d = (lambda t: None if t is None else t.double())
-    expected = ref.kl_normal(mu.double(), lv.double(), d(mp), d(lp), reduction="none")
+    expected = ref.kl_normal(mu.double(), lv.double(), opt64(mp), opt64(lp), reduction="none")
     check_reduced(out, expected, kl_scale(mu, lv, mp, lp), 1, reduction, dtype, f"kl_normal {mpl}/{lpl} {reduction}")
 
 
@@ -292,19 +308,12 @@ def check_grads(got, exp, mags, main_numel, dtype, names, what):
 
 @given(case=likelihood_cases(), data=st.data())
 def test_gaussian_nll_gradients(case, data):
-    B, F, k, seed = case
-    layout = data.draw(st.sampled_from(lv_layouts(F, k is not None)), label="logvar layout")
-    reduction = data.draw(st.sampled_from(REDUCTIONS), label="reduction")
-    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
-    g = torch.Generator().manual_seed(seed)
-    x = randn((B, *F), g, dtype)
-    mean = randn(((k,) if k else ()) + (B, *F), g, dtype)
-    lv = make_logvar(layout, B, F, k, g, dtype)
+    B, _, k, _ = case
+    layout, reduction, dtype, g, x, mean, lv = draw_gaussian_case(case, data)
     out_shape = ((k,) if k else ()) + (B,)
     w = randn(out_shape if reduction == "none" else (), g, torch.float64) + 0.5  # not all ones, signs mixed
     got = grads_of(fastvae.gaussian_nll, [x, mean, lv], w.to(dtype), reduction)
-    exp = grads_of(ref.gaussian_nll, [x.double(), mean.double(), None if lv is None else lv.double()],
-                   w.to(dtype).double(), reduction)
+    exp = grads_of(ref.gaussian_nll, [x.double(), mean.double(), opt64(lv)], w.to(dtype).double(), reduction)
     mags = gauss_grad_mags(x, mean, lv, abs_weight(w.to(dtype).double(), out_shape, mean, reduction))
     check_grads(got, exp, mags, mean.numel(), dtype, ("x", "mean", "logvar"), f"{layout}, {reduction}")
 
@@ -327,16 +336,11 @@ def test_bernoulli_nll_gradients(case, data):
 
 @given(case=kl_cases(), data=st.data())
 def test_kl_normal_gradients(case, data):
-    B, F, mpl, lpl, seed = case
-    reduction = data.draw(st.sampled_from(REDUCTIONS), label="reduction")
-    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
-    g = torch.Generator().manual_seed(seed)
-    mu, lv = randn((B, *F), g, dtype), randn((B, *F), g, dtype)
-    mp, lp = make_prior(mpl, B, F, g, dtype), make_prior(lpl, B, F, g, dtype)
+    B, _, mpl, lpl, _ = case
+    reduction, dtype, g, mu, lv, mp, lp = draw_kl_case(case, data)
     w = randn((B,) if reduction == "none" else (), g, torch.float64) + 0.5
     got = grads_of(fastvae.kl_normal, [mu, lv, mp, lp], w.to(dtype), reduction)
-    d = (lambda t: None if t is None else t.double())
-    exp = grads_of(ref.kl_normal, [mu.double(), lv.double(), d(mp), d(lp)], w.to(dtype).double(), reduction)
+    exp = grads_of(ref.kl_normal, [mu.double(), lv.double(), opt64(mp), opt64(lp)], w.to(dtype).double(), reduction)
     mags = kl_grad_mags(mu, lv, mp, lp, abs_weight(w.to(dtype).double(), (B,), mu, reduction))
     check_grads(got, exp, mags, mu.numel(), dtype, ("mu", "logvar", "mu_prior", "logvar_prior"), f"{mpl}/{lpl}")
 
@@ -409,29 +413,26 @@ def test_kl_normal_gradcheck(priors):
 
 # ---- opcheck of every op, forward and backward ---------------------------------------------------------------
 
-OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-
-
-def _f64(*shape, seed=0):
-    return torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.mark.parametrize("case", [
-    ("gaussian_nll", lambda: (_f64(3, 5), _f64(3, 5, seed=1).requires_grad_(), _f64(3, 5, seed=2).requires_grad_())),
-    ("gaussian_nll", lambda: (_f64(3, 5).requires_grad_(), _f64(2, 3, 5, seed=1).requires_grad_(), _f64(5, seed=2))),
-    ("gaussian_nll", lambda: (_f64(3, 5), _f64(3, 5, seed=1).requires_grad_(), None)),
-    ("gaussian_nll_backward", lambda: (_f64(3), _f64(3, 5), _f64(3, 5, seed=1), _f64(5, seed=2), True, True)),
-    ("gaussian_nll_backward", lambda: (_f64(2, 3), _f64(3, 5), _f64(2, 3, 5, seed=1), None, True, False)),
-    ("bernoulli_nll", lambda: (_f64(3, 5).requires_grad_(), torch.rand(3, 5, dtype=torch.float64))),
-    ("bernoulli_nll", lambda: (_f64(2, 3, 5).requires_grad_(), torch.rand(3, 5, dtype=torch.float64))),
-    ("bernoulli_nll_backward", lambda: (_f64(3), _f64(3, 5), torch.rand(3, 5, dtype=torch.float64))),
-    ("kl_normal", lambda: (_f64(3, 5).requires_grad_(), _f64(3, 5, seed=1).requires_grad_(), None, None)),
-    ("kl_normal", lambda: (_f64(3, 5).requires_grad_(), _f64(3, 5, seed=1), _f64(5, seed=2).requires_grad_(),
-                           _f64(3, 5, seed=3).requires_grad_())),
-    ("kl_normal_backward", lambda: (_f64(3), _f64(3, 5), _f64(3, 5, seed=1), _f64(5, seed=2), None,
+# (op name, a function making its arguments): every op, forward and backward; also run on CUDA
+OPCHECK_CASES = [
+    ("gaussian_nll", lambda: (f64(3, 5), f64(3, 5, seed=1).requires_grad_(), f64(3, 5, seed=2).requires_grad_())),
+    ("gaussian_nll", lambda: (f64(3, 5).requires_grad_(), f64(2, 3, 5, seed=1).requires_grad_(), f64(5, seed=2))),
+    ("gaussian_nll", lambda: (f64(3, 5), f64(3, 5, seed=1).requires_grad_(), None)),
+    ("gaussian_nll_backward", lambda: (f64(3), f64(3, 5), f64(3, 5, seed=1), f64(5, seed=2), True, True)),
+    ("gaussian_nll_backward", lambda: (f64(2, 3), f64(3, 5), f64(2, 3, 5, seed=1), None, True, False)),
+    ("bernoulli_nll", lambda: (f64(3, 5).requires_grad_(), torch.rand(3, 5, dtype=torch.float64))),
+    ("bernoulli_nll", lambda: (f64(2, 3, 5).requires_grad_(), torch.rand(3, 5, dtype=torch.float64))),
+    ("bernoulli_nll_backward", lambda: (f64(3), f64(3, 5), torch.rand(3, 5, dtype=torch.float64))),
+    ("kl_normal", lambda: (f64(3, 5).requires_grad_(), f64(3, 5, seed=1).requires_grad_(), None, None)),
+    ("kl_normal", lambda: (f64(3, 5).requires_grad_(), f64(3, 5, seed=1), f64(5, seed=2).requires_grad_(),
+                           f64(3, 5, seed=3).requires_grad_())),
+    ("kl_normal_backward", lambda: (f64(3), f64(3, 5), f64(3, 5, seed=1), f64(5, seed=2), None,
                                     [True, True, True, False])),
-    ("kl_normal_backward", lambda: (_f64(3), _f64(3, 5), _f64(3, 5, seed=1), None, None, [True, False, False, False])),
-], ids=lambda c: c[0])
+    ("kl_normal_backward", lambda: (f64(3), f64(3, 5), f64(3, 5, seed=1), None, None, [True, False, False, False])),
+]
+
+
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=lambda c: c[0])
 def test_opcheck(case):
     name, make = case
     torch.library.opcheck(getattr(torch.ops.fastvae, name).default, make(), test_utils=OPCHECK_UTILS)

@@ -14,8 +14,8 @@ from scipy import stats
 import fastvae
 from fastvae import reference as ref
 
-from conftest import (EPS, assert_grad_close, assert_within, gen, grad_tol, kernel_eps, key_of, supported_isas,
-                      sum_tol)
+from conftest import (EPS, OPCHECK_UTILS, assert_grad_close, assert_within, f64, gen, grad_tol, kernel_eps, key_of,
+                      supported_isas, sum_tol)
 
 DTYPES = [torch.float32, torch.float64]
 C = fastvae._C
@@ -37,7 +37,8 @@ def test_philox_known_answers(ctr, key, expected):
 def _philox_np(counter, key):
     """Philox4x32-10 in numpy (counter = (lo, hi, 0, 0)), an independent implementation."""
     M0, M1, W0, W1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57), 0x9E3779B9, 0xBB67AE85
-    c = np.stack([counter & 0xFFFFFFFF, counter >> 32, np.zeros_like(counter), np.zeros_like(counter)]).astype(np.uint64)
+    zero = np.zeros_like(counter)
+    c = np.stack([counter & 0xFFFFFFFF, counter >> 32, zero, zero]).astype(np.uint64)
     k0, k1 = key & 0xFFFFFFFF, key >> 32
     for _ in range(10):
         p0, p1 = M0 * c[0], M1 * c[2]
@@ -298,31 +299,28 @@ def test_reparameterize_tril_gradcheck(k):
         lambda m, l: fastvae.reparameterize_tril(m, l, n_samples=k, generator=gen(11), validate_args=False), (mu, L))
 
 
-OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-
-
 def _seed(s=123):
     return torch.tensor([key_of(s)], dtype=torch.int64)
 
 
-def _f64(*shape, seed=0):
-    return torch.randn(shape, dtype=torch.float64, generator=gen(seed))
-
-
-@pytest.mark.parametrize("case", [
-    ("reparameterize", lambda: (_f64(3, 5).requires_grad_(), _f64(3, 5, seed=1).requires_grad_(), _seed(), None)),
-    ("reparameterize", lambda: (_f64(3, 5).requires_grad_(), _f64(3, 5, seed=1).requires_grad_(), _seed(), 4)),
-    ("reparameterize_backward", lambda: (_f64(3, 5), _f64(3, 5, seed=1), _seed(), None)),
-    ("reparameterize_backward", lambda: (_f64(2, 3, 5), _f64(3, 5, seed=1), _seed(), 2)),
-    ("reparameterize_kl", lambda: (_f64(3, 5).requires_grad_(), _f64(3, 5, seed=1).requires_grad_(), _seed())),
-    ("reparameterize_kl_backward", lambda: (_f64(3, 5), _f64(3), _f64(3, 5, seed=1), _f64(3, 5, seed=2), _seed())),
-    ("reparameterize_tril", lambda: (_f64(3, 4).requires_grad_(), _tril(3, 4, gen(1), torch.float64).requires_grad_(),
+# (op name, a function making its arguments): every op, forward and backward; also run on CUDA
+OPCHECK_CASES = [
+    ("reparameterize", lambda: (f64(3, 5).requires_grad_(), f64(3, 5, seed=1).requires_grad_(), _seed(), None)),
+    ("reparameterize", lambda: (f64(3, 5).requires_grad_(), f64(3, 5, seed=1).requires_grad_(), _seed(), 4)),
+    ("reparameterize_backward", lambda: (f64(3, 5), f64(3, 5, seed=1), _seed(), None)),
+    ("reparameterize_backward", lambda: (f64(2, 3, 5), f64(3, 5, seed=1), _seed(), 2)),
+    ("reparameterize_kl", lambda: (f64(3, 5).requires_grad_(), f64(3, 5, seed=1).requires_grad_(), _seed())),
+    ("reparameterize_kl_backward", lambda: (f64(3, 5), f64(3), f64(3, 5, seed=1), f64(3, 5, seed=2), _seed())),
+    ("reparameterize_tril", lambda: (f64(3, 4).requires_grad_(), _tril(3, 4, gen(1), torch.float64).requires_grad_(),
                                      _seed(), None)),
-    ("reparameterize_tril", lambda: (_f64(3, 4).requires_grad_(), _tril(3, 4, gen(1), torch.float64).requires_grad_(),
+    ("reparameterize_tril", lambda: (f64(3, 4).requires_grad_(), _tril(3, 4, gen(1), torch.float64).requires_grad_(),
                                      _seed(), 2)),
-    ("reparameterize_tril_backward", lambda: (_f64(2, 3, 4), _f64(2, 3), _tril(3, 4, gen(1), torch.float64),
+    ("reparameterize_tril_backward", lambda: (f64(2, 3, 4), f64(2, 3), _tril(3, 4, gen(1), torch.float64),
                                               _seed(), 2)),
-], ids=lambda c: c[0])
+]
+
+
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=lambda c: c[0])
 def test_opcheck(case):
     name, make = case
     torch.library.opcheck(getattr(torch.ops.fastvae, name).default, make(), test_utils=OPCHECK_UTILS)
