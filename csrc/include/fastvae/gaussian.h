@@ -39,12 +39,15 @@ FV_HD T gaussian_nll_term(T x, T m, T lv) {
   return T(0.5) * (r * r * fv_exp(-lv) + lv + T(kLog2Pi));
 }
 
-// -log Bernoulli(x | sigmoid(l)) = softplus(l) - x l, stable for any l (x may be a probability).
+// -log Bernoulli(x | sigmoid(l)) = softplus(l) - x l, stable for any l (x may be a probability), written as
+// w |l| + log(1 + e^-|l|) with w = 1 - x for l > 0 and x otherwise; a zero weight times an infinite logit
+// counts as 0, so (l, x) = (+-inf, 0 or 1) give their limits (0 or inf) instead of inf - inf.
 template <class T>
 FV_HD T bernoulli_nll_term(T l, T x) {
   const T a = l < T(0) ? -l : l;
-  const T pos = l > T(0) ? l : T(0);
-  return pos - x * l + fv_log1p_exp_neg(a);
+  const T w = l > T(0) ? T(1) - x : x;
+  const T lin = w == T(0) ? T(0) : w * a;
+  return lin + fv_log1p_exp_neg(a);
 }
 
 // sigmoid(l), stable for any l.
