@@ -72,8 +72,10 @@ def bernoulli_nll(logits, x, *, reduction="mean"):
     elem = _softplus(logits) - x * logits
     # an infinite logit: softplus(l) - x l = w |l| + log(1 + e^-|l|) -> w * inf, with w = 1 - x for l > 0 and x
     # otherwise, and 0 when w = 0 (x in {0, 1} on the likely side): the limit, not inf - inf
-    w = torch.where(logits > 0, 1 - x, x)
-    limit = torch.where(w == 0, torch.zeros_like(w), w * math.inf)
+    # (constants, not w * inf: the masked gradient 0 * inf would be NaN)
+    w = torch.where(logits > 0, 1 - x, x).detach()
+    inf = torch.full_like(elem, math.inf)
+    limit = torch.where(w == 0, torch.zeros_like(elem), torch.where(w > 0, inf, -inf))
     elem = torch.where(logits.isinf(), limit, elem)
     return _reduce(_per_sample(elem, _lead(logits, x)), reduction)
 
