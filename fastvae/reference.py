@@ -75,7 +75,8 @@ def bernoulli_nll(logits, x, *, reduction="mean"):
     # (constants, not w * inf: the masked gradient 0 * inf would be NaN)
     w = torch.where(logits > 0, 1 - x, x).detach()
     inf = torch.full_like(elem, math.inf)
-    limit = torch.where(w == 0, torch.zeros_like(elem), torch.where(w > 0, inf, -inf))
+    signed = torch.where(w > 0, inf, torch.where(w < 0, -inf, torch.full_like(elem, math.nan)))  # NaN x stays NaN
+    limit = torch.where(w == 0, torch.zeros_like(elem), signed)
     elem = torch.where(logits.isinf(), limit, elem)
     return _reduce(_per_sample(elem, _lead(logits, x)), reduction)
 
