@@ -50,6 +50,9 @@ def _parser():
     p.add_argument("--budget", type=float, default=None, help="seconds of timed reps per measurement "
                                                              "(default 0.5, quick 0.05)")
     p.add_argument("--out", default=None, help="output folder (default bench-out/<device>-<date>)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="seconds: ops not started by then get rows 'skipped: time limit' (results are written "
+                        "after every op, so a killed run leaves what it measured)")
     p.add_argument("--no-targets", action="store_true", help="skip the mmd N=65536 memory target measurement")
     return p
 
@@ -173,29 +176,40 @@ def _run(args, argv):
     # --quick skips the providers that compile on first use (seconds each), unless --providers names them
     skip = args.quick and not providers
     runner = Runner(device, modes, args.quick, budget_s=args.budget, log=_log, skip_compiling=skip)
+    def write(rows, mem_target=None):
+        report.derive(rows, env)
+        info2, md2 = targets.issue2(rows)
+        md3 = targets.issue3(rows, mem_target, cuda=cuda)
+        env["issue2_target"] = info2
+        env["seconds"] = time.perf_counter() - t_run
+        if cuda:
+            md2 += "\n\n" + targets.issue2_cuda(rows)
+        md = report.markdown(rows, env, list(ops.values()), targets_md=md2 + "\n\n" + md3)
+        report.write_csv(rows, os.path.join(out_dir, "results.csv"))
+        with open(os.path.join(out_dir, "results.md"), "w") as f:
+            f.write(md + "\n")
+        with open(os.path.join(out_dir, "env.json"), "w") as f:
+            json.dump(env, f, indent=1, default=str)
+        return md
+
     rows = []
     for name in wanted:
         op = ops[name]
-        op_sizes = sizes or (op.quick_sizes if args.quick else op.sizes)
+        op_sizes = sizes or (op.quick_sizes if args.quick else op.cuda_sizes if cuda else op.sizes)
+        if args.time_limit is not None and time.perf_counter() - t_run > args.time_limit:
+            _log(f"{name}: skipped (--time-limit {args.time_limit:.0f} s reached)")
+            rows += runner.skip_op(op, op_sizes, dtypes, f"--time-limit {args.time_limit:.0f} s reached")
+            continue
         _log(f"{name}: sizes {op_sizes}")
         t_op = time.perf_counter()
         rows += runner.run_op(op, op_sizes, dtypes, providers)
         _log(f"{name}: {time.perf_counter() - t_op:.1f} s")
+        write(rows)
 
-    report.derive(rows, env)
-    info2, md2 = targets.issue2(rows)
     mem_target = None
-    if "mmd" in wanted and not args.quick and not args.no_targets and (not providers or "fastvae" in providers):
+    if ("mmd" in wanted and not args.quick and not args.no_targets and (not providers or "fastvae" in providers)
+            and (args.time_limit is None or time.perf_counter() - t_run < args.time_limit)):
         mem_target = targets.mmd_memory_target(device, log=_log)
-    md3 = targets.issue3(rows, mem_target)
-    env["issue2_target"] = info2
-    env["seconds"] = time.perf_counter() - t_run
-
-    md = report.markdown(rows, env, list(ops.values()), targets_md=md2 + "\n\n" + md3)
-    report.write_csv(rows, os.path.join(out_dir, "results.csv"))
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(md + "\n")
-    with open(os.path.join(out_dir, "env.json"), "w") as f:
-        json.dump(env, f, indent=1, default=str)
+    md = write(rows, mem_target)
     pngs = report.plots(rows, out_dir, list(ops.values()))
     return md, f"wrote {out_dir}/results.csv, results.md, env.json and {len(pngs)} plots in {env['seconds']:.0f} s"

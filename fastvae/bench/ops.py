@@ -6,7 +6,7 @@ package is not installed, the fastvae op is not merged yet, ...): that provider 
 as its status. Every callable takes the op's inputs and returns a tensor or a tuple of tensors; the suite
 differentiates them with respect to the inputs that require grad.
 
-Sizes: for the elementwise (Gaussian) ops the size is the batch B of (B, 1024) latents (B x 32 with 32 x 32
+Sizes (defaults differ on CPU, under --quick and on CUDA, where they must fill the GPU): for the elementwise (Gaussian) ops the size is the batch B of (B, 1024) latents (B x 32 with 32 x 32
 scale_tril for reparameterize_tril); for the distances it is the number of samples N of (N, 64) codes; for
 the VAE training step it is the batch of 784-dim inputs.
 """
@@ -50,8 +50,10 @@ class Op:
     work of one call in that mode (None where not modelled)."""
 
     def __init__(self, name, kind, sizes, quick_sizes, make, providers, size_label, bytes_model=None,
-                 flops_model=None, doc=""):
+                 flops_model=None, doc="", cuda_sizes=None):
         self.name, self.kind, self.sizes, self.quick_sizes = name, kind, sizes, quick_sizes
+        self.cuda_sizes = cuda_sizes or {"elementwise": [4096, 16384, 65536], "pairwise": [4096, 16384, 65536],
+                                         "e2e": [256, 1024, 4096]}.get(kind, sizes)
         self.make, self.providers, self.size_label = make, providers, size_label
         self.bytes_model, self.flops_model, self.doc = bytes_model, flops_model, doc
 

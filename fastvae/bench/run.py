@@ -65,8 +65,15 @@ class Runner:
                     if providers and name not in providers:
                         continue
                     rows += self._run_provider(op, n, dtype, sets, name, builder)
+                    if torch.device(self.device).type == "cuda":
+                        torch.cuda.empty_cache()   # a provider that ran out of memory must not starve the next
                 del sets, first
         return rows
+
+    def skip_op(self, op, sizes, dtypes, reason):
+        """Rows for an op that is not run (e.g. the time limit was reached), so that it is not dropped silently."""
+        return [dict(self._base(op, n, dtype, name, m), status=f"skipped: {reason}")
+                for dtype in dtypes for n in sizes for name in op.providers for m in self._modes_for(op)]
 
     def _base(self, op, n, dtype, provider, mode):
         return dict(op=op.name, provider=provider, mode=mode, dtype=str(dtype).replace("torch.", ""),
