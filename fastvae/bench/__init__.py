@@ -41,8 +41,9 @@ def _parser():
                         "distances, batch for vae_train_step); default: each op's own sweep")
     p.add_argument("--dtype", default="float32", help="comma list: float32, float64, float16, bfloat16")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--mode", default="forward,backward,full",
-                   help="comma list of forward, backward, full (forward+backward); default all three")
+    p.add_argument("--mode", default=None,
+                   help="comma list of forward, backward, full (forward+backward); default all three, except the "
+                        "distances on CPU: full only (an N x N baseline call takes seconds there)")
     p.add_argument("--providers", default=None, help="comma list to restrict providers (default: all)")
     p.add_argument("--quick", action="store_true",
                    help="one small size per op, short budgets, no compiling providers (torch.compile, KeOps) unless "
@@ -117,7 +118,7 @@ def _run(args, argv):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {device}: torch {torch.__version__} sees no CUDA device")
-    modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+    modes = [m.strip() for m in (args.mode or ",".join(MODES)).split(",") if m.strip()]
     for m in modes:
         if m not in MODES:
             raise SystemExit(f"--mode must be a comma list of {', '.join(MODES)}; got {m!r}")
@@ -175,7 +176,8 @@ def _run(args, argv):
     ops = {op.name: op for op in all_ops() + [vae_train_op()]}
     # --quick skips the providers that compile on first use (seconds each), unless --providers names them
     skip = args.quick and not providers
-    runner = Runner(device, modes, args.quick, budget_s=args.budget, log=_log, skip_compiling=skip)
+    runner = Runner(device, modes, args.quick, budget_s=args.budget, log=_log, skip_compiling=skip,
+                    pairwise_modes=modes if (args.mode or cuda) else ["full"])
     def write(rows, mem_target=None):
         report.derive(rows, env)
         info2, md2 = targets.issue2(rows)

@@ -43,8 +43,9 @@ def _short(e):
 
 
 class Runner:
-    def __init__(self, device, modes, quick, budget_s=None, log=print, skip_compiling=False):
+    def __init__(self, device, modes, quick, budget_s=None, log=print, skip_compiling=False, pairwise_modes=None):
         self.device, self.modes, self.quick, self.log = device, modes, quick, log
+        self.pairwise_modes = pairwise_modes or modes
         self.budget_s = budget_s if budget_s is not None else (0.05 if quick else 0.5)
         self.warmup_s = 0.0 if quick else 0.2
         self.min_reps = 3 if quick else 5
@@ -80,7 +81,9 @@ class Runner:
                     size=n, shape=op.size_label(n), device=self.device)
 
     def _modes_for(self, op):
-        return ("full",) if op.kind == "e2e" else self.modes
+        if op.kind == "e2e":
+            return ("full",)
+        return self.pairwise_modes if op.kind == "pairwise" else self.modes
 
     def _run_provider(self, op, n, dtype, sets, name, builder):
         modes = self._modes_for(op)
@@ -140,6 +143,7 @@ class Runner:
 
         rows = []
         holder = {}
+        slow = first_s > 2.0
 
         def cleanup(i):
             holder.clear()
@@ -170,8 +174,10 @@ class Runner:
                     torch.autograd.backward(o, grads)
                 prepare = None
             try:
-                r = measure.bench(call, self.device, prepare=prepare, cleanup=cleanup, warmup_s=self.warmup_s,
-                                  budget_s=self.budget_s, min_reps=self.min_reps, min_warmup=1 if self.quick else 2)
+                # a call of seconds: the first call was its warm-up, and 3 reps will do
+                r = measure.bench(call, self.device, prepare=prepare, cleanup=cleanup,
+                                  warmup_s=0.0 if slow else self.warmup_s, budget_s=self.budget_s * op.budget_scale,
+                                  min_reps=3 if slow else self.min_reps, min_warmup=0 if slow else 1)
                 state = prepare(0) if prepare is not None else None
                 peak = measure.peak_memory_bytes(lambda: call(0, state), self.device)
                 del state
