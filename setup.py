@@ -53,7 +53,7 @@ if with_cuda:
     ext = cpp_extension.CUDAExtension(
         "fastvae._C", srcs, include_dirs=include_dirs,
         extra_compile_args={"cxx": cxx + ["-DFASTVAE_WITH_CUDA"],
-                            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "-DFASTVAE_WITH_CUDA"]},
+                            "nvcc": ["-O3", "-std=c++17", "-lineinfo", "-DFASTVAE_WITH_CUDA"]},
         extra_link_args=["-fopenmp"])
 else:
     ext = cpp_extension.CppExtension(

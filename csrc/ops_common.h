@@ -25,13 +25,20 @@ inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* na,
 // The per-sample reductions accumulate (and return) float32 for 16-bit inputs, float64 for float64.
 inline at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-inline uint64_t seed_value(const at::Tensor& seed) {
-  TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 1, "fastvae: seed must be a one-element int64 tensor");
-  return static_cast<uint64_t>(seed.cpu().item<int64_t>());
-}
-
 inline void check_seed(const at::Tensor& seed) {
   TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 1, "fastvae: seed must be a one-element int64 tensor");
+}
+
+inline void check_seed(const at::Tensor& seed, const at::Tensor& ref) {
+  check_seed(seed);
+  TORCH_CHECK(seed.device() == ref.device(), "fastvae: seed must be on the device of the inputs (", ref.device(),
+              "); got ", seed.device());
+}
+
+// The seed's value on the host (a device-to-host copy for a CUDA seed: such an op cannot be graph-captured).
+inline uint64_t seed_value(const at::Tensor& seed) {
+  check_seed(seed);
+  return static_cast<uint64_t>(seed.cpu().item<int64_t>());
 }
 
 // (rows, D) view of a tensor whose first dim is the sample dim.

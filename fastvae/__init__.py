@@ -13,7 +13,10 @@ from .functional import (  # noqa: E402
     reparameterize_kl,
     reparameterize_tril,
 )
+from .distances import energy_distance, mmd, sliced_wasserstein  # noqa: E402
+from .nn import MMDLoss, SlicedWassersteinLoss  # noqa: E402
 from . import reference  # noqa: E402,F401
+from .models import VAE, VAEOutput  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -24,5 +27,12 @@ __all__ = [
     "gaussian_nll",
     "bernoulli_nll",
     "kl_normal",
+    "mmd",
+    "energy_distance",
+    "sliced_wasserstein",
+    "MMDLoss",
+    "SlicedWassersteinLoss",
     "reference",
+    "VAE",
+    "VAEOutput",
 ]

@@ -51,6 +51,11 @@ def _reparam_backward(ctx, grad_z):
 torch.library.register_autograd(_lib + "reparameterize", _reparam_backward, setup_context=_reparam_setup)
 
 
+@torch.library.register_fake(_lib + "_normals")
+def _(seed, start, n):
+    return seed.new_empty((n,), dtype=torch.float32)
+
+
 # ---- reparameterize_kl ---------------------------------------------------------------------------------------
 
 @torch.library.register_fake(_lib + "reparameterize_kl")
@@ -87,7 +92,7 @@ torch.library.register_autograd(_lib + "reparameterize_kl", _reparam_kl_backward
 @torch.library.register_fake(_lib + "reparameterize_tril")
 def _(mu, scale_tril, seed, n_samples):
     lead = (n_samples,) if n_samples is not None else ()
-    return mu.new_empty((*lead, *mu.shape)), mu.new_empty((*lead, mu.shape[0]))
+    return mu.new_empty((*lead, *mu.shape)), mu.new_empty((*lead, mu.shape[0]), dtype=_acc(mu.dtype))
 
 
 @torch.library.register_fake(_lib + "reparameterize_tril_backward")

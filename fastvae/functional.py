@@ -116,7 +116,8 @@ def reparameterize_tril(mu, scale_tril, *, n_samples=None, generator=None, valid
 
     mu (*batch, d), scale_tril (*batch, d, d); returns z (*batch, d) and log_q (*batch), with a leading
     n_samples dim when given. validate_args=False skips the triangularity and singularity checks (each reads
-    L once and synchronises with the device)."""
+    L once and synchronises with the device); they are skipped while torch.compile traces (a data-dependent
+    branch would break the graph)."""
     _checks.tensor(mu, "mu", min_dim=1)
     _checks.tensor(scale_tril, "scale_tril", min_dim=2)
     _checks.same_device(mu, "mu", scale_tril, "scale_tril")
@@ -125,7 +126,7 @@ def reparameterize_tril(mu, scale_tril, *, n_samples=None, generator=None, valid
         raise ValueError(f"scale_tril must have shape (*mu.shape, d) = {(*mu.shape, d)}; got {tuple(scale_tril.shape)}")
     _checks.nonempty_batch(mu, "mu")
     k = _checks.n_samples(n_samples)
-    if validate_args:
+    if validate_args and not torch.compiler.is_compiling():
         if torch.any(torch.triu(scale_tril.detach(), diagonal=1) != 0):
             raise ValueError("scale_tril must be lower triangular: it has non-zero entries above the diagonal")
         if torch.any(torch.diagonal(scale_tril.detach(), dim1=-2, dim2=-1) == 0):
@@ -136,7 +137,7 @@ def reparameterize_tril(mu, scale_tril, *, n_samples=None, generator=None, valid
     seed = _draw_seed(mu.device, generator)
     z, log_q = _ops_ns.reparameterize_tril(mu.to(dt).reshape(-1, d), scale_tril.to(dt).reshape(-1, d, d), seed, k)
     lead = () if k is None else (k,)
-    return z.reshape(*lead, *batch, d).to(out_dtype), log_q.reshape(*lead, *batch)
+    return z.reshape(*lead, *batch, d).to(out_dtype), log_q.reshape((*lead, *batch))
 
 
 # ---------------------------------------------------------------------------------------------------------------

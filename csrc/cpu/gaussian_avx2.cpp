@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <immintrin.h>
 #include <vector>
 
 #pragma GCC target("avx2,fma,bmi2")

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <immintrin.h>
 #include <vector>
 
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,bmi2")

@@ -21,10 +21,9 @@ FV_HD uint32_t philox_mulhilo(uint32_t a, uint32_t b, uint32_t* hi) {
   return static_cast<uint32_t>(p);
 }
 
-// counter = (c_lo, c_hi, 0, 0); key = (k_lo, k_hi)
-FV_HD Philox4 philox4x32_10(uint64_t counter, uint64_t key) {
-  uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+// Philox4x32-10 of a 4-word counter and a 2-word key (Random123's known answers are tested against it).
+FV_HD Philox4 philox4x32_10_full(const uint32_t ctr[4], const uint32_t key[2]) {
+  uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3], k0 = key[0], k1 = key[1];
 #if defined(__CUDACC__)
 #pragma unroll
 #endif
@@ -42,21 +41,11 @@ FV_HD Philox4 philox4x32_10(uint64_t counter, uint64_t key) {
   return Philox4{{c0, c1, c2, c3}};
 }
 
-// Full Philox4x32-10 with a 4-word counter: only for the known-answer tests of the generator itself.
-FV_HD Philox4 philox4x32_10_full(const uint32_t ctr[4], const uint32_t key[2]) {
-  uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3], k0 = key[0], k1 = key[1];
-  for (int r = 0; r < 10; ++r) {
-    uint32_t hi0, hi1;
-    const uint32_t lo0 = philox_mulhilo(0xD2511F53u, c0, &hi0);
-    const uint32_t lo1 = philox_mulhilo(0xCD9E8D57u, c2, &hi1);
-    c0 = hi1 ^ c1 ^ k0;
-    c1 = lo1;
-    c2 = hi0 ^ c3 ^ k1;
-    c3 = lo0;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  return Philox4{{c0, c1, c2, c3}};
+// The stream's form: counter = (c_lo, c_hi, 0, 0), key = (k_lo, k_hi).
+FV_HD Philox4 philox4x32_10(uint64_t counter, uint64_t key) {
+  const uint32_t ctr[4] = {static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), 0u, 0u};
+  const uint32_t k[2] = {static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32)};
+  return philox4x32_10_full(ctr, k);
 }
 
 // A uniform in (0, 1]: 31 random bits plus half a step, so log() below never sees 0.

@@ -1,0 +1,702 @@
+// CUDA kernels of the sample distances: MMD / energy distance (tiled pair sums, forward and backward) and
+// sliced-Wasserstein (segmented sort of the projections, comparison with the sorted target). Torch-free: raw
+// pointers, sizes, a cudaStream_t; the binding is ops_distances_cuda.cpp.
+//
+// MMD, launch shapes and bytes moved:
+//   prep     column means of x (grid (ceil(d/32), B), 32x32 threads) and |row - mean|^2 of x and y
+//            (one thread per row): reads (N + M) d elements.
+//   forward  one block of 256 threads per 64 x 64 tile of pairs (upper triangles for x-x and y-y, all of x-y),
+//            grid (tiles, B). Each thread holds a 4 x 4 block of dot products in registers; the two 64 x 32
+//            operand slices are staged in shared memory, centred on the mean of x (every kernel is translation
+//            invariant, and centring keeps |a|^2 + |b|^2 - 2 a.b from cancelling). Every bandwidth's kernel is
+//            applied in registers; the tile's sum goes to a per-tile double partial (no atomics), and
+//            `mmd_finish` adds the partials of a batch in a fixed order: bitwise reproducible.
+//            Reads 2 * 64 * d elements per tile: ~ d / 32 FLOP per byte on the dot products alone.
+//   backward one block per 64 rows of x (or y), grid (row blocks, B), looping over every panel of 64 columns
+//            of both sets: dot products as in forward, then w = dk/du in shared memory and G += W * panel with
+//            the gradient rows in double registers (d <= kMaxDim): grad_i = s_i a_i - G_i, written once.
+// Dot products run on the FP32 (or FP64) pipes: TF32 tensor cores would round the codes to 10 mantissa bits
+// before |a - b|^2 is formed, which is too coarse for the distances of nearby codes.
+//
+// Sliced-Wasserstein: cub::DeviceSegmentedSort::SortPairs over the B L rows (it sorts small and medium
+// segments per warp / per block in shared memory and large ones with a device-wide pass), then one block per row
+// for the comparison with the sorted target (the normal quantiles, or the sorted py) and a fixed-order sum.
+#include <cuda_runtime.h>
+
+#include <cub/cub.cuh>
+#include <type_traits>
+
+#include "fastvae/cuda_distances.h"
+#include "fastvae/distances.h"
+#include "fastvae/philox.h"
+
+namespace fastvae {
+namespace cuda {
+namespace {
+
+constexpr int kTile = 64;
+constexpr int kThreads = 256;
+constexpr int kDk = 16;  // d slice staged in shared memory per step
+constexpr int kPad = kTile + 1;
+
+inline size_t align_up(size_t n) { return (n + 255) / 256 * 256; }
+
+inline dim3 grid1d(index_t n, int threads) { return dim3(static_cast<unsigned>((n + threads - 1) / threads)); }
+
+template <class T>
+struct Dev {
+  const T* x;
+  const T* y;
+  const T* center;  // (B, d) or null
+  const T* nx;      // (B, N) |x - c|^2
+  const T* ny;      // (B, M)
+  index_t N, M, d;
+  int n_bw;
+  T params[kMaxBandwidths];
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// prep
+
+template <class T>
+__global__ void column_mean_kernel(const T* __restrict__ x, index_t N, index_t d, T* __restrict__ center) {
+  __shared__ double part[32][33];
+  const index_t b = blockIdx.y;
+  const index_t k = static_cast<index_t>(blockIdx.x) * 32 + threadIdx.x;
+  double s = 0;
+  if (k < d)
+    for (index_t i = threadIdx.y; i < N; i += 32) s += static_cast<double>(x[(b * N + i) * d + k]);
+  part[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && k < d) {
+    double t = 0;
+    for (int r = 0; r < 32; ++r) t += part[r][threadIdx.x];
+    center[b * d + k] = static_cast<T>(t / static_cast<double>(N));
+  }
+}
+
+template <class T>
+__global__ void sq_norm_kernel(const T* __restrict__ x, index_t B, index_t n, index_t d, const T* __restrict__ center,
+                               T* __restrict__ out) {
+  const index_t r = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= B * n) return;
+  const index_t b = r / n;
+  T s = 0;
+  for (index_t k = 0; k < d; ++k) {
+    const T v = x[r * d + k] - (center ? center[b * d + k] : T(0));
+    s += v * v;
+  }
+  out[r] = s;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// tiles
+
+// Stage rows [row0, row0 + 64) x dims [k0, k0 + kDk) of a (n, d) set, centred, transposed: S[k][r].
+template <class T>
+__device__ __forceinline__ void stage_slice(const T* __restrict__ a, index_t n, index_t d, index_t row0, index_t k0,
+                                            const T* __restrict__ c, T (*S)[kPad]) {
+  for (int t = threadIdx.x; t < kTile * kDk; t += kThreads) {
+    const int r = t / kDk, k = t % kDk;
+    const index_t gi = row0 + r, gk = k0 + k;
+    T v = 0;
+    if (gi < n && gk < d) v = a[gi * d + gk] - (c ? c[gk] : T(0));
+    S[k][r] = v;
+  }
+}
+
+// acc[i][j] = a_{row0 + 4 ty + i} . b_{col0 + 4 tx + j}
+template <class T>
+__device__ __forceinline__ void tile_dots(const T* __restrict__ a, index_t na, index_t row0, const T* __restrict__ b,
+                                          index_t nb, index_t col0, index_t d, const T* __restrict__ c, T (*As)[kPad],
+                                          T (*Bs)[kPad], T acc[4][4]) {
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = 0;
+  for (index_t k0 = 0; k0 < d; k0 += kDk) {
+    __syncthreads();
+    stage_slice(a, na, d, row0, k0, c, As);
+    stage_slice(b, nb, d, col0, k0, c, Bs);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kDk; ++k) {
+      T av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) av[i] = As[k][4 * ty + i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) bv[j] = Bs[k][4 * tx + j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fma(av[i], bv[j], acc[i][j]);
+    }
+  }
+}
+
+__device__ __forceinline__ double block_sum(double v, double* red) {
+  red[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
+    __syncthreads();
+  }
+  const double out = red[0];
+  __syncthreads();
+  return out;
+}
+
+// Tiles of one batch: [0, tri_x) x-x upper triangle, [tri_x, tri_x + nbx * nby) x-y, then the y-y triangle.
+__device__ __forceinline__ void tri_decode(index_t t, index_t nb, index_t* I, index_t* J) {
+  // rows I hold nb - I tiles (J = I .. nb - 1); offset(I) = I nb - I (I - 1) / 2
+  const double fb = 2.0 * nb + 1.0;
+  index_t i = static_cast<index_t>((fb - sqrt(fb * fb - 8.0 * static_cast<double>(t))) / 2.0);
+  if (i < 0) i = 0;
+  while (i > 0 && i * nb - i * (i - 1) / 2 > t) --i;
+  while ((i + 1) * nb - (i + 1) * i / 2 <= t) ++i;
+  *I = i;
+  *J = i + (t - (i * nb - i * (i - 1) / 2));
+}
+
+template <class T, DistKernel K>
+__global__ void __launch_bounds__(kThreads) mmd_tiles_kernel(Dev<T> p, double* __restrict__ partials) {
+  __shared__ T As[kDk][kPad];
+  __shared__ T Bs[kDk][kPad];
+  __shared__ double red[kThreads];
+  const index_t b = blockIdx.y;
+  const index_t nbx = (p.N + kTile - 1) / kTile, nby = p.y ? (p.M + kTile - 1) / kTile : 0;
+  const index_t tri_x = nbx * (nbx + 1) / 2, cross = nbx * nby, tri_y = nby * (nby + 1) / 2;
+  const index_t ntiles = tri_x + cross + tri_y;
+  const index_t t = blockIdx.x;
+  index_t I, J;
+  const T *A, *Bp, *na, *nb;
+  index_t nA, nB;
+  bool same;
+  if (t < tri_x) {
+    tri_decode(t, nbx, &I, &J);
+    A = p.x; Bp = p.x; nA = nB = p.N; na = nb = p.nx + b * p.N; same = true;
+  } else if (t < tri_x + cross) {
+    I = (t - tri_x) / nby; J = (t - tri_x) % nby;
+    A = p.x; Bp = p.y; nA = p.N; nB = p.M; na = p.nx + b * p.N; nb = p.ny + b * p.M; same = false;
+  } else {
+    tri_decode(t - tri_x - cross, nby, &I, &J);
+    A = p.y; Bp = p.y; nA = nB = p.M; na = nb = p.ny + b * p.M; same = true;
+  }
+  A += b * nA * p.d;
+  Bp += b * nB * p.d;
+  const T* c = p.center ? p.center + b * p.d : nullptr;
+  T acc[4][4];
+  tile_dots(A, nA, I * kTile, Bp, nB, J * kTile, p.d, c, As, Bs, acc);
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  T s = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const index_t gi = I * kTile + 4 * ty + i;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const index_t gj = J * kTile + 4 * tx + j;
+      if (gi >= nA || gj >= nB || (same && gi == gj)) continue;
+      T u = na[gi] + nb[gj] - T(2) * acc[i][j];
+      u = u < T(0) ? T(0) : u;
+      for (int h = 0; h < p.n_bw; ++h) s += PairKernel<K>::value(u, p.params[h]);
+    }
+  }
+  const double tot = block_sum(static_cast<double>(s), red);
+  if (threadIdx.x == 0) partials[b * ntiles + t] = (same && J != I ? 2.0 : 1.0) * tot;
+}
+
+struct Finish {
+  double cxx, cyy, cxy, k0;  // coefficients; k0 = sum over bandwidths of k(0) (biased diagonal)
+  bool biased, prior_rbf;
+  int n_bw;
+  double bw[kMaxBandwidths];
+};
+
+// One block per batch: the three pair sums in a fixed order, then MMD^2.
+template <class T>
+__global__ void __launch_bounds__(kThreads) mmd_finish_kernel(const double* __restrict__ partials, index_t nbx,
+                                                                index_t nby, index_t N, index_t M, index_t d,
+                                                                const T* __restrict__ nx, Finish f, T* out) {
+  __shared__ double red[kThreads];
+  const index_t b = blockIdx.x;
+  const index_t tri_x = nbx * (nbx + 1) / 2, cross = nbx * nby, tri_y = nby * (nby + 1) / 2;
+  const double* pb = partials + b * (tri_x + cross + tri_y);
+  double sx = 0, sxy = 0, sy = 0;
+  for (index_t t = threadIdx.x; t < tri_x; t += kThreads) sx += pb[t];
+  for (index_t t = threadIdx.x; t < cross; t += kThreads) sxy += pb[tri_x + t];
+  for (index_t t = threadIdx.x; t < tri_y; t += kThreads) sy += pb[tri_x + cross + t];
+  sx = block_sum(sx, red);
+  sxy = block_sum(sxy, red);
+  sy = block_sum(sy, red);
+  double prior = 0;  // rbf against N(0, I): sum_i sum_h a_h exp(-|x_i|^2 / (2 (h^2 + 1)))
+  if (f.prior_rbf) {
+    for (index_t i = threadIdx.x; i < N; i += kThreads) {
+      for (int h = 0; h < f.n_bw; ++h)
+        prior += rbf_prior_cross(static_cast<double>(nx[b * N + i]), f.bw[h], static_cast<double>(d));
+    }
+    prior = block_sum(prior, red);
+  }
+  if (threadIdx.x == 0) {
+    if (f.biased) {
+      sx += f.k0 * static_cast<double>(N);
+      sy += f.k0 * static_cast<double>(M);
+    }
+    double v = f.cxx * sx;
+    if (f.prior_rbf) {
+      double yy = 0;
+      for (int h = 0; h < f.n_bw; ++h) yy += rbf_prior_yy(f.bw[h], static_cast<double>(d));
+      v += yy - 2.0 / static_cast<double>(N) * prior;
+    } else {
+      v += f.cyy * sy + f.cxy * sxy;
+    }
+    out[b] = static_cast<T>(v);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// backward
+
+struct GradRole {
+  bool rows_are_x;        // A = x (else y)
+  double coef_same;       // 4 c_AA: same-set pairs
+  double coef_cross;      // 2 c_xy: cross pairs (0 when the other set is absent)
+  bool prior_rbf;         // add the closed-form prior term to s_i
+  double inv_n;           // 1 / N for the prior term
+  double bw[kMaxBandwidths];  // the bandwidths themselves (prior term)
+};
+
+template <class T, DistKernel K, int DC>
+__global__ void __launch_bounds__(kThreads) mmd_grad_kernel(Dev<T> p, GradRole role, const T* __restrict__ g,
+                                                              T* __restrict__ grad) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T(*Ws)[kPad] = reinterpret_cast<T(*)[kPad]>(smem_raw);                             // 64 x 65
+  T(*Pn)[kPad] = reinterpret_cast<T(*)[kPad]>(smem_raw + sizeof(T) * kTile * kPad);  // 64 x 65 panel rows
+  T(*As)[kPad] = Pn;                                                                 // kDk x 65 (aliases Pn)
+  T(*Bs)[kPad] = Pn + kDk;                                                           // kDk x 65
+  double* sred = reinterpret_cast<double*>(smem_raw + 2 * sizeof(T) * kTile * kPad);  // 64 x 16
+
+  const index_t b = blockIdx.y, I = blockIdx.x;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const T* A = role.rows_are_x ? p.x + b * p.N * p.d : p.y + b * p.M * p.d;
+  const index_t nA = role.rows_are_x ? p.N : p.M;
+  const T* nAv = role.rows_are_x ? p.nx + b * p.N : p.ny + b * p.M;
+  const T* Other = role.rows_are_x ? (p.y ? p.y + b * p.M * p.d : nullptr) : p.x + b * p.N * p.d;
+  const index_t nO = role.rows_are_x ? p.M : p.N;
+  const T* nOv = role.rows_are_x ? (p.y ? p.ny + b * p.M : nullptr) : p.nx + b * p.N;
+  const T* c = p.center ? p.center + b * p.d : nullptr;
+  const double gb = static_cast<double>(g[b]);
+
+  double G[4][4 * DC];
+  double s[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    s[i] = 0;
+#pragma unroll
+    for (int k = 0; k < 4 * DC; ++k) G[i][k] = 0;
+  }
+  for (int set = 0; set < 2; ++set) {
+    const T* Bset = set == 0 ? A : Other;
+    if (!Bset) continue;
+    const index_t nB = set == 0 ? nA : nO;
+    const T* nBv = set == 0 ? nAv : nOv;
+    const T coef = static_cast<T>((set == 0 ? role.coef_same : role.coef_cross) * gb);
+    const index_t npanel = (nB + kTile - 1) / kTile;
+    for (index_t J = 0; J < npanel; ++J) {
+      T acc[4][4];
+      tile_dots(A, nA, I * kTile, Bset, nB, J * kTile, p.d, c, As, Bs, acc);
+      __syncthreads();  // As / Bs (aliasing Pn) are read; Ws free
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const index_t gi = I * kTile + 4 * ty + i;
+        T srow = 0;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const index_t gj = J * kTile + 4 * tx + j;
+          T w = 0;
+          if (gi < nA && gj < nB && !(set == 0 && gi == gj)) {
+            T u = nAv[gi] + nBv[gj] - T(2) * acc[i][j];
+            u = u < T(0) ? T(0) : u;
+            for (int h = 0; h < p.n_bw; ++h) w += PairKernel<K>::dk_du(u, p.params[h]);
+            w *= coef;
+          }
+          Ws[4 * ty + i][4 * tx + j] = w;
+          srow += w;
+        }
+        s[i] += static_cast<double>(srow);
+      }
+#pragma unroll
+      for (int dc = 0; dc < DC; ++dc) {
+        __syncthreads();
+        for (int t = threadIdx.x; t < kTile * kTile; t += kThreads) {  // panel rows, dims [64 dc, 64 dc + 64)
+          const int r = t / kTile, k = t % kTile;
+          const index_t gj = J * kTile + r, gk = static_cast<index_t>(dc) * kTile + k;
+          T v = 0;
+          if (gj < nB && gk < p.d) v = Bset[gj * p.d + gk] - (c ? c[gk] : T(0));
+          Pn[r][k] = v;
+        }
+        __syncthreads();
+        T t4[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int k = 0; k < 4; ++k) t4[i][k] = 0;
+        for (int j = 0; j < kTile; ++j) {
+          T wv[4], bv[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) wv[i] = Ws[4 * ty + i][j];
+#pragma unroll
+          for (int k = 0; k < 4; ++k) bv[k] = Pn[j][4 * tx + k];
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) t4[i][k] = fma(wv[i], bv[k], t4[i][k]);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int k = 0; k < 4; ++k) G[i][4 * dc + k] += static_cast<double>(t4[i][k]);
+      }
+      __syncthreads();
+    }
+  }
+  // s_i: the 16 threads of a row group in a fixed order
+#pragma unroll
+  for (int i = 0; i < 4; ++i) sred[(4 * ty + i) * 16 + tx] = s[i];
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = 4 * ty + i;
+    const index_t gi = I * kTile + r;
+    if (gi >= nA) continue;
+    double si = 0;
+    for (int q = 0; q < 16; ++q) si += sred[r * 16 + q];
+    if (role.prior_rbf) {  // d/dx_i of -2/N sum_h a_h exp(-|x_i|^2 / (2 (h^2 + 1))) = (...) x_i
+      double e = 0;
+      for (int h = 0; h < p.n_bw; ++h)
+        e += rbf_prior_cross(static_cast<double>(nAv[gi]), role.bw[h], static_cast<double>(p.d)) /
+             (role.bw[h] * role.bw[h] + 1.0);
+      si += gb * 2.0 * role.inv_n * e;
+    }
+#pragma unroll
+    for (int dc = 0; dc < DC; ++dc)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const index_t gk = static_cast<index_t>(dc) * kTile + 4 * tx + k;
+        if (gk >= p.d) continue;
+        const double a = static_cast<double>(A[gi * p.d + gk] - (c ? c[gk] : T(0)));
+        grad[(role.rows_are_x ? b * p.N : b * p.M) * p.d + gi * p.d + gk] = static_cast<T>(si * a - G[i][4 * dc + k]);
+      }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// host side: MMD
+
+template <class T>
+struct MmdLayout {
+  size_t partials, center, nx, ny, total;
+  index_t nbx, nby, ntiles;
+};
+
+template <class T>
+MmdLayout<T> mmd_layout(const MmdArgs<T>& a) {
+  MmdLayout<T> l;
+  l.nbx = (a.N + kTile - 1) / kTile;
+  l.nby = a.y ? (a.M + kTile - 1) / kTile : 0;
+  l.ntiles = l.nbx * (l.nbx + 1) / 2 + l.nbx * l.nby + l.nby * (l.nby + 1) / 2;
+  size_t off = 0;
+  l.partials = off;
+  off += align_up(sizeof(double) * static_cast<size_t>(a.B * l.ntiles));
+  l.center = off;
+  off += align_up(sizeof(T) * static_cast<size_t>(a.B * a.d));
+  l.nx = off;
+  off += align_up(sizeof(T) * static_cast<size_t>(a.B * a.N));
+  l.ny = off;
+  off += align_up(sizeof(T) * static_cast<size_t>(a.B * (a.y ? a.M : 1)));
+  l.total = off;
+  return l;
+}
+
+template <class T>
+Dev<T> prepare(const MmdArgs<T>& a, const MmdLayout<T>& l, unsigned char* ws, cudaStream_t st) {
+  Dev<T> p;
+  p.x = a.x;
+  p.y = a.y;
+  p.N = a.N;
+  p.M = a.M;
+  p.d = a.d;
+  p.n_bw = a.n_bw;
+  for (int h = 0; h < a.n_bw; ++h) p.params[h] = static_cast<T>(kernel_param(a.kernel, a.bw[h], static_cast<double>(a.d)));
+  T* center = reinterpret_cast<T*>(ws + l.center);
+  T* nx = reinterpret_cast<T*>(ws + l.nx);
+  T* ny = reinterpret_cast<T*>(ws + l.ny);
+  p.center = a.y ? center : nullptr;  // the closed-form prior is not translation invariant: no centring
+  if (a.y) column_mean_kernel<T><<<dim3(static_cast<unsigned>((a.d + 31) / 32), static_cast<unsigned>(a.B)), dim3(32, 32), 0, st>>>(a.x, a.N, a.d, center);
+  sq_norm_kernel<T><<<grid1d(a.B * a.N, 256), 256, 0, st>>>(a.x, a.B, a.N, a.d, p.center, nx);
+  if (a.y) sq_norm_kernel<T><<<grid1d(a.B * a.M, 256), 256, 0, st>>>(a.y, a.B, a.M, a.d, p.center, ny);
+  p.nx = nx;
+  p.ny = a.y ? ny : nullptr;
+  return p;
+}
+
+template <class T, DistKernel K>
+void launch_tiles(const Dev<T>& p, const MmdLayout<T>& l, index_t B, double* partials, cudaStream_t st) {
+  mmd_tiles_kernel<T, K><<<dim3(static_cast<unsigned>(l.ntiles), static_cast<unsigned>(B)), kThreads, 0, st>>>(p, partials);
+}
+
+template <class T, DistKernel K, int DC>
+int launch_grad_dc(const Dev<T>& p, const GradRole& role, index_t B, index_t nrows, const T* g, T* grad,
+                   cudaStream_t st) {
+  const size_t smem = 2 * sizeof(T) * kTile * kPad + sizeof(double) * kTile * 16;
+  cudaError_t e = cudaFuncSetAttribute(mmd_grad_kernel<T, K, DC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem));
+  if (e != cudaSuccess) return e;
+  const unsigned blocks = static_cast<unsigned>((nrows + kTile - 1) / kTile);
+  mmd_grad_kernel<T, K, DC><<<dim3(blocks, static_cast<unsigned>(B)), kThreads, smem, st>>>(p, role, g, grad);
+  return cudaGetLastError();
+}
+
+template <class T, DistKernel K>
+int launch_grad(const Dev<T>& p, const GradRole& role, index_t B, index_t nrows, const T* g, T* grad,
+                cudaStream_t st) {
+  switch ((p.d + kTile - 1) / kTile) {
+    case 1: return launch_grad_dc<T, K, 1>(p, role, B, nrows, g, grad, st);
+    case 2: return launch_grad_dc<T, K, 2>(p, role, B, nrows, g, grad, st);
+    case 3: return launch_grad_dc<T, K, 3>(p, role, B, nrows, g, grad, st);
+    case 4: return launch_grad_dc<T, K, 4>(p, role, B, nrows, g, grad, st);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+template <class T, class F>
+int with_kernel(DistKernel k, const F& f) {
+  switch (k) {
+    case DistKernel::Rbf: return f(std::integral_constant<DistKernel, DistKernel::Rbf>{});
+    case DistKernel::Imq: return f(std::integral_constant<DistKernel, DistKernel::Imq>{});
+    case DistKernel::Laplacian: return f(std::integral_constant<DistKernel, DistKernel::Laplacian>{});
+    default: return f(std::integral_constant<DistKernel, DistKernel::Energy>{});
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// sliced-Wasserstein
+
+__global__ void row_offsets_kernel(int* __restrict__ off, index_t rows, index_t N) {
+  const index_t r = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r <= rows) off[r] = static_cast<int>(r * N);
+}
+
+__global__ void iota_rows_kernel(int32_t* __restrict__ idx, index_t rows, index_t N) {
+  const index_t t = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t < rows * N) idx[t] = static_cast<int32_t>(t % N);
+}
+
+// One block per row: sum_i |xs_i - t_i|^p with t the sorted py row or the normal quantile.
+template <class T>
+__global__ void __launch_bounds__(kThreads) sw_rows_kernel(const T* __restrict__ xs, const T* __restrict__ ys,
+                                                             index_t N, double p, double* __restrict__ part) {
+  __shared__ double red[kThreads];
+  const index_t r = blockIdx.x;
+  double s = 0;
+  for (index_t i = threadIdx.x; i < N; i += kThreads) {
+    const double t = ys ? static_cast<double>(ys[r * N + i]) : normal_order_target(i, N);
+    s += abs_pow(static_cast<double>(xs[r * N + i]) - t, p);
+  }
+  s = block_sum(s, red);
+  if (threadIdx.x == 0) part[r] = s;
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) sw_finish_kernel(const double* __restrict__ part, index_t L, index_t N,
+                                                               T* __restrict__ out) {
+  __shared__ double red[kThreads];
+  double s = 0;
+  for (index_t l = threadIdx.x; l < L; l += kThreads) s += part[blockIdx.x * L + l];
+  s = block_sum(s, red);
+  if (threadIdx.x == 0) out[blockIdx.x] = static_cast<T>(s / static_cast<double>(L * N));
+}
+
+template <class T>
+__global__ void sw_backward_kernel(const T* __restrict__ g, const T* __restrict__ px, const T* __restrict__ py,
+                                   const int32_t* __restrict__ perm_x, const int32_t* __restrict__ perm_y,
+                                   T* __restrict__ gpx, T* __restrict__ gpy, index_t B, index_t L, index_t N,
+                                   double p) {
+  const index_t t = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= B * L * N) return;
+  const index_t r = t / N, i = t % N;
+  const index_t row = r * N;
+  const index_t ix = perm_x[t];
+  const double tgt = py ? static_cast<double>(py[row + perm_y[t]]) : normal_order_target(i, N);
+  const double gr = static_cast<double>(g[r / L]) / static_cast<double>(L * N) *
+                    abs_pow_grad(static_cast<double>(px[row + ix]) - tgt, p);
+  gpx[row + ix] = static_cast<T>(gr);
+  if (gpy) gpy[row + perm_y[t]] = static_cast<T>(-gr);
+}
+
+struct SwLayout {
+  size_t offsets, idx, xs, ys, part, temp, total;
+};
+
+template <class T>
+size_t sort_temp_bytes(index_t rows, index_t N) {
+  size_t bytes = 0;
+  cub::DeviceSegmentedSort::SortPairs(nullptr, bytes, static_cast<const T*>(nullptr), static_cast<T*>(nullptr),
+                                      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+                                      static_cast<int>(rows * N), static_cast<int>(rows),
+                                      static_cast<const int*>(nullptr), static_cast<const int*>(nullptr) + 1);
+  return bytes;
+}
+
+template <class T>
+SwLayout sw_layout(index_t B, index_t L, index_t N, bool with_y) {
+  const index_t rows = B * L;
+  SwLayout l;
+  size_t off = 0;
+  l.offsets = off;
+  off += align_up(sizeof(int) * static_cast<size_t>(rows + 1));
+  l.idx = off;
+  off += align_up(sizeof(int32_t) * static_cast<size_t>(rows * N));
+  l.xs = off;
+  off += align_up(sizeof(T) * static_cast<size_t>(rows * N));
+  l.ys = off;
+  off += with_y ? align_up(sizeof(T) * static_cast<size_t>(rows * N)) : 0;
+  l.part = off;
+  off += align_up(sizeof(double) * static_cast<size_t>(rows));
+  l.temp = off;
+  off += align_up(sort_temp_bytes<T>(rows, N));
+  l.total = off;
+  return l;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+// launchers
+
+template <class T>
+size_t mmd_workspace_bytes(const MmdArgs<T>& a) {
+  return mmd_layout(a).total;
+}
+
+template <class T>
+int mmd_forward(const MmdArgs<T>& a, T* out, void* workspace, void* stream) {
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  unsigned char* ws = static_cast<unsigned char*>(workspace);
+  const MmdLayout<T> l = mmd_layout(a);
+  const Dev<T> p = prepare(a, l, ws, st);
+  double* partials = reinterpret_cast<double*>(ws + l.partials);
+  with_kernel<T>(a.kernel, [&](auto kc) {
+    launch_tiles<T, decltype(kc)::value>(p, l, a.B, partials, st);
+    return 0;
+  });
+  const MmdCoefs c = mmd_coefs(a.N, a.M, a.unbiased);
+  Finish f;
+  f.cxx = c.xx;
+  f.cyy = c.yy;
+  f.cxy = c.xy;
+  f.k0 = kernel_at_zero(a.kernel) * a.n_bw;
+  f.biased = !a.unbiased;
+  f.prior_rbf = a.y == nullptr;
+  f.n_bw = a.n_bw;
+  for (int h = 0; h < a.n_bw; ++h) f.bw[h] = a.bw[h];
+  mmd_finish_kernel<T><<<static_cast<unsigned>(a.B), kThreads, 0, st>>>(partials, l.nbx, l.nby, a.N, a.y ? a.M : 0,
+                                                                         a.d, p.nx, f, out);
+  return cudaGetLastError();
+}
+
+template <class T>
+int mmd_backward(const MmdArgs<T>& a, const T* g, T* grad_x, T* grad_y, void* workspace, void* stream) {
+  if (a.d > kMaxDim) return cudaErrorInvalidValue;
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  unsigned char* ws = static_cast<unsigned char*>(workspace);
+  const MmdLayout<T> l = mmd_layout(a);
+  const Dev<T> p = prepare(a, l, ws, st);
+  const MmdCoefs c = mmd_coefs(a.N, a.M, a.unbiased);
+  return with_kernel<T>(a.kernel, [&](auto kc) {
+    constexpr DistKernel K = decltype(kc)::value;
+    GradRole rx{true, 4.0 * c.xx, a.y ? 2.0 * c.xy : 0.0, a.y == nullptr, 1.0 / static_cast<double>(a.N), {}};
+    for (int h = 0; h < a.n_bw; ++h) rx.bw[h] = a.bw[h];
+    int err = launch_grad<T, K>(p, rx, a.B, a.N, g, grad_x, st);
+    if (err || !grad_y || !a.y) return err;
+    GradRole ry = rx;
+    ry.rows_are_x = false;
+    ry.coef_same = 4.0 * c.yy;
+    ry.prior_rbf = false;
+    return launch_grad<T, K>(p, ry, a.B, a.M, g, grad_y, st);
+  });
+}
+
+__global__ void fill_normals_kernel(float* __restrict__ out, index_t n, uint64_t key) {
+  const index_t grp = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (grp * 4 >= n) return;
+  float v[4];
+  normal4(static_cast<uint64_t>(grp), key, v);
+#pragma unroll
+  for (int q = 0; q < 4; ++q)
+    if (grp * 4 + q < n) out[grp * 4 + q] = v[q];
+}
+
+int fill_normals(float* out, index_t n, uint64_t key, void* stream) {
+  fill_normals_kernel<<<grid1d((n + 3) / 4, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(out, n, key);
+  return cudaGetLastError();
+}
+
+template <class T>
+size_t sw_workspace_bytes(index_t B, index_t L, index_t N, bool with_y) {
+  return sw_layout<T>(B, L, N, with_y).total;
+}
+
+template <class T>
+int sw_forward(const T* px, const T* py, T* out, int32_t* perm_x, int32_t* perm_y, index_t B, index_t L, index_t N,
+               double p, void* workspace, size_t workspace_bytes, void* stream) {
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  const SwLayout l = sw_layout<T>(B, L, N, py != nullptr);
+  if (workspace_bytes < l.total) return cudaErrorInvalidValue;
+  unsigned char* ws = static_cast<unsigned char*>(workspace);
+  const index_t rows = B * L;
+  int* off = reinterpret_cast<int*>(ws + l.offsets);
+  int32_t* idx = reinterpret_cast<int32_t*>(ws + l.idx);
+  T* xs = reinterpret_cast<T*>(ws + l.xs);
+  T* ys = py ? reinterpret_cast<T*>(ws + l.ys) : nullptr;
+  double* part = reinterpret_cast<double*>(ws + l.part);
+  void* temp = ws + l.temp;
+  size_t temp_bytes = l.total - l.temp;
+  row_offsets_kernel<<<grid1d(rows + 1, 256), 256, 0, st>>>(off, rows, N);
+  iota_rows_kernel<<<grid1d(rows * N, 256), 256, 0, st>>>(idx, rows, N);
+  cudaError_t e = cub::DeviceSegmentedSort::SortPairs(temp, temp_bytes, px, xs, idx, perm_x, static_cast<int>(rows * N),
+                                                      static_cast<int>(rows), off, off + 1, st);
+  if (e != cudaSuccess) return e;
+  if (py) {
+    e = cub::DeviceSegmentedSort::SortPairs(temp, temp_bytes, py, ys, idx, perm_y, static_cast<int>(rows * N),
+                                            static_cast<int>(rows), off, off + 1, st);
+    if (e != cudaSuccess) return e;
+  }
+  sw_rows_kernel<T><<<static_cast<unsigned>(rows), kThreads, 0, st>>>(xs, ys, N, p, part);
+  sw_finish_kernel<T><<<static_cast<unsigned>(B), kThreads, 0, st>>>(part, L, N, out);
+  return cudaGetLastError();
+}
+
+template <class T>
+int sw_backward(const T* g, const T* px, const T* py, const int32_t* perm_x, const int32_t* perm_y, T* gpx, T* gpy,
+                index_t B, index_t L, index_t N, double p, void* stream) {
+  sw_backward_kernel<T><<<grid1d(B * L * N, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+      g, px, py, perm_x, perm_y, gpx, gpy, B, L, N, p);
+  return cudaGetLastError();
+}
+
+#define FV_INSTANTIATE(T)                                                                                            \
+  template size_t mmd_workspace_bytes<T>(const MmdArgs<T>&);                                                       \
+  template int mmd_forward<T>(const MmdArgs<T>&, T*, void*, void*);                                                \
+  template int mmd_backward<T>(const MmdArgs<T>&, const T*, T*, T*, void*, void*);                                 \
+  template size_t sw_workspace_bytes<T>(index_t, index_t, index_t, bool);                                          \
+  template int sw_forward<T>(const T*, const T*, T*, int32_t*, int32_t*, index_t, index_t, index_t, double, void*, \
+                             size_t, void*);                                                                       \
+  template int sw_backward<T>(const T*, const T*, const T*, const int32_t*, const int32_t*, T*, T*, index_t, index_t, \
+                              index_t, double, void*);
+FV_INSTANTIATE(float)
+FV_INSTANTIATE(double)
+#undef FV_INSTANTIATE
+
+}  // namespace cuda
+}  // namespace fastvae

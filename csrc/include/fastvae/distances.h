@@ -1,0 +1,165 @@
+// Per-pair kernel functions of the sample distances (MMD, energy distance) and the normal quantile of the
+// sliced-Wasserstein prior target, shared by the CPU and CUDA kernels.
+//
+// Every kernel is a function of u = |x - y|^2, computed by the callers from dot products
+// (u = |x|^2 + |y|^2 - 2 x.y) and clamped at 0 (`u < 0 ? 0 : u`, which lets a NaN through), so that cancellation
+// never gives a negative distance.
+// `p` is the per-bandwidth parameter from kernel_param(); value() is k(u) and dk_du() is dk/du, the
+// gradient weight: d k / d x = 2 dk_du(u) (x - y).  For the kernels of r = sqrt(u) (laplacian, energy),
+// dk/du = k'(r) / (2 r) is set to 0 at r = 0: the gradient of |x - y| at x = y is 0, never NaN.
+#pragma once
+#include <cmath>
+
+#include "fastvae/common.h"
+#include "fastvae/vmath.h"
+
+namespace fastvae {
+
+// The order is the op schema's `kernel` integer.
+enum class DistKernel : int { Rbf = 0, Imq = 1, Laplacian = 2, Energy = 3 };
+
+// rbf: 1 / (2 h^2); imq: C = 2 d h^2; laplacian: 1 / h; energy: unused (1).
+FV_HD double kernel_param(DistKernel k, double h, double d) {
+  switch (k) {
+    case DistKernel::Rbf: return 1.0 / (2.0 * h * h);
+    case DistKernel::Imq: return 2.0 * d * h * h;
+    case DistKernel::Laplacian: return 1.0 / h;
+    default: return 1.0;
+  }
+}
+
+FV_HD float fv_sqrt(float u) { return sqrtf(u); }
+FV_HD double fv_sqrt(double u) { return sqrt(u); }
+
+template <DistKernel K>
+struct PairKernel;
+
+// k = exp(-u / (2 h^2))
+template <>
+struct PairKernel<DistKernel::Rbf> {
+  template <class T>
+  FV_HD T value(T u, T p) { return fv_exp(-p * u); }
+  template <class T>
+  FV_HD T dk_du(T u, T p) { return -p * fv_exp(-p * u); }
+};
+
+// k = C / (C + u)
+template <>
+struct PairKernel<DistKernel::Imq> {
+  template <class T>
+  FV_HD T value(T u, T p) { return p / (p + u); }
+  template <class T>
+  FV_HD T dk_du(T u, T p) {
+    const T t = T(1) / (p + u);
+    return -p * t * t;
+  }
+};
+
+// k = exp(-sqrt(u) / h)
+template <>
+struct PairKernel<DistKernel::Laplacian> {
+  template <class T>
+  FV_HD T value(T u, T p) { return fv_exp(-p * fv_sqrt(u)); }
+  template <class T>
+  FV_HD T dk_du(T u, T p) {
+    const T r = fv_sqrt(u);
+    const T safe = r > T(0) ? r : T(1);
+    const T w = T(-0.5) * p * fv_exp(-p * r) / safe;
+    return r == T(0) ? T(0) : w;  // (a NaN distance stays NaN)
+  }
+};
+
+// k = -sqrt(u)
+template <>
+struct PairKernel<DistKernel::Energy> {
+  template <class T>
+  FV_HD T value(T u, T) { return -fv_sqrt(u); }
+  template <class T>
+  FV_HD T dk_du(T u, T) {
+    const T r = fv_sqrt(u);
+    const T safe = r > T(0) ? r : T(1);
+    return r == T(0) ? T(0) : T(-0.5) / safe;
+  }
+};
+
+// k(x, x) of one bandwidth: 1 for the bounded kernels, 0 for the energy kernel.
+FV_HD double kernel_at_zero(DistKernel k) { return k == DistKernel::Energy ? 0.0 : 1.0; }
+
+// MMD^2 = xx S_xx + yy S_yy + xy S_xy for the pair sums S (S_xx over i != j for the unbiased estimator).
+struct MmdCoefs {
+  double xx, yy, xy;
+};
+
+FV_HD MmdCoefs mmd_coefs(index_t N, index_t M, bool unbiased) {
+  const double n = static_cast<double>(N), m = static_cast<double>(M);
+  return MmdCoefs{unbiased ? 1.0 / (n * (n - 1.0)) : 1.0 / (n * n), unbiased ? 1.0 / (m * (m - 1.0)) : 1.0 / (m * m),
+                  -2.0 / (n * m)};
+}
+
+// The rbf kernel against y ~ N(0, I_d), in closed form, for one bandwidth h:
+//   E_y k(x, y) = (h^2 / (h^2 + 1))^(d/2) exp(-|x|^2 / (2 (h^2 + 1)))    (rbf_prior_cross, of n2 = |x|^2)
+//   d/dx of it = -x rbf_prior_cross / (h^2 + 1)
+//   E_{y,y'} k(y, y') = (h^2 / (h^2 + 2))^(d/2)                           (rbf_prior_yy)
+FV_HD double rbf_prior_cross(double n2, double h, double d) {
+  const double h2 = h * h;
+  return pow(h2 / (h2 + 1.0), 0.5 * d) * exp(-n2 / (2.0 * (h2 + 1.0)));
+}
+
+FV_HD double rbf_prior_yy(double h, double d) {
+  const double h2 = h * h;
+  return pow(h2 / (h2 + 2.0), 0.5 * d);
+}
+
+// Standard normal quantile Phi^-1(q), q in (0, 1), to double precision: Acklam's rational approximation
+// (relative error 1.2e-9) refined by one Halley step on erfc.
+FV_HD double normal_quantile(double q) {
+  const double a[6] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+                       1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
+  const double b[5] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+                       6.680131188771972e+01,  -1.328068155288572e+01};
+  const double c[6] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+                       -2.549732539343734e+00, 4.374664141464968e+00,  2.938163982698783e+00};
+  const double e[4] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00, 3.754408661907416e+00};
+  const double lo = 0.02425, hi = 1.0 - lo;
+  double x;
+  if (q < lo) {
+    const double t = sqrt(-2.0 * log(q));
+    x = (((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5]) /
+        ((((e[0] * t + e[1]) * t + e[2]) * t + e[3]) * t + 1.0);
+  } else if (q <= hi) {
+    const double s = q - 0.5, t = s * s;
+    x = (((((a[0] * t + a[1]) * t + a[2]) * t + a[3]) * t + a[4]) * t + a[5]) * s /
+        (((((b[0] * t + b[1]) * t + b[2]) * t + b[3]) * t + b[4]) * t + 1.0);
+  } else {
+    const double t = sqrt(-2.0 * log(1.0 - q));
+    x = -(((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5]) /
+        ((((e[0] * t + e[1]) * t + e[2]) * t + e[3]) * t + 1.0);
+  }
+  // Halley: f(x) = Phi(x) - q, Phi(x) = erfc(-x / sqrt 2) / 2
+  const double err = 0.5 * erfc(-x * 0.70710678118654752440) - q;
+  const double u = err * 2.50662827463100050242 * exp(0.5 * x * x);
+  return x - u / (1.0 + 0.5 * x * u);
+}
+
+// The sorted standard-normal target of the sliced-Wasserstein prior: Phi^-1((i + 1/2) / n).
+FV_HD double normal_order_target(index_t i, index_t n) {
+  return normal_quantile((static_cast<double>(i) + 0.5) / static_cast<double>(n));
+}
+
+// d/dd |d|^p, p >= 1 (0 at d = 0 for p = 1: the subgradient of |d| there).
+FV_HD double abs_pow_grad(double diff, double p) {
+  const double a = diff < 0 ? -diff : diff;
+  const double s = diff > 0 ? 1.0 : (diff < 0 ? -1.0 : 0.0);
+  if (p == 1.0) return s;
+  if (p == 2.0) return 2.0 * diff;
+  return a > 0 ? s * p * pow(a, p - 1.0) : 0.0;
+}
+
+FV_HD double abs_pow(double diff, double p) {
+  const double a = diff < 0 ? -diff : diff;
+  if (p == 1.0) return a;
+  if (p == 2.0) return a * a;
+  return pow(a, p);
+}
+
+}  // namespace fastvae

@@ -1,0 +1,39 @@
+"""nn.Module wrappers of the fused losses, with the arguments of the functions they call."""
+import torch
+
+from . import distances
+
+
+class MMDLoss(torch.nn.Module):
+    """Squared MMD between codes and a target sample (or the standard normal prior when the target is None);
+    see fastvae.mmd for the kernels, bandwidths and estimators."""
+
+    def __init__(self, kernel="imq", bandwidth=1.0, estimator="unbiased", generator=None):
+        super().__init__()
+        self.kernel, self.bandwidth, self.estimator, self.generator = kernel, bandwidth, estimator, generator
+
+    def forward(self, x, y=None):
+        return distances.mmd(x, y, kernel=self.kernel, bandwidth=self.bandwidth, estimator=self.estimator,
+                             generator=self.generator)
+
+    def extra_repr(self):
+        return f"kernel={self.kernel!r}, bandwidth={self.bandwidth!r}, estimator={self.estimator!r}"
+
+
+class SlicedWassersteinLoss(torch.nn.Module):
+    """SW_p^p between codes and a target sample (or the standard normal prior); see fastvae.sliced_wasserstein."""
+
+    def __init__(self, n_projections=128, p=2, projections=None, generator=None):
+        super().__init__()
+        self.n_projections, self.p, self.generator = n_projections, p, generator
+        if projections is None:
+            self.projections = None
+        else:  # a buffer: it follows the module's .to(device)
+            self.register_buffer("projections", projections)
+
+    def forward(self, x, y=None):
+        return distances.sliced_wasserstein(x, y, n_projections=self.n_projections, p=self.p,
+                                            projections=self.projections, generator=self.generator)
+
+    def extra_repr(self):
+        return f"n_projections={self.n_projections}, p={self.p}"

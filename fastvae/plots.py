@@ -1,0 +1,87 @@
+"""The PNGs of a run (matplotlib, Agg backend): loss curve, sample grid, reconstructions, latent scatter."""
+import math
+import os
+
+import torch
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path):
+    """Writes next to path and renames, so a reader never sees half a PNG."""
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def image_grid(images, ncol=None):
+    """(N, C, H, W) in [0, 1] -> one (H', W', C) array with 1-pixel gaps, for imshow."""
+    images = images.detach().float().cpu().clamp(0, 1)
+    n, c, h, w = images.shape
+    ncol = ncol or math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    grid = torch.ones(c, nrow * (h + 1) + 1, ncol * (w + 1) + 1)
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        grid[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = images[i]
+    grid = grid.permute(1, 2, 0)
+    return grid[..., 0].numpy() if c == 1 else grid.numpy()
+
+
+def save_grid(images, path, title=None, ncol=None):
+    plt = _plt()
+    grid = image_grid(images, ncol)
+    fig, ax = plt.subplots(figsize=(min(8, 0.5 + grid.shape[1] / 12), min(8, 0.5 + grid.shape[0] / 12)))
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def save_reconstructions(x, x_hat, path, n=16):
+    """Originals (odd rows) above their reconstructions (even rows)."""
+    x, x_hat = x[:n].detach().cpu(), x_hat[:n].detach().cpu()
+    ncol = min(8, x.shape[0])
+    rows = []
+    for i in range(0, x.shape[0], ncol):
+        rows += [x[i:i + ncol], x_hat[i:i + ncol]]
+    save_grid(torch.cat(rows), path, "originals (odd rows) / reconstructions (even rows)", ncol=ncol)
+
+
+def save_loss_curve(metrics, path):
+    plt = _plt()
+    epochs = [m["epoch"] for m in metrics]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [m["train_loss"] for m in metrics], label="train loss")
+    if all("test_loss" in m for m in metrics):
+        ax.plot(epochs, [m["test_loss"] for m in metrics], label="test loss")
+    if all("test_elbo" in m for m in metrics):
+        ax.plot(epochs, [-m["test_elbo"] for m in metrics], "--", label="test -ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per sample")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def save_latent_scatter(z, labels, path):
+    plt = _plt()
+    z = z.detach().float().cpu()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    c = None if labels is None else labels.detach().cpu()
+    sc = ax.scatter(z[:, 0], z[:, 1], c=c, s=6, **({} if c is None else {"cmap": "tab10"}))
+    if c is not None:
+        fig.colorbar(sc, ax=ax)
+    ax.set_xlabel("z1")
+    ax.set_ylabel("z2")
+    ax.set_title("test set, posterior means")
+    _save(fig, path)
+    plt.close(fig)
