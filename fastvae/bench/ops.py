@@ -50,8 +50,11 @@ class Op:
     work of one call in that mode (None where not modelled)."""
 
     def __init__(self, name, kind, sizes, quick_sizes, make, providers, size_label, bytes_model=None,
-                 flops_model=None, doc="", cuda_sizes=None, budget_scale=1.0):
+                 flops_model=None, doc="", cuda_sizes=None, budget_scale=1.0, mem_model=None):
         self.name, self.kind, self.sizes, self.quick_sizes = name, kind, sizes, quick_sizes
+        # provider -> (n, itemsize) -> bytes a call (forward + backward) needs at least: providers that would
+        # exceed the machine's free memory are skipped with a row saying so, not run into the OOM killer
+        self.mem_model = mem_model or {}
         self.budget_scale = budget_scale  # the target workloads get more reps
         self.cuda_sizes = cuda_sizes or {"elementwise": [4096, 16384, 65536], "pairwise": [4096, 16384, 65536],
                                          "e2e": [256, 1024, 4096]}.get(kind, sizes)
@@ -329,6 +332,16 @@ def _geomloss(loss, backend, **kw):
     return lambda x, y: sl(x, y)
 
 
+def _pairwise_mem(n, s):
+    """Memory models of the N x N providers (y has N rows too): the reference builds the (N, N, d) differences
+    for the x-x, y-y and x-y pairs and autograd keeps them (~6 N^2 d); the N x N forms keep about ten N x N
+    matrices (the distances, a kernel term per bandwidth, their sums)."""
+    d = CODE_D
+    ref = lambda n, s: 6 * n * n * d * s  # noqa: E731
+    nxn = lambda n, s: 10 * n * n * s  # noqa: E731
+    return {"eager": ref, "compile": nxn, "nxn-cdist": nxn, "geomloss-tensorized": nxn}
+
+
 def _distance_ops():
     ops = []
 
@@ -347,7 +360,7 @@ def _distance_ops():
             "geomloss-online": lambda: _geomloss("gaussian", "online", blur=1.0),
         },
         lambda n: f"{n}x{CODE_D}",
-        flops_model=_pairwise_flops,
+        flops_model=_pairwise_flops, mem_model=_pairwise_mem(None, None),
         doc="imq kernel summed over 7 bandwidths (pythae's WAE scales), unbiased, y = N prior samples; geomloss "
             "rows are its single-Gaussian kernel loss (one bandwidth, biased), the library alternative"))
 
@@ -366,7 +379,7 @@ def _distance_ops():
             "geomloss-online": lambda: _geomloss("energy", "online"),
         },
         lambda n: f"{n}x{CODE_D}",
-        flops_model=_pairwise_flops,
+        flops_model=_pairwise_flops, mem_model=_pairwise_mem(None, None),
         doc="energy distance between x and N prior samples y"))
 
     def make_sw(n, dtype, device, gen):

@@ -29,6 +29,20 @@ def _llc_bytes(device):
         return 32 * 2**20
 
 
+def _free_memory_bytes(device):
+    """Memory a provider may use: 40% of MemAvailable on CPU (the machine is shared), 80% of the free GPU memory."""
+    if torch.device(device).type == "cuda":
+        return int(0.8 * torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(0.4 * int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    return 4 * 2**30
+
+
 def _tensors(x):
     if isinstance(x, torch.Tensor):
         return [x]
@@ -87,6 +101,14 @@ class Runner:
 
     def _run_provider(self, op, n, dtype, sets, name, builder):
         modes = self._modes_for(op)
+        need = op.mem_model.get(name)
+        if need is not None:
+            need = need(n, torch.empty((), dtype=dtype).element_size())
+            free = _free_memory_bytes(self.device)
+            if need > free:
+                why = f"skipped: needs ~{need / 2**30:.1f} GiB (N x N), more than the {free / 2**30:.1f} GiB allowed"
+                self.log(f"  {op.name} {op.size_label(n)} {name}: {why}")
+                return [dict(self._base(op, n, dtype, name, m), status=why) for m in modes]
         if self.skip_compiling and name in COMPILING:
             why = "skipped: --quick does not compile (torch.compile / KeOps JIT); run without --quick"
             return [dict(self._base(op, n, dtype, name, m), status=why) for m in modes]
