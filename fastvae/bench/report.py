@@ -120,6 +120,12 @@ def _ordered(names, order):
     return [n for n in order if n in names] + sorted(n for n in names if n not in order)
 
 
+# one colour per provider in every plot
+_COLORS = {"fastvae": "tab:red", "eager": "tab:blue", "compile": "tab:green", "torch.distributions": "tab:purple",
+           "nxn-cdist": "tab:orange", "geomloss-tensorized": "tab:brown", "geomloss-online": "tab:pink",
+           "eager-matmul-sort": "tab:olive", "pot": "tab:cyan"}
+
+
 def plots(rows, out_dir, ops):
     """One PNG per op: p50 time (left) and peak memory (right) against size, one line per provider, for the
     'full' mode when measured (else the first measured mode). Returns the paths written."""
@@ -144,9 +150,11 @@ def plots(rows, out_dir, ops):
                         continue
                     label = prov if dtype == "float32" else f"{prov} {dtype}"
                     xs = [p[0] for p in pts]
+                    style = dict(marker="o", label=label, color=_COLORS.get(prov),
+                                 linestyle="-" if dtype == "float32" else "--")
                     ax_t.errorbar(xs, [p[1] for p in pts], yerr=[[p[1] - p[3] for p in pts], [p[4] - p[1] for p in pts]],
-                                  marker="o", label=label, capsize=2)
-                    ax_m.plot(xs, [max(p[2], 1e-3) for p in pts], marker="o", label=label)
+                                  capsize=2, **style)
+                    ax_m.plot(xs, [max(p[2], 1e-3) for p in pts], **style)
         else:
             ax_t.text(0.5, 0.5, "no provider ran", ha="center", va="center", transform=ax_t.transAxes)
         for ax, yl in ((ax_t, "time p50 [ms] (bars: p20-p80)"), (ax_m, "peak memory above inputs [MiB]")):
