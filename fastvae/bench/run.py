@@ -224,7 +224,7 @@ class Runner:
                      f"[{r['p20']:.3f}, {r['p80']:.3f}] x{r['reps']}, peak {peak / 2**20:.1f} MiB")
         if name in COMPILING:
             steady = next((rw["p50_ms"] for rw in rows if rw.get("mode") == "full" and "p50_ms" in rw), None)
-            compile_s = first_s - (steady or 0.0) / 1e3
+            compile_s = max(0.0, first_s - (steady or 0.0) / 1e3)
             for rw in rows:
                 rw["compile_s"] = compile_s
         return rows

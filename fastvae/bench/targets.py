@@ -81,7 +81,8 @@ def issue3(rows, mmd_memory=None, cuda=False):
             continue
         ran = True
         ratio = _ratio(b, f)
-        extra = f" (+{b['compile_s']:.1f} s first-call compile)" if b is not None and b.get("compile_s") else ""
+        extra = (f" (+{b['compile_s']:.1f} s first-call compile)" if b is not None and (b.get("compile_s") or 0) > 0.05
+                 else "")
         lines.append(f"| {op} | {_t(f)} | {base} | {_t(b)}{extra} | "
                      f"{_verdict(ratio, goal) if goal else (f'{ratio:.2f}x' if ratio else 'n/a')} |")
     if cuda:
