@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 MAX_JOBS ?= 2
 NVCC ?= nvcc
 CUDA_ARCHS ?= 80 90
-DEPS := "setuptools>=70" wheel pybind11 ninja numpy pytest hypothesis scipy matplotlib tqdm scikit-learn POT geomloss
+DEPS := "setuptools>=70" wheel pybind11 ninja numpy pytest hypothesis scipy matplotlib tqdm scikit-learn POT geomloss pykeops
 
 .PHONY: all env build test cuda-check demo bench clean
 
@@ -53,7 +53,7 @@ demo: build
 	@echo "pictures: out/digits/{samples,reconstructions,loss_curve}.png  metrics: out/digits/metrics.{csv,json}"
 
 bench: build
-	$(BIN)/fastvae bench --out bench/results/cpu
+	$(BIN)/python -m fastvae.bench --out bench/results/cpu-$$(date -u +%Y%m%d)
 
 clean:
 	rm -rf build *.egg-info fastvae/_C*.so $(VENV)

@@ -1,0 +1,109 @@
+"""Smoke test of the benchmark suite: `--quick` runs and writes well-formed CSV, markdown and PNGs. No timing
+assertions: the numbers depend on the machine and its load."""
+import csv
+import math
+
+import pytest
+import torch
+
+from fastvae import bench
+from fastvae.bench import report
+from fastvae.bench.ops import Op, Unavailable
+from fastvae.bench.run import Runner
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert bench.main(["--quick", "--device", "cpu", "--out", str(out)]) == 0
+    return out, buf.getvalue()
+
+
+def test_quick_writes_wellformed_csv(quick_run):
+    out, _ = quick_run
+    with open(out / "results.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == report.FIELDS
+        rows = list(reader)
+    assert rows
+    ops = {r["op"] for r in rows}
+    assert set(bench.GROUPS["all"]) <= ops  # every op has rows, measured or with a status saying why not
+    for r in rows:
+        assert r["provider"] and r["mode"] in ("forward", "backward", "full") and r["device"] == "cpu"
+        assert r["status"], r
+        if r["status"] == "ok":
+            p20, p50, p80 = float(r["p20_ms"]), float(r["p50_ms"]), float(r["p80_ms"])
+            assert 0 < p20 <= p50 <= p80 and all(math.isfinite(v) for v in (p20, p50, p80))
+            assert float(r["peak_mem_mib"]) >= 0
+            assert r["git_commit"] and r["timestamp"]
+        else:
+            assert r["status"].startswith(("unavailable", "failed", "skipped")), r["status"]
+            assert r["p50_ms"] == ""
+    # the fused Gaussian ops exist from the foundation on: they must have measured rows
+    assert any(r["op"] == "vae_head" and r["provider"] == "fastvae" and r["status"] == "ok" for r in rows)
+    assert any(r["provider"] == "compile" and r["status"].startswith("skipped") for r in rows)
+
+
+def test_quick_writes_markdown_tables(quick_run):
+    out, stdout = quick_run
+    md = (out / "results.md").read_text()
+    assert md.strip() == stdout.strip()
+    assert "## vae_head" in md and "### Issue-2 target" in md
+    table = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert table
+    # every table row has as many cells as its header
+    width = None
+    for ln in md.splitlines():
+        if not ln.startswith("|"):
+            width = None
+            continue
+        n = ln.count("|")
+        if width is None:
+            width = n
+        assert n == width, ln
+
+
+def test_quick_writes_pngs(quick_run):
+    out, _ = quick_run
+    pngs = sorted(out.glob("*.png"))
+    assert {p.stem for p in pngs} >= {"vae_head", "reparameterize", "mmd"}
+    for p in pngs:
+        assert p.read_bytes()[:8] == PNG_MAGIC
+
+
+def _toy_op(providers):
+    def make(n, dtype, device, gen):
+        return (torch.randn(n, 8, generator=gen, dtype=dtype).requires_grad_(),)
+    return Op("toy", "elementwise", [4], [4], make, providers, lambda n: f"{n}x8",
+              bytes_model=lambda n, s, mode: 2 * n * 8 * s)
+
+
+def test_unavailable_and_failing_providers_get_rows():
+    def missing():
+        raise Unavailable("not installed")
+
+    def broken():
+        def f(x):
+            raise RuntimeError("boom")
+        return f
+
+    op = _toy_op({"good": lambda: (lambda x: (x * 2).sum()), "missing": missing, "broken": broken})
+    rows = Runner("cpu", ("forward", "full"), quick=True, log=lambda m: None).run_op(op, [4], [torch.float32])
+    by = {(r["provider"], r["mode"]): r for r in rows}
+    assert len(rows) == 6
+    assert by[("good", "full")]["status"] == "ok" and by[("good", "full")]["p50_ms"] > 0
+    assert by[("missing", "forward")]["status"] == "unavailable: not installed"
+    assert by[("broken", "full")]["status"].startswith("failed: RuntimeError: boom")
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(SystemExit):
+        bench.main(["--ops", "nonsense", "--quick"])
+    with pytest.raises(SystemExit):
+        bench.main(["--mode", "sideways", "--quick"])
