@@ -37,9 +37,10 @@ cuda-check: $(BIN)/.ready
 	  mkdir -p build/stub/c10/cuda/impl; \
 	  printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > build/stub/c10/cuda/impl/cuda_cmake_macros.h; \
 	  inc="$$($(BIN)/python -c 'from torch.utils.cpp_extension import include_paths as p; print(" ".join("-I"+i for i in p()))')"; \
+	  cuda_inc="$$($(NVCC) --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#[$$] INCLUDES="\(.*\)".*/\1/p')"; \
 	  for f in csrc/ops*_cuda.cpp; do [ -e "$$f" ] || continue; echo "syntax check $$f"; \
 	    $(CXX) -std=c++17 -fsyntax-only -DFASTVAE_WITH_CUDA -Icsrc -Icsrc/include $$inc -Ibuild/stub \
-	      -I$$(dirname $$(dirname $$(readlink -f $$(command -v $(NVCC)))))/include $$($(BIN)/python -m pybind11 --includes) $$f || exit 1; \
+	      $$cuda_inc $$($(BIN)/python -m pybind11 --includes) $$f || exit 1; \
 	  done; \
 	else echo "cuda-check: nvcc not found, CUDA sources not compiled"; fi
 
