@@ -16,13 +16,6 @@ void parallel_for(index_t begin, index_t end, index_t grain, const std::function
 
 namespace {
 
-template <class F>
-void dispatch_cpu(at::ScalarType t, const F& f) {
-  if (t == at::kFloat) f(float{});
-  else if (t == at::kDouble) f(double{});
-  else TORCH_CHECK(false, "fastvae: the CPU kernels take float32 or float64; got ", t);
-}
-
 template <class T>
 const T* in(const at::Tensor& t) { return t.data_ptr<T>(); }
 template <class T>

@@ -22,6 +22,14 @@ inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* na,
               a.scalar_type(), "); got ", b.scalar_type());
 }
 
+// Calls f(float{}) or f(double{}) by dtype: the element types the CPU kernels are built for.
+template <class F>
+void dispatch_cpu(at::ScalarType t, const F& f) {
+  if (t == at::kFloat) f(float{});
+  else if (t == at::kDouble) f(double{});
+  else TORCH_CHECK(false, "fastvae: the CPU kernels take float32 or float64; got ", t);
+}
+
 // The per-sample reductions accumulate (and return) float32 for 16-bit inputs, float64 for float64.
 inline at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 

@@ -18,13 +18,6 @@
 namespace fastvae {
 namespace {
 
-template <class F>
-void dispatch_dist(at::ScalarType t, const char* op, const F& f) {
-  if (t == at::kFloat) f(float{});
-  else if (t == at::kDouble) f(double{});
-  else TORCH_CHECK(false, "fastvae.", op, ": CPU kernels take float32 or float64; got ", t);
-}
-
 // y for the prior of the non-rbf kernels: the stream of `seed`, (B, N, d), in x's dtype
 at::Tensor prior_samples_cpu(const at::Tensor& x, const at::Tensor& seed) {
   auto eps = at::empty(x.sizes(), x.options().dtype(at::kFloat));
@@ -48,7 +41,7 @@ at::Tensor mmd_cpu(const at::Tensor& x_, const std::optional<at::Tensor>& y_, co
   if (y_) y = y_->contiguous();
   else if (spec.sample_prior) y = prior_samples_cpu(x, *seed);
   auto out = at::empty({x.size(0)}, x.options());
-  dispatch_dist(x.scalar_type(), "mmd", [&](auto tag) {
+  dispatch_cpu(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     cpu::distance_kernels<T>().mmd_fwd(problem<T>(x, y, spec.kernel, spec.bw, unbiased), out.data_ptr<T>());
   });
@@ -67,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor> mmd_backward_cpu(const at::Tensor& grad, cons
   else if (spec.sample_prior) y = prior_samples_cpu(x, *seed);
   auto grad_x = at::empty_like(x);
   auto grad_y = need_y && y_ ? at::empty_like(*y) : at::empty({0}, x.options());
-  dispatch_dist(x.scalar_type(), "mmd", [&](auto tag) {
+  dispatch_cpu(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     cpu::distance_kernels<T>().mmd_bwd(problem<T>(x, y, spec.kernel, spec.bw, unbiased), g.data_ptr<T>(),
                                        grad_x.data_ptr<T>(), grad_y.numel() ? grad_y.data_ptr<T>() : nullptr);
@@ -85,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sw_projected_cpu(const at::Tensor
   auto out = at::empty({B}, px.options());
   auto perm_x = at::empty({B, L, N}, px.options().dtype(at::kInt));
   auto perm_y = py ? at::empty({B, L, N}, px.options().dtype(at::kInt)) : at::empty({0}, px.options().dtype(at::kInt));
-  dispatch_dist(px.scalar_type(), "sliced_wasserstein", [&](auto tag) {
+  dispatch_cpu(px.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     cpu::distance_kernels<T>().sw_fwd(px.data_ptr<T>(), py ? py->data_ptr<T>() : nullptr, out.data_ptr<T>(),
                                       perm_x.data_ptr<int32_t>(), py ? perm_y.data_ptr<int32_t>() : nullptr, B, L, N,
@@ -108,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor> sw_projected_backward_cpu(const at::Tensor& g
   const int64_t B = px.size(0), L = px.size(1), N = px.size(2);
   auto gpx = at::empty_like(px);
   auto gpy = need_py && py ? at::empty_like(*py) : at::empty({0}, px.options());
-  dispatch_dist(px.scalar_type(), "sliced_wasserstein", [&](auto tag) {
+  dispatch_cpu(px.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     cpu::distance_kernels<T>().sw_bwd(g.data_ptr<T>(), px.data_ptr<T>(), py ? py->data_ptr<T>() : nullptr,
                                       perm_x.data_ptr<int32_t>(), py ? perm_y.data_ptr<int32_t>() : nullptr,
