@@ -106,7 +106,7 @@ def mmd(x, y=None, *, kernel="imq", bandwidth=1.0, estimator="unbiased", generat
 
     kernel, with h the bandwidth: "rbf" exp(-|x-y|^2 / (2 h^2)); "imq" C / (C + |x-y|^2), C = 2 d h^2;
     "laplacian" exp(-|x-y| / h); "energy" -|x-y| (MMD^2 is then the energy distance; bandwidth ignored).
-    bandwidth: a number or a sequence (the kernel is the sum over the bandwidths, one pass).
+    bandwidth: a positive number or a list/tuple of them (the kernel is the sum over the bandwidths, one pass).
     estimator: "unbiased" (U-statistic, can be negative) or "biased" (V-statistic).
     y None: the standard normal prior N(0, I_d); exact closed-form prior terms for "rbf", N samples drawn from
     `generator` for the other kernels."""
@@ -134,7 +134,7 @@ def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, g
     """SW_p^p between x (N, d) and y (N, d) (or (B, N, d) -> (B,)): the mean over unit directions theta of
     (1/N) sum_i |sort(x theta)_i - sort(y theta)_i|^p. No p-th root: take it yourself.
 
-    projections (d, L): the directions, used as given. None: n_projections directions uniform on the sphere,
+    projections (d, L): the directions (finite), used as given. None: n_projections directions uniform on the sphere,
     drawn from `generator`. y None: the standard normal prior, whose sorted projection is the exact normal
     quantile Phi^-1((i + 1/2) / N) (no prior samples)."""
     n_projections, p = _sw_options(n_projections, p)
