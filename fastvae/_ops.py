@@ -47,7 +47,7 @@ def _sum_samples(t, k):
 def fused_backward(op, *args):
     """Calls a fused backward op. In a first-order backward (grad mode off) below the autograd key: its autograd
     formula (`not_differentiable`) has nothing to do there, and skipping it saves a Python call per backward."""
-    if torch.is_grad_enabled():
+    if _create_graph():
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
