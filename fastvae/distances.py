@@ -90,14 +90,13 @@ def _sw_options(n_projections, p):
 
 
 def _projections(projections, x):
-    """Given directions (d, L): a finite floating-point tensor on the device of x (B, N, d)."""
+    """Given directions (d, L): a floating-point tensor on the device of x (B, N, d). Values are not read (that
+    would synchronise a CUDA device on every call): NaN directions give a NaN distance."""
     _checks.tensor(projections, "projections")
     _checks.same_device(x, "x", projections, "projections")
     d = x.shape[-1]
     if projections.dim() != 2 or projections.shape[0] != d or projections.shape[1] < 1:
         raise ValueError(f"projections must have shape (d, L) = ({d}, L) with L >= 1; got {tuple(projections.shape)}")
-    if _checks.has_values(projections) and not bool(torch.isfinite(projections).all()):
-        raise ValueError("projections must be finite; got NaN or infinite entries")
     return projections
 
 
@@ -134,7 +133,7 @@ def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, g
     """SW_p^p between x (N, d) and y (N, d) (or (B, N, d) -> (B,)): the mean over unit directions theta of
     (1/N) sum_i |sort(x theta)_i - sort(y theta)_i|^p. No p-th root: take it yourself.
 
-    projections (d, L): the directions (finite), used as given. None: n_projections directions uniform on the sphere,
+    projections (d, L): the directions, used as given. None: n_projections directions uniform on the sphere,
     drawn from `generator`. y None: the standard normal prior, whose sorted projection is the exact normal
     quantile Phi^-1((i + 1/2) / N) (no prior samples)."""
     n_projections, p = _sw_options(n_projections, p)

@@ -176,10 +176,6 @@ CASES = {
     "n_projections 2**63": (ValueError, "n_projections", lambda: F.sliced_wasserstein(t(5, 2), n_projections=2**63)),
     "n_projections with projections": (TypeError, "n_projections", lambda: F.sliced_wasserstein(
         t(5, 2), n_projections=None, projections=t(2, 3))),
-    "projections nan": (ValueError, "projections", lambda: F.sliced_wasserstein(
-        t(5, 2), projections=torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))),
-    "projections inf": (ValueError, "projections", lambda: F.sliced_wasserstein(
-        t(5, 2), projections=torch.tensor([[1.0, float("inf")], [0.0, 1.0]]))),
     "projections list": (TypeError, "projections", lambda: F.sliced_wasserstein(t(5, 2), projections=[[1.0], [0.0]])),
     "projections int": (TypeError, "projections", lambda: F.sliced_wasserstein(
         t(5, 2), projections=torch.ones(2, 3, dtype=torch.int64))),
