@@ -5,8 +5,11 @@ is ever stored, forward or backward.
 Random parts (the prior samples of MMD with kernels other than "rbf", the projection directions of
 sliced-Wasserstein) come from the Philox stream of a seed drawn from `generator` (see functional.py): the same
 generator state gives the same result, on any device and thread count."""
+import collections.abc
+import math
 import numbers
 
+import numpy as np
 import torch
 
 from . import _checks
@@ -55,17 +58,46 @@ def _pair(x, y):
 
 
 def _bandwidths(bandwidth):
-    values = [bandwidth] if isinstance(bandwidth, numbers.Real) and not isinstance(bandwidth, bool) else bandwidth
-    try:
-        values = [float(h) for h in values]
-    except TypeError:
-        raise TypeError(f"bandwidth must be a positive number or a sequence of them; got {bandwidth!r}") from None
+    """A positive finite number or a non-empty sequence (list, tuple) of them, as a list of floats: not a string
+    (a sequence of characters), a dict or a bool."""
+    seq = isinstance(bandwidth, collections.abc.Sequence) and not isinstance(bandwidth, (str, bytes))
+    values = list(bandwidth) if seq else [bandwidth]
     if not values:
         raise ValueError("bandwidth must not be an empty sequence")
     for h in values:
-        if not h > 0 or h == float("inf"):
-            raise ValueError(f"bandwidth must be positive and finite; got {bandwidth!r}")
-    return values
+        if isinstance(h, (bool, np.bool_)) or not isinstance(h, numbers.Real):
+            raise TypeError(f"bandwidth must be a positive number or a sequence (list, tuple) of them; got "
+                            f"{type(h).__name__} {h!r}" + (f" in a {type(bandwidth).__name__}" if seq else ""))
+        if not 0 < h < math.inf:
+            raise ValueError(f"bandwidth must be positive and finite; got {h!r}")
+    return [float(h) for h in values]
+
+
+def _mmd_options(kernel, bandwidth, estimator):
+    """The checked (kernel, bandwidths, unbiased) of mmd and MMDLoss."""
+    kernel = _checks.choice(kernel, "kernel", KERNELS)
+    unbiased = _checks.choice(estimator, "estimator", ESTIMATORS) == "unbiased"
+    return kernel, _bandwidths(bandwidth), unbiased
+
+
+def _sw_options(n_projections, p):
+    """The checked (n_projections, p) of sliced_wasserstein and SlicedWassersteinLoss."""
+    n_projections = _checks.count(n_projections, "n_projections")
+    p = _checks.number(p, "p")
+    if not 1 <= p < math.inf:
+        raise ValueError(f"p must be a finite number >= 1; got {p!r}")
+    return n_projections, p
+
+
+def _projections(projections, x):
+    """Given directions (d, L): a floating-point tensor on the device of x (B, N, d). Values are not read (that
+    would synchronise a CUDA device on every call): NaN directions give a NaN distance."""
+    _checks.tensor(projections, "projections")
+    _checks.same_device(x, "x", projections, "projections")
+    d = x.shape[-1]
+    if projections.dim() != 2 or projections.shape[0] != d or projections.shape[1] < 1:
+        raise ValueError(f"projections must have shape (d, L) = ({d}, L) with L >= 1; got {tuple(projections.shape)}")
+    return projections
 
 
 def mmd(x, y=None, *, kernel="imq", bandwidth=1.0, estimator="unbiased", generator=None):
@@ -73,18 +105,13 @@ def mmd(x, y=None, *, kernel="imq", bandwidth=1.0, estimator="unbiased", generat
 
     kernel, with h the bandwidth: "rbf" exp(-|x-y|^2 / (2 h^2)); "imq" C / (C + |x-y|^2), C = 2 d h^2;
     "laplacian" exp(-|x-y| / h); "energy" -|x-y| (MMD^2 is then the energy distance; bandwidth ignored).
-    bandwidth: a number or a sequence (the kernel is the sum over the bandwidths, one pass).
+    bandwidth: a positive number or a list/tuple of them (the kernel is the sum over the bandwidths, one pass).
     estimator: "unbiased" (U-statistic, can be negative) or "biased" (V-statistic).
     y None: the standard normal prior N(0, I_d); exact closed-form prior terms for "rbf", N samples drawn from
     `generator` for the other kernels."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}; got {kernel!r}")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}")
-    bws = _bandwidths(bandwidth)
-    _checks.generator(generator)
+    kernel, bws, unbiased = _mmd_options(kernel, bandwidth, estimator)
     xb, yb, batched = _pair(x, y)
-    unbiased = estimator == "unbiased"
+    _checks.generator(generator, xb.device)
     if unbiased and xb.shape[1] < 2:
         raise ValueError(f"x needs at least 2 samples for the unbiased estimator; got N = {xb.shape[1]}")
     if unbiased and yb is not None and yb.shape[1] < 2:
@@ -109,25 +136,21 @@ def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, g
     projections (d, L): the directions, used as given. None: n_projections directions uniform on the sphere,
     drawn from `generator`. y None: the standard normal prior, whose sorted projection is the exact normal
     quantile Phi^-1((i + 1/2) / N) (no prior samples)."""
+    n_projections, p = _sw_options(n_projections, p)
     xb, yb, batched = _pair(x, y)
     N, d = xb.shape[1], xb.shape[2]
     if yb is not None and yb.shape[1] != N:
         raise ValueError(f"y must have the number of samples of x (N = {N}) for sliced_wasserstein; got {yb.shape[1]}")
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not p >= 1 or p == float("inf"):
-        raise ValueError(f"p must be a finite number >= 1; got {p!r}")
-    _checks.generator(generator)
+    _checks.generator(generator, xb.device)
+    if projections is not None:
+        projections = _projections(projections, xb)
     dt = _compute_dtype(xb, yb, projections)
     if projections is None:
-        if isinstance(n_projections, bool) or not isinstance(n_projections, numbers.Integral) or n_projections < 1:
-            raise ValueError(f"n_projections must be a positive int; got {n_projections!r}")
         seed = _draw_seed(xb.device, generator)
-        theta = _ops_ns.random_directions(seed.cpu(), d, int(n_projections)).to(device=xb.device, dtype=dt)
+        if seed.device.type not in ("cpu", "meta"):  # random_directions has no CUDA kernel yet: draw on the host
+            seed = seed.cpu()
+        theta = _ops_ns.random_directions(seed, d, n_projections).to(device=xb.device, dtype=dt)
     else:
-        _checks.tensor(projections, "projections")
-        _checks.same_device(xb, "x", projections, "projections")
-        if projections.dim() != 2 or projections.shape[0] != d or projections.shape[1] < 1:
-            raise ValueError(f"projections must have shape (d, L) = ({d}, L) with L >= 1; got "
-                             f"{tuple(projections.shape)}")
         theta = projections.to(dt)
     B, L = xb.shape[0], theta.shape[1]
 
@@ -136,5 +159,5 @@ def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, g
 
     px = project(xb)
     py = None if yb is None else project(yb)
-    out, _, _ = _ops_ns.sliced_wasserstein_projected(px, py, float(p))
+    out, _, _ = _ops_ns.sliced_wasserstein_projected(px, py, p)
     return out if batched else out[0]

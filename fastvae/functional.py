@@ -33,7 +33,7 @@ def _cast(t, dtype):
 
 
 def _draw_seed(device, generator):
-    _checks.generator(generator)
+    _checks.generator(generator, device)
     gen_device = device if generator is None else generator.device
     seed = torch.randint(0, 2**62, (1,), device=gen_device, generator=generator, dtype=torch.int64)
     return seed if seed.device == device else seed.to(device)
@@ -117,7 +117,7 @@ def reparameterize_tril(mu, scale_tril, *, n_samples=None, generator=None, valid
     mu (*batch, d), scale_tril (*batch, d, d); returns z (*batch, d) and log_q (*batch), with a leading
     n_samples dim when given. validate_args=False skips the triangularity and singularity checks (each reads
     L once and synchronises with the device); they are skipped while torch.compile traces (a data-dependent
-    branch would break the graph)."""
+    branch would break the graph) and on meta or fake tensors (no values to read)."""
     _checks.tensor(mu, "mu", min_dim=1)
     _checks.tensor(scale_tril, "scale_tril", min_dim=2)
     _checks.same_device(mu, "mu", scale_tril, "scale_tril")
@@ -126,7 +126,7 @@ def reparameterize_tril(mu, scale_tril, *, n_samples=None, generator=None, valid
         raise ValueError(f"scale_tril must have shape (*mu.shape, d) = {(*mu.shape, d)}; got {tuple(scale_tril.shape)}")
     _checks.nonempty_batch(mu, "mu")
     k = _checks.n_samples(n_samples)
-    if validate_args and not torch.compiler.is_compiling():
+    if _checks.flag(validate_args, "validate_args") and _checks.has_values(scale_tril):
         if torch.any(torch.triu(scale_tril.detach(), diagonal=1) != 0):
             raise ValueError("scale_tril must be lower triangular: it has non-zero entries above the diagonal")
         if torch.any(torch.diagonal(scale_tril.detach(), dim1=-2, dim2=-1) == 0):

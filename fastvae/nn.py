@@ -1,7 +1,8 @@
-"""nn.Module wrappers of the fused losses, with the arguments of the functions they call."""
+"""nn.Module wrappers of the fused losses, with the arguments of the functions they call (checked when the module
+is built, and again at each call: an attribute set later is checked too)."""
 import torch
 
-from . import distances
+from . import _checks, distances
 
 
 class MMDLoss(torch.nn.Module):
@@ -10,6 +11,8 @@ class MMDLoss(torch.nn.Module):
 
     def __init__(self, kernel="imq", bandwidth=1.0, estimator="unbiased", generator=None):
         super().__init__()
+        distances._mmd_options(kernel, bandwidth, estimator)
+        _checks.generator(generator)
         self.kernel, self.bandwidth, self.estimator, self.generator = kernel, bandwidth, estimator, generator
 
     def forward(self, x, y=None):
@@ -25,10 +28,13 @@ class SlicedWassersteinLoss(torch.nn.Module):
 
     def __init__(self, n_projections=128, p=2, projections=None, generator=None):
         super().__init__()
+        distances._sw_options(n_projections, p)
+        _checks.generator(generator)
         self.n_projections, self.p, self.generator = n_projections, p, generator
         if projections is None:
             self.projections = None
         else:  # a buffer: it follows the module's .to(device)
+            _checks.tensor(projections, "projections", min_dim=2)
             self.register_buffer("projections", projections)
 
     def forward(self, x, y=None):

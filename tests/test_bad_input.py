@@ -2,6 +2,7 @@
 registered ops, called directly, refuse malformed tensors with an error instead of reading out of bounds."""
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,6 +128,67 @@ CASES = {
     "generator str": (TypeError, "generator", lambda: F.reparameterize_kl(t(2, 3), t(2, 3), generator="cpu")),
     "generator state": (TypeError, "generator",
                         lambda: F.reparameterize_tril(t(2, 3), EYE, generator=torch.get_rng_state())),
+    # ---- values past int64, flags that are not bools
+    "n_samples 2**63": (ValueError, "n_samples", lambda: F.reparameterize(t(3), t(3), n_samples=2**63)),
+    "n_samples 2**64": (ValueError, "n_samples", lambda: F.reparameterize(t(3), t(3), n_samples=2**64)),
+    "tril n_samples 2**63": (ValueError, "n_samples", lambda: F.reparameterize_tril(t(2, 3), EYE, n_samples=2**63)),
+    "n_samples numpy bool": (TypeError, "n_samples", lambda: F.reparameterize(t(3), t(3), n_samples=np.True_)),
+    "validate_args str": (TypeError, "validate_args", lambda: F.reparameterize_tril(t(2, 3), EYE, validate_args="no")),
+    "validate_args None": (TypeError, "validate_args", lambda: F.reparameterize_tril(t(2, 3), EYE, validate_args=None)),
+    "validate_args int": (TypeError, "validate_args", lambda: F.reparameterize_tril(t(2, 3), EYE, validate_args=0)),
+    "reduction int": (ValueError, "reduction", lambda: F.gaussian_nll(t(2, 3), t(2, 3), reduction=1)),
+    "reduction list": (ValueError, "reduction", lambda: F.kl_normal(t(2, 3), t(2, 3), reduction=["mean"])),
+    "reduction tensor": (ValueError, "reduction", lambda: F.bernoulli_nll(t(2, 3), t(2, 3), reduction=torch.ones(2))),
+    # ---- mmd / energy_distance / MMDLoss
+    "bandwidth str": (TypeError, "bandwidth", lambda: F.mmd(t(5, 2), bandwidth="12")),
+    "bandwidth dict": (TypeError, "bandwidth", lambda: F.mmd(t(5, 2), bandwidth={1.0: 2.0})),
+    "bandwidth set": (TypeError, "bandwidth", lambda: F.mmd(t(5, 2), bandwidth={1.0, 2.0})),
+    "bandwidth bool": (TypeError, "bandwidth", lambda: F.mmd(t(5, 2), bandwidth=True)),
+    "bandwidth str in list": (TypeError, "bandwidth", lambda: F.mmd(t(5, 2), bandwidth=[1.0, "2"])),
+    "bandwidth None in tuple": (TypeError, "bandwidth", lambda: F.mmd(t(5, 2), bandwidth=(1.0, None))),
+    "bandwidth tensor": (TypeError, "bandwidth", lambda: F.mmd(t(5, 2), bandwidth=torch.tensor([1.0, 2.0]))),
+    "bandwidth nested": (TypeError, "bandwidth", lambda: F.mmd(t(5, 2), bandwidth=[[1.0]])),
+    "bandwidth empty": (ValueError, "bandwidth", lambda: F.mmd(t(5, 2), bandwidth=[])),
+    "bandwidth nan": (ValueError, "bandwidth", lambda: F.mmd(t(5, 2), bandwidth=float("nan"))),
+    "bandwidth inf in list": (ValueError, "bandwidth", lambda: F.mmd(t(5, 2), bandwidth=[1.0, float("inf")])),
+    "bandwidth negative numpy": (ValueError, "bandwidth", lambda: F.mmd(t(5, 2), bandwidth=np.float32(-1))),
+    "energy_distance bandwidth str": (TypeError, "bandwidth", lambda: F.energy_distance(t(5, 2), bandwidth="1")),
+    "kernel int": (ValueError, "kernel", lambda: F.mmd(t(5, 2), kernel=1)),
+    "kernel list": (ValueError, "kernel", lambda: F.mmd(t(5, 2), kernel=["rbf"])),
+    "kernel upper case": (ValueError, "kernel", lambda: F.mmd(t(5, 2), kernel="RBF")),
+    "estimator bool": (ValueError, "estimator", lambda: F.mmd(t(5, 2), estimator=True)),
+    "estimator None": (ValueError, "estimator", lambda: F.mmd(t(5, 2), estimator=None)),
+    "mmd generator int": (TypeError, "generator", lambda: F.mmd(t(5, 2), generator=0)),
+    "MMDLoss bandwidth str": (TypeError, "bandwidth", lambda: F.MMDLoss(bandwidth="12")),
+    "MMDLoss kernel": (ValueError, "kernel", lambda: F.MMDLoss(kernel="gauss")),
+    "MMDLoss estimator": (ValueError, "estimator", lambda: F.MMDLoss(estimator=1)),
+    "MMDLoss generator": (TypeError, "generator", lambda: F.MMDLoss(generator="cpu")),
+    # ---- sliced_wasserstein / SlicedWassersteinLoss
+    "p str": (TypeError, "p", lambda: F.sliced_wasserstein(t(5, 2), p="2")),
+    "p bool": (TypeError, "p", lambda: F.sliced_wasserstein(t(5, 2), p=True)),
+    "p tensor": (TypeError, "p", lambda: F.sliced_wasserstein(t(5, 2), p=torch.tensor(2.0))),
+    "p nan": (ValueError, "p", lambda: F.sliced_wasserstein(t(5, 2), p=float("nan"))),
+    "p inf": (ValueError, "p", lambda: F.sliced_wasserstein(t(5, 2), p=float("inf"))),
+    "n_projections float": (TypeError, "n_projections", lambda: F.sliced_wasserstein(t(5, 2), n_projections=8.0)),
+    "n_projections str": (TypeError, "n_projections", lambda: F.sliced_wasserstein(t(5, 2), n_projections="8")),
+    "n_projections bool": (TypeError, "n_projections", lambda: F.sliced_wasserstein(t(5, 2), n_projections=True)),
+    "n_projections -1": (ValueError, "n_projections", lambda: F.sliced_wasserstein(t(5, 2), n_projections=-1)),
+    "n_projections 2**63": (ValueError, "n_projections", lambda: F.sliced_wasserstein(t(5, 2), n_projections=2**63)),
+    "n_projections with projections": (TypeError, "n_projections", lambda: F.sliced_wasserstein(
+        t(5, 2), n_projections=None, projections=t(2, 3))),
+    "projections list": (TypeError, "projections", lambda: F.sliced_wasserstein(t(5, 2), projections=[[1.0], [0.0]])),
+    "projections int": (TypeError, "projections", lambda: F.sliced_wasserstein(
+        t(5, 2), projections=torch.ones(2, 3, dtype=torch.int64))),
+    "projections 1-dim": (ValueError, "projections", lambda: F.sliced_wasserstein(t(5, 2), projections=t(2))),
+    "projections device": (ValueError, "projections", lambda: F.sliced_wasserstein(
+        t(5, 2), projections=t(2, 3, device="meta"))),
+    "sliced_wasserstein generator": (TypeError, "generator", lambda: F.sliced_wasserstein(t(5, 2), generator=1)),
+    "SlicedWassersteinLoss n_projections": (TypeError, "n_projections",
+                                            lambda: F.SlicedWassersteinLoss(n_projections=1.5)),
+    "SlicedWassersteinLoss p": (TypeError, "p", lambda: F.SlicedWassersteinLoss(p="1")),
+    "SlicedWassersteinLoss projections": (TypeError, "projections",
+                                          lambda: F.SlicedWassersteinLoss(projections=[[1.0]])),
+    "SlicedWassersteinLoss generator": (TypeError, "generator", lambda: F.SlicedWassersteinLoss(generator=3)),
 }
 
 
@@ -134,6 +196,41 @@ CASES = {
 def test_bad_input_names_the_argument(name):
     exc, arg, fn = CASES[name]
     raises(exc, arg, fn)
+
+
+def test_module_attributes_set_later_are_checked_at_the_call():
+    m = F.MMDLoss()
+    m.bandwidth = "12"
+    raises(TypeError, "bandwidth", lambda: m(t(5, 2)))
+
+
+def test_numpy_scalars_are_accepted_as_their_python_values():
+    x, g = t(6, 2), torch.Generator
+    assert torch.equal(F.reparameterize(x, x, n_samples=np.int64(2), generator=g().manual_seed(0)),
+                       F.reparameterize(x, x, n_samples=2, generator=g().manual_seed(0)))
+    L = torch.eye(2).expand(6, 2, 2)
+    assert torch.equal(F.reparameterize_tril(x, L, validate_args=np.bool_(False), generator=g().manual_seed(0))[0],
+                       F.reparameterize_tril(x, L, generator=g().manual_seed(0))[0])
+    assert torch.equal(F.gaussian_nll(x, x.flip(0), reduction=np.str_("sum")), F.gaussian_nll(x, x.flip(0),
+                                                                                            reduction="sum"))
+    assert torch.equal(F.mmd(x, kernel="rbf", bandwidth=np.float32(1.5)), F.mmd(x, kernel="rbf", bandwidth=1.5))
+    assert torch.equal(F.mmd(x, x.flip(0), bandwidth=(np.float64(1.0), np.int64(2))), F.mmd(x, x.flip(0),
+                                                                                              bandwidth=[1.0, 2.0]))
+    assert torch.equal(F.sliced_wasserstein(x, p=np.float64(3), n_projections=np.int32(4),
+                                            generator=g().manual_seed(0)),
+                       F.sliced_wasserstein(x, p=3, n_projections=4, generator=g().manual_seed(0)))
+
+
+@pytest.mark.cuda
+def test_generator_on_another_device_is_refused():
+    x = t(4, 3)
+    cuda_gen = torch.Generator(device="cuda").manual_seed(0)
+    raises(ValueError, "generator", lambda: F.reparameterize(x, x, generator=cuda_gen))
+    raises(ValueError, "generator", lambda: F.mmd(x, generator=cuda_gen))
+    raises(ValueError, "generator", lambda: F.sliced_wasserstein(x, generator=cuda_gen))
+    xc = x.cuda()  # a CPU generator with CUDA tensors is documented: the CPU's eps on the GPU
+    assert torch.equal(F.reparameterize(xc, xc, generator=torch.Generator().manual_seed(0)).cpu(),
+                       F.reparameterize(x, x, generator=torch.Generator().manual_seed(0)))
 
 
 def test_scale_tril_checks_can_be_skipped():
