@@ -54,7 +54,7 @@ def test_quick_writes_markdown_tables(quick_run):
     out, stdout = quick_run
     md = (out / "results.md").read_text()
     assert md.strip() == stdout.strip()
-    assert "## vae_head" in md and "### Issue-2 target" in md
+    assert "## vae_head" in md and "### Target: fused VAE head speed-up" in md
     table = [ln for ln in md.splitlines() if ln.startswith("|")]
     assert table
     # every table row has as many cells as its header

@@ -249,7 +249,7 @@ def _likelihood_ops():
     return ops
 
 
-# ---- the issue-2 target workload -----------------------------------------------------------------------------
+# ---- the fused VAE head: the workload of the vae_head_speedup target ------------------------------------------
 
 def _vae_head_op():
     def make(n, dtype, device, gen):
@@ -282,7 +282,7 @@ def _vae_head_op():
         lambda n: f"{n}x{LATENT}",
         _bytes(_elems(5), _elems(8)),
         budget_scale=4.0,
-        doc="issue-2 target: z, kl = reparameterize_kl(mu, logvar); loss = (gaussian_nll(x, z) + kl).mean() "
+        doc="the fused VAE head: z, kl = reparameterize_kl(mu, logvar); loss = (gaussian_nll(x, z) + kl).mean() "
             "(unit-variance decoder). Bytes as the two ops: fwd 3+2 passes, bwd 3+5 passes")
 
 
