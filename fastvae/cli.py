@@ -21,7 +21,7 @@ from . import train as tr
 
 # Samples `fastvae sample` draws at most: a 100 x 100 grid is already a poster (and every sample is in memory).
 MAX_SAMPLES = 10_000
-SAMPLE_N = tr.Setting("n", int, 64, "number of samples", lo=1, hi=MAX_SAMPLES)
+SAMPLE_N = tr.Setting("n", int, 64, f"number of samples, at most {MAX_SAMPLES}", lo=1, hi=MAX_SAMPLES)
 
 
 def _flag_type(setting):
@@ -46,9 +46,9 @@ def _default_text(setting):
     return f" (default {d})"
 
 
-def _add_setting(parser, setting, *flags, default=None):
+def _add_setting(parser, setting, *flags, default=None, help=None):
     flags = flags or (f"--{setting.key.replace('_', '-')}",)
-    help_ = setting.help + _default_text(setting)
+    help_ = help or setting.help + _default_text(setting)
     if setting.kind is bool:
         parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=help_)
     else:
@@ -69,8 +69,9 @@ def _parser():
     s = tr.SETTINGS
     e = sub.add_parser("eval", help="test ELBO and importance-sampled log-likelihood of a checkpoint")
     e.add_argument("checkpoint", help="a checkpoint.pt (or the --out folder of a run)")
-    _add_setting(e, s["eval_k"], "-k", "--n-samples", default=s["eval_k"].default)
-    _add_setting(e, s["data"], "--data")
+    _add_setting(e, s["eval_k"], "-k", "--n-samples", default=s["eval_k"].default,
+                 help="importance samples of the log-likelihood; 0 skips it (default 1000)")
+    _add_setting(e, s["data"], "--data", help="evaluate on this data instead of the run's (same spec as train --data)")
     _add_setting(e, s["device"], "--device", default=s["device"].default)
     _add_setting(e, s["seed"], "--seed", default=s["seed"].default)
     e.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -313,17 +313,21 @@ def build_checked(config, device, *, state=None, batch_size=0, where="the model"
     device. It is built on the meta device first (no memory): a state dict whose tensors lack the model's names or
     shapes, or (batch_size > 0: training) a model whose parameters, Adam state and one step's activations exceed the
     device's memory are refused before anything is allocated."""
-    with torch.device("meta"):
-        meta = build_model(config)
+    sizes = f"latent_dim {config.get('latent_dim')}, hidden_dims {config.get('hidden_dims')}"
+    try:
+        with torch.device("meta"):
+            meta = build_model(config)
+    except RuntimeError as e:             # sizes whose tensors cannot even be described (numel overflows)
+        raise ValueError(f"{where} cannot be built ({sizes}): {str(e).splitlines()[0]}") from None
     if state is not None:
         _check_state_shapes(meta, state, where)
     if batch_size:
         need, have = _training_bytes(meta, batch_size), _device_memory(device)
         if have is not None and need > have:
-            raise ValueError(
-                f"{where} needs about {need / 2**30:.1f} GiB to train (latent_dim {meta.latent_dim}, hidden_dims "
-                f"{meta.config['hidden_dims']}, batch_size {batch_size} x n_samples {meta.n_samples}), more than the "
-                f"{have / 2**30:.1f} GiB of {device}: lower batch_size, n_samples, hidden_dims or latent_dim")
+            sizes += f", batch_size {batch_size}, n_samples {meta.n_samples}" + (
+                f", n_projections {meta.n_projections}" if meta.divergence == "sliced" else "")
+            raise ValueError(f"{where} needs about {need / 2**30:.1f} GiB to train ({sizes}), more than the "
+                             f"{have / 2**30:.1f} GiB of {device}: lower one of them")
     model = build_model(config).to(device)     # built on the CPU (its generator), like VAE(...).to(device)
     if state is not None:
         model.load_state_dict(state)

@@ -238,12 +238,18 @@ def test_cvae_on_unlabelled_data(tmp_path, capsys):
 
 
 def test_a_model_too_large_for_memory_is_refused_before_allocating(tmp_path, capsys):
-    # about 2 TB of parameters, and 340 TB of activations: both named, nothing allocated
-    _fails(["train", "--out", str(tmp_path / "a"), *TINY, "--hidden-dims", "2147483647"], capsys,
-           "more than the")
-    text = _fails(["train", "--out", str(tmp_path / "b"), *TINY, "--n-samples", "2147483647"], capsys,
-                  "n_samples 2147483647")
-    assert "lower batch_size, n_samples" in text
+    # about 2 TB of parameters, 340 TB of activations, 4 TB of projections: named, nothing allocated
+    for i, (flags, named) in enumerate([(["--hidden-dims", "2147483647"], "hidden_dims [2147483647]"),
+                                        (["--n-samples", "2147483647"], "n_samples 2147483647"),
+                                        (["--model", "swae", "--n-projections", "2147483647"],
+                                         "n_projections 2147483647")]):
+        text = _fails(["train", "--out", str(tmp_path / str(i)), *TINY, *flags], capsys, "GiB to train")
+        assert named in text and "lower one of them" in text
+    # sizes whose tensors cannot be described at all (more than 2^63 elements)
+    _fails(["train", "--out", str(tmp_path / "x"), *TINY, "--hidden-dims", "2147483647,2147483647"], capsys,
+           "cannot be built (latent_dim 2, hidden_dims [2147483647, 2147483647])")
+    _fails(["train", "--out", str(tmp_path / "y"), *TINY, "--latent-dim", "2147483647", "--posterior", "full"],
+           capsys, "cannot be built")
 
 
 def test_out_of_memory_is_a_message(run_dir, capsys, monkeypatch):

@@ -28,6 +28,15 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny run (1 epoch) for the tests that must leave it untouched."""
+    out = tmp_path_factory.mktemp("trained")
+    torch.set_num_threads(1)
+    assert _train(out) == 0
+    return out
+
+
 def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -140,23 +149,21 @@ def test_resume_with_another_batch_size_counts_steps_on(tmp_path):
 @pytest.mark.parametrize("flags,key", [(["--latent-dim", "3"], "latent_dim"), (["--seed", "1"], "seed"),
                                        (["--model", "iwae"], "model"), (["--hidden-dims", "16"], "hidden_dims"),
                                        (["--likelihood", "bernoulli"], "likelihood")])
-def test_resume_refuses_a_changed_model_setting(tmp_path, capsys, flags, key):
-    out = tmp_path / "run"
-    assert _train(out) == 0
-    before = _digest(out / "checkpoint.pt")
+def test_resume_refuses_a_changed_model_setting(trained, flags, key):
+    before = _digest(trained / "checkpoint.pt")
     with pytest.raises(SystemExit, match=rf"cannot resume .* {key} \(the run's"):
-        main(["train", "--out", str(out), "--resume", "--epochs", "2", *flags])
-    assert _digest(out / "checkpoint.pt") == before
+        main(["train", "--out", str(trained), "--resume", "--epochs", "2", *flags])
+    assert _digest(trained / "checkpoint.pt") == before
 
 
-def test_resume_refuses_other_data(tmp_path, capsys):
+def test_resume_refuses_other_data(trained, tmp_path, capsys):
     import numpy as np
-    out = tmp_path / "run"
     x = tmp_path / "x.npy"
     np.save(x, np.random.default_rng(0).random((100, 1, 8, 8), dtype=np.float32))
-    assert _train(out) == 0
-    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--data", f"npy:{x}"]) == 1
+    before = _digest(trained / "checkpoint.pt")
+    assert main(["train", "--out", str(trained), "--resume", "--epochs", "2", "--data", f"npy:{x}"]) == 1
     assert "is not the data of the run" in capsys.readouterr().err
+    assert _digest(trained / "checkpoint.pt") == before
 
 
 # ---- only a finite state is saved ----------------------------------------------------------------------------------------
