@@ -89,10 +89,13 @@ class Setting:
             return None
         if isinstance(value, self.also):
             return value
-        found = f"{type(value).__name__} {value!r}"
+        found = f"{type(value).__name__} {value!r:.100}"
         if not _is(value, self.kind):
             raise self._error(TypeError, found)
-        value = [int(v) for v in value] if self.kind is list else self.kind(value)
+        try:
+            value = [int(v) for v in value] if self.kind is list else self.kind(value)
+        except OverflowError:                      # an int beyond the float range
+            raise self._error(ValueError, found) from None
         if not all(self._allowed(v) for v in (value if self.kind is list else [value])):
             raise self._error(ValueError, found)
         return value
@@ -470,14 +473,14 @@ _VAE_ARGS = [n for n in inspect.signature(VAE.__init__).parameters if n != "self
 
 
 def model_from_checkpoint(path, device="cpu"):
-    """(model in eval mode, checkpoint dict). The model is checked on the meta device against the stored tensors
-    (names and shapes) and against the checkpoint's data_info before anything is allocated."""
+    """(model in eval mode, checkpoint dict). The model its model_config describes is checked on the meta device
+    against the stored tensors (names and shapes) before anything is allocated, then against its data_info."""
     ckpt = load_checkpoint(path)
     try:
         model = build_checked(ckpt["model_config"], device, state=ckpt["model"], where=os.fspath(path))
+    except CheckpointError:
+        raise
     except (TypeError, ValueError) as e:
-        if isinstance(e, CheckpointError):
-            raise
         raise CheckpointError(f"{path}: its 'model_config' does not describe a fastvae.VAE ({e})") from None
     shape = ckpt["data_info"]["shape"]
     if math.prod(shape) != model.data_dim or (model.conv and tuple(shape) != model.input_shape):

@@ -142,6 +142,8 @@ def test_one_table_for_flags_toml_keys_and_python():
         tr.resolve_config({"latent_dim": 2.0})
     with pytest.raises(TypeError, match="conv must be true or false; got int 1"):
         tr.train({"conv": 1})
+    with pytest.raises(ValueError, match="lr must be a finite number > 0 and <= 1e.30; got int 1000000"):
+        tr.resolve_config({"lr": 10**400})
     cfg = tr.resolve_config({"latent_dim": np.int64(3), "lr": 1, "hidden_dims": (8, 4)})
     assert cfg["latent_dim"] == 3 and type(cfg["latent_dim"]) is int
     assert cfg["lr"] == 1.0 and type(cfg["lr"]) is float and cfg["hidden_dims"] == [8, 4]
