@@ -45,7 +45,7 @@ def _train(out, *flags, epochs=1):
     return main(["train", "--out", str(out), *TINY, "--epochs", str(epochs), *flags])
 
 
-# ---- a folder that holds a run ---------------------------------------------------------------------------------------
+# ---- a folder that holds a run ------------------------------------------------------------------------------------
 
 
 def test_a_folder_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
@@ -67,7 +67,7 @@ def test_a_folder_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path, 
     assert not (out / "latent.png").exists()                  # the old run's files went with it
 
 
-# ---- two runs into one folder ------------------------------------------------------------------------------------------
+# ---- two runs into one folder -------------------------------------------------------------------------------------
 
 
 def test_a_folder_in_use_is_refused_naming_the_holder(tmp_path, capsys):
@@ -121,7 +121,7 @@ def test_an_interrupted_checkpoint_write_keeps_the_old_one_and_leaves_no_tempora
     assert _digest(path) == before and os.listdir(tmp_path) == ["checkpoint.pt"]
 
 
-# ---- resume: a changed setting is applied and recorded, or refused ------------------------------------------------------
+# ---- resume: a changed setting is applied and recorded, or refused ------------------------------------------------
 
 
 def test_resume_applies_and_records_a_new_lr(tmp_path, capsys):
@@ -166,7 +166,7 @@ def test_resume_refuses_other_data(trained, tmp_path, capsys):
     assert _digest(trained / "checkpoint.pt") == before
 
 
-# ---- only a finite state is saved ----------------------------------------------------------------------------------------
+# ---- only a finite state is saved ---------------------------------------------------------------------------------
 
 
 def test_a_diverging_step_is_never_saved(tmp_path, capsys):
@@ -216,7 +216,7 @@ def test_an_epoch_whose_test_metrics_are_nan_is_not_saved(tmp_path, capsys, monk
     assert ckpt["epoch"] == 1 and all(math.isfinite(v) for v in ckpt["metrics"][-1].values())
 
 
-# ---- Ctrl-C -----------------------------------------------------------------------------------------------------------
+# ---- Ctrl-C -------------------------------------------------------------------------------------------------------
 
 
 def test_ctrl_c_says_where_the_last_checkpoint_is_and_frees_the_folder(tmp_path, capsys, monkeypatch):
