@@ -2,13 +2,14 @@
 
   fastvae train [--model vae|beta-vae|cvae|iwae|wae-mmd|swae] [--data digits|mnist:DIR|fashion:DIR|npz:FILE]
                 [--config run.toml] [--latent-dim N] [--batch-size N] [--epochs N] [--lr X] [--device cpu|cuda]
-                [--amp bf16] [--compile] [--out DIR] [--resume] [--seed N] ...
+                [--amp bf16] [--compile] [--out DIR] [--resume | --overwrite] [--seed N] ...
   fastvae eval CHECKPOINT [-k 1000]
   fastvae sample CHECKPOINT -n 64 [--out samples.png]
   fastvae info
   fastvae bench ...            (forwarded to fastvae.bench.main)
 
-A TOML config's keys mirror the flags (latent_dim or latent-dim); flags given on the command line win.
+The train flags and the keys of a TOML config are one table, fastvae.train.SETTINGS (latent_dim or latent-dim in
+TOML); every value is checked against it; flags given on the command line win.
 Under `torchrun --nproc_per_node N -m fastvae train ...` training runs data-parallel (DDP).
 """
 import argparse
@@ -16,40 +17,43 @@ import json
 import os
 import sys
 
-# flag -> (type, help); every one is also a TOML key (dashes or underscores)
-_TRAIN_FLAGS = {
-    "model": (str, "vae, beta-vae, cvae, iwae, wae-mmd or swae (default vae)"),
-    "data": (str, "digits (default), mnist:DIR, fashion:DIR, npz:FILE or npy:FILE"),
-    "latent-dim": (int, "latent dimensions (default 16)"),
-    "hidden-dims": (str, "encoder widths, comma-separated; the decoder mirrors them; '' for linear (default 512,256)"),
-    "batch-size": (int, "samples per step and process (default 128)"),
-    "epochs": (int, "passes over the training set (default 100)"),
-    "lr": (float, "Adam learning rate (default 1e-3)"),
-    "device": (str, "cpu, cuda, cuda:N or auto (default: cuda when available)"),
-    "amp": (str, "bf16 autocast, or none (default none)"),
-    "out": (str, "output folder: checkpoint, metrics, pictures (default out/digits)"),
-    "seed": (int, "random seed (default 0)"),
-    "likelihood": (str, "gaussian (default) or bernoulli"),
-    "variance": (str, "Gaussian variance: learned (default), fixed or network"),
-    "beta": (float, "KL weight (preset: 1; beta-vae 4; wae-mmd/swae 0)"),
-    "n-samples": (int, "importance samples k of the bound (preset: 1; iwae 5)"),
-    "posterior": (str, "diagonal (default) or full (Cholesky factor)"),
-    "divergence": (str, "kl, mmd or sliced (set by --model)"),
-    "reg-weight": (float, "weight of the MMD / sliced-Wasserstein term (preset: wae-mmd 100, swae 10)"),
-    "kernel": (str, "MMD kernel (default imq)"),
-    "bandwidth": (float, "MMD kernel bandwidth h (default 1; imq uses C = 2 d h^2)"),
-    "n-projections": (int, "sliced-Wasserstein projections (default 128)"),
-    "binarize": (str, "none, static or dynamic (default dynamic for bernoulli)"),
-    "backend": (str, "fastvae (fused ops, default) or reference (plain PyTorch ops)"),
-    "threads": (int, "CPU threads of torch (default: torch's choice; 1 is fastest for small models on a busy box)"),
-    "eval-k": (int, "importance samples of the final test log-likelihood; 0 skips it (default 1000)"),
-}
-_TRAIN_SWITCHES = {
-    "compile": "torch.compile the model's training step",
-    "resume": "continue from the checkpoint in --out (exactly where it stopped)",
-    "conv": "a small conv encoder/decoder for image data (else images are flattened)",
-    "no-progress": "no progress bar (a line every few epochs instead)",
-}
+from . import train as tr
+
+# Samples `fastvae sample` draws at most: a 100 x 100 grid is already a poster (and every sample is in memory).
+MAX_SAMPLES = 10_000
+SAMPLE_N = tr.Setting("n", int, 64, f"number of samples, at most {MAX_SAMPLES}", lo=1, hi=MAX_SAMPLES)
+
+
+def _flag_type(setting):
+    """argparse's type= of a setting: the checked value, or argparse's one-line error naming the flag."""
+    def parse(text):
+        try:
+            return setting.parse(text)
+        except (TypeError, ValueError) as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = setting.key
+    return parse
+
+
+def _default_text(setting):
+    d = setting.default
+    if d is None:
+        return ""
+    if isinstance(d, (list, tuple)):
+        d = ",".join(map(str, d))
+    elif isinstance(d, bool):
+        d = str(d).lower()
+    return f" (default {d})"
+
+
+def _add_setting(parser, setting, *flags, default=None, help=None):
+    flags = flags or (f"--{setting.key.replace('_', '-')}",)
+    help_ = help or setting.help + _default_text(setting)
+    if setting.kind is bool:
+        parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=help_)
+    else:
+        parser.add_argument(*flags, type=_flag_type(setting), default=default, help=help_,
+                            metavar="{" + ",".join(setting.choices) + "}" if setting.choices else setting.key.upper())
 
 
 def _parser():
@@ -59,25 +63,25 @@ def _parser():
 
     t = sub.add_parser("train", help="train a model", description="Train a VAE; writes everything into --out.")
     t.add_argument("--config", help="a TOML file whose keys mirror these flags")
-    for flag, (typ, help_) in _TRAIN_FLAGS.items():
-        t.add_argument(f"--{flag}", type=typ, default=None, help=help_)
-    for flag, help_ in _TRAIN_SWITCHES.items():
-        t.add_argument(f"--{flag}", action="store_true", default=None, help=help_)
+    for setting in tr.SETTINGS.values():
+        _add_setting(t, setting)          # default None: "not given", so a TOML value or the run's own applies
 
+    s = tr.SETTINGS
     e = sub.add_parser("eval", help="test ELBO and importance-sampled log-likelihood of a checkpoint")
     e.add_argument("checkpoint", help="a checkpoint.pt (or the --out folder of a run)")
-    e.add_argument("-k", "--n-samples", type=int, default=1000, help="importance samples (default 1000)")
-    e.add_argument("--data", help="evaluate on this data instead of the run's (same spec as train --data)")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--seed", type=int, default=0)
+    _add_setting(e, s["eval_k"], "-k", "--n-samples", default=s["eval_k"].default,
+                 help="importance samples of the log-likelihood; 0 skips it (default 1000)")
+    _add_setting(e, s["data"], "--data", help="evaluate on this data instead of the run's (same spec as train --data)")
+    _add_setting(e, s["device"], "--device", default=s["device"].default)
+    _add_setting(e, s["seed"], "--seed", default=s["seed"].default)
     e.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    s = sub.add_parser("sample", help="a PNG grid of samples from a checkpoint")
-    s.add_argument("checkpoint", help="a checkpoint.pt (or the --out folder of a run)")
-    s.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
-    s.add_argument("--out", help="PNG path (default: samples-N.png next to the checkpoint)")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--seed", type=int, default=0)
+    sm = sub.add_parser("sample", help="a PNG grid of samples from a checkpoint")
+    sm.add_argument("checkpoint", help="a checkpoint.pt (or the --out folder of a run)")
+    _add_setting(sm, SAMPLE_N, "-n", default=SAMPLE_N.default)
+    sm.add_argument("--out", help="PNG path (default: samples-N.png next to the checkpoint)")
+    _add_setting(sm, s["device"], "--device", default=s["device"].default)
+    _add_setting(sm, s["seed"], "--seed", default=s["seed"].default)
 
     sub.add_parser("info", help="version, torch, built kernels, device")
     b = sub.add_parser("bench", help="the benchmark suite (fastvae.bench); arguments are forwarded", add_help=False)
@@ -86,63 +90,66 @@ def _parser():
 
 
 def read_config_file(path):
-    """A TOML file -> dict of run settings (keys with dashes or underscores; a [train] table also works)."""
+    """A TOML file -> dict of checked run settings (keys with dashes or underscores; a [train] table also works)."""
     import tomllib
     try:
         with open(path, "rb") as f:
             cfg = tomllib.load(f)
     except FileNotFoundError:
         raise SystemExit(f"fastvae: config file {path} not found")
-    except tomllib.TOMLDecodeError as e:
+    except OSError as e:
+        raise SystemExit(f"fastvae: config file {path} cannot be read ({e.strerror or e})")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SystemExit(f"fastvae: config file {path} is not valid TOML: {e}")
     if isinstance(cfg.get("train"), dict):
         cfg = {**{k: v for k, v in cfg.items() if k != "train"}, **cfg["train"]}
-    return {k.replace("-", "_"): v for k, v in cfg.items()}
+    try:
+        return tr.check_settings(cfg)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"fastvae: config file {path}: {e}")
 
 
 def _train(args):
-    from . import train as tr
     overrides = read_config_file(args.config) if args.config else {}
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "config") and v is not None}
-    if given.pop("no_progress", None):
-        given["progress"] = False
-    overrides.update(given)
+    overrides.update({k: v for k, v in vars(args).items() if k not in ("command", "config") and v is not None})
     try:
         cfg = tr.resolve_config(overrides)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise SystemExit(f"fastvae train: {e}")
     try:
         tr.train(cfg)
     except (tr.TrainingDiverged, ValueError, NotImplementedError) as e:
-        # bad data files, checkpoints, devices or settings, and a diverged run: a message, not a traceback
+        # bad data files, checkpoints, devices or folders, and a diverged run: a message, not a traceback
         print(f"fastvae train: {e}", file=sys.stderr)
         return 1
     return 0
 
 
 def _load(args):
-    from .train import CheckpointError, model_from_checkpoint, pick_device
     try:
-        device = pick_device(args.device)
-        return (*model_from_checkpoint(args.checkpoint, device), device)
-    except (CheckpointError, ValueError) as e:
+        device = tr.pick_device(args.device)
+        return (*tr.model_from_checkpoint(args.checkpoint, device), device)
+    except ValueError as e:
         raise SystemExit(f"fastvae {args.command}: {e}")
 
 
 def _eval(args):
     import torch
     from .data import load_data
-    from .train import evaluate
     model, ckpt, device = _load(args)
-    run = ckpt["config"]
+    run, info = ckpt["config"], ckpt["data_info"]
+    spec = args.data or run["data"]
+    if isinstance(spec, str) and spec.startswith("<"):
+        raise SystemExit(f"fastvae eval: {args.checkpoint} was trained on a Python {spec} object; give --data")
     try:
-        data = load_data(args.data or run["data"], binarize=run.get("binarize"), device=device)
+        data = load_data(spec, binarize=run["binarize"], device=device)
     except ValueError as e:
         raise SystemExit(f"fastvae eval: {e}")
+    _check_eval_data(data, info, model, args.checkpoint)
     torch.manual_seed(args.seed)
-    res = evaluate(model, data.test_x, data.test_y, n_samples=args.n_samples, seed=args.seed)
+    res = tr.evaluate(model, data.test_x, data.test_y, n_samples=args.n_samples, seed=args.seed)
     res.update(checkpoint=args.checkpoint, data=data.name, n_test=int(data.test_x.shape[0]),
-               epoch=ckpt.get("epoch"), n_samples=args.n_samples)
+               epoch=ckpt["epoch"], n_samples=args.n_samples)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -153,13 +160,34 @@ def _eval(args):
     return 0
 
 
+def _check_eval_data(data, info, model, checkpoint):
+    """The data eval reads must be what the model takes: the samples' shape, a test set, labels for a CVAE."""
+    def refuse(what):
+        raise SystemExit(f"fastvae eval: --data {data.name}: {what}")
+    if tuple(data.shape) != tuple(info["shape"]):
+        refuse(f"its samples have shape {tuple(data.shape)}; {checkpoint} was trained on shape {tuple(info['shape'])}")
+    if data.test_x.shape[0] == 0:
+        refuse("its test set is empty")
+    if model.n_classes:
+        if data.test_y is None:
+            refuse(f"it has no labels; {checkpoint} is a cvae of {model.n_classes} classes")
+        lo, hi = int(data.test_y.min()), int(data.test_y.max())
+        if lo < 0 or hi >= model.n_classes:
+            refuse(f"its labels run from {lo} to {hi}; {checkpoint} is a cvae of classes 0 to {model.n_classes - 1}")
+
+
 def _sample(args):
     import torch
     from . import plots
+    ckpt_dir = args.checkpoint if os.path.isdir(args.checkpoint) else os.path.dirname(os.path.abspath(args.checkpoint))
+    out = args.out or os.path.join(ckpt_dir, f"samples-{args.n}.png")
+    if os.path.isdir(out):
+        raise SystemExit(f"fastvae sample: --out {out} is a folder; give a .png file path")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise SystemExit(f"fastvae sample: --out {out}: the folder {os.path.dirname(os.path.abspath(out))} does "
+                         f"not exist")
     model, ckpt, device = _load(args)
-    if args.n < 1:
-        raise SystemExit("fastvae sample: -n must be >= 1")
-    shape = ckpt.get("data_info", {}).get("shape") or list(model.input_shape)
+    shape = ckpt["data_info"]["shape"]
     if len(shape) == 1:
         side = int(round(shape[0] ** 0.5))
         if side * side != shape[0]:
@@ -167,9 +195,10 @@ def _sample(args):
         shape = [1, side, side]
     g = torch.Generator(device).manual_seed(args.seed)
     x = model.sample(args.n, generator=g).reshape(args.n, *shape)
-    ckpt_path = args.checkpoint if not os.path.isdir(args.checkpoint) else os.path.join(args.checkpoint, "x")
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), f"samples-{args.n}.png")
-    plots.save_grid(x, out, ncol=10 if model.n_classes else None)
+    try:
+        plots.save_grid(x, out, ncol=10 if model.n_classes else None)
+    except OSError as e:
+        raise SystemExit(f"fastvae sample: cannot write --out {out} ({e.strerror or e})")
     print(f"wrote {args.n} samples to {out}")
     return 0
 
@@ -211,16 +240,24 @@ def main(argv=None):
     if argv and argv[0] == "bench":       # everything after `bench` belongs to the suite, --help included
         return _bench(argparse.Namespace(args=argv[1:])) or 0
     args = _parser().parse_args(argv)
-    if args.command == "train":
-        return _train(args)
-    if args.command == "eval":
-        return _eval(args)
-    if args.command == "sample":
-        return _sample(args)
     if args.command == "info":
         print("\n".join(info_lines()))
         return 0
-    return _bench(args) or 0
+    command = {"train": _train, "eval": _eval, "sample": _sample}.get(args.command)
+    if command is None:
+        return _bench(args) or 0
+    try:
+        return command(args)
+    except KeyboardInterrupt as e:        # Ctrl-C: where things stand, not a traceback (130: killed by SIGINT)
+        print(f"fastvae {args.command}: {e or 'interrupted'}", file=sys.stderr)
+        return 130
+    except RuntimeError as e:
+        import torch
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise
+        print(f"fastvae {args.command}: out of memory ({str(e).splitlines()[0]}); lower --batch-size, --n-samples, "
+              f"--hidden-dims or -n", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
