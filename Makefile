@@ -47,10 +47,11 @@ cuda-check: $(BIN)/.ready
 test: build cuda-check
 	$(BIN)/python -m pytest -q tests
 
-# The default VAE on the bundled 8x8 digits (no download): ~1 minute on 2 CPU cores. One torch thread: the model
+# The default VAE on the bundled 8x8 digits (no download): ~1 minute on 2 CPU cores; a rerun replaces out/digits
+# (--overwrite: the demo's own folder). One torch thread: the model
 # is small, and a second thread only waits on the first (or, on a busy machine, on the scheduler).
 demo: build
-	$(BIN)/fastvae train --out out/digits --threads 1
+	$(BIN)/fastvae train --out out/digits --overwrite --threads 1
 	@echo "pictures: out/digits/{samples,reconstructions,loss_curve}.png  metrics: out/digits/metrics.{csv,json}"
 
 bench: build
