@@ -61,6 +61,16 @@ extern dim3 blockDim;
 extern dim3 gridDim;
 static constexpr int warpSize = 32;
 
+// The C++ overloads cuda_runtime.h declares only for nvcc.
+template <class T>
+inline cudaError_t cudaFuncSetAttribute(T* func, cudaFuncAttribute attr, int value) {
+  return ::cudaFuncSetAttribute(reinterpret_cast<const void*>(func), attr, value);
+}
+template <class T>
+inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, T* func) {
+  return ::cudaFuncGetAttributes(attr, reinterpret_cast<const void*>(func));
+}
+
 namespace cudasim {
 
 // Order in which the threads of a block run between two synchronisation points, and the blocks of a grid.

@@ -782,10 +782,10 @@ bool scan_touched(KernelInfo& k, const Module& m, char* tls) {
 
 std::string touched_list(const KernelInfo& k, const Module* m) {
   std::string r;
-  if (!m) return r;
+  if (!m) return "unknown";
   for (size_t i = 0; i < m->vars.size(); ++i)
     if (k.touched[i]) r += (r.empty() ? "" : ", ") + m->vars[i].name + fmt(" (%zu B)", m->vars[i].size);
-  return r;
+  return r.empty() ? "none" : r;
 }
 
 // The launch's shared memory against the limits; "" when it fits.
@@ -1182,8 +1182,7 @@ cudaError_t launch(const char* text, const void* key, dim3 grid, dim3 block, siz
   s.launch = Launch{};
   s.cur = nullptr;
   if (!ok) return s.sticky;
-  s.last = cudaSuccess;  // a successful launch leaves earlier non-sticky errors for cudaGetLastError
-  return cudaSuccess;
+  return cudaSuccess;  // an earlier error stays for cudaGetLastError, as with the CUDA runtime
 }
 
 }  // namespace detail
@@ -1309,6 +1308,19 @@ cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute attr, 
     return cudaSuccess;
   }
   return cudaSuccess;  // other attributes do not change what the simulation does
+}
+
+// What the simulation knows of a kernel: static shared memory touched so far, the dynamic maximum.
+cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes* attr, const void* func) {
+  auto& k = S().kernels[func];
+  std::memset(attr, 0, sizeof *attr);
+  attr->maxThreadsPerBlock = 1024;
+  attr->sharedSizeBytes = k.static_bytes;
+  attr->maxDynamicSharedSizeBytes =
+      k.max_dyn >= 0 ? static_cast<int>(k.max_dyn) : static_cast<int>(cudasim::detail::kSmemDefault - k.static_bytes);
+  attr->ptxVersion = 90;
+  attr->binaryVersion = 90;
+  return cudaSuccess;
 }
 
 cudaError_t cudaMemsetAsync(void* devPtr, int value, size_t count, cudaStream_t) {

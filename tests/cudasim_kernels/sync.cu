@@ -114,6 +114,14 @@ int main(int argc, char** argv) {
     printf("OK\n");
     return 0;
   }
+  if (is_case(argc, argv, "sticky")) {  // after a failed kernel every later call fails, as on a GPU
+    int* out = to_device(std::vector<int>(64, 0));
+    const cudaError_t first = fv_launch(divergent_barrier, 1, 64, 0, 0, out);
+    const cudaError_t second = fv_launch(barrier_votes, 1, 64, 0, 0, out);
+    const cudaError_t sync = cudaDeviceSynchronize();
+    printf("first %s second %s sync %s\n", cudaGetErrorName(first), cudaGetErrorName(second), cudaGetErrorName(sync));
+    return 0;
+  }
   if (is_case(argc, argv, "votes")) {
     int* out = to_device(std::vector<int>(5, -1));
     if (report("launch", fv_launch(barrier_votes, 1, 256, 0, 0, out))) return 1;
