@@ -26,6 +26,15 @@
 // variable is block-shared storage. thread_local rather than plain static: GCC drops section attributes on
 // static locals of templates, while TLS symbols are easy to find in the ELF symbol table, which is how the
 // runtime sizes, counts (per kernel) and poisons the __shared__ variables (see README.md).
+#undef __shared__
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __constant__
+#undef __managed__
+#undef __grid_constant__
+#undef __launch_bounds__
+#undef __cluster_dims__
 #define __shared__ static thread_local
 #define __global__
 #define __device__
@@ -170,7 +179,7 @@ inline T from_bytes(const unsigned char* b) {
 
 }  // namespace detail
 
-// The simulated `kernel<<<grid, block, smem, stream>>>(args...)` + cudaGetLastError(). Use it through
+// The simulated `kernel<<<grid, block, smem, stream>>>(args...)` + cudaPeekAtLastError(). Use it through
 // fv_launch (launch.h), which gives the runtime the kernel's name.
 template <class... P, class... A>
 cudaError_t launch(const char* text, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
@@ -179,7 +188,7 @@ cudaError_t launch(const char* text, void (*kernel)(P...), dim3 grid, dim3 block
   const detail::KernelCall<P...> call{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
   detail::launch(text, reinterpret_cast<const void*>(kernel), grid, block, smem, stream,
                  &detail::KernelCall<P...>::run, &call, detail::signature_of<P...>());
-  return cudaGetLastError();
+  return cudaPeekAtLastError();
 }
 
 }  // namespace cudasim

@@ -182,7 +182,8 @@ struct State {
   ucontext_t sched_uc;
 #endif
   Fiber* cur = nullptr;
-  unsigned n = 0, n_live = 0, n_bar = 0, n_exit = 0;
+  unsigned n = 0, n_live = 0, n_bar = 0, n_exit = 0, n_warp = 0;
+  std::vector<unsigned> order_buf;
   Launch launch;
   uint64_t switches = 0;
   // kernels, modules
@@ -200,9 +201,10 @@ struct State {
   bool handlers = false;
 };
 
-State& S() {
-  static State* s = new State();  // never destroyed: fault handlers may run during exit
-  return *s;
+State* g_state = nullptr;  // never destroyed: fault handlers may run during exit
+inline State& S() {
+  if (__builtin_expect(g_state == nullptr, 0)) g_state = new State();
+  return *g_state;
 }
 
 void init_order() {
@@ -433,7 +435,7 @@ void fiber_main(Fiber* f) {
   }
   // A lane waiting at a warp collective that names this lane now waits forever.
   const unsigned base = f->linear & ~31u, lane = f->linear & 31u;
-  for (unsigned j = 0; j < 32 && base + j < s.n; ++j) {
+  for (unsigned j = 0; s.n_warp > 0 && j < 32 && base + j < s.n; ++j) {
     const Fiber& g = s.fibers[base + j];
     if (g.st == St::Warp && (g.w.mask >> lane & 1u))
       fail(cudaErrorLaunchFailure,
@@ -459,7 +461,7 @@ void complete_barrier() {
     if (f.st != St::Barrier) continue;
     if (!ref) {
       ref = &f;
-    } else if (f.line != ref->line || f.bop != ref->bop || strcmp(f.file, ref->file) != 0) {
+    } else if (f.line != ref->line || f.bop != ref->bop || (f.file != ref->file && strcmp(f.file, ref->file) != 0)) {
       fail(cudaErrorLaunchFailure,
            fmt("divergent barrier: %s %s, while %s %s", thread_str(*ref).c_str(), wait_str(*ref).c_str(),
                thread_str(f).c_str(), wait_str(f).c_str()));
@@ -578,6 +580,7 @@ void complete_warp(unsigned base, unsigned mask) {
       }
     }
     f->st = St::Ready;
+    --s.n_warp;
   }
 }
 
@@ -616,6 +619,7 @@ bool run_block(uint64_t block_seed) {
   s.n_live = n;
   s.n_bar = 0;
   s.n_exit = 0;
+  s.n_warp = 0;
   uint32_t mxcsr = 0;
   uint16_t fpucw = 0;
 #if defined(__x86_64__)
@@ -632,7 +636,8 @@ bool run_block(uint64_t block_seed) {
     f.line = 0;
     init_context(&f, i, mxcsr, fpucw);
   }
-  std::vector<unsigned> order(n);
+  std::vector<unsigned>& order = s.order_buf;
+  order.resize(n);
   for (unsigned i = 0; i < n; ++i) order[i] = s.order == Order::Reverse ? n - 1 - i : i;
   Rng rng(block_seed);
   for (;;) {
@@ -1008,6 +1013,7 @@ void warp_collective(const WarpArgs& a, WarpResult* r) {
   f->w = a;
   f->wres = r;
   f->st = St::Warp;
+  ++s.n_warp;
   bool complete = true;
   for (unsigned j = 0; j < 32; ++j) {
     if (!(a.mask >> j & 1u)) continue;
