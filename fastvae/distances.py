@@ -4,7 +4,11 @@ is ever stored, forward or backward.
 
 Random parts (the prior samples of MMD with kernels other than "rbf", the projection directions of
 sliced-Wasserstein) come from the Philox stream of a seed drawn from `generator` (see functional.py): the same
-generator state gives the same result, on any device and thread count."""
+generator state gives the same result, on any device and thread count.
+
+Each op's public function, fake implementation and autograd formula stand together, as in functional.py.
+Double backward: sliced-Wasserstein's gradient is a scatter through the saved permutations, which has a
+differentiable form; MMD's tiled backward has none, so differentiating its gradient raises."""
 import collections.abc
 import math
 import numbers
@@ -13,19 +17,16 @@ import numpy as np
 import torch
 
 from . import _checks
-from . import _ops_distances  # noqa: F401  (registers fake and autograd implementations)
-from .functional import _draw_seed
-
-_ops_ns = torch.ops.fastvae
+from ._custom_ops import LIB, compute_dtype, create_graph, draw_seed, fused_backward, not_differentiable, ops
 
 KERNELS = ("rbf", "imq", "laplacian", "energy")
 ESTIMATORS = ("unbiased", "biased")
 
 
 def _compute_dtype(*tensors):
-    """float64 if any operand is float64, else float32 (16-bit codes are computed and returned in float32, on
-    every device: the pair sums need the range and the digits)."""
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+    """The distance kernels take float32 and float64 on every device: 16-bit codes are computed (and returned) in
+    float32, since the pair sums need the range and the digits."""
+    return compute_dtype(*tensors)
 
 
 def _samples(t, name):
@@ -100,6 +101,8 @@ def _projections(projections, x):
     return projections
 
 
+# ---- mmd ---------------------------------------------------------------------------------------------------------
+
 def mmd(x, y=None, *, kernel="imq", bandwidth=1.0, estimator="unbiased", generator=None):
     """Squared maximum mean discrepancy between the samples x (N, d) and y (M, d); (B, N, d) and (B, M, d) give (B,).
 
@@ -117,8 +120,8 @@ def mmd(x, y=None, *, kernel="imq", bandwidth=1.0, estimator="unbiased", generat
     if unbiased and yb is not None and yb.shape[1] < 2:
         raise ValueError(f"y needs at least 2 samples for the unbiased estimator; got M = {yb.shape[1]}")
     dt = _compute_dtype(xb, yb)
-    seed = _draw_seed(xb.device, generator) if yb is None and kernel != "rbf" else None
-    out = _ops_ns.mmd(xb.to(dt), None if yb is None else yb.to(dt), seed, kernel, bws, unbiased)
+    seed = draw_seed(xb.device, generator) if yb is None and kernel != "rbf" else None
+    out = ops.mmd(xb.to(dt), None if yb is None else yb.to(dt), seed, kernel, bws, unbiased)
     return out if batched else out[0]
 
 
@@ -128,6 +131,36 @@ def energy_distance(x, y=None, **kwargs):
         raise TypeError("energy_distance takes no kernel argument (it is mmd with kernel='energy')")
     return mmd(x, y, kernel="energy", **kwargs)
 
+
+@torch.library.register_fake(LIB + "mmd")
+def _(x, y, seed, kernel, bandwidth, unbiased):
+    return x.new_empty((x.shape[0],))
+
+
+@torch.library.register_fake(LIB + "mmd_backward")
+def _(grad, x, y, seed, kernel, bandwidth, unbiased, need_y):
+    return x.new_empty(x.shape), (y.new_empty(y.shape) if need_y and y is not None else x.new_empty((0,)))
+
+
+def _mmd_setup(ctx, inputs, output):
+    x, y, seed, kernel, bandwidth, unbiased = inputs
+    ctx.save_for_backward(x, y, seed)
+    ctx.args = (kernel, bandwidth, unbiased)
+
+
+def _mmd_backward(ctx, grad):
+    x, y, seed = ctx.saved_tensors
+    need_y = y is not None and ctx.needs_input_grad[1]
+    grad_x, grad_y = fused_backward(ops.mmd_backward, grad, x, y, seed, *ctx.args, need_y)
+    return (grad_x if ctx.needs_input_grad[0] else None), (grad_y if need_y else None), None, None, None, None
+
+
+torch.library.register_autograd(LIB + "mmd", _mmd_backward, setup_context=_mmd_setup)
+# reached under create_graph=True by the backward of mmd itself: that is where a double backward is refused
+not_differentiable("mmd_backward", "fastvae.mmd (energy_distance, MMDLoss)", double_backward=False)
+
+
+# ---- sliced_wasserstein ------------------------------------------------------------------------------------------
 
 def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, generator=None):
     """SW_p^p between x (N, d) and y (N, d) (or (B, N, d) -> (B,)): the mean over unit directions theta of
@@ -146,10 +179,10 @@ def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, g
         projections = _projections(projections, xb)
     dt = _compute_dtype(xb, yb, projections)
     if projections is None:
-        seed = _draw_seed(xb.device, generator)
+        seed = draw_seed(xb.device, generator)
         if seed.device.type not in ("cpu", "meta"):  # random_directions has no CUDA kernel yet: draw on the host
             seed = seed.cpu()
-        theta = _ops_ns.random_directions(seed, d, n_projections).to(device=xb.device, dtype=dt)
+        theta = ops.random_directions(seed, d, n_projections).to(device=xb.device, dtype=dt)
     else:
         theta = projections.to(dt)
     B, L = xb.shape[0], theta.shape[1]
@@ -159,5 +192,66 @@ def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, g
 
     px = project(xb)
     py = None if yb is None else project(yb)
-    out, _, _ = _ops_ns.sliced_wasserstein_projected(px, py, p)
+    out, _, _ = ops.sliced_wasserstein_projected(px, py, p)
     return out if batched else out[0]
+
+
+@torch.library.register_fake(LIB + "sliced_wasserstein_projected")
+def _(px, py, p):
+    perm_y = px.new_empty(px.shape, dtype=torch.int32) if py is not None else px.new_empty((0,), dtype=torch.int32)
+    return px.new_empty((px.shape[0],)), px.new_empty(px.shape, dtype=torch.int32), perm_y
+
+
+@torch.library.register_fake(LIB + "sliced_wasserstein_projected_backward")
+def _(grad, px, py, perm_x, perm_y, p, need_py):
+    return px.new_empty(px.shape), (py.new_empty(py.shape) if need_py and py is not None else px.new_empty((0,)))
+
+
+def _sw_setup(ctx, inputs, output):
+    px, py, p = inputs
+    _, perm_x, perm_y = output
+    ctx.save_for_backward(px, py, perm_x, perm_y)
+    ctx.p = p
+
+
+def _sw_backward(ctx, grad, _grad_perm_x, _grad_perm_y):
+    px, py, perm_x, perm_y = ctx.saved_tensors
+    need_py = py is not None and ctx.needs_input_grad[1]
+    if create_graph():
+        gpx, gpy = _sw_grads(grad, px, py, perm_x, perm_y, ctx.p)
+    else:
+        gpx, gpy = fused_backward(ops.sliced_wasserstein_projected_backward, grad, px, py, perm_x, perm_y, ctx.p,
+                                  need_py)
+    return (gpx if ctx.needs_input_grad[0] else None), (gpy if need_py else None), None
+
+
+def _sw_grads(grad, px, py, perm_x, perm_y, p):
+    """The differentiable gradients of mean_{l,i} |px[perm_x]_i - py[perm_y]_i|^p (py None: the normal quantiles
+    Phi^-1((i + 1/2) / N)): |delta|^p differentiated, then scattered back through the permutations."""
+    B, L, N = px.shape
+    perm_x = perm_x.long()
+    xs = px.gather(-1, perm_x)
+    if py is None:
+        ys = torch.special.ndtri((torch.arange(N, dtype=torch.float64, device=px.device) + 0.5) / N).to(px.dtype)
+    else:
+        perm_y = perm_y.long()
+        ys = py.gather(-1, perm_y)
+    delta = xs - ys
+    if p == 2:
+        d_loss = 2 * delta
+    else:  # p sign(delta) |delta|^(p - 1), 0 at delta = 0 (also the second derivative there, through the where)
+        nonzero = delta != 0
+        d_loss = torch.where(nonzero, p * torch.sign(delta) * torch.where(nonzero, delta.abs(), 1) ** (p - 1), 0)
+    g = grad.to(px.dtype).reshape(B, 1, 1) * d_loss / (L * N)
+    gpx = torch.zeros_like(px).scatter(-1, perm_x, g)
+    gpy = None if py is None else torch.zeros_like(py).scatter(-1, perm_y, -g)
+    return gpx, gpy
+
+
+torch.library.register_autograd(LIB + "sliced_wasserstein_projected", _sw_backward, setup_context=_sw_setup)
+not_differentiable("sliced_wasserstein_projected_backward", "fastvae.sliced_wasserstein")
+
+
+@torch.library.register_fake(LIB + "random_directions")
+def _(seed, d, n):
+    return seed.new_empty((d, n), dtype=torch.float32)
