@@ -6,12 +6,19 @@
   "fashion:DIR"    the same for Fashion-MNIST (DIR/FashionMNIST/raw also searched);
   "npz:FILE"       arrays x_train/y_train/x_test/y_test (or x/y, or one unnamed array), "npy:FILE" one array;
   a torch.utils.data.Dataset (items x or (x, y)), split 80/20 with the same fixed seed.
-Pixel values end up in [0, 1] (integer data is divided by its type's maximum, 16 for digits).
+Pixel values end up in [0, 1], read by their type, the same way for every source and every split: uint8 is divided
+by 255 and uint16 by 65535; integers (of any type) and bools holding only 0 and 1 are binary pixels, kept as they
+are; floats must already lie in [0, 1]. Other integer data (int16 up to 1000, say) has no range to read it by and is
+refused, as are NaN/inf, empty data sets, and labels (y) that are not class ids 0..K-1 (integers, K at most the
+number of samples). Files are checked against their headers before their data is read (a header that declares
+more than the file can hold, or more than this machine's memory, is refused without reading or allocating it).
 """
 import gzip
 import math
 import os
 import struct
+import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -22,6 +29,10 @@ SPLIT_SEED = 0          # the train/test split never depends on the training see
 TEST_FRACTION = 0.2
 BINARIZE_SEED = 1234    # static binarization draws from its own stream, so every run sees the same bits
 _READ_CHUNK = 1 << 24
+# Deflate (gzip, zip) expands a stream by at most 1032:1: a header that declares more than that times the
+# compressed size cannot be telling the truth, and is refused before anything is decompressed.
+_DEFLATE_MAX_RATIO = 1032
+_READ_ERRORS = (OSError, EOFError, zlib.error)   # gzip.BadGzipFile is an OSError
 
 _IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -33,7 +44,7 @@ class DataError(ValueError):
 
 @dataclass
 class Data:
-    """Train and test tensors. x: (N, *shape) float32 in [0, 1]; y: (N,) int64 labels or None."""
+    """Train and test tensors. x: (N, *shape) float32 in [0, 1]; y: (N,) int64 labels 0..n_classes-1 or None."""
     name: str
     train_x: torch.Tensor
     test_x: torch.Tensor
@@ -73,33 +84,56 @@ def _open(path):
     return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
 
 
+def _memory_bytes():
+    """This machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_declared(path, shape, dtype, n_bytes, holds, how):
+    """Refuses a header whose data cannot be there (more than the `holds` bytes the file can hold, `how` says why)
+    or could not be loaded (the data and its float32 copy need more than this machine's memory)."""
+    what = f"shape {tuple(shape)} of {dtype.name} ({n_bytes} bytes)"
+    if n_bytes > holds:
+        raise DataError(f"{path} is truncated or corrupt: its header declares {what}, but {how}")
+    memory, need = _memory_bytes(), n_bytes + 4 * math.prod(shape)
+    if memory is not None and need > memory:
+        raise DataError(f"{path}: its header declares {what}; loading it needs {need / 2**30:.1f} GiB, more than "
+                        f"this machine's {memory / 2**30:.1f} GiB of memory")
+
+
 def _read_exact(f, n, path, what):
-    """Reads n bytes in bounded chunks (so a lying size allocates only what the file really holds)."""
-    parts, got = [], 0
+    """Reads exactly n bytes into one buffer, chunk by chunk: memory grows only with what the file really holds
+    (the buffer's pages are touched as they are filled), and a short file is refused where it ends."""
+    buf = np.empty(n, np.uint8)
+    view, got = memoryview(buf), 0
     while got < n:
         try:
-            chunk = f.read(min(_READ_CHUNK, n - got))
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            k = f.readinto(view[got:got + _READ_CHUNK])
+        except _READ_ERRORS as e:
             raise DataError(f"{path}: could not read {what} ({e}); the file is corrupt or truncated") from e
-        if not chunk:
+        if not k:
             raise DataError(f"{path} is truncated: its header declares {n} bytes of {what}, but the file holds "
                             f"only {got}")
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
+        got += k
+    return buf
 
 
 def read_idx(path):
     """Reads one IDX file (`.gz` or not) into a numpy array.
 
     The header (two zero bytes, a type code, the number of dims, then each dim as a big-endian int32) is checked
-    against the file's size before the data is read: a header that declares more data than the file holds is
-    refused without allocating it."""
+    before the data is read: a header that declares more data than the file can hold (its size, or for `.gz`
+    1032 times its compressed size, deflate's largest expansion) or than fits in memory is refused without
+    reading or allocating it; then exactly the declared bytes are read, and one more byte is a refusal."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file (expected an IDX file such as train-images-idx3-ubyte[.gz])")
+    gz = path.endswith(".gz")
     with _open(path) as f:
-        head = _read_exact(f, 4, path, "the IDX magic number")
+        head = bytes(_read_exact(f, 4, path, "the IDX magic number"))
         if head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES or head[3] == 0:
             raise DataError(f"{path} is not an IDX file: its magic number is {head.hex()}, expected 0000 followed by "
                             f"a type code in {{{', '.join(f'{c:02x}' for c in _IDX_DTYPES)}}} and a non-zero "
@@ -107,38 +141,25 @@ def read_idx(path):
         dtype, ndim = _IDX_DTYPES[head[2]], head[3]
         dims = struct.unpack(f">{ndim}I", _read_exact(f, 4 * ndim, path, f"the {ndim} dims of the IDX header"))
         n_bytes = math.prod(dims) * dtype.itemsize
-        header_bytes = 4 + 4 * ndim
-        if not path.endswith(".gz"):
-            held = os.path.getsize(path) - header_bytes
-            if held != n_bytes:
-                state = "is truncated" if held < n_bytes else "has trailing data"
-                raise DataError(f"{path} {state}: its header declares shape {tuple(dims)} of {dtype.name} "
-                                f"({n_bytes} bytes), but the file holds {held} bytes after the header")
+        size, header_bytes = os.path.getsize(path), 4 + 4 * ndim
+        if gz:
+            _check_declared(path, dims, dtype, n_bytes, _DEFLATE_MAX_RATIO * size,
+                            f"a gzip file of {size} bytes decompresses to at most {_DEFLATE_MAX_RATIO * size}")
         else:
-            _check_gzip_size(path, header_bytes + n_bytes, dims, dtype)
+            _check_declared(path, dims, dtype, n_bytes, size - header_bytes,
+                            f"the file holds {size - header_bytes} bytes after the header")
+            if size - header_bytes > n_bytes:
+                raise DataError(f"{path} has trailing data: its header declares shape {tuple(dims)} of {dtype.name} "
+                                f"({n_bytes} bytes), but the file holds {size - header_bytes} bytes after the header")
         raw = _read_exact(f, n_bytes, path, f"data (shape {tuple(dims)}, {dtype.name})")
         try:
             extra = f.read(1)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
+        except _READ_ERRORS as e:
             raise DataError(f"{path}: the gzip stream is corrupt after the data ({e})") from e
         if extra:
             raise DataError(f"{path} has trailing data after the {n_bytes} bytes its header declares "
                             f"(shape {tuple(dims)})")
-    return np.frombuffer(raw, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
-
-
-def _check_gzip_size(path, expected, dims, dtype):
-    """A gzip file records its uncompressed size mod 2^32 in its last 4 bytes: a cheap refusal of a header that
-    declares more than the file holds (the chunked read catches the rest)."""
-    size = os.path.getsize(path)
-    if size < 18:
-        raise DataError(f"{path} is too short ({size} bytes) to be a gzip file")
-    with open(path, "rb") as raw:
-        raw.seek(-4, os.SEEK_END)
-        isize = struct.unpack("<I", raw.read(4))[0]
-    if expected < 2**32 and isize < expected:
-        raise DataError(f"{path} is truncated: its header declares shape {tuple(dims)} of {dtype.name} "
-                        f"({expected} bytes with the header), but the gzip stream holds {isize} bytes")
+    return raw.view(dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=False)
 
 
 _IDX_NAMES = {
@@ -176,30 +197,66 @@ def load_idx_dir(directory, name="mnist"):
         (x, px), (y, py) = arrays[f"{split}_x"], arrays[f"{split}_y"]
         if x.shape[0] != y.shape[0]:
             raise DataError(f"{px} holds {x.shape[0]} images but {py} holds {y.shape[0]} labels")
-    tx, vx = (_to_unit(arrays[k][0], arrays[k][1])[:, None] for k in ("train_x", "test_x"))
-    ty, vy = (torch.from_numpy(arrays[k][0].astype(np.int64)) for k in ("train_y", "test_y"))
-    n_classes = int(max(ty.max(), vy.max())) + 1
+    tx, vx = (t[:, None] for t in _pixels([arrays["train_x"], arrays["test_x"]]))
+    (ty, vy), n_classes = _labels([arrays["train_y"], arrays["test_y"]])
     return Data(name, tx, vx, ty, vy, tuple(tx.shape[1:]), n_classes)
 
 
 # -------------------------------------------------------------------------------------------------------------------
+# reading pixels and labels (every source goes through these two)
+
+
+def _pixels(parts):
+    """[(numpy array of samples, where it came from)] of one data set -> float32 tensors in [0, 1], every part
+    read by the same rule (the module doc's), so that a train split cannot be scaled unlike its test split."""
+    for a, where in parts:
+        if a.size == 0:
+            raise DataError(f"{where} holds no data (shape {a.shape}); expected at least one non-empty sample")
+    ints = [a for a, _ in parts if a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer)]
+    binary = all(((a == 0) | (a == 1)).all() for a in ints)
+    out = []
+    for a, where in parts:
+        if a.dtype == np.bool_ or (np.issubdtype(a.dtype, np.integer) and binary):
+            t = a.astype(np.float32)
+        elif np.issubdtype(a.dtype, np.integer):
+            if a.dtype not in (np.uint8, np.uint16):
+                raise DataError(f"{where}: integer pixels of type {a.dtype} (values {a.min()}..{a.max()}) have no "
+                                f"range to be read by; expected uint8 (0-255), uint16 (0-65535), integers that are "
+                                f"all 0 or 1, bool, or floats in [0, 1] (convert the data, e.g. to uint8)")
+            t = a.astype(np.float32) / np.iinfo(a.dtype).max
+        elif np.issubdtype(a.dtype, np.floating):
+            t = a.astype(np.float32)
+            if not np.isfinite(t).all():
+                raise DataError(f"{where}: the data holds NaN or inf values")
+            lo, hi = float(t.min()), float(t.max())
+            if lo < 0 or hi > 1:
+                raise DataError(f"{where}: float pixels must lie in [0, 1]; found values in [{lo:.4g}, {hi:.4g}] "
+                                f"(rescale the data, e.g. drop a Normalize transform)")
+        else:
+            raise DataError(f"{where}: expected numeric pixels; got dtype {a.dtype}")
+        out.append(torch.from_numpy(np.ascontiguousarray(t)))
+    return out
+
+
+def _labels(parts):
+    """[(numpy labels, where they came from)] of one data set -> (int64 tensors, n_classes). Labels are class ids
+    0..K-1, K at most the number of samples: a larger id is no class label (and a CVAE's one-hot of that width
+    would be its largest layer)."""
+    for y, where in parts:
+        if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{where}: labels must be integer class ids; got dtype {y.dtype}")
+        if y.size and int(y.min()) < 0:
+            raise DataError(f"{where}: labels must be class ids >= 0; found {int(y.min())}")
+    n = sum(y.size for y, _ in parts)
+    top = max(int(y.max()) for y, _ in parts if y.size)
+    if top >= n:
+        raise DataError(f"{parts[0][1]}: labels run up to {top}, {top + 1} classes for {n} samples; expected class "
+                        f"ids 0..K-1 with K at most the number of samples")
+    return [torch.from_numpy(y.astype(np.int64)) for y, _ in parts], top + 1
+
+
+# -------------------------------------------------------------------------------------------------------------------
 # other sources
-
-
-def _to_unit(a, where, scale=None):
-    """A numpy array -> float32 tensor in [0, 1]; integer data is divided by `scale` or its type's maximum."""
-    a = np.asarray(a)
-    if a.dtype == np.bool_:
-        return torch.from_numpy(a.astype(np.float32))
-    if np.issubdtype(a.dtype, np.integer):
-        top = scale or (255 if a.max(initial=0) > 1 else 1)
-        return torch.from_numpy(a.astype(np.float32) / top)
-    if not np.issubdtype(a.dtype, np.floating):
-        raise DataError(f"{where}: expected numeric data, got dtype {a.dtype}")
-    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-    if not torch.isfinite(t).all():
-        raise DataError(f"{where}: the data holds NaN or inf values")
-    return t
 
 
 def _split(x, y, name, shape, n_classes):
@@ -227,12 +284,48 @@ def _images(a):
     return a[:, None] if a.dim() == 3 else a
 
 
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _check_npy_header(f, holds, where):
+    """The header of the .npy stream f against the `holds` bytes its file (or archive entry) can hold."""
+    version = np.lib.format.read_magic(f)
+    if version not in _NPY_HEADER_READERS:
+        raise DataError(f"{where}: .npy format version {version} is not read here (expected 1.0 or 2.0)")
+    shape, _, dtype = _NPY_HEADER_READERS[version](f)
+    if not dtype.hasobject:
+        header = f.tell()
+        _check_declared(where, shape, dtype, math.prod(shape) * dtype.itemsize, holds - header,
+                        f"it holds at most {holds - header} bytes after its header")
+
+
+def _check_array_file(path):
+    """Every .npy header of path (one array, or each entry of an .npz) is checked before numpy reads the data."""
+    try:
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                _check_npy_header(f, os.path.getsize(path), path)
+            return
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                holds = info.file_size
+                if info.compress_type != zipfile.ZIP_STORED:
+                    holds = min(holds, _DEFLATE_MAX_RATIO * info.compress_size)
+                with z.open(info) as f:
+                    _check_npy_header(f, holds, f"{path}[{info.filename.removesuffix('.npy')}]")
+    except DataError:
+        raise
+    except Exception as e:  # numpy and zipfile raise ValueError, OSError, BadZipFile ... on a bad file
+        raise DataError(f"{path}: not a readable .npy/.npz file ({type(e).__name__}: {e})") from e
+
+
 def load_array_file(path):
     """.npy (one array of samples, split with the fixed seed) or .npz (x_train/y_train/x_test/y_test, x/y, or a
     single array)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file (expected a .npy or .npz array file)")
+    _check_array_file(path)
     try:
         loaded = np.load(path, allow_pickle=False)
     except Exception as e:  # numpy raises ValueError, OSError, zipfile errors ... on a bad file
@@ -250,59 +343,74 @@ def load_array_file(path):
     if not arrays:
         raise DataError(f"{path}: the archive holds no arrays")
 
-    def labels(key, n):
-        if key not in arrays:
-            return None
-        y = arrays[key]
-        if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"{path}: {key} must be integer labels of shape ({n},); got {y.dtype} {y.shape}")
-        return torch.from_numpy(y.astype(np.int64))
-
-    def samples(key):
-        a = arrays[key]
-        if a.ndim < 2:
-            raise DataError(f"{path}: {key} must hold samples (N, ...) with at least 2 dims; got shape {a.shape}")
-        return _images(_to_unit(a, f"{path}[{key}]"))
-
     if "x_train" in arrays:
         if "x_test" not in arrays:
             raise DataError(f"{path}: has x_train but no x_test (keys: {sorted(arrays)})")
-        tx, vx = samples("x_train"), samples("x_test")
-        if tx.shape[1:] != vx.shape[1:]:
-            raise DataError(f"{path}: x_train samples {tuple(tx.shape[1:])} and x_test samples "
-                            f"{tuple(vx.shape[1:])} differ in shape")
-        ty, vy = labels("y_train", tx.shape[0]), labels("y_test", vx.shape[0])
-        n_classes = int(max(ty.max(), vy.max())) + 1 if ty is not None and vy is not None else 0
-        return Data(name, tx, vx, ty if n_classes else None, vy if n_classes else None, tuple(tx.shape[1:]),
-                    n_classes)
-    key = "x" if "x" in arrays else next(iter(arrays)) if len(arrays) == 1 else None
-    if key is None:
+        x_keys, y_keys = ("x_train", "x_test"), ("y_train", "y_test")
+    elif "x" in arrays or len(arrays) == 1:
+        x_keys, y_keys = ("x" if "x" in arrays else next(iter(arrays)),), ("y",)
+    else:
         raise DataError(f"{path}: expected arrays x_train/x_test, x (and y), or a single array; got keys "
                         f"{sorted(arrays)}")
-    x = samples(key)
-    y = labels("y", x.shape[0])
-    n_classes = int(y.max()) + 1 if y is not None else 0
-    return _split(x, y, name, tuple(x.shape[1:]), n_classes)
+    for k in x_keys:
+        if arrays[k].ndim < 2:
+            raise DataError(f"{path}: {k} must hold samples (N, ...) with at least 2 dims; got shape "
+                            f"{arrays[k].shape}")
+    xs = [_images(t) for t in _pixels([(arrays[k], f"{path}[{k}]") for k in x_keys])]
+    if xs[0].shape[1:] != xs[-1].shape[1:]:
+        raise DataError(f"{path}: x_train samples {tuple(xs[0].shape[1:])} and x_test samples "
+                        f"{tuple(xs[1].shape[1:])} differ in shape")
+    present = [k for k in y_keys if k in arrays]
+    ys, n_classes = [None] * len(xs), 0
+    if present:
+        if len(present) != len(y_keys):
+            raise DataError(f"{path}: has {present[0]} but not {[k for k in y_keys if k not in arrays][0]}: "
+                            f"label both splits or neither (keys: {sorted(arrays)})")
+        for k, x in zip(y_keys, xs):
+            if arrays[k].shape != (x.shape[0],):
+                raise DataError(f"{path}[{k}]: expected one label per sample, shape ({x.shape[0]},); got shape "
+                                f"{arrays[k].shape}")
+        ys, n_classes = _labels([(arrays[k], f"{path}[{k}]") for k in y_keys])
+    if len(xs) == 2:
+        return Data(name, xs[0], xs[1], ys[0], ys[1], tuple(xs[0].shape[1:]), n_classes)
+    return _split(xs[0], ys[0], name, tuple(xs[0].shape[1:]), n_classes)
+
+
+def _numpy(v):
+    """A dataset item (tensor, array, number, PIL image ...) as a numpy array."""
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu()
+        return (v.float() if v.dtype == torch.bfloat16 else v).numpy()
+    return np.asarray(v)
 
 
 def from_dataset(dataset, name="dataset"):
     """Any map-style torch Dataset whose items are x or (x, y) -> Data (stacked once, then split)."""
+    if not hasattr(dataset, "__len__"):
+        raise TypeError(f"data must be a map-style Dataset (with len() and indexing); got {type(dataset).__name__}")
     xs, ys = [], []
     for i in range(len(dataset)):
         item = dataset[i]
-        if isinstance(item, (tuple, list)):
-            x, y = item[0], (item[1] if len(item) > 1 else None)
-        else:
-            x, y = item, None
-        xs.append(torch.as_tensor(x))
-        if y is not None:
-            ys.append(int(y))
+        x, y = (item[0], item[1] if len(item) > 1 else None) if isinstance(item, (tuple, list)) else (item, None)
+        xs.append(_numpy(x))
+        ys.append(None if y is None else _numpy(y))
     if not xs:
         raise DataError(f"{name}: the dataset is empty")
-    x = torch.stack(xs)
-    x = _images(x.float() / (255.0 if not x.is_floating_point() and x.max() > 1 else 1.0))
-    y = torch.tensor(ys, dtype=torch.int64) if len(ys) == len(xs) else None
-    return _split(x, y, name, tuple(x.shape[1:]), int(y.max()) + 1 if y is not None else 0)
+    if len({a.shape for a in xs}) > 1:
+        raise DataError(f"{name}: its items differ in shape ({xs[0].shape} and "
+                        f"{next(a.shape for a in xs if a.shape != xs[0].shape)}); expected samples of one shape")
+    (x,) = _pixels([(np.stack(xs), name)])
+    x = _images(x)
+    if x.dim() < 2:
+        raise DataError(f"{name}: its items must be samples with at least 1 dim; got items of shape {xs[0].shape}")
+    y, n_classes = None, 0
+    if any(v is not None for v in ys):
+        if any(v is None or v.shape != () for v in ys):
+            raise DataError(f"{name}: every item must be (x, y) with one scalar label y, or x alone; found "
+                            f"{sum(v is None for v in ys)} item(s) without a label and labels of shapes "
+                            f"{sorted({v.shape for v in ys if v is not None})}")
+        (y,), n_classes = _labels([(np.stack(ys), name)])
+    return _split(x, y, name, tuple(x.shape[1:]), n_classes)
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -334,9 +442,9 @@ def load_data(spec="digits", *, binarize=None, device=None):
             raise ValueError(f"data spec {spec!r}: unknown kind {kind!r} (expected digits, mnist, fashion, npz, npy)")
     if binarize:
         g = torch.Generator().manual_seed(BINARIZE_SEED)
-        data.test_x = torch.bernoulli(data.test_x.clamp(0, 1), generator=g)
+        data.test_x = torch.bernoulli(data.test_x, generator=g)
         if binarize == "static":
-            data.train_x = torch.bernoulli(data.train_x.clamp(0, 1), generator=g)
+            data.train_x = torch.bernoulli(data.train_x, generator=g)
         data.binarize = binarize
     if device is not None:
         device = torch.device(device)

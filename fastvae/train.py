@@ -579,7 +579,9 @@ def _log(msg, rank=0):
 
 def train(config=None, *, data=None):
     """Trains a model as `config` (see DEFAULTS; resolve_config fills it) describes; returns a TrainResult.
-    data: an already loaded fastvae.data.Data (else config["data"] is loaded)."""
+    data: an already loaded fastvae.data.Data (else config["data"] is loaded).
+    Under torchrun, train() sets up the process group and destroys it before returning; a group the caller set up
+    is used and left open (`import torch.distributed.nn` before creating it, for the reason given below)."""
     cfg = resolve_config(config)
     distributed, rank, world, local_rank = _dist_env()
     threads_before = torch.get_num_threads()
@@ -588,6 +590,12 @@ def train(config=None, *, data=None):
     device = pick_device(cfg["device"], local_rank)
     created = distributed and not dist.is_initialized()
     if created:
+        # torch.distributed.nn binds `group=group.WORLD` as default arguments when it is first imported, and DDP
+        # imports it (through torch._dynamo): imported after the group exists, it would pin the group for the
+        # life of the process, so that destroy_process_group could not join the group's gloo worker threads.
+        # One of those threads then frees a finished collective (holding Python objects) during interpreter
+        # shutdown and the process aborts ("terminate called without an active exception") after a good run.
+        import torch.distributed.nn as _  # noqa: F401  (binds no local `torch`)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         return _train(cfg, data, device, distributed, rank, world)

@@ -157,3 +157,196 @@ def test_any_dataset_and_binarization():
         load_data("digits", binarize="sometimes")
     with pytest.raises(ValueError, match="unknown kind"):
         load_data("cifar:/tmp")
+
+
+# ---- files cannot exhaust memory ----------------------------------------------------------------------------------
+
+
+def _gzip_zeros(path, header, n_bytes):
+    """A gzip file: header then n_bytes of zeros, written in chunks (32 MiB of zeros compress to ~32 KiB)."""
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(header)
+        chunk = bytes(1 << 20)
+        for _ in range(n_bytes >> 20):
+            f.write(chunk)
+    return str(path)
+
+
+def _peak_bytes(fn):
+    """The peak of traced allocations while fn runs (numpy's buffers are traced too)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_gzip_bomb_is_refused_without_decompressing_it(tmp_path):
+    # the header declares 2^40 bytes; the stream holds 32 MiB: 1032 (deflate's largest expansion) times the
+    # file's size is far less than declared, so nothing is decompressed (the old reader read all 32 MiB first)
+    p = _gzip_zeros(tmp_path / "bomb-idx3-ubyte.gz", bytes([0, 0, 8, 3]) + struct.pack(">3I", 1024, 1024, 1 << 20),
+                    32 << 20)
+
+    def read():
+        with pytest.raises(DataError, match="truncated or corrupt.*decompresses to at most") as e:
+            read_idx(p)
+        assert "bomb-idx3-ubyte.gz" in str(e.value)
+    assert _peak_bytes(read) < 4 << 20
+
+
+def test_gzip_stream_longer_than_declared_is_refused_after_the_declared_bytes(tmp_path):
+    p = _gzip_zeros(tmp_path / "long-idx3-ubyte.gz", bytes([0, 0, 8, 3]) + struct.pack(">3I", 2, 2, 2), 32 << 20)
+
+    def read():
+        with pytest.raises(DataError, match="trailing data"):
+            read_idx(p)
+    assert _peak_bytes(read) < 4 << 20
+
+
+def test_header_declaring_more_than_memory_is_refused(tmp_path, monkeypatch):
+    import fastvae.data as fd
+    monkeypatch.setattr(fd, "_memory_bytes", lambda: 1 << 20)     # a 1 MiB machine: 100 x 64 x 64 does not fit
+    x = np.zeros((100, 64, 64), np.uint8)
+    for name in ("m-idx3-ubyte", "m-idx3-ubyte.gz"):
+        with pytest.raises(DataError, match="more than this machine's"):
+            read_idx(_write(tmp_path / name, _idx_bytes(x)))
+    np.save(tmp_path / "m.npy", x)
+    np.savez_compressed(tmp_path / "m.npz", x=x)
+    for spec in (f"npy:{tmp_path}/m.npy", f"npz:{tmp_path}/m.npz"):
+        with pytest.raises(DataError, match="more than this machine's"):
+            load_data(spec)
+
+
+def test_npz_entry_declaring_more_than_it_holds_is_refused(tmp_path):
+    import io
+    import zipfile
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f4", "fortran_order": False, "shape": (1000, 1000)})
+    with zipfile.ZipFile(tmp_path / "lie.npz", "w") as z:
+        z.writestr("x.npy", head.getvalue() + bytes(16))
+    with pytest.raises(DataError, match=r"lie.npz\[x\] is truncated or corrupt"):
+        load_data(f"npz:{tmp_path}/lie.npz")
+
+
+# ---- pixels are read by their type, into [0, 1] -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code,dtype,top", [(0x0B, np.int16, 1000), (0x0C, np.int32, 70000), (0x09, np.int8, 100)])
+def test_idx_integer_types_without_a_pixel_range_are_refused(tmp_path, code, dtype, top):
+    # int16 pixels up to 1000 used to come out as 1000 / 255 = 3.9, int32 ones as 274
+    _mnist_dir(tmp_path)
+    x = np.linspace(0, top, 12 * 36).astype(dtype).reshape(12, 6, 6)
+    _write(os.path.join(tmp_path, "train-images-idx3-ubyte.gz"), _idx_bytes(x, code))
+    with pytest.raises(DataError, match=f"train-images-idx3-ubyte.gz: integer pixels of type {np.dtype(dtype).name}"):
+        load_data(f"mnist:{tmp_path}")
+
+
+def test_unsigned_pixels_are_divided_by_their_types_maximum(tmp_path):
+    x = np.array([[0, 1000], [65535, 7]], np.uint16)
+    np.save(tmp_path / "u16.npy", x)
+    d = load_data(f"npy:{tmp_path}/u16.npy")
+    got = torch.cat([d.train_x, d.test_x]).flatten().sort().values
+    assert torch.equal(got, torch.from_numpy(np.sort(x.flatten()).astype(np.float32) / 65535))   # exact: one rounding
+
+
+def test_binary_integers_are_kept_and_decided_over_the_whole_data_set(tmp_path):
+    # x_train happens to hold only 0 and 1 while x_test holds 0..255: both are 8-bit pixels (/255); before, the
+    # train split was read as binary and the test split as 8-bit
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "mixed.npz", x_train=rng.integers(0, 2, (6, 4), dtype=np.uint8),
+             x_test=rng.integers(0, 256, (3, 4), dtype=np.uint8))
+    d = load_data(f"npz:{tmp_path}/mixed.npz")
+    assert d.train_x.max() == np.float32(1 / 255) and d.test_x.max() <= 1
+    np.save(tmp_path / "bits.npy", rng.integers(0, 2, (8, 4)))                      # int64 0/1: binary pixels
+    d = load_data(f"npy:{tmp_path}/bits.npy")
+    assert set(torch.cat([d.train_x, d.test_x]).unique().tolist()) == {0.0, 1.0}
+    np.save(tmp_path / "bools.npy", rng.integers(0, 2, (8, 4)).astype(bool))
+    assert load_data(f"npy:{tmp_path}/bools.npy").train_x.dtype == torch.float32
+
+
+@pytest.mark.parametrize("values,match", [
+    (np.arange(16).reshape(4, 4) * 20, "integer pixels of type int64"),      # np.array of 0..300: no type range
+    (np.linspace(-0.5, 2.0, 16).reshape(4, 4), r"float pixels must lie in \[0, 1\]; found values in \[-0.5, 2\]"),
+    (np.array([[0.5, np.nan]] * 4), "NaN or inf"),
+])
+def test_arrays_outside_the_pixel_rules_are_refused(tmp_path, values, match):
+    np.save(tmp_path / "a.npy", values)
+    with pytest.raises(DataError, match=match):
+        load_data(f"npy:{tmp_path}/a.npy")
+    with pytest.raises(DataError, match=match):
+        load_data(torch.utils.data.TensorDataset(torch.from_numpy(values)))
+
+
+def test_dataset_pixels_follow_the_same_rules():
+    x = torch.arange(256, dtype=torch.uint8).reshape(16, 16)
+    d = load_data(torch.utils.data.TensorDataset(x))
+    assert torch.equal(torch.cat([d.train_x, d.test_x]).sort(0).values,
+                       (x.float() / 255).sort(0).values)
+    with pytest.raises(DataError, match="int16"):
+        load_data(torch.utils.data.TensorDataset((x.to(torch.int16) * 4)))
+
+
+# ---- empty data, labels ------------------------------------------------------------------------------------------
+
+
+def test_idx_with_no_images_is_refused(tmp_path):
+    _mnist_dir(tmp_path)
+    _write(os.path.join(tmp_path, "train-images-idx3-ubyte.gz"), _idx_bytes(np.zeros((0, 6, 6), np.uint8)))
+    _write(os.path.join(tmp_path, "train-labels-idx1-ubyte.gz"), _idx_bytes(np.zeros(0, np.uint8)))
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz holds no data"):
+        load_data(f"mnist:{tmp_path}")
+
+
+def test_idx_labels_that_are_not_class_ids_are_refused(tmp_path):
+    _mnist_dir(tmp_path)
+    y = np.array([0, 1, -3] + [0] * 9, np.int8)
+    _write(os.path.join(tmp_path, "train-labels-idx1-ubyte.gz"), _idx_bytes(y, 0x09))
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz: labels must be class ids >= 0; found -3"):
+        load_data(f"mnist:{tmp_path}")
+    _write(os.path.join(tmp_path, "train-labels-idx1-ubyte.gz"), _idx_bytes(np.zeros(12, np.float32), 0x0D))
+    with pytest.raises(DataError, match="labels must be integer class ids; got dtype float32"):
+        load_data(f"mnist:{tmp_path}")
+
+
+@pytest.mark.parametrize("arrays,match", [
+    (dict(x_train=np.zeros((0, 4)), x_test=np.zeros((3, 4))), r"\[x_train\] holds no data"),
+    (dict(x=np.zeros((5, 0))), r"\[x\] holds no data"),
+    (dict(x=np.zeros((6, 4)), y=np.array([0, 1, 2, -1, 0, 1])), "class ids >= 0; found -1"),
+    (dict(x=np.zeros((6, 4)), y=np.array([0, 1, 2.5, 1, 0, 1])), "integer class ids; got dtype float64"),
+    (dict(x=np.zeros((6, 4)), y=np.array([0, 1, 10**9, 1, 0, 1])), "1000000001 classes for 6 samples"),
+    (dict(x=np.zeros((6, 4)), y=np.zeros(5, np.int64)), r"\[y\]: expected one label per sample, shape \(6,\)"),
+    (dict(x_train=np.zeros((6, 4)), y_train=np.zeros(6, np.int64), x_test=np.zeros((2, 4))), "label both splits"),
+])
+def test_npz_contents_that_cannot_be_a_data_set_are_refused(tmp_path, arrays, match):
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(DataError, match=match) as e:
+        load_data(f"npz:{tmp_path}/d.npz")
+    assert "d.npz" in str(e.value) and "\n" not in str(e.value)
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_dataset_labels_must_be_scalar_class_ids():
+    x = torch.rand(6, 4)
+    with pytest.raises(DataError, match="integer class ids; got dtype float32"):
+        load_data(torch.utils.data.TensorDataset(x, torch.tensor([0, 1, 2.5, 1, 0, 1])))   # was read as 2
+    with pytest.raises(DataError, match="one scalar label"):
+        load_data(_ListDataset([(x[0], 1), (x[1],), (x[2], 0)] * 2))
+
+
+def test_a_spec_that_is_neither_string_nor_dataset_names_data():
+    for spec in (5, None, b"digits"):
+        with pytest.raises(TypeError, match="data must be a spec string or a torch Dataset; got"):
+            load_data(spec)

@@ -13,12 +13,25 @@ import fastvae
 WORKER = textwrap.dedent("""
     import os, sys, torch, torch.distributed as dist
     from fastvae import train as tr
-    out, model = sys.argv[1], sys.argv[2]
-    dist.init_process_group("gloo")       # set up by the caller: train() uses it and leaves it open
+
+    def os_threads():   # gloo's worker threads are C++ threads, which the threading module does not list
+        return len(os.listdir("/proc/self/task"))
+
+    out, model, group = sys.argv[1], sys.argv[2], sys.argv[3]
+    before = os_threads()
+    if group == "caller":
+        import torch.distributed.nn  # before the group exists, so that it does not pin it (see fastvae.train.train)
+        dist.init_process_group("gloo")       # set up by the caller: train() uses it and leaves it open
     res = tr.train(dict(model=model, hidden_dims=[32], latent_dim=2, batch_size=128, epochs=2, eval_k=0,
                         progress=False, out=out, threads=1))
     rank = int(os.environ["RANK"])
     torch.save(res.model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+    if group == "train":
+        # train() set its group up and destroyed it: nothing of it is left running at interpreter exit (a gloo
+        # worker thread still alive then can free a collective's Python objects during shutdown: SIGABRT)
+        assert not dist.is_initialized()
+        assert os_threads() == before, f"{os_threads() - before} thread(s) of the destroyed group still run"
+        sys.exit(0)
 
     # the differentiable all-gather: every rank differentiates the same function of the global batch; the
     # gradient each rank gets back for its own rows is the sum over ranks (DDP's mean then gives the true one)
@@ -29,6 +42,7 @@ WORKER = textwrap.dedent("""
     assert torch.allclose(x.grad, 2 * 2 * x.detach()), x.grad
     dist.barrier()  # no rank tears its gloo pairs down while the other still reads from them
     dist.destroy_process_group()
+    assert os_threads() == before, f"{os_threads() - before} thread(s) of the destroyed group still run"
 """)
 
 
@@ -41,13 +55,14 @@ def _torchrun(args, tmp_path, timeout=180):
     return r
 
 
-@pytest.mark.parametrize("model", ["vae", "wae-mmd"])
-def test_two_process_gloo_run_completes_and_ranks_agree(tmp_path, model):
+# "caller": the worker sets the group up (and tears it down); "train": train() does, as under `torchrun -m fastvae`
+@pytest.mark.parametrize("model,group", [("vae", "caller"), ("wae-mmd", "train")])
+def test_two_process_gloo_run_completes_and_ranks_agree(tmp_path, model, group):
     if model == "wae-mmd" and not hasattr(fastvae, "mmd"):
         pytest.skip("fastvae.mmd not in this build yet")
     (tmp_path / "worker.py").write_text(WORKER)
     out = tmp_path / "out"
-    _torchrun(["worker.py", str(out), model], tmp_path)
+    _torchrun(["worker.py", str(out), model, group], tmp_path)
     a = torch.load(out / "rank0.pt", weights_only=True)
     b = torch.load(out / "rank1.pt", weights_only=True)
     for k in a:

@@ -200,3 +200,112 @@ def test_missing_distance_op_is_reported(monkeypatch):
     model = VAE(64, 2, hidden_dims=(8,), divergence="mmd")
     with pytest.raises(NotImplementedError, match="fastvae.mmd"):
         model(torch.rand(4, 64))
+
+
+# ---- every argument is checked: errors name it, the expected and the found ----------------------------------------
+
+BAD_CONSTRUCTOR_ARGS = [
+    (dict(latent_dim=2.5), TypeError, "latent_dim must be an int; got float 2.5"),     # was truncated to 2
+    (dict(latent_dim=True), TypeError, "latent_dim must be an int; got bool True"),   # bools are not ints
+    (dict(latent_dim=0), ValueError, "latent_dim must be >= 1; got 0"),
+    (dict(input_dim=64.0), TypeError, "input_dim must be a positive int or a shape"),
+    (dict(input_dim=()), TypeError, "input_dim must be a positive int or a shape"),
+    (dict(input_dim=(1, 8, 8.0)), TypeError, r"input_dim\[2\] must be an int; got float"),
+    (dict(input_dim=(1, 0, 8)), ValueError, r"input_dim\[1\] must be >= 1; got 0"),
+    (dict(hidden_dims=[-1]), ValueError, r"hidden_dims\[0\] must be >= 1; got -1"),          # was a raw torch error
+    (dict(hidden_dims=[0]), ValueError, r"hidden_dims\[0\] must be >= 1; got 0"),            # was a zero-width model
+    (dict(hidden_dims=[[1]]), TypeError, r"hidden_dims\[0\] must be an int; got list"),
+    (dict(hidden_dims="512"), TypeError, "hidden_dims must be a list or tuple of ints; got str"),
+    (dict(hidden_dims=[10**12]), ValueError, r"parameters .* would need .* GiB, more than the"),  # was an OOM
+    (dict(n_samples=2.5), TypeError, "n_samples must be an int; got float 2.5"),       # was accepted
+    (dict(n_samples=0), ValueError, "n_samples must be >= 1; got 0"),
+    (dict(n_classes=-1), ValueError, "n_classes must be >= 0; got -1"),
+    (dict(n_classes=10**12), ValueError, "would need"),
+    (dict(beta=-1.0), ValueError, "beta must be a finite number >= 0; got -1.0"),
+    (dict(beta=float("nan")), ValueError, "beta must be a finite number >= 0; got nan"),
+    (dict(beta="1"), TypeError, "beta must be a number; got str '1'"),
+    (dict(reg_weight=float("inf")), ValueError, "reg_weight must be a finite number"),
+    (dict(bandwidth=0.0), ValueError, "bandwidth must be a finite number > 0; got 0.0"),
+    (dict(bandwidth="12"), TypeError, "bandwidth must be a number; got str"),
+    (dict(kernel="gauss"), ValueError, "kernel must be one of"),
+    (dict(mmd_estimator="fast"), ValueError, "mmd_estimator must be one of"),
+    (dict(n_projections=0), ValueError, "n_projections must be >= 1; got 0"),
+    (dict(n_projections=1.5), TypeError, "n_projections must be an int"),
+    (dict(conv="false"), TypeError, "conv must be True or False; got str 'false'"),     # was a conv model
+    (dict(conv=1), TypeError, "conv must be True or False; got int 1"),
+    (dict(input_dim=(1, 8, 8), conv=True, conv_channels=(32,)), ValueError, r"conv_channels must hold 2 ints"),
+    (dict(likelihood=["gaussian"]), ValueError, "likelihood must be one of"),
+    (dict(backend=None), ValueError, "backend must be one of"),
+]
+
+
+@pytest.mark.parametrize("kwargs,error,match", BAD_CONSTRUCTOR_ARGS)
+def test_constructor_arguments_are_checked(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        VAE(**{"input_dim": 64, "latent_dim": 2, "hidden_dims": (8,), **kwargs})
+
+
+def test_method_arguments_are_checked():
+    m = VAE(64, 2, hidden_dims=(8,))
+    cvae = VAE(64, 2, hidden_dims=(8,), n_classes=3)
+    x = torch.rand(4, 64)
+    cases = [
+        (lambda: m(torch.randint(0, 2, (4, 64))), TypeError,                 # was torch's mat1/mat2 dtype error
+         "x must be a floating-point tensor; got dtype torch.int64"),
+        (lambda: m(x.double()), TypeError, "x must have the model's dtype torch.float32"),
+        (lambda: m(x.numpy()), TypeError, "x must be a torch.Tensor; got ndarray"),
+        (lambda: m(x[:0]), ValueError, r"x has an empty batch \(shape \(0, 64\)\)"),
+        (lambda: m(x.to("meta")), ValueError, "x must be on the model's device cpu; got meta"),
+        (lambda: m(x, generator=0), TypeError, "generator must be a torch.Generator or None; got int"),
+        (lambda: m(x, distance_generator="g"), TypeError, "distance_generator must be a torch.Generator or None"),
+        (lambda: m.sample(0), ValueError, "n must be >= 1; got 0"),                   # was a reshape error
+        (lambda: m.sample(2.5), TypeError, "n must be an int; got float 2.5"),
+        (lambda: m.sample(10**13), ValueError, r"sampling n=10000000000000 at once would need .* GiB"),
+        (lambda: m.sample(2, mean="no"), TypeError, "mean must be True or False; got str"),
+        (lambda: m.reconstruct(x, mean=None), TypeError, "mean must be True or False; got NoneType"),
+        (lambda: m.log_likelihood(x, n_samples=2**63), ValueError,                    # was "Expected Optional[int]"
+         r"n_samples must be in \[1, 1000000\]; got 9223372036854775808"),
+        (lambda: m.log_likelihood(x, n_samples=2.5), TypeError, "n_samples must be an int; got float 2.5"),
+        (lambda: m.log_likelihood(x, n_samples=True), TypeError, "n_samples must be an int; got bool"),
+        (lambda: m.log_likelihood(x, chunk_elements=0), ValueError, "chunk_elements must be >= 1; got 0"),
+        (lambda: m.log_likelihood(torch.rand(4000, 64), n_samples=10**6, chunk_elements=2**62), ValueError,
+         r"a chunk of chunk_elements=4611686018427387904 would need"),
+        (lambda: m.log_likelihood(x, generator=1), TypeError, "generator must be a torch.Generator"),
+        (lambda: m.decode(torch.rand(3, 5)), ValueError, r"z must have shape \(B, 2\) or \(k, B, 2\); got \(3, 5\)"),
+        (lambda: cvae(x, torch.tensor([0, 1, 2, 3])), ValueError,                   # was one_hot's RuntimeError
+         r"y must hold class labels in \[0, 3\); found labels from 0 to 3"),
+        (lambda: cvae(x, torch.tensor([0, -1, 2, 1])), ValueError, "found labels from -1 to 2"),
+        (lambda: cvae(x, torch.tensor([0.0, 1, 2, 1])), TypeError,
+         "y must hold integer class labels; got dtype torch.float32"),
+        (lambda: cvae(x, torch.tensor([True, False, True, False])), TypeError, "got dtype torch.bool"),
+        (lambda: cvae(x, [0, 1, 2, 1]), TypeError, "y must be a tensor of integer class labels; got list"),
+        (lambda: cvae(x, torch.tensor([0, 1])), ValueError, r"y must have shape \(4,\) \(one label per sample\)"),
+        (lambda: cvae.sample(2, torch.tensor([5, 0])), ValueError, "found labels from 0 to 5"),
+        (lambda: cvae.log_likelihood(x, torch.tensor([0, 1, 2, 9]), n_samples=2), ValueError, "from 0 to 9"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()
+
+
+def test_a_cpu_generator_serves_every_random_method():
+    g = torch.Generator().manual_seed(0)
+    m = VAE(64, 2, hidden_dims=(8,), likelihood="bernoulli")
+    a = m.sample(3, generator=g, mean=False)
+    b = m.sample(3, generator=torch.Generator().manual_seed(0), mean=False)
+    assert torch.equal(a, b) and set(a.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_build_model_refuses_unknown_missing_and_bad_keys():
+    cfg = VAE(64, 2, hidden_dims=(8,)).config
+    assert build_model(cfg).config == cfg
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['dropout'\]; known: \['input_dim', 'latent_dim'"):
+        build_model({**cfg, "dropout": 0.1})                        # was VAE's "unexpected keyword argument"
+    with pytest.raises(ValueError, match=r"lacks \['input_dim'\]"):
+        build_model({k: v for k, v in cfg.items() if k != "input_dim"})
+    with pytest.raises(ValueError, match="would need"):
+        build_model({**cfg, "hidden_dims": [10**12]})               # a crafted checkpoint: refused, not allocated
+    with pytest.raises(TypeError, match="latent_dim must be an int; got str"):
+        build_model({**cfg, "latent_dim": "2"})
+    with pytest.raises(TypeError, match="the model config must be a dict"):
+        build_model([("input_dim", 64)])
