@@ -372,9 +372,11 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         fastvae.mmd(x, kernel="imq", generator=3)
     # direct op calls are checked too
-    with pytest.raises(RuntimeError, match="bandwidth must be > 0"):
+    with pytest.raises(ValueError, match="fastvae.mmd: bandwidth must be positive and finite; got 0"):
         torch.ops.fastvae.mmd(x.unsqueeze(0), y.unsqueeze(0), None, "imq", [0.0], True)
-    with pytest.raises(RuntimeError, match="p must be >= 1"):
+    with pytest.raises(ValueError, match="fastvae.mmd: bandwidth must be positive and finite; got inf"):
+        torch.ops.fastvae.mmd(x.unsqueeze(0), y.unsqueeze(0), None, "imq", [math.inf], True)
+    with pytest.raises(ValueError, match="fastvae.sliced_wasserstein_projected: p must be finite and >= 1; got 0.5"):
         torch.ops.fastvae.sliced_wasserstein_projected(x.unsqueeze(0), None, 0.5)
 
 
