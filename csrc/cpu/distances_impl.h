@@ -9,8 +9,10 @@
 //   grad_tile   backward only: G += W * rows of the panel, register-blocked over d.
 // Both sets are centred on the mean of x first (every kernel is translation invariant), which keeps the
 // dot-product form of |a - b|^2 from cancelling. Each task owns a block of kTile rows; its partial sums are
-// float per tile, double across tiles (blocked summation), and tasks combine in a fixed order: the result
-// does not depend on the thread count. Memory: the packed sets, O((N + M) d), plus O(kTile d) per task.
+// T over the kTile columns of one row and one bandwidth, double above that (bandwidths, rows, tiles: blocked
+// summation, whose error bound does not grow with the number of bandwidths or pairs; a pair's gradient weight is
+// summed over the bandwidths in double), and tasks combine in a fixed order: the result does not depend on the
+// thread count. Memory: the packed sets, O((N + M) d), plus O(kTile d) per task.
 //
 // Sliced-Wasserstein: one task per (batch, direction) row: LSD radix sort (8-bit digits, stable) of the
 // projections with their indices, then the comparison with the sorted target. Memory O(L N).
@@ -193,10 +195,19 @@ T kernel_sum(const T* FV_R u, T p, index_t jn) {
   return s;
 }
 
+// w[j] += dk/du(u[j]) of one bandwidth, summed in double: the error of the sum over bandwidths does not grow
+// with their number
 template <class T, DistKernel K>
-void kernel_grad_add(const T* FV_R u, T p, T coef, T* FV_R w, index_t jn) {
+void kernel_grad_add(const T* FV_R u, T p, double* FV_R w, index_t jn) {
 #pragma omp simd
-  for (index_t j = 0; j < jn; ++j) w[j] += coef * PairKernel<K>::dk_du(u[j], p);
+  for (index_t j = 0; j < jn; ++j) w[j] += static_cast<double>(PairKernel<K>::dk_du(u[j], p));
+}
+
+// w[j] = coef wd[j], rounded once to T
+template <class T>
+void scale_weights(const double* FV_R wd, double coef, T* FV_R w, index_t jn) {
+#pragma omp simd
+  for (index_t j = 0; j < jn; ++j) w[j] = static_cast<T>(coef * wd[j]);
 }
 
 template <class T>
@@ -213,6 +224,8 @@ T row_sum(const T* FV_R w, index_t jn) {
 // Sum of k(a_i, b_j) over the rows i of block `ib` of A and the columns j of panels [jb0, jb1) of B.
 // diag: A and B are the same set; the pair i = j is left out, and panels after ib count twice (the other
 // triangle), so that jb0 = ib gives the sum over all i != j of the block's rows.
+// Blocked summation: one row's kTile kernel values of one bandwidth are summed in T, everything above that
+// (bandwidths, rows, panels) in double, so the error bound does not grow with the number of bandwidths or pairs.
 template <class T, DistKernel K>
 double pair_sum(const Packed<T>& A, index_t ib, const Packed<T>& Bs, index_t jb0, index_t jb1, const T* params,
                 int nbw, bool diag) {
@@ -225,7 +238,7 @@ double pair_sum(const Packed<T>& A, index_t ib, const Packed<T>& Bs, index_t jb0
     const T* panel = Bs.panel(jb);
     const T* nb = Bs.norms.data() + j0;
     const double weight = diag && jb != ib ? 2.0 : 1.0;
-    T tile = 0;
+    double tile = 0;
     for (index_t i0 = ib * kTile; i0 < i_end; i0 += kRg) {
       dot_tile(A.row(i0), panel, A.dp, D);
       for (int r = 0; r < kRg && i0 + r < i_end; ++r) {
@@ -234,23 +247,25 @@ double pair_sum(const Packed<T>& A, index_t ib, const Packed<T>& Bs, index_t jb0
         for (int h = 0; h < nbw; ++h) {
           T s = kernel_sum<T, K>(u, params[h], jn);
           if (dj >= 0) s -= PairKernel<K>::value(u[dj], params[h]);
-          tile += s;
+          tile += static_cast<double>(s);
         }
       }
     }
-    total += weight * static_cast<double>(tile);
+    total += weight * tile;
   }
   return total;
 }
 
 // For the rows of block ib of A: s_i += sum_j coef dk/du(a_i, b_j) and G_i += sum_j coef dk/du(a_i, b_j) b_j
-// over every column of Bs (the pair i = j left out when diag).
+// over every column of Bs (the pair i = j left out when diag). A pair's weight is summed over the bandwidths in
+// double and rounded to T once; the sums over j are blocked (T within a panel, double across).
 template <class T, DistKernel K>
-void grad_sums(const Packed<T>& A, index_t ib, const Packed<T>& Bs, const T* params, int nbw, T coef, bool diag,
+void grad_sums(const Packed<T>& A, index_t ib, const Packed<T>& Bs, const T* params, int nbw, double coef, bool diag,
                double* s, double* G) {
   alignas(64) T D[kRg * kTile];
   alignas(64) T u[kTile];
   alignas(64) T w[kRg * kTile];
+  alignas(64) double wd[kTile];
   const index_t i_end = std::min(A.n, (ib + 1) * kTile);
   const index_t nbp = Bs.np / kTile;
   for (index_t jb = 0; jb < nbp; ++jb) {
@@ -262,7 +277,9 @@ void grad_sums(const Packed<T>& A, index_t ib, const Packed<T>& Bs, const T* par
       std::fill(w, w + kRg * kTile, T(0));
       for (int r = 0; r < kRg && i0 + r < i_end; ++r) {
         sq_dist_row(A.norms[i0 + r], nb, D + r * kTile, u);
-        for (int h = 0; h < nbw; ++h) kernel_grad_add<T, K>(u, params[h], coef, w + r * kTile, jn);
+        std::fill(wd, wd + kTile, 0.0);
+        for (int h = 0; h < nbw; ++h) kernel_grad_add<T, K>(u, params[h], wd, jn);
+        scale_weights(wd, coef, w + r * kTile, jn);
         const index_t dj = diag ? i0 + r - j0 : -1;
         if (dj >= 0 && dj < jn) w[r * kTile + dj] = 0;
         s[i0 + r - ib * kTile] += static_cast<double>(row_sum(w + r * kTile, jn));
@@ -273,9 +290,9 @@ void grad_sums(const Packed<T>& A, index_t ib, const Packed<T>& Bs, const T* par
 }
 
 template <class T>
-std::vector<double> params_of(const MmdProblem<T>& pr) {
-  std::vector<double> p(static_cast<size_t>(pr.n_bw));
-  for (int h = 0; h < pr.n_bw; ++h) p[h] = kernel_param(pr.kernel, pr.bandwidths[h], static_cast<double>(pr.d));
+std::vector<T> params_of(const MmdProblem<T>& pr) {
+  std::vector<T> p(static_cast<size_t>(pr.n_bw));
+  for (int h = 0; h < pr.n_bw; ++h) p[h] = kernel_param_as<T>(pr.kernel, pr.bandwidths[h], static_cast<double>(pr.d));
   return p;
 }
 
@@ -299,8 +316,7 @@ inline index_t zigzag(index_t t, index_t n) { return (t & 1) ? n - 1 - (t >> 1) 
 
 template <class T, DistKernel K>
 void mmd_fwd_k(const MmdProblem<T>& pr, T* out) {
-  const std::vector<double> pd = params_of(pr);
-  std::vector<T> params(pd.begin(), pd.end());
+  const std::vector<T> params = params_of(pr);
   const MmdCoefs c = mmd_coefs(pr.N, pr.M, pr.unbiased);
   const double k0 = kernel_at_zero(pr.kernel) * pr.n_bw;
   for (index_t b = 0; b < pr.B; ++b) {
@@ -349,7 +365,7 @@ void mmd_fwd_k(const MmdProblem<T>& pr, T* out) {
 // grad of set A's rows: g (s_i a_i - G_i) with s, G from the same-set pairs (coefficient 4 c_same: each
 // unordered pair appears twice and d|a-b|^2/da = 2 (a - b)) and the cross pairs (2 c_cross).
 template <class T, DistKernel K>
-void mmd_grad_rows(const Packed<T>& A, const Packed<T>* Bs, const T* params, int nbw, T coef_same, T coef_cross,
+void mmd_grad_rows(const Packed<T>& A, const Packed<T>* Bs, const T* params, int nbw, double coef_same, double coef_cross,
                    const double* extra_s, index_t d, T* grad) {
   const index_t nb = A.np / kTile, dp = A.dp;
   parallel_for(0, nb, 1, [&](index_t tb, index_t te) {
@@ -372,8 +388,7 @@ void mmd_grad_rows(const Packed<T>& A, const Packed<T>* Bs, const T* params, int
 
 template <class T, DistKernel K>
 void mmd_bwd_k(const MmdProblem<T>& pr, const T* g, T* grad_x, T* grad_y) {
-  const std::vector<double> pd = params_of(pr);
-  std::vector<T> params(pd.begin(), pd.end());
+  const std::vector<T> params = params_of(pr);
   const MmdCoefs c = mmd_coefs(pr.N, pr.M, pr.unbiased);
   for (index_t b = 0; b < pr.B; ++b) {
     Packed<T> X, Y;
@@ -391,12 +406,11 @@ void mmd_bwd_k(const MmdProblem<T>& pr, const T* g, T* grad_x, T* grad_y) {
         extra[i] = gb * 2.0 / static_cast<double>(pr.N) * e;
       }
     }
-    mmd_grad_rows<T, K>(X, pr.y ? &Y : nullptr, params.data(), pr.n_bw, static_cast<T>(4.0 * c.xx * gb),
-                        static_cast<T>(2.0 * c.xy * gb), pr.y ? nullptr : extra.data(), pr.d,
-                        grad_x + b * pr.N * pr.d);
+    mmd_grad_rows<T, K>(X, pr.y ? &Y : nullptr, params.data(), pr.n_bw, 4.0 * c.xx * gb, 2.0 * c.xy * gb,
+                        pr.y ? nullptr : extra.data(), pr.d, grad_x + b * pr.N * pr.d);
     if (grad_y && pr.y)
-      mmd_grad_rows<T, K>(Y, &X, params.data(), pr.n_bw, static_cast<T>(4.0 * c.yy * gb),
-                          static_cast<T>(2.0 * c.xy * gb), nullptr, pr.d, grad_y + b * pr.M * pr.d);
+      mmd_grad_rows<T, K>(Y, &X, params.data(), pr.n_bw, 4.0 * c.yy * gb, 2.0 * c.xy * gb, nullptr, pr.d,
+                          grad_y + b * pr.M * pr.d);
   }
 }
 
@@ -535,27 +549,27 @@ std::vector<T> normal_targets(index_t N) {
   return q;
 }
 
-// sum_i |xs_i - t_i|^p over one sorted row, blocked: float within blocks of 256, double across
+// sum_i |xs_i - t_i|^p over one sorted row, in double: the difference of two huge values (and its square) does
+// not overflow T, and the rounding of the sum (~N eps of double) stays far below T's
 template <class T>
 double sw_row(const T* FV_R xs, const T* FV_R t, index_t N, double p) {
-  double total = 0;
-  for (index_t i0 = 0; i0 < N; i0 += 256) {
-    const index_t n = std::min<index_t>(256, N - i0);
-    const T* a = xs + i0;
-    const T* b = t + i0;
-    T s = 0;
-    if (p == 2.0) {
+  double s = 0;
+  if (p == 2.0) {
 #pragma omp simd reduction(+ : s)
-      for (index_t i = 0; i < n; ++i) s += (a[i] - b[i]) * (a[i] - b[i]);
-    } else if (p == 1.0) {
-#pragma omp simd reduction(+ : s)
-      for (index_t i = 0; i < n; ++i) s += a[i] > b[i] ? a[i] - b[i] : b[i] - a[i];
-    } else {
-      for (index_t i = 0; i < n; ++i) s += static_cast<T>(abs_pow(static_cast<double>(a[i] - b[i]), p));
+    for (index_t i = 0; i < N; ++i) {
+      const double dd = static_cast<double>(xs[i]) - static_cast<double>(t[i]);
+      s += dd * dd;
     }
-    total += static_cast<double>(s);
+  } else if (p == 1.0) {
+#pragma omp simd reduction(+ : s)
+    for (index_t i = 0; i < N; ++i) {
+      const double dd = static_cast<double>(xs[i]) - static_cast<double>(t[i]);
+      s += dd < 0 ? -dd : dd;
+    }
+  } else {
+    for (index_t i = 0; i < N; ++i) s += abs_pow(static_cast<double>(xs[i]) - static_cast<double>(t[i]), p);
   }
-  return total;
+  return s;
 }
 
 template <class T>
@@ -579,22 +593,22 @@ void sw_fwd(const T* px, const T* py, T* out, int32_t* perm_x, int32_t* perm_y, 
   }
 }
 
-// d|d|^p/dd scaled by `scale`, in T for p = 1 and 2 (the common cases), through double otherwise
+// d|d|^p/dd scaled by `scale`, in double (as the forward: no overflow of the difference), rounded once to T
 template <class T>
 void sw_grad_row(const T* FV_R x, const int32_t* FV_R permx, const T* FV_R t, T* FV_R gx, index_t N, double p,
                  double scale, T* FV_R gsorted) {
   if (p == 2.0) {
-    const T s2 = static_cast<T>(2.0 * scale);
-    for (index_t i = 0; i < N; ++i) gsorted[i] = s2 * (x[permx[i]] - t[i]);
+    for (index_t i = 0; i < N; ++i)
+      gsorted[i] = static_cast<T>(2.0 * scale * (static_cast<double>(x[permx[i]]) - static_cast<double>(t[i])));
   } else if (p == 1.0) {
     const T s1 = static_cast<T>(scale);
     for (index_t i = 0; i < N; ++i) {
-      const T dd = x[permx[i]] - t[i];
-      gsorted[i] = dd > T(0) ? s1 : (dd < T(0) ? -s1 : T(0));
+      const T xi = x[permx[i]];
+      gsorted[i] = xi > t[i] ? s1 : (xi < t[i] ? -s1 : T(0));
     }
   } else {
     for (index_t i = 0; i < N; ++i)
-      gsorted[i] = static_cast<T>(scale * abs_pow_grad(static_cast<double>(x[permx[i]] - t[i]), p));
+      gsorted[i] = static_cast<T>(scale * abs_pow_grad(static_cast<double>(x[permx[i]]) - static_cast<double>(t[i]), p));
   }
   for (index_t i = 0; i < N; ++i) gx[permx[i]] = gsorted[i];
 }

@@ -135,6 +135,20 @@ __device__ __forceinline__ void tile_dots(const T* __restrict__ a, index_t na, i
   }
 }
 
+// Kahan-Babuska (Neumaier) summation in T: the error of a sum of n terms is ~2 eps of the sum of their magnitudes
+// plus O(n eps^2), not O(n eps), at 4 extra additions per term (no double adds: slow on most GPUs). No fast-math:
+// the compensation must not be reassociated away.
+template <class T>
+struct Compensated {
+  T sum = 0, c = 0;
+  __device__ __forceinline__ void add(T v) {
+    const T t = sum + v;
+    c += fabs(sum) >= fabs(v) ? (sum - t) + v : (v - t) + sum;
+    sum = t;
+  }
+  __device__ __forceinline__ double value() const { return static_cast<double>(sum) + static_cast<double>(c); }
+};
+
 __device__ __forceinline__ double block_sum(double v, double* red) {
   red[threadIdx.x] = v;
   __syncthreads();
@@ -189,7 +203,7 @@ __global__ void __launch_bounds__(kThreads) mmd_tiles_kernel(Dev<T> p, double* _
   T acc[4][4];
   tile_dots(A, nA, I * kTile, Bp, nB, J * kTile, p.d, c, As, Bs, acc);
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  T s = 0;
+  Compensated<T> s;  // a thread's 16 pairs x n_bw kernel values: error independent of their number
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const index_t gi = I * kTile + 4 * ty + i;
@@ -199,10 +213,10 @@ __global__ void __launch_bounds__(kThreads) mmd_tiles_kernel(Dev<T> p, double* _
       if (gi >= nA || gj >= nB || (same && gi == gj)) continue;
       T u = na[gi] + nb[gj] - T(2) * acc[i][j];
       u = u < T(0) ? T(0) : u;
-      for (int h = 0; h < p.n_bw; ++h) s += PairKernel<K>::value(u, p.params[h]);
+      for (int h = 0; h < p.n_bw; ++h) s.add(PairKernel<K>::value(u, p.params[h]));
     }
   }
-  const double tot = block_sum(static_cast<double>(s), red);
+  const double tot = block_sum(s.value(), red);
   if (threadIdx.x == 0) partials[b * ntiles + t] = (same && J != I ? 2.0 : 1.0) * tot;
 }
 
@@ -300,7 +314,7 @@ __global__ void __launch_bounds__(kThreads) mmd_grad_kernel(Dev<T> p, GradRole r
     if (!Bset) continue;
     const index_t nB = set == 0 ? nA : nO;
     const T* nBv = set == 0 ? nAv : nOv;
-    const T coef = static_cast<T>((set == 0 ? role.coef_same : role.coef_cross) * gb);
+    const double coef = (set == 0 ? role.coef_same : role.coef_cross) * gb;
     const index_t npanel = (nB + kTile - 1) / kTile;
     for (index_t J = 0; J < npanel; ++J) {
       T acc[4][4];
@@ -317,8 +331,9 @@ __global__ void __launch_bounds__(kThreads) mmd_grad_kernel(Dev<T> p, GradRole r
           if (gi < nA && gj < nB && !(set == 0 && gi == gj)) {
             T u = nAv[gi] + nBv[gj] - T(2) * acc[i][j];
             u = u < T(0) ? T(0) : u;
-            for (int h = 0; h < p.n_bw; ++h) w += PairKernel<K>::dk_du(u, p.params[h]);
-            w *= coef;
+            Compensated<T> wk;  // the pair's weight summed over the bandwidths, rounded once
+            for (int h = 0; h < p.n_bw; ++h) wk.add(PairKernel<K>::dk_du(u, p.params[h]));
+            w = static_cast<T>(coef * wk.value());
           }
           Ws[4 * ty + i][4 * tx + j] = w;
           srow += w;
@@ -427,7 +442,7 @@ Dev<T> prepare(const MmdArgs<T>& a, const MmdLayout<T>& l, unsigned char* ws, cu
   p.M = a.M;
   p.d = a.d;
   p.n_bw = a.n_bw;
-  for (int h = 0; h < a.n_bw; ++h) p.params[h] = static_cast<T>(kernel_param(a.kernel, a.bw[h], static_cast<double>(a.d)));
+  for (int h = 0; h < a.n_bw; ++h) p.params[h] = kernel_param_as<T>(a.kernel, a.bw[h], static_cast<double>(a.d));
   T* center = reinterpret_cast<T*>(ws + l.center);
   T* nx = reinterpret_cast<T*>(ws + l.nx);
   T* ny = reinterpret_cast<T*>(ws + l.ny);
@@ -526,12 +541,16 @@ __global__ void sw_backward_kernel(const T* __restrict__ g, const T* __restrict_
   if (t >= B * L * N) return;
   const index_t r = t / N, i = t % N;
   const index_t row = r * N;
+  // perm must be the forward's permutation; an index out of range (a caller's error the host cannot check without
+  // a synchronisation) is skipped, never followed: the outputs were zeroed
   const index_t ix = perm_x[t];
-  const double tgt = py ? static_cast<double>(py[row + perm_y[t]]) : normal_order_target(i, N);
+  const index_t iy = py ? perm_y[t] : 0;
+  if (ix < 0 || ix >= N || iy < 0 || iy >= N) return;
+  const double tgt = py ? static_cast<double>(py[row + iy]) : normal_order_target(i, N);
   const double gr = static_cast<double>(g[r / L]) / static_cast<double>(L * N) *
                     abs_pow_grad(static_cast<double>(px[row + ix]) - tgt, p);
   gpx[row + ix] = static_cast<T>(gr);
-  if (gpy) gpy[row + perm_y[t]] = static_cast<T>(-gr);
+  if (gpy) gpy[row + iy] = static_cast<T>(-gr);
 }
 
 struct SwLayout {
@@ -579,8 +598,15 @@ size_t mmd_workspace_bytes(const MmdArgs<T>& a) {
   return mmd_layout(a).total;
 }
 
+bool mmd_grid_fits(index_t B, index_t N, index_t M) {
+  const index_t nbx = (N + kTile - 1) / kTile, nby = (M + kTile - 1) / kTile;
+  const index_t tiles = nbx * (nbx + 1) / 2 + nbx * nby + nby * (nby + 1) / 2;
+  return B <= 65535 && tiles < (index_t(1) << 31);
+}
+
 template <class T>
 int mmd_forward(const MmdArgs<T>& a, T* out, void* workspace, void* stream) {
+  if (a.B == 0) return 0;
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   unsigned char* ws = static_cast<unsigned char*>(workspace);
   const MmdLayout<T> l = mmd_layout(a);
@@ -608,6 +634,7 @@ int mmd_forward(const MmdArgs<T>& a, T* out, void* workspace, void* stream) {
 template <class T>
 int mmd_backward(const MmdArgs<T>& a, const T* g, T* grad_x, T* grad_y, void* workspace, void* stream) {
   if (a.d > kMaxDim) return cudaErrorInvalidValue;
+  if (a.B == 0) return 0;
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   unsigned char* ws = static_cast<unsigned char*>(workspace);
   const MmdLayout<T> l = mmd_layout(a);
@@ -638,6 +665,7 @@ __global__ void fill_normals_kernel(float* __restrict__ out, index_t n, uint64_t
 }
 
 int fill_normals(float* out, index_t n, uint64_t key, void* stream) {
+  if (n == 0) return 0;
   fill_normals_kernel<<<grid1d((n + 3) / 4, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(out, n, key);
   return cudaGetLastError();
 }
@@ -653,8 +681,9 @@ int sw_forward(const T* px, const T* py, T* out, int32_t* perm_x, int32_t* perm_
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   const SwLayout l = sw_layout<T>(B, L, N, py != nullptr);
   if (workspace_bytes < l.total) return cudaErrorInvalidValue;
-  unsigned char* ws = static_cast<unsigned char*>(workspace);
   const index_t rows = B * L;
+  if (rows == 0) return 0;
+  unsigned char* ws = static_cast<unsigned char*>(workspace);
   int* off = reinterpret_cast<int*>(ws + l.offsets);
   int32_t* idx = reinterpret_cast<int32_t*>(ws + l.idx);
   T* xs = reinterpret_cast<T*>(ws + l.xs);
@@ -680,6 +709,7 @@ int sw_forward(const T* px, const T* py, T* out, int32_t* perm_x, int32_t* perm_
 template <class T>
 int sw_backward(const T* g, const T* px, const T* py, const int32_t* perm_x, const int32_t* perm_y, T* gpx, T* gpy,
                 index_t B, index_t L, index_t N, double p, void* stream) {
+  if (B * L * N == 0) return 0;
   sw_backward_kernel<T><<<grid1d(B * L * N, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(
       g, px, py, perm_x, perm_y, gpx, gpy, B, L, N, p);
   return cudaGetLastError();
