@@ -38,7 +38,8 @@ def assert_close(actual, exact, scale, dtype, what):
     assert math.isfinite(actual), f"{what}: got {actual}, exact {mpmath.nstr(exact, 17)}"
     tol = ULPS * mp.mpf(torch.finfo(dtype).eps) * scale + mp.mpf(torch.finfo(dtype).smallest_normal) * 4
     assert abs(mp.mpf(actual) - exact) <= tol, \
-        f"{what}: got {actual!r}, exact {mpmath.nstr(exact, 17)}, off by {mpmath.nstr(abs(actual - exact) / tol, 3)} tol"
+        f"{what}: got {actual!r}, exact {mpmath.nstr(exact, 17)}, off by {mpmath.nstr(abs(actual - exact) / tol, 3)}" \
+        " tol"
 
 
 # ---- gaussian_nll ------------------------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ def test_kl_normal_of_close_variances_keeps_its_digits(dtype):
     std = fastvae.kl_normal(mu[3:], (lv - lp)[3:].detach(), reduction="none")  # the standard prior: lp = 0
     for b in range(len(lp)):
         value, _, grads, _ = _kl_exact(0, mpf(lv[b]), 0, mpf(lp[b]))
-        assert_close(out[b].item(), value, abs(value), dtype, f"kl_normal lv - lp = {float(lv[b] - lp[b]):.3g}")
+        assert_close(out[b].item(), value, abs(value), dtype, f"kl_normal lv - lp = {float(lv[b].detach() - lp[b]):.3g}")
         assert_close(lv.grad[b, 0].item(), grads[1], abs(grads[1]), dtype, "d/dlogvar")
     for b in range(2):
         value, _, _, _ = _kl_exact(0, mpf((lv - lp)[3 + b]), 0, 0)

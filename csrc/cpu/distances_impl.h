@@ -11,8 +11,8 @@
 // dot-product form of |a - b|^2 from cancelling. Each task owns a block of kTile rows; its partial sums are
 // T over the kTile columns of one row and one bandwidth, double above that (bandwidths, rows, tiles: blocked
 // summation, whose error bound does not grow with the number of bandwidths or pairs; a pair's gradient weight is
-// summed over the bandwidths in double), and tasks combine in a fixed order: the result does not depend on the
-// thread count. Memory: the packed sets, O((N + M) d), plus O(kTile d) per task.
+// summed over blocks of 8 bandwidths in T, the blocks in double), and tasks combine in a fixed order: the result
+// does not depend on the thread count. Memory: the packed sets, O((N + M) d), plus O(kTile d) per task.
 //
 // Sliced-Wasserstein: one task per (batch, direction) row: LSD radix sort (8-bit digits, stable) of the
 // projections with their indices, then the comparison with the sorted target. Memory O(L N).
@@ -195,19 +195,50 @@ T kernel_sum(const T* FV_R u, T p, index_t jn) {
   return s;
 }
 
-// w[j] += dk/du(u[j]) of one bandwidth, summed in double: the error of the sum over bandwidths does not grow
-// with their number
+// The gradient weight of a pair summed over the bandwidths: blocks of kBwBlock bandwidths in T, the blocks in
+// double (blocked summation: the error bound, kBwBlock eps of the magnitudes, does not grow with the number of
+// bandwidths, and up to kBwBlock bandwidths cost one conversion per pair).
+constexpr int kBwBlock = 8;
+
+// wf[j] += dk/du(u[j]) of one bandwidth
 template <class T, DistKernel K>
-void kernel_grad_add(const T* FV_R u, T p, double* FV_R w, index_t jn) {
+void kernel_grad_add(const T* FV_R u, T p, T* FV_R wf, index_t jn) {
 #pragma omp simd
-  for (index_t j = 0; j < jn; ++j) w[j] += static_cast<double>(PairKernel<K>::dk_du(u[j], p));
+  for (index_t j = 0; j < jn; ++j) wf[j] += PairKernel<K>::dk_du(u[j], p);
 }
 
-// w[j] = coef wd[j], rounded once to T
+// wd[j] (+)= wf[j] in double
 template <class T>
-void scale_weights(const double* FV_R wd, double coef, T* FV_R w, index_t jn) {
+void add_block_sum(const T* FV_R wf, double* FV_R wd, bool first, index_t jn) {
 #pragma omp simd
-  for (index_t j = 0; j < jn; ++j) w[j] = static_cast<T>(coef * wd[j]);
+  for (index_t j = 0; j < jn; ++j) wd[j] = (first ? 0.0 : wd[j]) + static_cast<double>(wf[j]);
+}
+
+// w[j] = coef s[j] in T (a rounding or two, whatever the number of bandwidths)
+template <class T, class S>
+void scale_weights(const S* FV_R s, double coef, T* FV_R w, index_t jn) {
+  const T c = static_cast<T>(coef);
+#pragma omp simd
+  for (index_t j = 0; j < jn; ++j) w[j] = c * static_cast<T>(s[j]);
+}
+
+// w[j] = coef sum_h dk/du(u[j]; params[h])
+template <class T, DistKernel K>
+void pair_weights(const T* FV_R u, const T* params, int nbw, double coef, T* FV_R w, index_t jn) {
+  alignas(64) T wf[kTile];
+  if (nbw <= kBwBlock) {  // one block (the usual case): no double buffer
+    std::fill(wf, wf + kTile, T(0));
+    for (int h = 0; h < nbw; ++h) kernel_grad_add<T, K>(u, params[h], wf, jn);
+    scale_weights(wf, coef, w, jn);
+    return;
+  }
+  alignas(64) double wd[kTile];
+  for (int h0 = 0; h0 < nbw; h0 += kBwBlock) {
+    std::fill(wf, wf + kTile, T(0));
+    for (int h = h0; h < std::min(nbw, h0 + kBwBlock); ++h) kernel_grad_add<T, K>(u, params[h], wf, jn);
+    add_block_sum(wf, wd, h0 == 0, jn);
+  }
+  scale_weights(wd, coef, w, jn);
 }
 
 template <class T>
@@ -257,15 +288,14 @@ double pair_sum(const Packed<T>& A, index_t ib, const Packed<T>& Bs, index_t jb0
 }
 
 // For the rows of block ib of A: s_i += sum_j coef dk/du(a_i, b_j) and G_i += sum_j coef dk/du(a_i, b_j) b_j
-// over every column of Bs (the pair i = j left out when diag). A pair's weight is summed over the bandwidths in
-// double and rounded to T once; the sums over j are blocked (T within a panel, double across).
+// over every column of Bs (the pair i = j left out when diag). A pair's weight is summed over the bandwidths by
+// pair_weights and rounded to T once; the sums over j are blocked (T within a panel, double across).
 template <class T, DistKernel K>
 void grad_sums(const Packed<T>& A, index_t ib, const Packed<T>& Bs, const T* params, int nbw, double coef, bool diag,
                double* s, double* G) {
   alignas(64) T D[kRg * kTile];
   alignas(64) T u[kTile];
   alignas(64) T w[kRg * kTile];
-  alignas(64) double wd[kTile];
   const index_t i_end = std::min(A.n, (ib + 1) * kTile);
   const index_t nbp = Bs.np / kTile;
   for (index_t jb = 0; jb < nbp; ++jb) {
@@ -277,9 +307,7 @@ void grad_sums(const Packed<T>& A, index_t ib, const Packed<T>& Bs, const T* par
       std::fill(w, w + kRg * kTile, T(0));
       for (int r = 0; r < kRg && i0 + r < i_end; ++r) {
         sq_dist_row(A.norms[i0 + r], nb, D + r * kTile, u);
-        std::fill(wd, wd + kTile, 0.0);
-        for (int h = 0; h < nbw; ++h) kernel_grad_add<T, K>(u, params[h], wd, jn);
-        scale_weights(wd, coef, w + r * kTile, jn);
+        pair_weights<T, K>(u, params, nbw, coef, w + r * kTile, jn);
         const index_t dj = diag ? i0 + r - j0 : -1;
         if (dj >= 0 && dj < jn) w[r * kTile + dj] = 0;
         s[i0 + r - ib * kTile] += static_cast<double>(row_sum(w + r * kTile, jn));
@@ -365,8 +393,8 @@ void mmd_fwd_k(const MmdProblem<T>& pr, T* out) {
 // grad of set A's rows: g (s_i a_i - G_i) with s, G from the same-set pairs (coefficient 4 c_same: each
 // unordered pair appears twice and d|a-b|^2/da = 2 (a - b)) and the cross pairs (2 c_cross).
 template <class T, DistKernel K>
-void mmd_grad_rows(const Packed<T>& A, const Packed<T>* Bs, const T* params, int nbw, double coef_same, double coef_cross,
-                   const double* extra_s, index_t d, T* grad) {
+void mmd_grad_rows(const Packed<T>& A, const Packed<T>* Bs, const T* params, int nbw, double coef_same,
+                   double coef_cross, const double* extra_s, index_t d, T* grad) {
   const index_t nb = A.np / kTile, dp = A.dp;
   parallel_for(0, nb, 1, [&](index_t tb, index_t te) {
     std::vector<double> s(kTile), G(static_cast<size_t>(kTile * dp));
@@ -608,7 +636,8 @@ void sw_grad_row(const T* FV_R x, const int32_t* FV_R permx, const T* FV_R t, T*
     }
   } else {
     for (index_t i = 0; i < N; ++i)
-      gsorted[i] = static_cast<T>(scale * abs_pow_grad(static_cast<double>(x[permx[i]]) - static_cast<double>(t[i]), p));
+      gsorted[i] =
+          static_cast<T>(scale * abs_pow_grad(static_cast<double>(x[permx[i]]) - static_cast<double>(t[i]), p));
   }
   for (index_t i = 0; i < N; ++i) gx[permx[i]] = gsorted[i];
 }
