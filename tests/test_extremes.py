@@ -160,11 +160,27 @@ def test_kl_normal_of_close_variances_keeps_its_digits(dtype):
     std = fastvae.kl_normal(mu[3:], (lv - lp)[3:].detach(), reduction="none")  # the standard prior: lp = 0
     for b in range(len(lp)):
         value, _, grads, _ = _kl_exact(0, mpf(lv[b]), 0, mpf(lp[b]))
-        assert_close(out[b].item(), value, abs(value), dtype, f"kl_normal lv - lp = {float(lv[b].detach() - lp[b]):.3g}")
+        what = f"kl_normal lv - lp = {float(lv[b].detach() - lp[b]):.3g}"
+        assert_close(out[b].item(), value, abs(value), dtype, what)
         assert_close(lv.grad[b, 0].item(), grads[1], abs(grads[1]), dtype, "d/dlogvar")
     for b in range(2):
         value, _, _, _ = _kl_exact(0, mpf((lv - lp)[3 + b]), 0, 0)
         assert_close(std[b].item(), value, abs(value), dtype, "standard kl_normal")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_head_kl_of_a_variance_near_one_keeps_its_digits(dtype):
+    """reparameterize_kl's KL shares the exp of z, e^lv = (e^(lv/4))^4, and is as accurate as kl_normal's: the
+    series of e^lv - 1 - lv near lv = 0, where (e^lv - 1) - lv cancels; its gradient likewise."""
+    lv = torch.tensor([[1e-4, -3e-5, 0.3, -0.9, 1e-7, 2.0]], dtype=dtype).requires_grad_()
+    mu = torch.zeros_like(lv, requires_grad=True)
+    z, kl = fastvae.reparameterize_kl(mu, lv, generator=gen(9))
+    kl.sum().backward()
+    terms = [(mp.exp(mpf(v)) - 1 - mpf(v)) / 2 for v in lv[0].detach()]
+    assert_close(kl.item(), sum(terms), sum(terms), dtype, "reparameterize_kl kl")
+    for j, v in enumerate(lv[0].detach()):
+        g = (mp.exp(mpf(v)) - 1) / 2
+        assert_close(lv.grad[0, j].item(), g, abs(g), dtype, f"reparameterize_kl d kl / d logvar at {float(v):.3g}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -311,7 +327,7 @@ def test_sliced_wasserstein_with_huge_values():
     x = torch.tensor([[2e19], [-2e19], [1.5e19], [-1.8e19]], requires_grad=True)
     out = fastvae.sliced_wasserstein(x, projections=torch.ones(1, 1))
     out.backward()
-    xs = sorted(range(4), key=lambda i: float(x[i, 0]))
+    xs = sorted(range(4), key=lambda i: float(x[i, 0].detach()))
     q = [mp.sqrt(2) * mpmath.erfinv(2 * (mp.mpf(i) + 0.5) / 4 - 1) for i in range(4)]
     exact = sum((mpf(x[xs[i], 0]) - q[i]) ** 2 for i in range(4)) / 4
     assert_close(out.item(), exact, exact, torch.float32, "sliced_wasserstein of 2e19")

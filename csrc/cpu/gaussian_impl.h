@@ -256,10 +256,9 @@ T reparam_kl_block(const T* FV_R mu, const T* FV_R lv, const float* FV_R eps, T*
   for (index_t t = 0; t < n; ++t) {
     const T q = quarter_exp(lv[t]);
     z[t] = reparam_z(mu[t], q, static_cast<T>(eps[t]));
-    const T var = (q * q) * (q * q);  // e^lv from the same exp
-    s += mu[t] * mu[t] + var - T(1) - lv[t];  // 2 KL
+    s += kl_std_term_q(mu[t], lv[t], q);  // e^lv from the same exp
   }
-  return T(0.5) * s;
+  return s;
 }
 
 template <class T>
@@ -270,7 +269,7 @@ void reparam_kl_bwd_block(const T* FV_R gz, T gk, const T* FV_R mu, const T* FV_
     const T q = quarter_exp(lv[t]);
     gmu[t] = gz[t] + gk * mu[t];
     // (gz e^(lv/2) eps + gk (e^lv - 1)) / 2, each product finite where it is (a zero gk with a huge lv: 0)
-    glv[t] = T(0.5) * (mul_q2(gz[t] * static_cast<T>(eps[t]), q) + mul_q2(mul_q2(gk, q), q) - gk);
+    glv[t] = T(0.5) * (mul_q2(gz[t] * static_cast<T>(eps[t]), q) + kl_std_grad_q(gk, lv[t], q));
   }
 }
 

@@ -354,10 +354,10 @@ struct ReparamKlFwd {
     for (int t = 0; t < 4; ++t) {
       const T q = quarter_exp(l[t]);
       out[t] = reparam_z(m[t], q, static_cast<T>(e[t]));
-      if (t < n) s += m[t] * m[t] + (q * q) * (q * q) - T(1) - l[t];  // 2 KL, e^lv from the same exp
+      if (t < n) s += kl_std_term_q(m[t], l[t], q);  // e^lv from the same exp
     }
     store4(z + j, n, out);
-    return T(0.5) * s;
+    return s;
   }
 };
 
@@ -385,7 +385,7 @@ struct ReparamKlBwd {
     for (int t = 0; t < 4; ++t) {
       const T q = quarter_exp(l[t]);
       gm[t] = g[t] + gk * m[t];
-      gl[t] = T(0.5) * (mul_q2(g[t] * static_cast<T>(e[t]), q) + mul_q2(mul_q2(gk, q), q) - gk);  // as on CPU
+      gl[t] = T(0.5) * (mul_q2(g[t] * static_cast<T>(e[t]), q) + kl_std_grad_q(gk, l[t], q));  // as on CPU
     }
     store4(grad_mu + j, n, gm);
     store4(grad_lv + j, n, gl);

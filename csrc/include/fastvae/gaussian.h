@@ -45,6 +45,21 @@ FV_HD T kl_std_term(T mu, T lv) {
   return T(0.5) * (mu * mu + fv_exp_m1_mx(lv));
 }
 
+// The same from q = quarter_exp(lv), the exp the fused head computes for z anyway (e^lv = q^4).
+template <class T>
+FV_HD T kl_std_term_q(T mu, T lv, T q) {
+  return T(0.5) * (mu * mu + fv_exp_m1_mx_given(lv, (q * q) * (q * q)));
+}
+
+// g (e^lv - 1) for q = quarter_exp(lv): the KL part of the fused head's d/dlogvar (times 2). g e^lv as
+// mul_q2(mul_q2(g, q), q), finite wherever it is (a zero g with a huge lv: 0); a series near lv = 0.
+template <class T>
+FV_HD T kl_std_grad_q(T g, T lv, T q) {
+  const bool small = lv < T(1) && lv > T(-1);
+  const T big = mul_q2(mul_q2(g, q), q) - g;
+  return small ? g * fv_expm1_given(lv, T(0)) : big;
+}
+
 // KL(N(mu, e^lv) || N(mp, e^lp)) for one coordinate: (e^d - 1 - d + (mu - mp)^2 e^-lp) / 2 with d = lv - lp.
 // e^(lv - lp) rather than e^lv * e^-lp: two tiny (or two large) variances have a finite ratio; (mu - mp)^2 e^-lp
 // as s^2 with s = (mu - mp) e^(-lp/2) = mul_q2(mu - mp, e^(-lp/4)).

@@ -164,21 +164,30 @@ FV_HD double fv_exp_tail_series(double x) {
 }
 
 // e^x - 1 - x without cancellation near 0 (the KL terms: e^(lv - lp) - 1 - (lv - lp) of two close variances),
-// and e^x - 1 (their gradients). Finite for every finite x whose value is (inf above ~88.7 / 709.8).
+// and e^x - 1 (their gradients), given e = e^x (computed by the caller, or shared with another term); finite for
+// every finite x whose value is (inf above ~88.7 / 709.8).
 template <class T>
-FV_HD T fv_exp_m1_mx(T x) {
+FV_HD T fv_exp_m1_mx_given(T x, T e) {
   const bool small = x < T(1) && x > T(-1);  // NaN takes the exp branch
   const T series = x * x * fv_exp_tail_series(small ? x : T(0));
-  const T direct = (fv_exp(x) - T(1)) - x;
-  return small ? series : direct;
+  return small ? series : (e - T(1)) - x;
+}
+
+template <class T>
+FV_HD T fv_expm1_given(T x, T e) {
+  const bool small = x < T(1) && x > T(-1);
+  const T series = x + x * x * fv_exp_tail_series(small ? x : T(0));
+  return small ? series : e - T(1);
+}
+
+template <class T>
+FV_HD T fv_exp_m1_mx(T x) {
+  return fv_exp_m1_mx_given(x, fv_exp(x));
 }
 
 template <class T>
 FV_HD T fv_expm1(T x) {
-  const bool small = x < T(1) && x > T(-1);
-  const T series = x + x * x * fv_exp_tail_series(small ? x : T(0));
-  const T direct = fv_exp(x) - T(1);
-  return small ? series : direct;
+  return fv_expm1_given(x, fv_exp(x));
 }
 
 }  // namespace fastvae
