@@ -358,3 +358,34 @@ def test_vae_mmd_log_likelihood_with_a_tiny_posterior_variance():
     loss = _vae_with_posterior_logvar(-95.0)(x, generator=gen(4)).loss
     assert loss.isfinite() and ll[-95.0].isfinite().all(), ll
     torch.testing.assert_close(ll[-95.0] - ll[-80.0], torch.full((3,), -15.0), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("kernel", ["energy", "rbf", "imq", "laplacian"])
+@pytest.mark.parametrize("scale", [1e20, 3e18, 1e-25, 1e-42])
+def test_mmd_of_points_at_the_edges_of_the_float_range(kernel, scale):
+    """Float32 points at 1e20 made |x - y|^2 overflow (the energy distance was inf - inf = NaN), points at 1e-25
+    underflow it (the energy distance was 0): the kernels work on the points divided by a power of two. The value
+    is that of float64 at the same float32 inputs; scaling the points and the bandwidth together changes nothing
+    (energy: scales the distance)."""
+    g = gen(13)
+    x = (torch.randn(2, 24, 3, generator=g, dtype=torch.float64) * scale).float().requires_grad_()
+    y = (torch.randn(2, 20, 3, generator=g, dtype=torch.float64) * scale + 0.5 * scale).float().requires_grad_()
+    bw = [0.5 * scale, 2.0 * scale]
+    out = fastvae.mmd(x, y, kernel=kernel, bandwidth=bw)
+    gx, gy = torch.autograd.grad(out.sum(), [x, y])
+    x64, y64 = x.detach().double().requires_grad_(), y.detach().double().requires_grad_()
+    exact = fastvae.mmd(x64, y64, kernel=kernel, bandwidth=bw)
+    ex, ey = torch.autograd.grad(exact.sum(), [x64, y64])
+    unit = scale if kernel == "energy" else 1.0  # the magnitude of one pair's kernel value
+    quantum = 4 * 2.0**-149  # a denormal float32 result (energy at 1e-42) is rounded to multiples of 2^-149
+    assert out.isfinite().all(), out
+    torch.testing.assert_close(out.double(), exact, rtol=0, atol=max(1e-5 * 4 * unit, quantum))
+    big = torch.finfo(torch.float32).max
+    for got, want in ((gx, ex), (gy, ey)):
+        over = want.abs() > big  # (rbf at 1e-42: gradients ~1e40) inf of the right sign where float32 overflows
+        assert torch.equal(got[over], want[over].sign() * math.inf)
+        assert got[~over].isfinite().all()
+        scale_g = want[~over].abs().max().item() if (~over).any() else 0.0
+        # float32 gradients in the s_i a_i - G_i form carry its cancellation (more on the coarse grid of denormal
+        # inputs at 1e-42): 1e-4 of the largest entry
+        torch.testing.assert_close(got[~over].double(), want[~over], rtol=0, atol=max(1e-4 * scale_g, quantum))

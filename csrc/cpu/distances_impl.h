@@ -75,8 +75,9 @@ struct Packed {
   const T* panel(index_t p) const { return panels.data() + p * dp * kTile; }
 };
 
+// inv_scale: 1 / data_scale(), a power of two (exact)
 template <class T>
-void pack(const T* src, index_t n, index_t d, const double* center, Packed<T>& out) {
+void pack(const T* src, index_t n, index_t d, const double* center, T inv_scale, Packed<T>& out) {
   constexpr int W = VecOf<T>::W;
   out.n = n;
   out.np = (n + kTile - 1) / kTile * kTile;
@@ -93,7 +94,7 @@ void pack(const T* src, index_t n, index_t d, const double* center, Packed<T>& o
       for (index_t i = p * kTile; i < std::min(n, (p + 1) * kTile); ++i) {
         T s = 0;
         for (index_t k = 0; k < d; ++k) {
-          const T v = static_cast<T>(src[i * d + k] - (center ? static_cast<T>(center[k]) : T(0)));
+          const T v = static_cast<T>(src[i * d + k] - (center ? static_cast<T>(center[k]) : T(0))) * inv_scale;
           rows[i * dp + k] = v;
           panels[(p * dp + k) * kTile + (i - p * kTile)] = v;
           s += v * v;
@@ -102,6 +103,17 @@ void pack(const T* src, index_t n, index_t d, const double* center, Packed<T>& o
       }
     }
   });
+}
+
+// max_i,k |x[i, k] - c[k]| (as pack rounds the differences), in double; NaN if any is NaN
+template <class T>
+double max_abs_centred(const T* x, index_t n, index_t d, const double* c, double m) {
+  for (index_t i = 0; i < n; ++i)
+    for (index_t k = 0; k < d; ++k) {
+      const double v = std::fabs(static_cast<double>(static_cast<T>(x[i * d + k] - static_cast<T>(c[k]))));
+      m = v <= m ? m : v;  // a NaN replaces m, and stays
+    }
+  return m;
 }
 
 // mean of the rows of x (n x d), in double
@@ -317,25 +329,33 @@ void grad_sums(const Packed<T>& A, index_t ib, const Packed<T>& Bs, const T* par
   }
 }
 
+// the kernel parameters on points divided by `scale`
 template <class T>
-std::vector<T> params_of(const MmdProblem<T>& pr) {
+std::vector<T> params_of(const MmdProblem<T>& pr, double scale) {
   std::vector<T> p(static_cast<size_t>(pr.n_bw));
-  for (int h = 0; h < pr.n_bw; ++h) p[h] = kernel_param_as<T>(pr.kernel, pr.bandwidths[h], static_cast<double>(pr.d));
+  for (int h = 0; h < pr.n_bw; ++h)
+    p[h] = kernel_param_as<T>(pr.kernel, pr.bandwidths[h], static_cast<double>(pr.d), scale);
   return p;
 }
 
-// Packs batch b's x and y (y absent: the closed-form prior, no centring).
+// Packs batch b's x and y, centred on the mean of x and divided by data_scale() of the result; returns that
+// scale. y absent: the closed-form prior, neither centred nor scaled (it is not translation or scale invariant).
 template <class T>
-void pack_batch(const MmdProblem<T>& pr, index_t b, Packed<T>& X, Packed<T>& Y) {
+double pack_batch(const MmdProblem<T>& pr, index_t b, Packed<T>& X, Packed<T>& Y) {
   const T* x = pr.x + b * pr.N * pr.d;
-  if (pr.y) {
-    std::vector<double> c(static_cast<size_t>(pr.d));
-    column_mean(x, pr.N, pr.d, c.data());
-    pack(x, pr.N, pr.d, c.data(), X);
-    pack(pr.y + b * pr.M * pr.d, pr.M, pr.d, c.data(), Y);
-  } else {
-    pack(x, pr.N, pr.d, nullptr, X);
+  if (!pr.y) {
+    pack(x, pr.N, pr.d, nullptr, T(1), X);
+    return 1.0;
   }
+  const T* y = pr.y + b * pr.M * pr.d;
+  std::vector<double> c(static_cast<size_t>(pr.d));
+  column_mean(x, pr.N, pr.d, c.data());
+  const double scale =
+      data_scale<T>(max_abs_centred(y, pr.M, pr.d, c.data(), max_abs_centred(x, pr.N, pr.d, c.data(), 0.0)));
+  const T inv = static_cast<T>(1.0 / scale);
+  pack(x, pr.N, pr.d, c.data(), inv, X);
+  pack(y, pr.M, pr.d, c.data(), inv, Y);
+  return scale;
 }
 
 // Tasks over the row blocks of a triangle, ordered 0, n-1, 1, n-2, ...: contiguous ranges of tasks (one per
@@ -344,12 +364,11 @@ inline index_t zigzag(index_t t, index_t n) { return (t & 1) ? n - 1 - (t >> 1) 
 
 template <class T, DistKernel K>
 void mmd_fwd_k(const MmdProblem<T>& pr, T* out) {
-  const std::vector<T> params = params_of(pr);
   const MmdCoefs c = mmd_coefs(pr.N, pr.M, pr.unbiased);
   const double k0 = kernel_at_zero(pr.kernel) * pr.n_bw;
   for (index_t b = 0; b < pr.B; ++b) {
     Packed<T> X, Y;
-    pack_batch(pr, b, X, Y);
+    const std::vector<T> params = params_of(pr, pack_batch(pr, b, X, Y));
     const index_t nbx = X.np / kTile, nby = pr.y ? Y.np / kTile : 0;
     // tasks: [0, nbx) xx triangle, [nbx, 2 nbx) xy rows, [2 nbx, 2 nbx + nby) yy triangle
     const index_t ntask = 2 * nbx + nby;
@@ -391,10 +410,11 @@ void mmd_fwd_k(const MmdProblem<T>& pr, T* out) {
 }
 
 // grad of set A's rows: g (s_i a_i - G_i) with s, G from the same-set pairs (coefficient 4 c_same: each
-// unordered pair appears twice and d|a-b|^2/da = 2 (a - b)) and the cross pairs (2 c_cross).
+// unordered pair appears twice and d|a-b|^2/da = 2 (a - b)) and the cross pairs (2 c_cross), times inv_scale:
+// on points divided by s, dk/du = s^-2 dk/du' and a - b = s (a' - b').
 template <class T, DistKernel K>
 void mmd_grad_rows(const Packed<T>& A, const Packed<T>* Bs, const T* params, int nbw, double coef_same,
-                   double coef_cross, const double* extra_s, index_t d, T* grad) {
+                   double coef_cross, const double* extra_s, double inv_scale, index_t d, T* grad) {
   const index_t nb = A.np / kTile, dp = A.dp;
   parallel_for(0, nb, 1, [&](index_t tb, index_t te) {
     std::vector<double> s(kTile), G(static_cast<size_t>(kTile * dp));
@@ -408,7 +428,7 @@ void mmd_grad_rows(const Packed<T>& A, const Packed<T>* Bs, const T* params, int
         const double si = s[r] + (extra_s ? extra_s[i] : 0.0);
         const T* a = A.row(i);
         for (index_t k = 0; k < d; ++k)
-          grad[i * d + k] = static_cast<T>(si * static_cast<double>(a[k]) - G[r * dp + k]);
+          grad[i * d + k] = static_cast<T>((si * static_cast<double>(a[k]) - G[r * dp + k]) * inv_scale);
       }
     }
   });
@@ -416,11 +436,11 @@ void mmd_grad_rows(const Packed<T>& A, const Packed<T>* Bs, const T* params, int
 
 template <class T, DistKernel K>
 void mmd_bwd_k(const MmdProblem<T>& pr, const T* g, T* grad_x, T* grad_y) {
-  const std::vector<T> params = params_of(pr);
   const MmdCoefs c = mmd_coefs(pr.N, pr.M, pr.unbiased);
   for (index_t b = 0; b < pr.B; ++b) {
     Packed<T> X, Y;
-    pack_batch(pr, b, X, Y);
+    const double scale = pack_batch(pr, b, X, Y);
+    const std::vector<T> params = params_of(pr, scale);
     const double gb = static_cast<double>(g[b]);
     std::vector<double> extra;
     if (!pr.y) {  // d/dx_i of -2/N sum_h a_h exp(-|x_i|^2 / (2 (h^2 + 1))) = s_i x_i
@@ -435,10 +455,10 @@ void mmd_bwd_k(const MmdProblem<T>& pr, const T* g, T* grad_x, T* grad_y) {
       }
     }
     mmd_grad_rows<T, K>(X, pr.y ? &Y : nullptr, params.data(), pr.n_bw, 4.0 * c.xx * gb, 2.0 * c.xy * gb,
-                        pr.y ? nullptr : extra.data(), pr.d, grad_x + b * pr.N * pr.d);
+                        pr.y ? nullptr : extra.data(), 1.0 / scale, pr.d, grad_x + b * pr.N * pr.d);
     if (grad_y && pr.y)
-      mmd_grad_rows<T, K>(Y, &X, params.data(), pr.n_bw, 4.0 * c.yy * gb, 2.0 * c.xy * gb, nullptr, pr.d,
-                          grad_y + b * pr.M * pr.d);
+      mmd_grad_rows<T, K>(Y, &X, params.data(), pr.n_bw, 4.0 * c.yy * gb, 2.0 * c.xy * gb, nullptr, 1.0 / scale,
+                          pr.d, grad_y + b * pr.M * pr.d);
   }
 }
 

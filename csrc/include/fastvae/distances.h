@@ -22,23 +22,41 @@ enum class DistKernel : int { Rbf = 0, Imq = 1, Laplacian = 2, Energy = 3 };
 //   rbf        p = 1 / (2 h^2)      k = exp(-p u)
 //   imq        c = 1 / (2 d h^2)    k = C / (C + u) = 1 / (1 + c u)   (C = 2 d h^2 itself overflows for large h)
 //   laplacian  p = 1 / h            k = exp(-p sqrt(u))
-//   energy     unused (1)
-// A tiny h makes p (c) overflow: kernel_param_as() saturates it at the element type's largest finite value, which
-// keeps the limits k(0) = 1 and k(u > 0) = 0 (a huge h gives p = 0 and k = 1, the other limit).
-FV_HD double kernel_param(DistKernel k, double h, double d) {
+//   energy     p = 1                k = -p sqrt(u)
+// The kernels see the points divided by a power of two s (see data_scale()), u = |x - y|^2 / s^2: the parameter of
+// bandwidth h on them is that of h / s (energy: p = s). A tiny h makes p (c) overflow: kernel_param_as()
+// saturates it at the element type's largest finite value, which keeps the limits k(0) = 1 and k(u > 0) = 0 (a
+// huge h gives p = 0 and k = 1, the other limit).
+FV_HD double kernel_param(DistKernel k, double h, double d, double s) {
+  const double r = s / h;
   switch (k) {
-    case DistKernel::Rbf: return 0.5 / (h * h);
-    case DistKernel::Imq: return 0.5 / (d * h * h);
-    case DistKernel::Laplacian: return 1.0 / h;
-    default: return 1.0;
+    case DistKernel::Rbf: return 0.5 * r * r;
+    case DistKernel::Imq: return 0.5 * r * r / d;
+    case DistKernel::Laplacian: return r;
+    default: return s;
   }
 }
 
 template <class T>
-inline T kernel_param_as(DistKernel k, double h, double d) {
+FV_HD T kernel_param_as(DistKernel k, double h, double d, double s) {
   const double big = sizeof(T) == sizeof(float) ? 3.4028234663852886e38 : 1.7976931348623157e308;
-  const double p = kernel_param(k, h, d);
+  const double p = kernel_param(k, h, d, s);
   return static_cast<T>(p < big ? p : big);
+}
+
+// The power of two s by which the (centred) points are divided so that the largest coordinate magnitude m falls in
+// [1/2, 1): |x - y|^2 can then neither overflow (|x| > 1.8e19 in float32 made u = inf, and the energy kernel
+// -sqrt(inf) - -sqrt(inf) NaN) nor underflow (points at 1e-25 had u = 0). Exact: scaling by a power of two
+// changes no rounding, so results on ordinary data are those of s = 1. s stays where s and 1/s are normal in T
+// (1 for m = 0 or not finite).
+template <class T>
+FV_HD double data_scale(double m) {
+  if (!(m > 0) || !(m < 1.7976931348623157e308)) return 1.0;
+  int e;
+  frexp(m, &e);  // m = f 2^e, f in [1/2, 1)
+  const int lim = sizeof(T) == sizeof(float) ? 125 : 1021;
+  e = e < -lim ? -lim : (e > lim ? lim : e);
+  return ldexp(1.0, e);
 }
 
 FV_HD float fv_sqrt(float u) { return sqrtf(u); }
@@ -85,16 +103,16 @@ struct PairKernel<DistKernel::Laplacian> {
   }
 };
 
-// k = -sqrt(u)
+// k = -p sqrt(u) (p = s: the distance in the units of the points)
 template <>
 struct PairKernel<DistKernel::Energy> {
   template <class T>
-  FV_HD T value(T u, T) { return -fv_sqrt(u); }
+  FV_HD T value(T u, T p) { return -p * fv_sqrt(u); }
   template <class T>
-  FV_HD T dk_du(T u, T) {
+  FV_HD T dk_du(T u, T p) {
     const T r = fv_sqrt(u);
     const T safe = r > T(0) ? r : T(1);
-    return r == T(0) ? T(0) : T(-0.5) / safe;
+    return r == T(0) ? T(0) : T(-0.5) * p / safe;
   }
 };
 
