@@ -47,8 +47,8 @@ FV_HD T kernel_param_as(DistKernel k, double h, double d, double s) {
 // The power of two s by which the (centred) points are divided so that the largest coordinate magnitude m falls in
 // [1/2, 1): |x - y|^2 can then neither overflow (|x| > 1.8e19 in float32 made u = inf, and the energy kernel
 // -sqrt(inf) - -sqrt(inf) NaN) nor underflow (points at 1e-25 had u = 0). Exact: scaling by a power of two
-// changes no rounding, so results on ordinary data are those of s = 1. s stays where s and 1/s are normal in T
-// (1 for m = 0 or not finite).
+// changes no rounding of the points and distances (results on ordinary data differ from those of s = 1 only by
+// the double rounding of the parameters). s stays where s and 1/s are normal in T (1 for m = 0 or not finite).
 template <class T>
 FV_HD double data_scale(double m) {
   if (!(m > 0) || !(m < 1.7976931348623157e308)) return 1.0;
