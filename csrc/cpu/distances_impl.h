@@ -212,11 +212,17 @@ T kernel_sum(const T* FV_R u, T p, index_t jn) {
 // bandwidths, and up to kBwBlock bandwidths cost one conversion per pair).
 constexpr int kBwBlock = 8;
 
-// wf[j] += dk/du(u[j]) of one bandwidth
+// wf[j] = c dk/du(u[j]) of one bandwidth (the first of a block), and += for the others
 template <class T, DistKernel K>
-void kernel_grad_add(const T* FV_R u, T p, T* FV_R wf, index_t jn) {
+void kernel_grad_set(const T* FV_R u, T p, T c, T* FV_R wf, index_t jn) {
 #pragma omp simd
-  for (index_t j = 0; j < jn; ++j) wf[j] += PairKernel<K>::dk_du(u[j], p);
+  for (index_t j = 0; j < jn; ++j) wf[j] = c * PairKernel<K>::dk_du(u[j], p);
+}
+
+template <class T, DistKernel K>
+void kernel_grad_add(const T* FV_R u, T p, T c, T* FV_R wf, index_t jn) {
+#pragma omp simd
+  for (index_t j = 0; j < jn; ++j) wf[j] += c * PairKernel<K>::dk_du(u[j], p);
 }
 
 // wd[j] (+)= wf[j] in double
@@ -226,31 +232,24 @@ void add_block_sum(const T* FV_R wf, double* FV_R wd, bool first, index_t jn) {
   for (index_t j = 0; j < jn; ++j) wd[j] = (first ? 0.0 : wd[j]) + static_cast<double>(wf[j]);
 }
 
-// w[j] = coef s[j] in T (a rounding or two, whatever the number of bandwidths)
-template <class T, class S>
-void scale_weights(const S* FV_R s, double coef, T* FV_R w, index_t jn) {
-  const T c = static_cast<T>(coef);
-#pragma omp simd
-  for (index_t j = 0; j < jn; ++j) w[j] = c * static_cast<T>(s[j]);
-}
-
 // w[j] = coef sum_h dk/du(u[j]; params[h])
 template <class T, DistKernel K>
 void pair_weights(const T* FV_R u, const T* params, int nbw, double coef, T* FV_R w, index_t jn) {
-  alignas(64) T wf[kTile];
-  if (nbw <= kBwBlock) {  // one block (the usual case): no double buffer
-    std::fill(wf, wf + kTile, T(0));
-    for (int h = 0; h < nbw; ++h) kernel_grad_add<T, K>(u, params[h], wf, jn);
-    scale_weights(wf, coef, w, jn);
+  const T c = static_cast<T>(coef);
+  if (nbw <= kBwBlock) {  // one block (the usual case): straight into w
+    kernel_grad_set<T, K>(u, params[0], c, w, jn);
+    for (int h = 1; h < nbw; ++h) kernel_grad_add<T, K>(u, params[h], c, w, jn);
     return;
   }
+  alignas(64) T wf[kTile];
   alignas(64) double wd[kTile];
   for (int h0 = 0; h0 < nbw; h0 += kBwBlock) {
-    std::fill(wf, wf + kTile, T(0));
-    for (int h = h0; h < std::min(nbw, h0 + kBwBlock); ++h) kernel_grad_add<T, K>(u, params[h], wf, jn);
+    kernel_grad_set<T, K>(u, params[h0], c, wf, jn);
+    for (int h = h0 + 1; h < std::min(nbw, h0 + kBwBlock); ++h) kernel_grad_add<T, K>(u, params[h], c, wf, jn);
     add_block_sum(wf, wd, h0 == 0, jn);
   }
-  scale_weights(wd, coef, w, jn);
+#pragma omp simd
+  for (index_t j = 0; j < jn; ++j) w[j] = static_cast<T>(wd[j]);
 }
 
 template <class T>
