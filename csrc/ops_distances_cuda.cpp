@@ -41,8 +41,8 @@ void check_mmd_cuda(const char* op, const at::Tensor& x, const std::optional<at:
   TORCH_CHECK_VALUE(spec.bw.size() <= static_cast<size_t>(cuda::kMaxBandwidths), "fastvae.", op,
                     ": on CUDA at most ", cuda::kMaxBandwidths, " bandwidths; got ", spec.bw.size());
   TORCH_CHECK_VALUE(cuda::mmd_grid_fits(x.size(0), x.size(1), y ? y->size(1) : 0), "fastvae.", op,
-                    ": on CUDA B <= 65535 and fewer than 2^31 tiles of 64 x 64 pairs; got x ", x.sizes(),
-                    y ? " and y " : "", y ? y->sizes() : at::IntArrayRef{});
+                    ": on CUDA B <= 65535 and fewer than 2^31 tiles of 64 x 64 pairs; got B = ", x.size(0),
+                    ", N = ", x.size(1), ", M = ", y ? y->size(1) : 0);
 }
 
 template <class T>

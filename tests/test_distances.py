@@ -450,8 +450,8 @@ def test_mmd_error_does_not_grow_with_the_number_of_bandwidths(kernel, prior):
     independent of n, forward and backward. (Float sums across bandwidths drifted: 1,000 copies were 0.3% off.)
     Value: the sums above one row of 64 kernel values are double, so the error per copy stays below the rounding
     of those row sums, eps times the magnitude of the three pair means (<= 1 per bandwidth: 4 x 3 bandwidths).
-    Gradient: a pair's weight is summed over the bandwidths in double and rounded once, then summed over <= 64
-    columns in float: 24 eps of the largest entry (measured: <= 12)."""
+    Gradient: a pair's weight is summed over blocks of 8 bandwidths in float, the blocks in double, then over
+    <= 64 columns in float: 24 eps of the largest entry (measured: <= 13)."""
     g = torch.Generator().manual_seed(21)
     x, y = torch.randn(64, 3, generator=g), torch.randn(48, 3, generator=g) + 0.3
     y = None if prior else y
