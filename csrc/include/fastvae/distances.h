@@ -8,6 +8,7 @@
 // gradient weight: d k / d x = 2 dk_du(u) (x - y), set to 0 at u = 0 for every kernel (x = y: the gradient of
 // |x - y| there is 0, never NaN).
 #pragma once
+#include <cfloat>
 #include <cmath>
 
 #include "fastvae/common.h"
@@ -39,7 +40,7 @@ FV_HD double kernel_param(DistKernel k, double h, double d, double s) {
 
 template <class T>
 FV_HD T kernel_param_as(DistKernel k, double h, double d, double s) {
-  const double big = sizeof(T) == sizeof(float) ? 3.4028234663852886e38 : 1.7976931348623157e308;
+  const double big = sizeof(T) == sizeof(float) ? FLT_MAX : DBL_MAX;
   const double p = kernel_param(k, h, d, s);
   return static_cast<T>(p < big ? p : big);
 }
@@ -51,7 +52,7 @@ FV_HD T kernel_param_as(DistKernel k, double h, double d, double s) {
 // the double rounding of the parameters). s stays where s and 1/s are normal in T (1 for m = 0 or not finite).
 template <class T>
 FV_HD double data_scale(double m) {
-  if (!(m > 0) || !(m < 1.7976931348623157e308)) return 1.0;
+  if (!(m > 0) || !(m <= DBL_MAX)) return 1.0;
   int e;
   frexp(m, &e);  // m = f 2^e, f in [1/2, 1)
   const int lim = sizeof(T) == sizeof(float) ? 125 : 1021;
