@@ -30,17 +30,23 @@ struct CpuBackend {
   struct Guard {
     explicit Guard(const at::Tensor&) {}
   };
+  // the dtype rule of dispatch_cpu, checked by the op (Ops::check_main) before any kernel call below
+  static constexpr const char* kOp = "cpu";
+  static void check_dtype(const char* op, const at::Tensor& t, const char*) {
+    dispatch_cpu(op, t.scalar_type(), [](auto) {});
+  }
+  static void check_tril_dim(const char*, int64_t) {}
 
   static void reparam_fwd(const at::Tensor& mu, const at::Tensor& lv, at::Tensor& z, int64_t k,
                           const at::Tensor& seed) {
-    dispatch_cpu(mu.scalar_type(), [&](auto tag) {
+    dispatch_cpu(kOp, mu.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
       cpu::kernels<T>().reparam_fwd(in<T>(mu), in<T>(lv), out<T>(z), mu.numel(), k, key_of(seed));
     });
   }
   static void reparam_bwd(const at::Tensor& gz, const at::Tensor& lv, at::Tensor& grad_mu, at::Tensor& grad_lv,
                           int64_t k, const at::Tensor& seed) {
-    dispatch_cpu(lv.scalar_type(), [&](auto tag) {
+    dispatch_cpu(kOp, lv.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
       cpu::kernels<T>().reparam_bwd(in<T>(gz), in<T>(lv), out<T>(grad_mu), out<T>(grad_lv), lv.numel(), k,
                                     key_of(seed));
@@ -48,7 +54,7 @@ struct CpuBackend {
   }
   static void reparam_kl_fwd(const at::Tensor& mu, const at::Tensor& lv, at::Tensor& z, at::Tensor& kl,
                              const at::Tensor& seed) {
-    dispatch_cpu(mu.scalar_type(), [&](auto tag) {
+    dispatch_cpu(kOp, mu.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
       cpu::kernels<T>().reparam_kl_fwd(in<T>(mu), in<T>(lv), out<T>(z), out<T>(kl), rows_of(mu), per_row(mu),
                                        key_of(seed));
@@ -56,7 +62,7 @@ struct CpuBackend {
   }
   static void reparam_kl_bwd(const at::Tensor& gz, const at::Tensor& gkl, const at::Tensor& mu, const at::Tensor& lv,
                              at::Tensor& grad_mu, at::Tensor& grad_lv, const at::Tensor& seed) {
-    dispatch_cpu(mu.scalar_type(), [&](auto tag) {
+    dispatch_cpu(kOp, mu.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
       cpu::kernels<T>().reparam_kl_bwd(in<T>(gz), in<T>(gkl), in<T>(mu), in<T>(lv), out<T>(grad_mu),
                                        out<T>(grad_lv), rows_of(mu), per_row(mu), key_of(seed));
@@ -64,7 +70,7 @@ struct CpuBackend {
   }
   static void tril_fwd(const at::Tensor& mu, const at::Tensor& L, at::Tensor& z, at::Tensor& log_q, int64_t k,
                        const at::Tensor& seed) {
-    dispatch_cpu(mu.scalar_type(), [&](auto tag) {
+    dispatch_cpu(kOp, mu.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
       cpu::kernels<T>().tril_fwd(in<T>(mu), in<T>(L), out<T>(z), out<T>(log_q), mu.size(0), mu.size(1), k,
                                  key_of(seed));
@@ -72,7 +78,7 @@ struct CpuBackend {
   }
   static void tril_bwd(const at::Tensor& gz, const at::Tensor& glq, const at::Tensor& L, at::Tensor& grad_mu,
                        at::Tensor& grad_L, int64_t k, const at::Tensor& seed) {
-    dispatch_cpu(L.scalar_type(), [&](auto tag) {
+    dispatch_cpu(kOp, L.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
       cpu::kernels<T>().tril_bwd(in<T>(gz), in<T>(glq), in<T>(L), out<T>(grad_mu), out<T>(grad_L), L.size(0),
                                  L.size(1), k, key_of(seed));
@@ -80,7 +86,7 @@ struct CpuBackend {
   }
   static void gaussian_nll_fwd(const at::Tensor& x, const at::Tensor& mean, const std::optional<at::Tensor>& lv,
                                Layout layout, at::Tensor& res, const LikShape& sh) {
-    dispatch_cpu(mean.scalar_type(), [&](auto tag) {
+    dispatch_cpu(kOp, mean.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
       cpu::kernels<T>().gaussian_nll_fwd(in<T>(x), in<T>(mean), in<T>(lv), layout, out<T>(res), sh.rows, sh.D,
                                          sh.x_rows);
@@ -89,28 +95,28 @@ struct CpuBackend {
   static void gaussian_nll_bwd(const at::Tensor& g, const at::Tensor& x, const at::Tensor& mean,
                                const std::optional<at::Tensor>& lv, Layout layout, at::Tensor& grad_mean,
                                at::Tensor& grad_lv, const LikShape& sh) {
-    dispatch_cpu(mean.scalar_type(), [&](auto tag) {
+    dispatch_cpu(kOp, mean.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
       cpu::kernels<T>().gaussian_nll_bwd(in<T>(g), in<T>(x), in<T>(mean), in<T>(lv), layout, out<T>(grad_mean),
                                          out<T>(grad_lv), sh.rows, sh.D, sh.x_rows);
     });
   }
   static void bernoulli_nll_fwd(const at::Tensor& logits, const at::Tensor& x, at::Tensor& res, const LikShape& sh) {
-    dispatch_cpu(logits.scalar_type(), [&](auto tag) {
+    dispatch_cpu(kOp, logits.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
       cpu::kernels<T>().bernoulli_nll_fwd(in<T>(logits), in<T>(x), out<T>(res), sh.rows, sh.D, sh.x_rows);
     });
   }
   static void bernoulli_nll_bwd(const at::Tensor& g, const at::Tensor& logits, const at::Tensor& x, at::Tensor& grad,
                                 const LikShape& sh) {
-    dispatch_cpu(logits.scalar_type(), [&](auto tag) {
+    dispatch_cpu(kOp, logits.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
       cpu::kernels<T>().bernoulli_nll_bwd(in<T>(g), in<T>(logits), in<T>(x), out<T>(grad), sh.rows, sh.D, sh.x_rows);
     });
   }
   static void kl_normal_fwd(const at::Tensor& mu, const at::Tensor& lv, const std::optional<at::Tensor>& mp, Layout lm,
                             const std::optional<at::Tensor>& lp, Layout ll, at::Tensor& res) {
-    dispatch_cpu(mu.scalar_type(), [&](auto tag) {
+    dispatch_cpu(kOp, mu.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
       cpu::kernels<T>().kl_normal_fwd(in<T>(mu), in<T>(lv), in<T>(mp), lm, in<T>(lp), ll, out<T>(res), rows_of(mu),
                                       per_row(mu));
@@ -119,7 +125,7 @@ struct CpuBackend {
   static void kl_normal_bwd(const at::Tensor& g, const at::Tensor& mu, const at::Tensor& lv,
                             const std::optional<at::Tensor>& mp, Layout lm, const std::optional<at::Tensor>& lp,
                             Layout ll, at::Tensor& g_mu, at::Tensor& g_lv, at::Tensor& g_mp, at::Tensor& g_lp) {
-    dispatch_cpu(mu.scalar_type(), [&](auto tag) {
+    dispatch_cpu(kOp, mu.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
       cpu::kernels<T>().kl_normal_bwd(in<T>(g), in<T>(mu), in<T>(lv), in<T>(mp), lm, in<T>(lp), ll, out<T>(g_mu),
                                       out<T>(g_lv), out<T>(g_mp), out<T>(g_lp), rows_of(mu), per_row(mu));
@@ -136,6 +142,7 @@ std::vector<uint32_t> philox_kat(std::vector<uint32_t> ctr, std::vector<uint32_t
 }
 
 at::Tensor normals_cpu(int64_t start, int64_t n, int64_t key) {
+  check_stream_range("normals_cpu", start, n);
   auto res = at::empty({n}, at::kFloat);
   cpu::kernels<float>().normals(res.data_ptr<float>(), start, n, static_cast<uint64_t>(key));
   return res;
@@ -143,7 +150,7 @@ at::Tensor normals_cpu(int64_t start, int64_t n, int64_t key) {
 
 // eps[start .. start + n) of the stream of `seed` (the op form, so CUDA can answer the same question).
 at::Tensor normals_op_cpu(const at::Tensor& seed, int64_t start, int64_t n) {
-  check_seed(seed, seed);
+  check_normals("_normals", seed, start, n);
   return normals_cpu(start, n, seed.item<int64_t>());
 }
 

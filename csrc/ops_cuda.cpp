@@ -46,6 +46,15 @@ struct CudaBackend {
     explicit Guard(const at::Tensor& t) : g(t.device()) {}
     c10::cuda::CUDAGuard g;
   };
+  static void check_dtype(const char* op, const at::Tensor& t, const char* name) {
+    const auto s = t.scalar_type();
+    TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16, "fastvae.", op,
+                     ": ", name, " must be float32, float64, float16 or bfloat16 on CUDA; got ", s);
+  }
+  // the tril kernels keep eps (and grad_z) of one sample in shared memory: 2 * 4 * d bytes <= 48 KiB
+  static void check_tril_dim(const char* op, int64_t d) {
+    TORCH_CHECK_VALUE(d <= 6144, "fastvae.", op, ": scale_tril on CUDA supports d <= 6144; got d = ", d);
+  }
 
   static void reparam_fwd(const at::Tensor& mu, const at::Tensor& lv, at::Tensor& z, int64_t k,
                           const at::Tensor& seed) {
@@ -73,7 +82,6 @@ struct CudaBackend {
   }
   static void tril_fwd(const at::Tensor& mu, const at::Tensor& L, at::Tensor& z, at::Tensor& log_q, int64_t k,
                        const at::Tensor& seed) {
-    TORCH_CHECK(mu.size(1) <= 6144, "fastvae: reparameterize_tril on CUDA supports d <= 6144; got ", mu.size(1));
     cuda::tril_fwd(dtype_of(mu), in(mu), in(L), out(z), out(log_q), mu.size(0), mu.size(1), k, seed_ptr(seed),
                    stream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -129,6 +137,7 @@ struct CudaBackend {
 };
 
 at::Tensor normals_cuda(const at::Tensor& seed, int64_t start, int64_t n) {
+  check_normals("_normals", seed, start, n);
   const c10::cuda::CUDAGuard guard(seed.device());
   auto res = at::empty({n}, seed.options().dtype(at::kFloat));
   cuda::normals(res.data_ptr<float>(), start, n, seed_ptr(seed), stream());

@@ -36,11 +36,18 @@ at::Tensor prior_samples_cuda(const at::Tensor& x, const at::Tensor& seed) {
   return eps.to(x.scalar_type());
 }
 
+// The limits of the CUDA kernels (bandwidths passed by value, grid dimensions), checked before any allocation.
+void check_mmd_cuda(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& y, const MmdSpec& spec) {
+  TORCH_CHECK_VALUE(spec.bw.size() <= static_cast<size_t>(cuda::kMaxBandwidths), "fastvae.", op,
+                    ": on CUDA at most ", cuda::kMaxBandwidths, " bandwidths; got ", spec.bw.size());
+  TORCH_CHECK_VALUE(cuda::mmd_grid_fits(x.size(0), x.size(1), y ? y->size(1) : 0), "fastvae.", op,
+                    ": on CUDA B <= 65535 and fewer than 2^31 tiles of 64 x 64 pairs; got B = ", x.size(0),
+                    ", N = ", x.size(1), ", M = ", y ? y->size(1) : 0);
+}
+
 template <class T>
 cuda::MmdArgs<T> args_of(const at::Tensor& x, const std::optional<at::Tensor>& y, const MmdSpec& spec,
                          bool unbiased) {
-  TORCH_CHECK(spec.bw.size() <= static_cast<size_t>(cuda::kMaxBandwidths), "fastvae: mmd on CUDA takes at most ",
-              cuda::kMaxBandwidths, " bandwidths; got ", spec.bw.size());
   cuda::MmdArgs<T> a{};
   a.x = x.data_ptr<T>();
   a.y = y ? y->data_ptr<T>() : nullptr;
@@ -66,7 +73,9 @@ std::optional<at::Tensor> as_compute(const std::optional<at::Tensor>& t, at::Sca
 
 at::Tensor mmd_cuda(const at::Tensor& x_, const std::optional<at::Tensor>& y_, const std::optional<at::Tensor>& seed,
                     c10::string_view kernel, at::ArrayRef<double> bandwidth, bool unbiased) {
-  const MmdSpec spec = mmd_spec(x_, y_, seed, kernel, bandwidth, unbiased);
+  constexpr const char* op = "mmd";
+  const MmdSpec spec = mmd_spec(op, x_, y_, seed, kernel, bandwidth, unbiased);
+  check_mmd_cuda(op, x_, y_, spec);
   const at::cuda::CUDAGuard guard(x_.device());
   const auto ct = compute_type(x_.scalar_type());
   const auto x = x_.contiguous().to(ct);
@@ -77,7 +86,7 @@ at::Tensor mmd_cuda(const at::Tensor& x_, const std::optional<at::Tensor>& y_, c
     using T = decltype(tag);
     const auto a = args_of<T>(x, y, spec, unbiased);
     auto ws = workspace(cuda::mmd_workspace_bytes(a), x);
-    check_cuda(cuda::mmd_forward(a, out.data_ptr<T>(), ws.data_ptr(), stream_of(x)), "mmd");
+    check_cuda(cuda::mmd_forward(a, out.data_ptr<T>(), ws.data_ptr(), stream_of(x)), op);
   });
   return out;
 }
@@ -86,9 +95,12 @@ std::tuple<at::Tensor, at::Tensor> mmd_backward_cuda(const at::Tensor& grad, con
                                                      const std::optional<at::Tensor>& y_,
                                                      const std::optional<at::Tensor>& seed, c10::string_view kernel,
                                                      at::ArrayRef<double> bandwidth, bool unbiased, bool need_y) {
-  const MmdSpec spec = mmd_spec(x_, y_, seed, kernel, bandwidth, unbiased);
-  TORCH_CHECK(x_.size(2) <= cuda::kMaxDim, "fastvae: the CUDA mmd backward supports d <= ", cuda::kMaxDim, "; got ",
-              x_.size(2));
+  constexpr const char* op = "mmd_backward";
+  const MmdSpec spec = mmd_spec(op, x_, y_, seed, kernel, bandwidth, unbiased);
+  check_grad(op, grad, "grad", {x_.size(0)}, x_, "x");
+  check_mmd_cuda(op, x_, y_, spec);
+  TORCH_CHECK_VALUE(x_.size(2) <= cuda::kMaxDim, "fastvae.", op, ": on CUDA d <= ", cuda::kMaxDim, "; got d = ",
+                    x_.size(2));
   const at::cuda::CUDAGuard guard(x_.device());
   const auto ct = compute_type(x_.scalar_type());
   const auto x = x_.contiguous().to(ct);
@@ -103,15 +115,17 @@ std::tuple<at::Tensor, at::Tensor> mmd_backward_cuda(const at::Tensor& grad, con
     auto ws = workspace(cuda::mmd_workspace_bytes(a), x);
     check_cuda(cuda::mmd_backward(a, g.data_ptr<T>(), grad_x.data_ptr<T>(),
                                   grad_y.numel() ? grad_y.data_ptr<T>() : nullptr, ws.data_ptr(), stream_of(x)),
-               "mmd");
+               op);
   });
   return {grad_x.to(x_.scalar_type()), need_y && y_ ? grad_y.to(y_->scalar_type()) : grad_y};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sw_projected_cuda(const at::Tensor& px_,
                                                                  const std::optional<at::Tensor>& py_, double p) {
-  check_sw(px_, py_, p);
-  TORCH_CHECK(px_.numel() < (int64_t(1) << 31), "fastvae: sliced_wasserstein on CUDA takes fewer than 2^31 projected values");
+  constexpr const char* op = "sliced_wasserstein_projected";
+  check_sw(op, px_, py_, p);
+  TORCH_CHECK_VALUE(px_.numel() < (int64_t(1) << 31), "fastvae.", op,
+                    ": on CUDA px must have fewer than 2^31 elements; got shape ", px_.sizes());
   const at::cuda::CUDAGuard guard(px_.device());
   const auto ct = compute_type(px_.scalar_type());
   const auto px = px_.contiguous().to(ct);
@@ -127,7 +141,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sw_projected_cuda(const at::Tenso
     check_cuda(cuda::sw_forward<T>(px.data_ptr<T>(), py ? py->data_ptr<T>() : nullptr, out.data_ptr<T>(),
                                    perm_x.data_ptr<int32_t>(), py ? perm_y.data_ptr<int32_t>() : nullptr, B, L, N, p,
                                    ws.data_ptr(), bytes, stream_of(px)),
-               "sliced_wasserstein");
+               op);
   });
   return {out, perm_x, perm_y};
 }
@@ -136,9 +150,8 @@ std::tuple<at::Tensor, at::Tensor> sw_projected_backward_cuda(const at::Tensor& 
                                                               const std::optional<at::Tensor>& py_,
                                                               const at::Tensor& perm_x_, const at::Tensor& perm_y_,
                                                               double p, bool need_py) {
-  check_sw(px_, py_, p);
-  check_perm(px_, perm_x_, "perm_x");
-  if (py_) check_perm(px_, perm_y_, "perm_y");
+  constexpr const char* op = "sliced_wasserstein_projected_backward";
+  check_sw_backward(op, grad, px_, py_, perm_x_, perm_y_, p);
   const at::cuda::CUDAGuard guard(px_.device());
   const auto ct = compute_type(px_.scalar_type());
   const auto px = px_.contiguous().to(ct);
@@ -146,15 +159,17 @@ std::tuple<at::Tensor, at::Tensor> sw_projected_backward_cuda(const at::Tensor& 
   const auto perm_x = perm_x_.contiguous(), perm_y = perm_y_.contiguous();
   const auto g = grad.contiguous().to(ct);
   const int64_t B = px.size(0), L = px.size(1), N = px.size(2);
-  auto gpx = at::empty_like(px);
-  auto gpy = need_py && py ? at::empty_like(*py) : at::empty({0}, px.options());
+  // zeroed: the kernel writes each entry its permutation reaches, and skips indices out of range (perm is not
+  // checked on the device, see ops_distances.cpp)
+  auto gpx = at::zeros_like(px);
+  auto gpy = need_py && py ? at::zeros_like(*py) : at::empty({0}, px.options());
   dispatch_dist_cuda(ct, [&](auto tag) {
     using T = decltype(tag);
     check_cuda(cuda::sw_backward<T>(g.data_ptr<T>(), px.data_ptr<T>(), py ? py->data_ptr<T>() : nullptr,
                                     perm_x.data_ptr<int32_t>(), py ? perm_y.data_ptr<int32_t>() : nullptr,
                                     gpx.data_ptr<T>(), gpy.numel() ? gpy.data_ptr<T>() : nullptr, B, L, N, p,
                                     stream_of(px)),
-               "sliced_wasserstein");
+               op);
   });
   return {gpx.to(px_.scalar_type()), need_py && py_ ? gpy.to(py_->scalar_type()) : gpy};
 }

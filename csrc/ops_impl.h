@@ -16,27 +16,31 @@ inline std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>&
   return t ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
 }
 
-inline void check_pair(const at::Tensor& mu, const at::Tensor& lv, const char* a, const char* b) {
-  check_float(mu, a);
-  check_same(mu, lv, a, b);
-  TORCH_CHECK(mu.sizes() == lv.sizes(), "fastvae: ", b, " must have the shape of ", a, " ", mu.sizes(), "; got ",
-              lv.sizes());
+// The main floating operand of an op: floating, of a dtype the backend's kernels are built for.
+template <class B>
+void check_main(const char* op, const at::Tensor& t, const char* name) {
+  check_float(op, t, name);
+  B::check_dtype(op, t, name);
 }
 
-// The backward ops index their incoming gradients by the forward shapes: a wrong shape would read out of bounds.
-inline void check_grad_shape(const at::Tensor& g, at::IntArrayRef expected, const char* op, const char* name) {
-  TORCH_CHECK(g.sizes() == expected, "fastvae.", op, ": ", name, " must have shape ", expected, "; got ", g.sizes());
-}
-
+// The other operands of an op must sit with its main operand; a missing check here is a host pointer read on
+// the GPU or a wrong-dtype read, so every op checks every tensor it is given.
 template <class B>
 struct Ops {
   using Guard = typename B::Guard;
 
+  static void check_pair(const char* op, const at::Tensor& mu, const at::Tensor& lv) {
+    check_main<B>(op, mu, "mu");
+    check_like(op, mu, "mu", lv, "logvar");
+    check_shape(op, lv, "logvar", mu.sizes());
+  }
+
   static at::Tensor reparameterize(const at::Tensor& mu_, const at::Tensor& lv_, const at::Tensor& seed,
                                    std::optional<int64_t> k) {
-    check_pair(mu_, lv_, "mu", "logvar");
-    check_seed(seed, mu_);
-    TORCH_CHECK(!k.has_value() || *k >= 1, "fastvae: n_samples must be >= 1; got ", k.value_or(0));
+    constexpr const char* op = "reparameterize";
+    check_pair(op, mu_, lv_);
+    check_seed(op, seed, mu_, "mu");
+    check_n_samples(op, k);
     Guard g(mu_);
     const auto mu = mu_.contiguous(), lv = lv_.contiguous();
     auto z = at::empty(sampled_shape(mu, k), mu.options());
@@ -47,8 +51,11 @@ struct Ops {
   static std::tuple<at::Tensor, at::Tensor> reparameterize_backward(const at::Tensor& gz_, const at::Tensor& lv_,
                                                                     const at::Tensor& seed,
                                                                     std::optional<int64_t> k) {
-    TORCH_CHECK(!k.has_value() || *k >= 1, "fastvae: n_samples must be >= 1; got ", k.value_or(0));
-    check_grad_shape(gz_, sampled_shape(lv_, k), "reparameterize_backward", "grad_z");
+    constexpr const char* op = "reparameterize_backward";
+    check_main<B>(op, lv_, "logvar");
+    check_seed(op, seed, lv_, "logvar");
+    check_n_samples(op, k);
+    check_grad(op, gz_, "grad_z", sampled_shape(lv_, k), lv_, "logvar");
     Guard g(lv_);
     const auto lv = lv_.contiguous(), gz = gz_.contiguous().to(lv.scalar_type());
     auto grad_lv = at::empty_like(lv);
@@ -59,9 +66,10 @@ struct Ops {
 
   static std::tuple<at::Tensor, at::Tensor> reparameterize_kl(const at::Tensor& mu_, const at::Tensor& lv_,
                                                               const at::Tensor& seed) {
-    check_pair(mu_, lv_, "mu", "logvar");
-    check_seed(seed, mu_);
-    TORCH_CHECK(mu_.dim() >= 1, "fastvae: mu must have a batch dimension");
+    constexpr const char* op = "reparameterize_kl";
+    check_pair(op, mu_, lv_);
+    check_seed(op, seed, mu_, "mu");
+    TORCH_CHECK_VALUE(mu_.dim() >= 1, "fastvae.", op, ": mu must have a batch dimension; got a 0-dim tensor");
     Guard g(mu_);
     const auto mu = mu_.contiguous(), lv = lv_.contiguous();
     auto z = at::empty_like(mu);
@@ -73,10 +81,12 @@ struct Ops {
   static std::tuple<at::Tensor, at::Tensor> reparameterize_kl_backward(const at::Tensor& gz_, const at::Tensor& gkl_,
                                                                        const at::Tensor& mu_, const at::Tensor& lv_,
                                                                        const at::Tensor& seed) {
-    TORCH_CHECK(mu_.dim() >= 1 && mu_.sizes() == lv_.sizes(), "fastvae.reparameterize_kl_backward: mu and logvar ",
-                "must have one shape with a batch dimension; got ", mu_.sizes(), " and ", lv_.sizes());
-    check_grad_shape(gz_, mu_.sizes(), "reparameterize_kl_backward", "grad_z");
-    check_grad_shape(gkl_, {mu_.size(0)}, "reparameterize_kl_backward", "grad_kl");
+    constexpr const char* op = "reparameterize_kl_backward";
+    check_pair(op, mu_, lv_);
+    check_seed(op, seed, mu_, "mu");
+    TORCH_CHECK_VALUE(mu_.dim() >= 1, "fastvae.", op, ": mu must have a batch dimension; got a 0-dim tensor");
+    check_grad(op, gz_, "grad_z", mu_.sizes(), mu_, "mu");
+    check_grad(op, gkl_, "grad_kl", {mu_.size(0)}, mu_, "mu");
     Guard g(mu_);
     const auto mu = mu_.contiguous(), lv = lv_.contiguous();
     const auto gz = gz_.contiguous().to(mu.scalar_type());
@@ -86,17 +96,24 @@ struct Ops {
     return {grad_mu, grad_lv};
   }
 
+  static void check_tril(const char* op, const at::Tensor& L) {
+    check_main<B>(op, L, "scale_tril");
+    TORCH_CHECK_VALUE(L.dim() == 3 && L.size(1) == L.size(2), "fastvae.", op, ": scale_tril must have shape ",
+                      "(R, d, d); got ", L.sizes());
+    B::check_tril_dim(op, L.size(1));
+  }
+
   // mu (R, d), scale_tril (R, d, d); log_q and the backward's accumulators in the accumulation dtype
   static std::tuple<at::Tensor, at::Tensor> reparameterize_tril(const at::Tensor& mu_, const at::Tensor& L_,
                                                                 const at::Tensor& seed, std::optional<int64_t> k) {
-    check_float(mu_, "mu");
-    check_same(mu_, L_, "mu", "scale_tril");
-    check_seed(seed, mu_);
-    TORCH_CHECK(mu_.dim() == 2 && L_.dim() == 3 && L_.size(0) == mu_.size(0) && L_.size(1) == mu_.size(1) &&
-                    L_.size(2) == mu_.size(1),
-                "fastvae: reparameterize_tril takes mu (R, d) and scale_tril (R, d, d); got ", mu_.sizes(), " and ",
-                L_.sizes());
-    TORCH_CHECK(!k.has_value() || *k >= 1, "fastvae: n_samples must be >= 1; got ", k.value_or(0));
+    constexpr const char* op = "reparameterize_tril";
+    check_main<B>(op, mu_, "mu");
+    check_like(op, mu_, "mu", L_, "scale_tril");
+    check_seed(op, seed, mu_, "mu");
+    TORCH_CHECK_VALUE(mu_.dim() == 2, "fastvae.", op, ": mu must have shape (R, d); got ", mu_.sizes());
+    check_shape(op, L_, "scale_tril", {mu_.size(0), mu_.size(1), mu_.size(1)});
+    check_tril(op, L_);
+    check_n_samples(op, k);
     Guard g(mu_);
     const auto mu = mu_.contiguous(), L = L_.contiguous();
     const int64_t R = mu.size(0);
@@ -110,14 +127,15 @@ struct Ops {
   static std::tuple<at::Tensor, at::Tensor> reparameterize_tril_backward(const at::Tensor& gz_, const at::Tensor& glq_,
                                                                          const at::Tensor& L_, const at::Tensor& seed,
                                                                          std::optional<int64_t> k) {
-    TORCH_CHECK(L_.dim() == 3 && L_.size(1) == L_.size(2),
-                "fastvae.reparameterize_tril_backward: scale_tril must be (R, d, d); got ", L_.sizes());
-    TORCH_CHECK(!k.has_value() || *k >= 1, "fastvae: n_samples must be >= 1; got ", k.value_or(0));
+    constexpr const char* op = "reparameterize_tril_backward";
+    check_tril(op, L_);
+    check_seed(op, seed, L_, "scale_tril");
+    check_n_samples(op, k);
     std::vector<int64_t> q_shape = k.has_value() ? std::vector<int64_t>{*k, L_.size(0)} : std::vector<int64_t>{L_.size(0)};
     std::vector<int64_t> z_shape = q_shape;
     z_shape.push_back(L_.size(1));
-    check_grad_shape(gz_, z_shape, "reparameterize_tril_backward", "grad_z");
-    check_grad_shape(glq_, q_shape, "reparameterize_tril_backward", "grad_log_q");
+    check_grad(op, gz_, "grad_z", z_shape, L_, "scale_tril");
+    check_grad(op, glq_, "grad_log_q", q_shape, L_, "scale_tril");
     Guard g(L_);
     const auto L = L_.contiguous();
     const auto acc = acc_type(L.scalar_type());
@@ -128,12 +146,19 @@ struct Ops {
     return {grad_mu.to(L.scalar_type()), grad_L.to(L.scalar_type())};
   }
 
+  // x and mean (and logvar) checked against each other; the shapes of the per-sample loss
+  static LikShape check_gaussian_nll(const char* op, const at::Tensor& x, const at::Tensor& mean,
+                                     const std::optional<at::Tensor>& lv, Layout* layout) {
+    check_main<B>(op, mean, "mean");
+    check_like(op, mean, "mean", x, "x");
+    const auto sh = likelihood_shape(op, x, mean, "mean");
+    *layout = operand_layout(op, lv, mean, "mean", x.dim() - 1, "logvar");
+    return sh;
+  }
+
   static at::Tensor gaussian_nll(const at::Tensor& x_, const at::Tensor& mean_, const std::optional<at::Tensor>& lv_) {
-    check_float(mean_, "mean");
-    check_same(mean_, x_, "mean", "x");
-    if (lv_) check_same(mean_, *lv_, "mean", "logvar");
-    const auto sh = likelihood_shape(x_, mean_, "mean");
-    const Layout layout = operand_layout(lv_, mean_, x_.dim() - 1, "logvar");
+    Layout layout;
+    const auto sh = check_gaussian_nll("gaussian_nll", x_, mean_, lv_, &layout);
     Guard g(mean_);
     const auto x = x_.contiguous(), mean = mean_.contiguous();
     const auto lv = contiguous_opt(lv_);
@@ -146,23 +171,30 @@ struct Ops {
                                                                   const at::Tensor& mean_,
                                                                   const std::optional<at::Tensor>& lv_, bool need_mean,
                                                                   bool need_logvar) {
-    const auto sh = likelihood_shape(x_, mean_, "mean");
-    const Layout layout = operand_layout(lv_, mean_, x_.dim() - 1, "logvar");
-    check_grad_shape(g_, sh.out_shape, "gaussian_nll_backward", "grad");
+    constexpr const char* op = "gaussian_nll_backward";
+    Layout layout;
+    const auto sh = check_gaussian_nll(op, x_, mean_, lv_, &layout);
+    check_grad(op, g_, "grad", sh.out_shape, mean_, "mean");
     Guard guard(mean_);
     const auto x = x_.contiguous(), mean = mean_.contiguous();
     const auto g = g_.contiguous().to(acc_type(mean.scalar_type()));
     const auto lv = contiguous_opt(lv_);
     auto grad_mean = need_mean ? at::empty_like(mean) : at::empty({0}, mean.options());
-    auto grad_lv = need_logvar && lv ? at::empty_like(*lv) : at::empty({0}, mean.options());
-    B::gaussian_nll_bwd(g, x, mean, lv, layout, grad_mean, grad_lv, sh);
+    // with no rows a per-feature gradient is a sum over nothing: zeros, written here
+    auto grad_lv = need_logvar && lv ? (sh.rows == 0 ? at::zeros_like(*lv) : at::empty_like(*lv))
+                                     : at::empty({0}, mean.options());
+    if (sh.rows > 0) B::gaussian_nll_bwd(g, x, mean, lv, layout, grad_mean, grad_lv, sh);
     return {grad_mean, grad_lv};
   }
 
+  static LikShape check_bernoulli_nll(const char* op, const at::Tensor& logits, const at::Tensor& x) {
+    check_main<B>(op, logits, "logits");
+    check_like(op, logits, "logits", x, "x");
+    return likelihood_shape(op, x, logits, "logits");
+  }
+
   static at::Tensor bernoulli_nll(const at::Tensor& logits_, const at::Tensor& x_) {
-    check_float(logits_, "logits");
-    check_same(logits_, x_, "logits", "x");
-    const auto sh = likelihood_shape(x_, logits_, "logits");
+    const auto sh = check_bernoulli_nll("bernoulli_nll", logits_, x_);
     Guard g(logits_);
     const auto x = x_.contiguous(), logits = logits_.contiguous();
     auto out = at::empty(sh.out_shape, logits.options().dtype(acc_type(logits.scalar_type())));
@@ -171,8 +203,9 @@ struct Ops {
   }
 
   static at::Tensor bernoulli_nll_backward(const at::Tensor& g_, const at::Tensor& logits_, const at::Tensor& x_) {
-    const auto sh = likelihood_shape(x_, logits_, "logits");
-    check_grad_shape(g_, sh.out_shape, "bernoulli_nll_backward", "grad");
+    constexpr const char* op = "bernoulli_nll_backward";
+    const auto sh = check_bernoulli_nll(op, logits_, x_);
+    check_grad(op, g_, "grad", sh.out_shape, logits_, "logits");
     Guard guard(logits_);
     const auto x = x_.contiguous(), logits = logits_.contiguous();
     const auto g = g_.contiguous().to(acc_type(logits.scalar_type()));
@@ -181,14 +214,19 @@ struct Ops {
     return grad;
   }
 
+  static void check_kl_normal(const char* op, const at::Tensor& mu, const at::Tensor& lv,
+                              const std::optional<at::Tensor>& mp, const std::optional<at::Tensor>& lp, Layout* lm,
+                              Layout* ll) {
+    check_pair(op, mu, lv);
+    TORCH_CHECK_VALUE(mu.dim() >= 1, "fastvae.", op, ": mu must have a batch dimension; got a 0-dim tensor");
+    *lm = operand_layout(op, mp, mu, "mu", mu.dim() - 1, "mu_prior");
+    *ll = operand_layout(op, lp, mu, "mu", mu.dim() - 1, "logvar_prior");
+  }
+
   static at::Tensor kl_normal(const at::Tensor& mu_, const at::Tensor& lv_, const std::optional<at::Tensor>& mp_,
                               const std::optional<at::Tensor>& lp_) {
-    check_pair(mu_, lv_, "mu", "logvar");
-    TORCH_CHECK(mu_.dim() >= 1, "fastvae: mu must have a batch dimension");
-    if (mp_) check_same(mu_, *mp_, "mu", "mu_prior");
-    if (lp_) check_same(mu_, *lp_, "mu", "logvar_prior");
-    const Layout lm = operand_layout(mp_, mu_, mu_.dim() - 1, "mu_prior");
-    const Layout ll = operand_layout(lp_, mu_, mu_.dim() - 1, "logvar_prior");
+    Layout lm, ll;
+    check_kl_normal("kl_normal", mu_, lv_, mp_, lp_, &lm, &ll);
     Guard g(mu_);
     const auto mu = mu_.contiguous(), lv = lv_.contiguous();
     const auto mp = contiguous_opt(mp_), lp = contiguous_opt(lp_);
@@ -200,22 +238,24 @@ struct Ops {
   static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kl_normal_backward(
       const at::Tensor& g_, const at::Tensor& mu_, const at::Tensor& lv_, const std::optional<at::Tensor>& mp_,
       const std::optional<at::Tensor>& lp_, std::array<bool, 4> mask) {
-    TORCH_CHECK(mu_.dim() >= 1 && mu_.sizes() == lv_.sizes(), "fastvae.kl_normal_backward: mu and logvar must have ",
-                "one shape with a batch dimension; got ", mu_.sizes(), " and ", lv_.sizes());
-    check_grad_shape(g_, {mu_.size(0)}, "kl_normal_backward", "grad");
-    const Layout lm = operand_layout(mp_, mu_, mu_.dim() - 1, "mu_prior");
-    const Layout ll = operand_layout(lp_, mu_, mu_.dim() - 1, "logvar_prior");
+    constexpr const char* op = "kl_normal_backward";
+    Layout lm, ll;
+    check_kl_normal(op, mu_, lv_, mp_, lp_, &lm, &ll);
+    check_grad(op, g_, "grad", {mu_.size(0)}, mu_, "mu");
     Guard guard(mu_);
     const auto mu = mu_.contiguous(), lv = lv_.contiguous();
     const auto g = g_.contiguous().to(acc_type(mu.scalar_type()));
     const auto mp = contiguous_opt(mp_), lp = contiguous_opt(lp_);
-    // a fresh empty tensor per output not wanted: one shared tensor would make the outputs alias each other
+    const bool no_rows = mu.size(0) == 0;
+    // a fresh empty tensor per output not wanted: one shared tensor would make the outputs alias each other;
+    // with no rows a per-feature prior gradient is a sum over nothing: zeros, written here
     auto empty = [&] { return at::empty({0}, mu.options()); };
+    auto like = [&](const at::Tensor& t) { return no_rows ? at::zeros_like(t) : at::empty_like(t); };
     auto g_mu = mask[0] ? at::empty_like(mu) : empty();
     auto g_lv = mask[1] ? at::empty_like(lv) : empty();
-    auto g_mp = mask[2] && mp ? at::empty_like(*mp) : empty();
-    auto g_lp = mask[3] && lp ? at::empty_like(*lp) : empty();
-    B::kl_normal_bwd(g, mu, lv, mp, lm, lp, ll, g_mu, g_lv, g_mp, g_lp);
+    auto g_mp = mask[2] && mp ? like(*mp) : empty();
+    auto g_lp = mask[3] && lp ? like(*lp) : empty();
+    if (!no_rows) B::kl_normal_bwd(g, mu, lv, mp, lm, lp, ll, g_mu, g_lv, g_mp, g_lp);
     return {g_mu, g_lv, g_mp, g_lp};
   }
 };

@@ -2,7 +2,13 @@
 (run them in float64) and the "eager" baseline of the benchmarks.
 
 The random ops draw eps with torch.randn (a different stream from the kernels' Philox); pass `eps=` to
-evaluate them at given noise, e.g. the kernels' own stream, when comparing values."""
+evaluate them at given noise, e.g. the kernels' own stream, when comparing values.
+
+Finite inputs give finite outputs wherever the true value is representable, as in the kernels: a variance
+scales a term as a e^(lv/2) = (a q) q with q = e^(lv/4) (never e^lv alone, which overflows first), a zero
+factor gives 0 whatever the exponential (never 0 * inf = NaN), e^d - 1 - d is expm1(d) - d, and the
+distance-kernel parameters saturate instead of overflowing (see csrc/include/fastvae/gaussian.h and
+distances.h)."""
 import math
 
 import torch
@@ -29,11 +35,20 @@ def _lead(main, x):
     return 2 if main.dim() == x.dim() + 1 else 1
 
 
+def _mul_exp_half(a, c):
+    """a e^(c/2) as (a q) q with q = e^(c/4) (e^(c/2) alone overflows first), 0 where a == 0 whatever c is (unless
+    c is NaN): the kernels' mul_q2. c is replaced by 0 there before the exp, so that the gradient is 0 too (a where()
+    after it would give 0 * inf = NaN)."""
+    c = torch.where((a == 0) & ~c.isnan(), torch.zeros_like(c), c)
+    q = torch.exp(0.25 * c)
+    return (a * q) * q
+
+
 def reparameterize(mu, logvar, *, n_samples=None, generator=None, eps=None):
     shape = mu.shape if n_samples is None else (n_samples, *mu.shape)
     if eps is None:
         eps = torch.randn(shape, dtype=mu.dtype, device=mu.device, generator=generator)
-    return mu + torch.exp(0.5 * logvar) * eps.reshape(shape)
+    return mu + _mul_exp_half(eps.reshape(shape), logvar)
 
 
 def reparameterize_kl(mu, logvar, *, generator=None, eps=None):
@@ -56,7 +71,8 @@ def reparameterize_tril(mu, scale_tril, *, n_samples=None, generator=None, eps=N
 def gaussian_nll(x, mean, logvar=None, *, reduction="mean"):
     if logvar is None:
         logvar = torch.zeros((), dtype=mean.dtype, device=mean.device)
-    elem = 0.5 * ((x - mean) ** 2 * torch.exp(-logvar) + logvar + _LOG_2PI)
+    s = _mul_exp_half(x - mean, -logvar)  # (x - mean) e^(-lv/2)
+    elem = 0.5 * (s * s + logvar + _LOG_2PI)
     elem = elem.expand(mean.shape)
     return _reduce(_per_sample(elem, _lead(mean, x)), reduction)
 
@@ -83,11 +99,13 @@ def bernoulli_nll(logits, x, *, reduction="mean"):
 
 def kl_normal(mu, logvar, mu_prior=None, logvar_prior=None, *, reduction="mean"):
     if mu_prior is None and logvar_prior is None:
-        elem = 0.5 * (mu * mu + torch.exp(logvar) - 1 - logvar)
+        elem = 0.5 * (mu * mu + torch.expm1(logvar) - logvar)
     else:
         mp = torch.zeros_like(mu) if mu_prior is None else mu_prior
         lp = torch.zeros_like(mu) if logvar_prior is None else logvar_prior
-        elem = 0.5 * (lp - logvar + torch.exp(logvar - lp) + (mu - mp) ** 2 * torch.exp(-lp) - 1)
+        d = logvar - lp  # e^d - 1 - d: the ratio of the variances, finite for two tiny (or huge) ones
+        s = _mul_exp_half(mu - mp, -lp)  # (mu - mp) e^(-lp/2)
+        elem = 0.5 * (torch.expm1(d) - d + s * s)
     elem = elem.expand(mu.shape)
     return _reduce(_per_sample(elem, 1), reduction)
 
@@ -105,18 +123,27 @@ def _safe_sqrt(u):
     return torch.where(pos, torch.where(pos, u, torch.ones_like(u)).sqrt(), torch.zeros_like(u))
 
 
+def _kernel_param(p, dtype):
+    """A kernel parameter computed in double, saturated at the dtype's largest finite value (a tiny bandwidth):
+    k(0) = 1 and k(u > 0) = 0 are then the limits, as in the kernels."""
+    return min(p, torch.finfo(dtype).max)
+
+
+def _inv(v):
+    return math.inf if v == 0 else 1.0 / v
+
+
 def _pair_kernel(u, kernel, bandwidths, d):
     if kernel == "energy":
         return -_safe_sqrt(u)
     k = torch.zeros_like(u)
     for h in bandwidths:
-        if kernel == "rbf":
-            k = k + torch.exp(-u / (2 * h * h))
-        elif kernel == "imq":
-            c = 2.0 * d * h * h
-            k = k + c / (c + u)
-        elif kernel == "laplacian":
-            k = k + torch.exp(-_safe_sqrt(u) / h)
+        if kernel == "rbf":  # exp(-u / (2 h^2))
+            k = k + torch.exp(-u * _kernel_param(0.5 * _inv(h * h), u.dtype))
+        elif kernel == "imq":  # C / (C + u) = 1 / (1 + u / C), C = 2 d h^2 (which overflows for a huge h)
+            k = k + 1 / (1 + u * _kernel_param(0.5 * _inv(d * h * h), u.dtype))
+        elif kernel == "laplacian":  # exp(-|x - y| / h)
+            k = k + torch.exp(-_safe_sqrt(u) * _kernel_param(_inv(h), u.dtype))
         else:
             raise ValueError(f"kernel must be one of ('rbf', 'imq', 'laplacian', 'energy'); got {kernel!r}")
     return k
@@ -139,9 +166,10 @@ def mmd(x, y=None, *, kernel="imq", bandwidth=1.0, estimator="unbiased", generat
     d = x.shape[-1]
     xx = _mean_pairs(x, x, kernel, bws, unbiased, True)
     if y is None and kernel == "rbf":
-        yy = sum((h * h / (h * h + 2)) ** (d / 2) for h in bws)
+        # (h^2 / (h^2 + c))^(d/2) as exp(-d/2 log1p(c / h^2)): h^2 may over- or underflow
+        yy = sum(math.exp(-d / 2 * math.log1p(2 * _inv(h * h))) for h in bws)
         n2 = (x * x).sum(-1)
-        xy = sum((h * h / (h * h + 1)) ** (d / 2) * torch.exp(-n2 / (2 * (h * h + 1))) for h in bws).mean(-1)
+        xy = sum(math.exp(-d / 2 * math.log1p(_inv(h * h))) * torch.exp(-n2 / (2 * (h * h + 1))) for h in bws).mean(-1)
         return xx + yy - 2 * xy
     if y is None:
         y = prior_samples if prior_samples is not None else torch.randn(

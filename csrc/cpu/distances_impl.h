@@ -9,7 +9,9 @@
 //   grad_tile   backward only: G += W * rows of the panel, register-blocked over d.
 // Both sets are centred on the mean of x first (every kernel is translation invariant), which keeps the
 // dot-product form of |a - b|^2 from cancelling. Each task owns a block of kTile rows; its partial sums are
-// float per tile, double across tiles (blocked summation), and tasks combine in a fixed order: the result
+// T over the kTile columns of one row and one bandwidth, double above that (bandwidths, rows, tiles: blocked
+// summation, whose error bound does not grow with the number of bandwidths or pairs; a pair's gradient weight is
+// summed over blocks of 8 bandwidths in T, the blocks in double), and tasks combine in a fixed order: the result
 // does not depend on the thread count. Memory: the packed sets, O((N + M) d), plus O(kTile d) per task.
 //
 // Sliced-Wasserstein: one task per (batch, direction) row: LSD radix sort (8-bit digits, stable) of the
@@ -73,8 +75,9 @@ struct Packed {
   const T* panel(index_t p) const { return panels.data() + p * dp * kTile; }
 };
 
+// inv_scale: 1 / data_scale(), a power of two (exact)
 template <class T>
-void pack(const T* src, index_t n, index_t d, const double* center, Packed<T>& out) {
+void pack(const T* src, index_t n, index_t d, const double* center, T inv_scale, Packed<T>& out) {
   constexpr int W = VecOf<T>::W;
   out.n = n;
   out.np = (n + kTile - 1) / kTile * kTile;
@@ -91,7 +94,7 @@ void pack(const T* src, index_t n, index_t d, const double* center, Packed<T>& o
       for (index_t i = p * kTile; i < std::min(n, (p + 1) * kTile); ++i) {
         T s = 0;
         for (index_t k = 0; k < d; ++k) {
-          const T v = static_cast<T>(src[i * d + k] - (center ? static_cast<T>(center[k]) : T(0)));
+          const T v = static_cast<T>(src[i * d + k] - (center ? static_cast<T>(center[k]) : T(0))) * inv_scale;
           rows[i * dp + k] = v;
           panels[(p * dp + k) * kTile + (i - p * kTile)] = v;
           s += v * v;
@@ -100,6 +103,17 @@ void pack(const T* src, index_t n, index_t d, const double* center, Packed<T>& o
       }
     }
   });
+}
+
+// max_i,k |x[i, k] - c[k]| (as pack rounds the differences), in double; NaN if any is NaN
+template <class T>
+double max_abs_centred(const T* x, index_t n, index_t d, const double* c, double m) {
+  for (index_t i = 0; i < n; ++i)
+    for (index_t k = 0; k < d; ++k) {
+      const double v = std::fabs(static_cast<double>(static_cast<T>(x[i * d + k] - static_cast<T>(c[k]))));
+      m = v <= m ? m : v;  // a NaN replaces m, and stays
+    }
+  return m;
 }
 
 // mean of the rows of x (n x d), in double
@@ -193,10 +207,49 @@ T kernel_sum(const T* FV_R u, T p, index_t jn) {
   return s;
 }
 
+// The gradient weight of a pair summed over the bandwidths: blocks of kBwBlock bandwidths in T, the blocks in
+// double (blocked summation: the error bound, kBwBlock eps of the magnitudes, does not grow with the number of
+// bandwidths, and up to kBwBlock bandwidths cost one conversion per pair).
+constexpr int kBwBlock = 8;
+
+// wf[j] = c dk/du(u[j]) of one bandwidth (the first of a block), and += for the others
 template <class T, DistKernel K>
-void kernel_grad_add(const T* FV_R u, T p, T coef, T* FV_R w, index_t jn) {
+void kernel_grad_set(const T* FV_R u, T p, T c, T* FV_R wf, index_t jn) {
 #pragma omp simd
-  for (index_t j = 0; j < jn; ++j) w[j] += coef * PairKernel<K>::dk_du(u[j], p);
+  for (index_t j = 0; j < jn; ++j) wf[j] = c * PairKernel<K>::dk_du(u[j], p);
+}
+
+template <class T, DistKernel K>
+void kernel_grad_add(const T* FV_R u, T p, T c, T* FV_R wf, index_t jn) {
+#pragma omp simd
+  for (index_t j = 0; j < jn; ++j) wf[j] += c * PairKernel<K>::dk_du(u[j], p);
+}
+
+// wd[j] (+)= wf[j] in double
+template <class T>
+void add_block_sum(const T* FV_R wf, double* FV_R wd, bool first, index_t jn) {
+#pragma omp simd
+  for (index_t j = 0; j < jn; ++j) wd[j] = (first ? 0.0 : wd[j]) + static_cast<double>(wf[j]);
+}
+
+// w[j] = coef sum_h dk/du(u[j]; params[h])
+template <class T, DistKernel K>
+void pair_weights(const T* FV_R u, const T* params, int nbw, double coef, T* FV_R w, index_t jn) {
+  const T c = static_cast<T>(coef);
+  if (nbw <= kBwBlock) {  // one block (the usual case): straight into w
+    kernel_grad_set<T, K>(u, params[0], c, w, jn);
+    for (int h = 1; h < nbw; ++h) kernel_grad_add<T, K>(u, params[h], c, w, jn);
+    return;
+  }
+  alignas(64) T wf[kTile];
+  alignas(64) double wd[kTile];
+  for (int h0 = 0; h0 < nbw; h0 += kBwBlock) {
+    kernel_grad_set<T, K>(u, params[h0], c, wf, jn);
+    for (int h = h0 + 1; h < std::min(nbw, h0 + kBwBlock); ++h) kernel_grad_add<T, K>(u, params[h], c, wf, jn);
+    add_block_sum(wf, wd, h0 == 0, jn);
+  }
+#pragma omp simd
+  for (index_t j = 0; j < jn; ++j) w[j] = static_cast<T>(wd[j]);
 }
 
 template <class T>
@@ -213,6 +266,8 @@ T row_sum(const T* FV_R w, index_t jn) {
 // Sum of k(a_i, b_j) over the rows i of block `ib` of A and the columns j of panels [jb0, jb1) of B.
 // diag: A and B are the same set; the pair i = j is left out, and panels after ib count twice (the other
 // triangle), so that jb0 = ib gives the sum over all i != j of the block's rows.
+// Blocked summation: one row's kTile kernel values of one bandwidth are summed in T, everything above that
+// (bandwidths, rows, panels) in double, so the error bound does not grow with the number of bandwidths or pairs.
 template <class T, DistKernel K>
 double pair_sum(const Packed<T>& A, index_t ib, const Packed<T>& Bs, index_t jb0, index_t jb1, const T* params,
                 int nbw, bool diag) {
@@ -225,7 +280,7 @@ double pair_sum(const Packed<T>& A, index_t ib, const Packed<T>& Bs, index_t jb0
     const T* panel = Bs.panel(jb);
     const T* nb = Bs.norms.data() + j0;
     const double weight = diag && jb != ib ? 2.0 : 1.0;
-    T tile = 0;
+    double tile = 0;
     for (index_t i0 = ib * kTile; i0 < i_end; i0 += kRg) {
       dot_tile(A.row(i0), panel, A.dp, D);
       for (int r = 0; r < kRg && i0 + r < i_end; ++r) {
@@ -234,19 +289,20 @@ double pair_sum(const Packed<T>& A, index_t ib, const Packed<T>& Bs, index_t jb0
         for (int h = 0; h < nbw; ++h) {
           T s = kernel_sum<T, K>(u, params[h], jn);
           if (dj >= 0) s -= PairKernel<K>::value(u[dj], params[h]);
-          tile += s;
+          tile += static_cast<double>(s);
         }
       }
     }
-    total += weight * static_cast<double>(tile);
+    total += weight * tile;
   }
   return total;
 }
 
 // For the rows of block ib of A: s_i += sum_j coef dk/du(a_i, b_j) and G_i += sum_j coef dk/du(a_i, b_j) b_j
-// over every column of Bs (the pair i = j left out when diag).
+// over every column of Bs (the pair i = j left out when diag). A pair's weight is summed over the bandwidths by
+// pair_weights and rounded to T once; the sums over j are blocked (T within a panel, double across).
 template <class T, DistKernel K>
-void grad_sums(const Packed<T>& A, index_t ib, const Packed<T>& Bs, const T* params, int nbw, T coef, bool diag,
+void grad_sums(const Packed<T>& A, index_t ib, const Packed<T>& Bs, const T* params, int nbw, double coef, bool diag,
                double* s, double* G) {
   alignas(64) T D[kRg * kTile];
   alignas(64) T u[kTile];
@@ -262,7 +318,7 @@ void grad_sums(const Packed<T>& A, index_t ib, const Packed<T>& Bs, const T* par
       std::fill(w, w + kRg * kTile, T(0));
       for (int r = 0; r < kRg && i0 + r < i_end; ++r) {
         sq_dist_row(A.norms[i0 + r], nb, D + r * kTile, u);
-        for (int h = 0; h < nbw; ++h) kernel_grad_add<T, K>(u, params[h], coef, w + r * kTile, jn);
+        pair_weights<T, K>(u, params, nbw, coef, w + r * kTile, jn);
         const index_t dj = diag ? i0 + r - j0 : -1;
         if (dj >= 0 && dj < jn) w[r * kTile + dj] = 0;
         s[i0 + r - ib * kTile] += static_cast<double>(row_sum(w + r * kTile, jn));
@@ -272,25 +328,33 @@ void grad_sums(const Packed<T>& A, index_t ib, const Packed<T>& Bs, const T* par
   }
 }
 
+// the kernel parameters on points divided by `scale`
 template <class T>
-std::vector<double> params_of(const MmdProblem<T>& pr) {
-  std::vector<double> p(static_cast<size_t>(pr.n_bw));
-  for (int h = 0; h < pr.n_bw; ++h) p[h] = kernel_param(pr.kernel, pr.bandwidths[h], static_cast<double>(pr.d));
+std::vector<T> params_of(const MmdProblem<T>& pr, double scale) {
+  std::vector<T> p(static_cast<size_t>(pr.n_bw));
+  for (int h = 0; h < pr.n_bw; ++h)
+    p[h] = kernel_param_as<T>(pr.kernel, pr.bandwidths[h], static_cast<double>(pr.d), scale);
   return p;
 }
 
-// Packs batch b's x and y (y absent: the closed-form prior, no centring).
+// Packs batch b's x and y, centred on the mean of x and divided by data_scale() of the result; returns that
+// scale. y absent: the closed-form prior, neither centred nor scaled (it is not translation or scale invariant).
 template <class T>
-void pack_batch(const MmdProblem<T>& pr, index_t b, Packed<T>& X, Packed<T>& Y) {
+double pack_batch(const MmdProblem<T>& pr, index_t b, Packed<T>& X, Packed<T>& Y) {
   const T* x = pr.x + b * pr.N * pr.d;
-  if (pr.y) {
-    std::vector<double> c(static_cast<size_t>(pr.d));
-    column_mean(x, pr.N, pr.d, c.data());
-    pack(x, pr.N, pr.d, c.data(), X);
-    pack(pr.y + b * pr.M * pr.d, pr.M, pr.d, c.data(), Y);
-  } else {
-    pack(x, pr.N, pr.d, nullptr, X);
+  if (!pr.y) {
+    pack(x, pr.N, pr.d, nullptr, T(1), X);
+    return 1.0;
   }
+  const T* y = pr.y + b * pr.M * pr.d;
+  std::vector<double> c(static_cast<size_t>(pr.d));
+  column_mean(x, pr.N, pr.d, c.data());
+  const double scale =
+      data_scale<T>(max_abs_centred(y, pr.M, pr.d, c.data(), max_abs_centred(x, pr.N, pr.d, c.data(), 0.0)));
+  const T inv = static_cast<T>(1.0 / scale);
+  pack(x, pr.N, pr.d, c.data(), inv, X);
+  pack(y, pr.M, pr.d, c.data(), inv, Y);
+  return scale;
 }
 
 // Tasks over the row blocks of a triangle, ordered 0, n-1, 1, n-2, ...: contiguous ranges of tasks (one per
@@ -299,13 +363,11 @@ inline index_t zigzag(index_t t, index_t n) { return (t & 1) ? n - 1 - (t >> 1) 
 
 template <class T, DistKernel K>
 void mmd_fwd_k(const MmdProblem<T>& pr, T* out) {
-  const std::vector<double> pd = params_of(pr);
-  std::vector<T> params(pd.begin(), pd.end());
   const MmdCoefs c = mmd_coefs(pr.N, pr.M, pr.unbiased);
   const double k0 = kernel_at_zero(pr.kernel) * pr.n_bw;
   for (index_t b = 0; b < pr.B; ++b) {
     Packed<T> X, Y;
-    pack_batch(pr, b, X, Y);
+    const std::vector<T> params = params_of(pr, pack_batch(pr, b, X, Y));
     const index_t nbx = X.np / kTile, nby = pr.y ? Y.np / kTile : 0;
     // tasks: [0, nbx) xx triangle, [nbx, 2 nbx) xy rows, [2 nbx, 2 nbx + nby) yy triangle
     const index_t ntask = 2 * nbx + nby;
@@ -347,10 +409,11 @@ void mmd_fwd_k(const MmdProblem<T>& pr, T* out) {
 }
 
 // grad of set A's rows: g (s_i a_i - G_i) with s, G from the same-set pairs (coefficient 4 c_same: each
-// unordered pair appears twice and d|a-b|^2/da = 2 (a - b)) and the cross pairs (2 c_cross).
+// unordered pair appears twice and d|a-b|^2/da = 2 (a - b)) and the cross pairs (2 c_cross), times inv_scale:
+// on points divided by s, dk/du = s^-2 dk/du' and a - b = s (a' - b').
 template <class T, DistKernel K>
-void mmd_grad_rows(const Packed<T>& A, const Packed<T>* Bs, const T* params, int nbw, T coef_same, T coef_cross,
-                   const double* extra_s, index_t d, T* grad) {
+void mmd_grad_rows(const Packed<T>& A, const Packed<T>* Bs, const T* params, int nbw, double coef_same,
+                   double coef_cross, const double* extra_s, double inv_scale, index_t d, T* grad) {
   const index_t nb = A.np / kTile, dp = A.dp;
   parallel_for(0, nb, 1, [&](index_t tb, index_t te) {
     std::vector<double> s(kTile), G(static_cast<size_t>(kTile * dp));
@@ -364,7 +427,7 @@ void mmd_grad_rows(const Packed<T>& A, const Packed<T>* Bs, const T* params, int
         const double si = s[r] + (extra_s ? extra_s[i] : 0.0);
         const T* a = A.row(i);
         for (index_t k = 0; k < d; ++k)
-          grad[i * d + k] = static_cast<T>(si * static_cast<double>(a[k]) - G[r * dp + k]);
+          grad[i * d + k] = static_cast<T>((si * static_cast<double>(a[k]) - G[r * dp + k]) * inv_scale);
       }
     }
   });
@@ -372,12 +435,11 @@ void mmd_grad_rows(const Packed<T>& A, const Packed<T>* Bs, const T* params, int
 
 template <class T, DistKernel K>
 void mmd_bwd_k(const MmdProblem<T>& pr, const T* g, T* grad_x, T* grad_y) {
-  const std::vector<double> pd = params_of(pr);
-  std::vector<T> params(pd.begin(), pd.end());
   const MmdCoefs c = mmd_coefs(pr.N, pr.M, pr.unbiased);
   for (index_t b = 0; b < pr.B; ++b) {
     Packed<T> X, Y;
-    pack_batch(pr, b, X, Y);
+    const double scale = pack_batch(pr, b, X, Y);
+    const std::vector<T> params = params_of(pr, scale);
     const double gb = static_cast<double>(g[b]);
     std::vector<double> extra;
     if (!pr.y) {  // d/dx_i of -2/N sum_h a_h exp(-|x_i|^2 / (2 (h^2 + 1))) = s_i x_i
@@ -391,12 +453,11 @@ void mmd_bwd_k(const MmdProblem<T>& pr, const T* g, T* grad_x, T* grad_y) {
         extra[i] = gb * 2.0 / static_cast<double>(pr.N) * e;
       }
     }
-    mmd_grad_rows<T, K>(X, pr.y ? &Y : nullptr, params.data(), pr.n_bw, static_cast<T>(4.0 * c.xx * gb),
-                        static_cast<T>(2.0 * c.xy * gb), pr.y ? nullptr : extra.data(), pr.d,
-                        grad_x + b * pr.N * pr.d);
+    mmd_grad_rows<T, K>(X, pr.y ? &Y : nullptr, params.data(), pr.n_bw, 4.0 * c.xx * gb, 2.0 * c.xy * gb,
+                        pr.y ? nullptr : extra.data(), 1.0 / scale, pr.d, grad_x + b * pr.N * pr.d);
     if (grad_y && pr.y)
-      mmd_grad_rows<T, K>(Y, &X, params.data(), pr.n_bw, static_cast<T>(4.0 * c.yy * gb),
-                          static_cast<T>(2.0 * c.xy * gb), nullptr, pr.d, grad_y + b * pr.M * pr.d);
+      mmd_grad_rows<T, K>(Y, &X, params.data(), pr.n_bw, 4.0 * c.yy * gb, 2.0 * c.xy * gb, nullptr, 1.0 / scale,
+                          pr.d, grad_y + b * pr.M * pr.d);
   }
 }
 
@@ -535,27 +596,27 @@ std::vector<T> normal_targets(index_t N) {
   return q;
 }
 
-// sum_i |xs_i - t_i|^p over one sorted row, blocked: float within blocks of 256, double across
+// sum_i |xs_i - t_i|^p over one sorted row, in double: the difference of two huge values (and its square) does
+// not overflow T, and the rounding of the sum (~N eps of double) stays far below T's
 template <class T>
 double sw_row(const T* FV_R xs, const T* FV_R t, index_t N, double p) {
-  double total = 0;
-  for (index_t i0 = 0; i0 < N; i0 += 256) {
-    const index_t n = std::min<index_t>(256, N - i0);
-    const T* a = xs + i0;
-    const T* b = t + i0;
-    T s = 0;
-    if (p == 2.0) {
+  double s = 0;
+  if (p == 2.0) {
 #pragma omp simd reduction(+ : s)
-      for (index_t i = 0; i < n; ++i) s += (a[i] - b[i]) * (a[i] - b[i]);
-    } else if (p == 1.0) {
-#pragma omp simd reduction(+ : s)
-      for (index_t i = 0; i < n; ++i) s += a[i] > b[i] ? a[i] - b[i] : b[i] - a[i];
-    } else {
-      for (index_t i = 0; i < n; ++i) s += static_cast<T>(abs_pow(static_cast<double>(a[i] - b[i]), p));
+    for (index_t i = 0; i < N; ++i) {
+      const double dd = static_cast<double>(xs[i]) - static_cast<double>(t[i]);
+      s += dd * dd;
     }
-    total += static_cast<double>(s);
+  } else if (p == 1.0) {
+#pragma omp simd reduction(+ : s)
+    for (index_t i = 0; i < N; ++i) {
+      const double dd = static_cast<double>(xs[i]) - static_cast<double>(t[i]);
+      s += dd < 0 ? -dd : dd;
+    }
+  } else {
+    for (index_t i = 0; i < N; ++i) s += abs_pow(static_cast<double>(xs[i]) - static_cast<double>(t[i]), p);
   }
-  return total;
+  return s;
 }
 
 template <class T>
@@ -579,22 +640,23 @@ void sw_fwd(const T* px, const T* py, T* out, int32_t* perm_x, int32_t* perm_y, 
   }
 }
 
-// d|d|^p/dd scaled by `scale`, in T for p = 1 and 2 (the common cases), through double otherwise
+// d|d|^p/dd scaled by `scale`, in double (as the forward: no overflow of the difference), rounded once to T
 template <class T>
 void sw_grad_row(const T* FV_R x, const int32_t* FV_R permx, const T* FV_R t, T* FV_R gx, index_t N, double p,
                  double scale, T* FV_R gsorted) {
   if (p == 2.0) {
-    const T s2 = static_cast<T>(2.0 * scale);
-    for (index_t i = 0; i < N; ++i) gsorted[i] = s2 * (x[permx[i]] - t[i]);
+    for (index_t i = 0; i < N; ++i)
+      gsorted[i] = static_cast<T>(2.0 * scale * (static_cast<double>(x[permx[i]]) - static_cast<double>(t[i])));
   } else if (p == 1.0) {
     const T s1 = static_cast<T>(scale);
     for (index_t i = 0; i < N; ++i) {
-      const T dd = x[permx[i]] - t[i];
-      gsorted[i] = dd > T(0) ? s1 : (dd < T(0) ? -s1 : T(0));
+      const T xi = x[permx[i]];
+      gsorted[i] = xi > t[i] ? s1 : (xi < t[i] ? -s1 : T(0));
     }
   } else {
     for (index_t i = 0; i < N; ++i)
-      gsorted[i] = static_cast<T>(scale * abs_pow_grad(static_cast<double>(x[permx[i]] - t[i]), p));
+      gsorted[i] =
+          static_cast<T>(scale * abs_pow_grad(static_cast<double>(x[permx[i]]) - static_cast<double>(t[i]), p));
   }
   for (index_t i = 0; i < N; ++i) gx[permx[i]] = gsorted[i];
 }

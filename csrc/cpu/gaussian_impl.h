@@ -246,7 +246,7 @@ void for_blocks(index_t i0, index_t i1, const F& blk) {
 template <class T>
 void reparam_block(const T* FV_R mu, const T* FV_R lv, const float* FV_R eps, T* FV_R z, index_t n) {
 #pragma omp simd
-  for (index_t t = 0; t < n; ++t) z[t] = mu[t] + fv_exp(T(0.5) * lv[t]) * static_cast<T>(eps[t]);
+  for (index_t t = 0; t < n; ++t) z[t] = reparam_z(mu[t], quarter_exp(lv[t]), static_cast<T>(eps[t]));
 }
 
 template <class T>
@@ -254,11 +254,11 @@ T reparam_kl_block(const T* FV_R mu, const T* FV_R lv, const float* FV_R eps, T*
   T s = 0;
 #pragma omp simd reduction(+ : s)
   for (index_t t = 0; t < n; ++t) {
-    const T sd = fv_exp(T(0.5) * lv[t]);
-    z[t] = mu[t] + sd * static_cast<T>(eps[t]);
-    s += mu[t] * mu[t] + sd * sd - T(1) - lv[t];  // 2 KL: e^lv = sd^2 saves an exp
+    const T q = quarter_exp(lv[t]);
+    z[t] = reparam_z(mu[t], q, static_cast<T>(eps[t]));
+    s += kl_std_term_q(mu[t], lv[t], q);  // e^lv from the same exp
   }
-  return T(0.5) * s;
+  return s;
 }
 
 template <class T>
@@ -266,26 +266,27 @@ void reparam_kl_bwd_block(const T* FV_R gz, T gk, const T* FV_R mu, const T* FV_
                           T* FV_R gmu, T* FV_R glv, index_t n) {
 #pragma omp simd
   for (index_t t = 0; t < n; ++t) {
-    const T sd = fv_exp(T(0.5) * lv[t]);
+    const T q = quarter_exp(lv[t]);
     gmu[t] = gz[t] + gk * mu[t];
-    glv[t] = T(0.5) * (gz[t] * sd * static_cast<T>(eps[t]) + gk * (sd * sd - T(1)));
+    // (gz e^(lv/2) eps + gk (e^lv - 1)) / 2, each product finite where it is (a zero gk with a huge lv: 0)
+    glv[t] = T(0.5) * (mul_q2(gz[t] * static_cast<T>(eps[t]), q) + kl_std_grad_q(gk, lv[t], q));
   }
 }
 
+// acc_lv += g eps (the sum over samples is scaled by e^(lv/2) / 2 once, in reparam_bwd_finish)
 template <class T>
-void half_std_block(const T* FV_R lv, T* FV_R out, index_t n) {
-#pragma omp simd
-  for (index_t t = 0; t < n; ++t) out[t] = T(0.5) * fv_exp(T(0.5) * lv[t]);
-}
-
-template <class T>
-void reparam_bwd_accum(const T* FV_R g, const T* FV_R half_sd, const float* FV_R eps, T* FV_R acc_lv,
-                       T* FV_R acc_mu, index_t n) {
+void reparam_bwd_accum(const T* FV_R g, const float* FV_R eps, T* FV_R acc_lv, T* FV_R acc_mu, index_t n) {
 #pragma omp simd
   for (index_t t = 0; t < n; ++t) {
-    acc_lv[t] += g[t] * half_sd[t] * static_cast<T>(eps[t]);
+    acc_lv[t] += g[t] * static_cast<T>(eps[t]);
     acc_mu[t] += g[t];
   }
+}
+
+template <class T>
+void reparam_bwd_finish(const T* FV_R acc_lv, const T* FV_R lv, T* FV_R grad_lv, index_t n) {
+#pragma omp simd
+  for (index_t t = 0; t < n; ++t) grad_lv[t] = T(0.5) * mul_q2(acc_lv[t], quarter_exp(lv[t]));
 }
 
 template <class T>
@@ -318,12 +319,7 @@ template <class T>
 void gaussian_nll_bwd_block(T g, const T* FV_R x, const T* FV_R m, const T* FV_R lv, T* FV_R dm, T* FV_R dl,
                             index_t n) {
 #pragma omp simd
-  for (index_t t = 0; t < n; ++t) {
-    const T iv = fv_exp(-lv[t]);
-    const T d = m[t] - x[t];
-    dm[t] = g * d * iv;
-    dl[t] = g * T(0.5) * (T(1) - d * d * iv);
-  }
+  for (index_t t = 0; t < n; ++t) gaussian_nll_term_grad(g, x[t], m[t], lv[t], &dm[t], &dl[t]);
 }
 
 template <class T>
@@ -360,14 +356,7 @@ template <class T>
 void kl_bwd_block(T g, const T* FV_R mu, const T* FV_R lv, const T* FV_R mp, const T* FV_R lp, T* FV_R dmu,
                   T* FV_R dlv, T* FV_R dmp, T* FV_R dlp, index_t n) {
 #pragma omp simd
-  for (index_t t = 0; t < n; ++t) {
-    T a, b, c, d;
-    kl_term_grad(mu[t], lv[t], mp[t], lp[t], &a, &b, &c, &d);
-    dmu[t] = g * a;
-    dlv[t] = g * b;
-    dmp[t] = g * c;
-    dlp[t] = g * d;
-  }
+  for (index_t t = 0; t < n; ++t) kl_term_grad(g, mu[t], lv[t], mp[t], lp[t], &dmu[t], &dlv[t], &dmp[t], &dlp[t]);
 }
 
 template <class T>
@@ -414,14 +403,13 @@ template <class T>
 void reparam_bwd(const T* gz, const T* lv, T* grad_mu, T* grad_lv, index_t numel, index_t n_samples, uint64_t key) {
   for_segments(1, numel, [&](index_t, index_t i0, index_t i1) {
     for_blocks(i0, i1, [&](index_t b, index_t n) {
-      T acc_lv[kBlock] = {}, acc_mu[kBlock] = {}, half_sd[kBlock];
-      half_std_block(lv + b, half_sd, n);
+      T acc_lv[kBlock] = {}, acc_mu[kBlock] = {};
       for (index_t s = 0; s < n_samples; ++s) {
         float eps[kBlock];
         fill_normals(key, s * numel + b, n, eps);
-        reparam_bwd_accum(gz + s * numel + b, half_sd, eps, acc_lv, acc_mu, n);
+        reparam_bwd_accum(gz + s * numel + b, eps, acc_lv, acc_mu, n);
       }
-      copy_block(acc_lv, grad_lv + b, n);
+      reparam_bwd_finish(acc_lv, lv + b, grad_lv + b, n);
       if (grad_mu) copy_block(acc_mu, grad_mu + b, n);
     });
   });

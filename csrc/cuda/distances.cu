@@ -3,14 +3,15 @@
 // pointers, sizes, a cudaStream_t; the binding is ops_distances_cuda.cpp.
 //
 // MMD, launch shapes and bytes moved:
-//   prep     column means of x (grid (ceil(d/32), B), 32x32 threads) and |row - mean|^2 of x and y
-//            (one thread per row): reads (N + M) d elements.
+//   prep     column means of x (grid (ceil(d/32), B), 32x32 threads), the scale of the centred points (one block
+//            per batch: data_scale() of the largest |coordinate|; the tiles divide the points by it, exactly) and
+//            |row - mean|^2 / scale^2 of x and y (one thread per row): reads 3 (N + M) d elements.
 //   forward  one block of 256 threads per 64 x 64 tile of pairs (upper triangles for x-x and y-y, all of x-y),
 //            grid (tiles, B). Each thread holds a 4 x 4 block of dot products in registers; the two 64 x 32
 //            operand slices are staged in shared memory, centred on the mean of x (every kernel is translation
 //            invariant, and centring keeps |a|^2 + |b|^2 - 2 a.b from cancelling). Every bandwidth's kernel is
-//            applied in registers; the tile's sum goes to a per-tile double partial (no atomics), and
-//            `mmd_finish` adds the partials of a batch in a fixed order: bitwise reproducible.
+//            applied in registers (compensated sums); the tile's sum goes to a per-tile double partial (no
+//            atomics), and `mmd_finish` adds the partials of a batch in a fixed order: bitwise reproducible.
 //            Reads 2 * 64 * d elements per tile: ~ d / 32 FLOP per byte on the dot products alone.
 //   backward one block per 64 rows of x (or y), grid (row blocks, B), looping over every panel of 64 columns
 //            of both sets: dot products as in forward, then w = dk/du in shared memory and G += W * panel with
@@ -50,9 +51,17 @@ struct Dev {
   const T* center;  // (B, d) or null
   const T* nx;      // (B, N) |x - c|^2
   const T* ny;      // (B, M)
+  const T* scale;   // (B,) data_scale() of the centred points (they are divided by it), or null: 1
   index_t N, M, d;
+  DistKernel kernel;
   int n_bw;
-  T params[kMaxBandwidths];
+  double bw[kMaxBandwidths];
+  // the kernel parameters of batch b (they depend on its scale) and 1 / scale
+  __device__ __forceinline__ T load_params(index_t b, T* params) const {
+    const double s = scale ? static_cast<double>(scale[b]) : 1.0;
+    for (int h = 0; h < n_bw; ++h) params[h] = kernel_param_as<T>(kernel, bw[h], static_cast<double>(d), s);
+    return static_cast<T>(1.0 / s);
+  }
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -75,15 +84,44 @@ __global__ void column_mean_kernel(const T* __restrict__ x, index_t N, index_t d
   }
 }
 
+// One block per batch: data_scale() of max |x - c| and |y - c| over its rows (the centred coordinates, rounded as
+// the tiles round them; a NaN gives 1).
+template <class T>
+__global__ void __launch_bounds__(kThreads) scale_kernel(const T* __restrict__ x, const T* __restrict__ y, index_t N,
+                                                         index_t M, index_t d, const T* __restrict__ center,
+                                                         T* __restrict__ scale) {
+  __shared__ double red[kThreads];
+  const index_t b = blockIdx.x;
+  const T* c = center + b * d;
+  double m = 0;
+  for (index_t t = threadIdx.x; t < (N + M) * d; t += kThreads) {
+    const index_t k = t % d;
+    const T v = t < N * d ? x[b * N * d + t] - c[k] : y[b * M * d + t - N * d] - c[k];
+    const double a = fabs(static_cast<double>(v));
+    m = a <= m ? m : a;  // a NaN replaces m, and stays
+  }
+  red[threadIdx.x] = m;
+  __syncthreads();
+  for (int w = kThreads / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) {
+      const double o = red[threadIdx.x + w];
+      red[threadIdx.x] = o <= red[threadIdx.x] ? red[threadIdx.x] : o;
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) scale[b] = static_cast<T>(data_scale<T>(red[0]));
+}
+
 template <class T>
 __global__ void sq_norm_kernel(const T* __restrict__ x, index_t B, index_t n, index_t d, const T* __restrict__ center,
-                               T* __restrict__ out) {
+                               const T* __restrict__ scale, T* __restrict__ out) {
   const index_t r = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= B * n) return;
   const index_t b = r / n;
+  const T inv = scale ? T(1) / scale[b] : T(1);  // a power of two: exact
   T s = 0;
   for (index_t k = 0; k < d; ++k) {
-    const T v = x[r * d + k] - (center ? center[b * d + k] : T(0));
+    const T v = (x[r * d + k] - (center ? center[b * d + k] : T(0))) * inv;
     s += v * v;
   }
   out[r] = s;
@@ -92,15 +130,15 @@ __global__ void sq_norm_kernel(const T* __restrict__ x, index_t B, index_t n, in
 // ---------------------------------------------------------------------------------------------------------------
 // tiles
 
-// Stage rows [row0, row0 + 64) x dims [k0, k0 + kDk) of a (n, d) set, centred, transposed: S[k][r].
+// Stage rows [row0, row0 + 64) x dims [k0, k0 + kDk) of a (n, d) set, centred and scaled, transposed: S[k][r].
 template <class T>
 __device__ __forceinline__ void stage_slice(const T* __restrict__ a, index_t n, index_t d, index_t row0, index_t k0,
-                                            const T* __restrict__ c, T (*S)[kPad]) {
+                                            const T* __restrict__ c, T inv, T (*S)[kPad]) {
   for (int t = threadIdx.x; t < kTile * kDk; t += kThreads) {
     const int r = t / kDk, k = t % kDk;
     const index_t gi = row0 + r, gk = k0 + k;
     T v = 0;
-    if (gi < n && gk < d) v = a[gi * d + gk] - (c ? c[gk] : T(0));
+    if (gi < n && gk < d) v = (a[gi * d + gk] - (c ? c[gk] : T(0))) * inv;
     S[k][r] = v;
   }
 }
@@ -108,8 +146,8 @@ __device__ __forceinline__ void stage_slice(const T* __restrict__ a, index_t n, 
 // acc[i][j] = a_{row0 + 4 ty + i} . b_{col0 + 4 tx + j}
 template <class T>
 __device__ __forceinline__ void tile_dots(const T* __restrict__ a, index_t na, index_t row0, const T* __restrict__ b,
-                                          index_t nb, index_t col0, index_t d, const T* __restrict__ c, T (*As)[kPad],
-                                          T (*Bs)[kPad], T acc[4][4]) {
+                                          index_t nb, index_t col0, index_t d, const T* __restrict__ c, T inv,
+                                          T (*As)[kPad], T (*Bs)[kPad], T acc[4][4]) {
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
   for (int i = 0; i < 4; ++i)
@@ -117,8 +155,8 @@ __device__ __forceinline__ void tile_dots(const T* __restrict__ a, index_t na, i
     for (int j = 0; j < 4; ++j) acc[i][j] = 0;
   for (index_t k0 = 0; k0 < d; k0 += kDk) {
     __syncthreads();
-    stage_slice(a, na, d, row0, k0, c, As);
-    stage_slice(b, nb, d, col0, k0, c, Bs);
+    stage_slice(a, na, d, row0, k0, c, inv, As);
+    stage_slice(b, nb, d, col0, k0, c, inv, Bs);
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < kDk; ++k) {
@@ -134,6 +172,20 @@ __device__ __forceinline__ void tile_dots(const T* __restrict__ a, index_t na, i
     }
   }
 }
+
+// Kahan-Babuska (Neumaier) summation in T: the error of a sum of n terms is ~2 eps of the sum of their magnitudes
+// plus O(n eps^2), not O(n eps), at 4 extra additions per term (no double adds: slow on most GPUs). No fast-math:
+// the compensation must not be reassociated away.
+template <class T>
+struct Compensated {
+  T sum = 0, c = 0;
+  __device__ __forceinline__ void add(T v) {
+    const T t = sum + v;
+    c += fabs(sum) >= fabs(v) ? (sum - t) + v : (v - t) + sum;
+    sum = t;
+  }
+  __device__ __forceinline__ double value() const { return static_cast<double>(sum) + static_cast<double>(c); }
+};
 
 __device__ __forceinline__ double block_sum(double v, double* red) {
   red[threadIdx.x] = v;
@@ -187,9 +239,11 @@ __global__ void __launch_bounds__(kThreads) mmd_tiles_kernel(Dev<T> p, double* _
   Bp += b * nB * p.d;
   const T* c = p.center ? p.center + b * p.d : nullptr;
   T acc[4][4];
-  tile_dots(A, nA, I * kTile, Bp, nB, J * kTile, p.d, c, As, Bs, acc);
+  T params[kMaxBandwidths];
+  const T inv = p.load_params(b, params);
+  tile_dots(A, nA, I * kTile, Bp, nB, J * kTile, p.d, c, inv, As, Bs, acc);
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  T s = 0;
+  Compensated<T> s;  // a thread's 16 pairs x n_bw kernel values: error independent of their number
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const index_t gi = I * kTile + 4 * ty + i;
@@ -199,10 +253,10 @@ __global__ void __launch_bounds__(kThreads) mmd_tiles_kernel(Dev<T> p, double* _
       if (gi >= nA || gj >= nB || (same && gi == gj)) continue;
       T u = na[gi] + nb[gj] - T(2) * acc[i][j];
       u = u < T(0) ? T(0) : u;
-      for (int h = 0; h < p.n_bw; ++h) s += PairKernel<K>::value(u, p.params[h]);
+      for (int h = 0; h < p.n_bw; ++h) s.add(PairKernel<K>::value(u, params[h]));
     }
   }
-  const double tot = block_sum(static_cast<double>(s), red);
+  const double tot = block_sum(s.value(), red);
   if (threadIdx.x == 0) partials[b * ntiles + t] = (same && J != I ? 2.0 : 1.0) * tot;
 }
 
@@ -286,6 +340,8 @@ __global__ void __launch_bounds__(kThreads) mmd_grad_kernel(Dev<T> p, GradRole r
   const T* nOv = role.rows_are_x ? (p.y ? p.ny + b * p.M : nullptr) : p.nx + b * p.N;
   const T* c = p.center ? p.center + b * p.d : nullptr;
   const double gb = static_cast<double>(g[b]);
+  T params[kMaxBandwidths];
+  const T inv = p.load_params(b, params);
 
   double G[4][4 * DC];
   double s[4];
@@ -300,11 +356,11 @@ __global__ void __launch_bounds__(kThreads) mmd_grad_kernel(Dev<T> p, GradRole r
     if (!Bset) continue;
     const index_t nB = set == 0 ? nA : nO;
     const T* nBv = set == 0 ? nAv : nOv;
-    const T coef = static_cast<T>((set == 0 ? role.coef_same : role.coef_cross) * gb);
+    const double coef = (set == 0 ? role.coef_same : role.coef_cross) * gb;
     const index_t npanel = (nB + kTile - 1) / kTile;
     for (index_t J = 0; J < npanel; ++J) {
       T acc[4][4];
-      tile_dots(A, nA, I * kTile, Bset, nB, J * kTile, p.d, c, As, Bs, acc);
+      tile_dots(A, nA, I * kTile, Bset, nB, J * kTile, p.d, c, inv, As, Bs, acc);
       __syncthreads();  // As / Bs (aliasing Pn) are read; Ws free
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -317,8 +373,9 @@ __global__ void __launch_bounds__(kThreads) mmd_grad_kernel(Dev<T> p, GradRole r
           if (gi < nA && gj < nB && !(set == 0 && gi == gj)) {
             T u = nAv[gi] + nBv[gj] - T(2) * acc[i][j];
             u = u < T(0) ? T(0) : u;
-            for (int h = 0; h < p.n_bw; ++h) w += PairKernel<K>::dk_du(u, p.params[h]);
-            w *= coef;
+            Compensated<T> wk;  // the pair's weight summed over the bandwidths, rounded once
+            for (int h = 0; h < p.n_bw; ++h) wk.add(PairKernel<K>::dk_du(u, params[h]));
+            w = static_cast<T>(coef * wk.value());
           }
           Ws[4 * ty + i][4 * tx + j] = w;
           srow += w;
@@ -332,7 +389,7 @@ __global__ void __launch_bounds__(kThreads) mmd_grad_kernel(Dev<T> p, GradRole r
           const int r = t / kTile, k = t % kTile;
           const index_t gj = J * kTile + r, gk = static_cast<index_t>(dc) * kTile + k;
           T v = 0;
-          if (gj < nB && gk < p.d) v = Bset[gj * p.d + gk] - (c ? c[gk] : T(0));
+          if (gj < nB && gk < p.d) v = (Bset[gj * p.d + gk] - (c ? c[gk] : T(0))) * inv;
           Pn[r][k] = v;
         }
         __syncthreads();
@@ -384,8 +441,10 @@ __global__ void __launch_bounds__(kThreads) mmd_grad_kernel(Dev<T> p, GradRole r
       for (int k = 0; k < 4; ++k) {
         const index_t gk = static_cast<index_t>(dc) * kTile + 4 * tx + k;
         if (gk >= p.d) continue;
-        const double a = static_cast<double>(A[gi * p.d + gk] - (c ? c[gk] : T(0)));
-        grad[(role.rows_are_x ? b * p.N : b * p.M) * p.d + gi * p.d + gk] = static_cast<T>(si * a - G[i][4 * dc + k]);
+        // on points divided by s: dk/du = s^-2 dk/du', a - b = s (a' - b'): the gradient is 1/s of the scaled one's
+        const double a = static_cast<double>((A[gi * p.d + gk] - (c ? c[gk] : T(0))) * inv);
+        grad[(role.rows_are_x ? b * p.N : b * p.M) * p.d + gi * p.d + gk] =
+            static_cast<T>((si * a - G[i][4 * dc + k]) * static_cast<double>(inv));
       }
   }
 }
@@ -395,7 +454,7 @@ __global__ void __launch_bounds__(kThreads) mmd_grad_kernel(Dev<T> p, GradRole r
 
 template <class T>
 struct MmdLayout {
-  size_t partials, center, nx, ny, total;
+  size_t partials, center, scale, nx, ny, total;
   index_t nbx, nby, ntiles;
 };
 
@@ -410,6 +469,8 @@ MmdLayout<T> mmd_layout(const MmdArgs<T>& a) {
   off += align_up(sizeof(double) * static_cast<size_t>(a.B * l.ntiles));
   l.center = off;
   off += align_up(sizeof(T) * static_cast<size_t>(a.B * a.d));
+  l.scale = off;
+  off += align_up(sizeof(T) * static_cast<size_t>(a.B));
   l.nx = off;
   off += align_up(sizeof(T) * static_cast<size_t>(a.B * a.N));
   l.ny = off;
@@ -426,15 +487,23 @@ Dev<T> prepare(const MmdArgs<T>& a, const MmdLayout<T>& l, unsigned char* ws, cu
   p.N = a.N;
   p.M = a.M;
   p.d = a.d;
+  p.kernel = a.kernel;
   p.n_bw = a.n_bw;
-  for (int h = 0; h < a.n_bw; ++h) p.params[h] = static_cast<T>(kernel_param(a.kernel, a.bw[h], static_cast<double>(a.d)));
+  for (int h = 0; h < a.n_bw; ++h) p.bw[h] = a.bw[h];
   T* center = reinterpret_cast<T*>(ws + l.center);
+  T* scale = reinterpret_cast<T*>(ws + l.scale);
   T* nx = reinterpret_cast<T*>(ws + l.nx);
   T* ny = reinterpret_cast<T*>(ws + l.ny);
-  p.center = a.y ? center : nullptr;  // the closed-form prior is not translation invariant: no centring
-  if (a.y) column_mean_kernel<T><<<dim3(static_cast<unsigned>((a.d + 31) / 32), static_cast<unsigned>(a.B)), dim3(32, 32), 0, st>>>(a.x, a.N, a.d, center);
-  sq_norm_kernel<T><<<grid1d(a.B * a.N, 256), 256, 0, st>>>(a.x, a.B, a.N, a.d, p.center, nx);
-  if (a.y) sq_norm_kernel<T><<<grid1d(a.B * a.M, 256), 256, 0, st>>>(a.y, a.B, a.M, a.d, p.center, ny);
+  // the closed-form prior is neither translation nor scale invariant: no centring, no scaling
+  p.center = a.y ? center : nullptr;
+  p.scale = a.y ? scale : nullptr;
+  if (a.y) {
+    column_mean_kernel<T><<<dim3(static_cast<unsigned>((a.d + 31) / 32), static_cast<unsigned>(a.B)), dim3(32, 32), 0,
+                            st>>>(a.x, a.N, a.d, center);
+    scale_kernel<T><<<static_cast<unsigned>(a.B), kThreads, 0, st>>>(a.x, a.y, a.N, a.M, a.d, center, scale);
+  }
+  sq_norm_kernel<T><<<grid1d(a.B * a.N, 256), 256, 0, st>>>(a.x, a.B, a.N, a.d, p.center, p.scale, nx);
+  if (a.y) sq_norm_kernel<T><<<grid1d(a.B * a.M, 256), 256, 0, st>>>(a.y, a.B, a.M, a.d, p.center, p.scale, ny);
   p.nx = nx;
   p.ny = a.y ? ny : nullptr;
   return p;
@@ -526,12 +595,16 @@ __global__ void sw_backward_kernel(const T* __restrict__ g, const T* __restrict_
   if (t >= B * L * N) return;
   const index_t r = t / N, i = t % N;
   const index_t row = r * N;
+  // perm must be the forward's permutation; an index out of range (a caller's error the host cannot check without
+  // a synchronisation) is skipped, never followed: the outputs were zeroed
   const index_t ix = perm_x[t];
-  const double tgt = py ? static_cast<double>(py[row + perm_y[t]]) : normal_order_target(i, N);
+  const index_t iy = py ? perm_y[t] : 0;
+  if (ix < 0 || ix >= N || iy < 0 || iy >= N) return;
+  const double tgt = py ? static_cast<double>(py[row + iy]) : normal_order_target(i, N);
   const double gr = static_cast<double>(g[r / L]) / static_cast<double>(L * N) *
                     abs_pow_grad(static_cast<double>(px[row + ix]) - tgt, p);
   gpx[row + ix] = static_cast<T>(gr);
-  if (gpy) gpy[row + perm_y[t]] = static_cast<T>(-gr);
+  if (gpy) gpy[row + iy] = static_cast<T>(-gr);
 }
 
 struct SwLayout {
@@ -579,8 +652,15 @@ size_t mmd_workspace_bytes(const MmdArgs<T>& a) {
   return mmd_layout(a).total;
 }
 
+bool mmd_grid_fits(index_t B, index_t N, index_t M) {
+  const index_t nbx = (N + kTile - 1) / kTile, nby = (M + kTile - 1) / kTile;
+  const index_t tiles = nbx * (nbx + 1) / 2 + nbx * nby + nby * (nby + 1) / 2;
+  return B <= 65535 && tiles < (index_t(1) << 31);
+}
+
 template <class T>
 int mmd_forward(const MmdArgs<T>& a, T* out, void* workspace, void* stream) {
+  if (a.B == 0) return 0;
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   unsigned char* ws = static_cast<unsigned char*>(workspace);
   const MmdLayout<T> l = mmd_layout(a);
@@ -608,6 +688,7 @@ int mmd_forward(const MmdArgs<T>& a, T* out, void* workspace, void* stream) {
 template <class T>
 int mmd_backward(const MmdArgs<T>& a, const T* g, T* grad_x, T* grad_y, void* workspace, void* stream) {
   if (a.d > kMaxDim) return cudaErrorInvalidValue;
+  if (a.B == 0) return 0;
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   unsigned char* ws = static_cast<unsigned char*>(workspace);
   const MmdLayout<T> l = mmd_layout(a);
@@ -638,6 +719,7 @@ __global__ void fill_normals_kernel(float* __restrict__ out, index_t n, uint64_t
 }
 
 int fill_normals(float* out, index_t n, uint64_t key, void* stream) {
+  if (n == 0) return 0;
   fill_normals_kernel<<<grid1d((n + 3) / 4, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(out, n, key);
   return cudaGetLastError();
 }
@@ -653,8 +735,9 @@ int sw_forward(const T* px, const T* py, T* out, int32_t* perm_x, int32_t* perm_
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   const SwLayout l = sw_layout<T>(B, L, N, py != nullptr);
   if (workspace_bytes < l.total) return cudaErrorInvalidValue;
-  unsigned char* ws = static_cast<unsigned char*>(workspace);
   const index_t rows = B * L;
+  if (rows == 0) return 0;
+  unsigned char* ws = static_cast<unsigned char*>(workspace);
   int* off = reinterpret_cast<int*>(ws + l.offsets);
   int32_t* idx = reinterpret_cast<int32_t*>(ws + l.idx);
   T* xs = reinterpret_cast<T*>(ws + l.xs);
@@ -680,6 +763,7 @@ int sw_forward(const T* px, const T* py, T* out, int32_t* perm_x, int32_t* perm_
 template <class T>
 int sw_backward(const T* g, const T* px, const T* py, const int32_t* perm_x, const int32_t* perm_y, T* gpx, T* gpy,
                 index_t B, index_t L, index_t N, double p, void* stream) {
+  if (B * L * N == 0) return 0;
   sw_backward_kernel<T><<<grid1d(B * L * N, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(
       g, px, py, perm_x, perm_y, gpx, gpy, B, L, N, p);
   return cudaGetLastError();

@@ -193,7 +193,11 @@ index_t chunks_of(index_t D) { return (D + kChunk - 1) / kChunk; }
 
 template <class Op, class T>
 void launch_rows(const Op& op, index_t rows, index_t D, T* out, void* workspace, cudaStream_t st) {
-  if (rows == 0 || D == 0) return;
+  if (rows == 0) return;
+  if (D == 0) {  // a sum over no elements
+    if (out) cudaMemsetAsync(out, 0, sizeof(T) * static_cast<size_t>(rows), st);
+    return;
+  }
   if (D <= kSmallRow) {
     int lanes_log2 = 0;
     while (lanes_log2 < 5 && (index_t(4) << lanes_log2) < D) ++lanes_log2;
@@ -296,7 +300,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     T out[4];
 #pragma unroll
-    for (int t = 0; t < 4; ++t) out[t] = m[t] + fv_exp(T(0.5) * l[t]) * static_cast<T>(e[t]);
+    for (int t = 0; t < 4; ++t) out[t] = reparam_z(m[t], quarter_exp(l[t]), static_cast<T>(e[t]));
     store4(z + j0, n, out);
   }
 }
@@ -324,7 +328,7 @@ __global__ void __launch_bounds__(kThreads) reparam_bwd_kernel(const S* gz, cons
       }
     }
 #pragma unroll
-    for (int t = 0; t < 4; ++t) acc_lv[t] *= T(0.5) * fv_exp(T(0.5) * l[t]);
+    for (int t = 0; t < 4; ++t) acc_lv[t] = T(0.5) * mul_q2(acc_lv[t], quarter_exp(l[t]));
     store4(grad_lv + i0, n, acc_lv);
     if (grad_mu) store4(grad_mu + i0, n, acc_mu);
   }
@@ -348,12 +352,12 @@ struct ReparamKlFwd {
     T s = 0;
 #pragma unroll
     for (int t = 0; t < 4; ++t) {
-      const T sd = fv_exp(T(0.5) * l[t]);
-      out[t] = m[t] + sd * static_cast<T>(e[t]);
-      if (t < n) s += m[t] * m[t] + sd * sd - T(1) - l[t];
+      const T q = quarter_exp(l[t]);
+      out[t] = reparam_z(m[t], q, static_cast<T>(e[t]));
+      if (t < n) s += kl_std_term_q(m[t], l[t], q);  // e^lv from the same exp
     }
     store4(z + j, n, out);
-    return T(0.5) * s;
+    return s;
   }
 };
 
@@ -379,9 +383,9 @@ struct ReparamKlBwd {
     const T gk = gkl[row];
 #pragma unroll
     for (int t = 0; t < 4; ++t) {
-      const T sd = fv_exp(T(0.5) * l[t]);
+      const T q = quarter_exp(l[t]);
       gm[t] = g[t] + gk * m[t];
-      gl[t] = T(0.5) * (g[t] * sd * static_cast<T>(e[t]) + gk * (sd * sd - T(1)));
+      gl[t] = T(0.5) * (mul_q2(g[t] * static_cast<T>(e[t]), q) + kl_std_grad_q(gk, l[t], q));  // as on CPU
     }
     store4(grad_mu + j, n, gm);
     store4(grad_lv + j, n, gl);
@@ -430,21 +434,17 @@ struct GaussianNllBwd {
     load4_opt(operand_at(lv, layout, row, D, i), n, l);
     const T gr = g[row];
 #pragma unroll
-    for (int t = 0; t < 4; ++t) {
-      const T iv = fv_exp(-l[t]);
-      const T d = m[t] - xv[t];
-      dm[t] = gr * d * iv;
-      dl[t] = gr * T(0.5) * (T(1) - d * d * iv);
-    }
+    for (int t = 0; t < 4; ++t) gaussian_nll_term_grad(gr, xv[t], m[t], l[t], &dm[t], &dl[t]);
     if (grad_mean) store4(grad_mean + row * D + i, n, dm);
     if (grad_lv && layout == Layout::Full) store4(grad_lv + row * D + i, n, dl);
     return T(0);
   }
   __device__ void col(index_t row, index_t i, T c[2]) const {
     const T xv = to_acc(x[(row % x_rows) * D + i]), m = to_acc(mean[row * D + i]), l = to_acc(lv[i]);
-    const T iv = fv_exp(-l), d = m - xv, gr = g[row];
-    if (grad_mean) store(grad_mean + row * D + i, gr * d * iv);
-    c[0] = gr * T(0.5) * (T(1) - d * d * iv);
+    T dm, dl;
+    gaussian_nll_term_grad(g[row], xv, m, l, &dm, &dl);
+    if (grad_mean) store(grad_mean + row * D + i, dm);
+    c[0] = dl;
     c[1] = T(0);
   }
 };
@@ -529,12 +529,7 @@ struct KlBwd {
   __device__ void grads(index_t row, index_t i, T* a, T* b, T* c, T* d) const {
     const T pm = mp_layout == Layout::None ? T(0) : to_acc(*operand_at(mp, mp_layout, row, D, i));
     const T pl = lp_layout == Layout::None ? T(0) : to_acc(*operand_at(lp, lp_layout, row, D, i));
-    kl_term_grad(to_acc(mu[row * D + i]), to_acc(lv[row * D + i]), pm, pl, a, b, c, d);
-    const T gr = g[row];
-    *a *= gr;
-    *b *= gr;
-    *c *= gr;
-    *d *= gr;
+    kl_term_grad(g[row], to_acc(mu[row * D + i]), to_acc(lv[row * D + i]), pm, pl, a, b, c, d);
     if (grad_mu) store(grad_mu + row * D + i, *a);
     if (grad_lv) store(grad_lv + row * D + i, *b);
     if (grad_mp && mp_layout == Layout::Full) store(grad_mp + row * D + i, *c);
@@ -559,32 +554,40 @@ struct KlBwd {
 
 // ---- full covariance ------------------------------------------------------------------------------------
 
-// One block per sample t = s * R + r: eps in shared memory, thread i computes z_i = mu_i + sum_{j<=i} L_ij eps_j.
+// Blocks per launch of the per-sample (per-row) kernels below, which loop over the rest: a grid of 2^32 or more
+// blocks would be truncated by the launch (and the samples past it left unwritten).
+unsigned int blocks_for(index_t n) { return static_cast<unsigned int>(n < (index_t(1) << 20) ? n : index_t(1) << 20); }
+
+// Block-stride over the samples t = s * R + r: eps in shared memory, thread i computes z_i = mu_i + sum_{j<=i}
+// L_ij eps_j.
 template <class S>
 __global__ void __launch_bounds__(kThreads) tril_fwd_kernel(const S* mu, const S* L, S* z,
                                                             typename AccOf<S>::type* log_q, index_t R, index_t d,
-                                                            const int64_t* seed) {
+                                                            index_t samples, const int64_t* seed) {
   using T = typename AccOf<S>::type;
   extern __shared__ float eps[];
-  const index_t t = blockIdx.x, r = t % R;
   const uint64_t key = key_of(seed);
-  for (index_t j = threadIdx.x; j < d; j += kThreads) eps[j] = normal_at(static_cast<uint64_t>(t * d + j), key);
-  __syncthreads();
-  const S* Lr = L + r * d * d;
-  T sq = 0, logdet = 0;
-  for (index_t i = threadIdx.x; i < d; i += kThreads) {
-    T acc = 0;
-    for (index_t j = 0; j <= i; ++j) acc += to_acc(Lr[i * d + j]) * static_cast<T>(eps[j]);
-    store(z + t * d + i, to_acc(mu[r * d + i]) + acc);
-    sq += static_cast<T>(eps[i]) * static_cast<T>(eps[i]);
-    logdet += log(fabs(to_acc(Lr[i * d + i])));
+  for (index_t t = blockIdx.x; t < samples; t += gridDim.x) {
+    const index_t r = t % R;
+    __syncthreads();  // eps and block_sum's scratch of the previous sample are read
+    for (index_t j = threadIdx.x; j < d; j += kThreads) eps[j] = normal_at(static_cast<uint64_t>(t * d + j), key);
+    __syncthreads();
+    const S* Lr = L + r * d * d;
+    T sq = 0, logdet = 0;
+    for (index_t i = threadIdx.x; i < d; i += kThreads) {
+      T acc = 0;
+      for (index_t j = 0; j <= i; ++j) acc += to_acc(Lr[i * d + j]) * static_cast<T>(eps[j]);
+      store(z + t * d + i, to_acc(mu[r * d + i]) + acc);
+      sq += static_cast<T>(eps[i]) * static_cast<T>(eps[i]);
+      logdet += log(fabs(to_acc(Lr[i * d + i])));
+    }
+    const T part = block_sum(T(-0.5) * sq - logdet);
+    if (threadIdx.x == 0) log_q[t] = part - T(0.5 * kLog2Pi) * static_cast<T>(d);
   }
-  const T part = block_sum(T(-0.5) * sq - logdet);
-  if (threadIdx.x == 0) log_q[t] = part - T(0.5 * kLog2Pi) * static_cast<T>(d);
 }
 
-// One block per r: for each sample, eps and grad_z in shared memory; thread-owned entries of grad_L accumulate
-// in the (accumulation-typed) output.
+// Block-stride over r: for each sample, eps and grad_z in shared memory; thread-owned entries of grad_L
+// accumulate in the (accumulation-typed) output.
 template <class S>
 __global__ void __launch_bounds__(kThreads) tril_bwd_kernel(const S* gz, const typename AccOf<S>::type* glogq,
                                                             const S* L, typename AccOf<S>::type* grad_mu,
@@ -594,30 +597,31 @@ __global__ void __launch_bounds__(kThreads) tril_bwd_kernel(const S* gz, const t
   extern __shared__ float sh[];  // eps[d], g[d]
   float* eps = sh;
   float* g = sh + d;
-  const index_t r = blockIdx.x;
   const uint64_t key = key_of(seed);
-  T* gL = grad_L + r * d * d;
-  for (index_t e = threadIdx.x; e < d * d; e += kThreads) gL[e] = T(0);
-  for (index_t i = threadIdx.x; i < d; i += kThreads) grad_mu[r * d + i] = T(0);
-  T gq = 0;
-  for (index_t s = 0; s < n_samples; ++s) {
-    const index_t t = s * R + r;
-    __syncthreads();
-    for (index_t j = threadIdx.x; j < d; j += kThreads) {
-      eps[j] = normal_at(static_cast<uint64_t>(t * d + j), key);
-      g[j] = static_cast<float>(to_acc(gz[t * d + j]));
+  for (index_t r = blockIdx.x; r < R; r += gridDim.x) {
+    T* gL = grad_L + r * d * d;
+    for (index_t e = threadIdx.x; e < d * d; e += kThreads) gL[e] = T(0);
+    for (index_t i = threadIdx.x; i < d; i += kThreads) grad_mu[r * d + i] = T(0);
+    T gq = 0;
+    for (index_t s = 0; s < n_samples; ++s) {
+      const index_t t = s * R + r;
+      __syncthreads();
+      for (index_t j = threadIdx.x; j < d; j += kThreads) {
+        eps[j] = normal_at(static_cast<uint64_t>(t * d + j), key);
+        g[j] = static_cast<float>(to_acc(gz[t * d + j]));
+      }
+      __syncthreads();
+      for (index_t e = threadIdx.x; e < d * d; e += kThreads) {
+        const index_t i = e / d, j = e % d;
+        if (j <= i) gL[e] += static_cast<T>(g[i]) * static_cast<T>(eps[j]);
+      }
+      for (index_t i = threadIdx.x; i < d; i += kThreads) grad_mu[r * d + i] += static_cast<T>(g[i]);
+      gq += glogq[t];
     }
     __syncthreads();
-    for (index_t e = threadIdx.x; e < d * d; e += kThreads) {
-      const index_t i = e / d, j = e % d;
-      if (j <= i) gL[e] += static_cast<T>(g[i]) * static_cast<T>(eps[j]);
-    }
-    for (index_t i = threadIdx.x; i < d; i += kThreads) grad_mu[r * d + i] += static_cast<T>(g[i]);
-    gq += glogq[t];
+    const S* Lr = L + r * d * d;
+    for (index_t i = threadIdx.x; i < d; i += kThreads) gL[i * d + i] -= gq / to_acc(Lr[i * d + i]);
   }
-  __syncthreads();
-  const S* Lr = L + r * d * d;
-  for (index_t i = threadIdx.x; i < d; i += kThreads) gL[i * d + i] -= gq / to_acc(Lr[i * d + i]);
 }
 
 __global__ void normals_kernel(float* out, index_t start, index_t n, const int64_t* seed) {
@@ -783,8 +787,9 @@ void tril_fwd(DType t, const void* mu, const void* L, void* z, void* log_q, inde
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
     using T = typename AccOf<S>::type;
-    tril_fwd_kernel<S><<<static_cast<unsigned int>(samples), kThreads, sizeof(float) * d, as_stream(stream)>>>(
-        static_cast<const S*>(mu), static_cast<const S*>(L), static_cast<S*>(z), static_cast<T*>(log_q), R, d, seed);
+    tril_fwd_kernel<S><<<blocks_for(samples), kThreads, sizeof(float) * d, as_stream(stream)>>>(
+        static_cast<const S*>(mu), static_cast<const S*>(L), static_cast<S*>(z), static_cast<T*>(log_q), R, d,
+        samples, seed);
   });
 }
 
@@ -794,7 +799,7 @@ void tril_bwd(DType t, const void* gz, const void* glogq, const void* L, void* g
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
     using T = typename AccOf<S>::type;
-    tril_bwd_kernel<S><<<static_cast<unsigned int>(R), kThreads, 2 * sizeof(float) * d, as_stream(stream)>>>(
+    tril_bwd_kernel<S><<<blocks_for(R), kThreads, 2 * sizeof(float) * d, as_stream(stream)>>>(
         static_cast<const S*>(gz), static_cast<const T*>(glogq), static_cast<const S*>(L), static_cast<T*>(grad_mu),
         static_cast<T*>(grad_L), R, d, n_samples, seed);
   });

@@ -26,6 +26,9 @@ struct MmdArgs {
   bool unbiased;
 };
 
+// Whether the launch grids of mmd_forward / mmd_backward fit CUDA's limits: B <= 65535 (grid y) and fewer than
+// 2^31 tiles of pairs (grid x); M = 0 without y.
+bool mmd_grid_fits(index_t B, index_t N, index_t M);
 template <class T>
 size_t mmd_workspace_bytes(const MmdArgs<T>& a);
 // out[b] = MMD^2 of batch b

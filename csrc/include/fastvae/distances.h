@@ -4,10 +4,11 @@
 // Every kernel is a function of u = |x - y|^2, computed by the callers from dot products
 // (u = |x|^2 + |y|^2 - 2 x.y) and clamped at 0 (`u < 0 ? 0 : u`, which lets a NaN through), so that cancellation
 // never gives a negative distance.
-// `p` is the per-bandwidth parameter from kernel_param(); value() is k(u) and dk_du() is dk/du, the
-// gradient weight: d k / d x = 2 dk_du(u) (x - y).  For the kernels of r = sqrt(u) (laplacian, energy),
-// dk/du = k'(r) / (2 r) is set to 0 at r = 0: the gradient of |x - y| at x = y is 0, never NaN.
+// `p` is the per-bandwidth parameter from kernel_param_as(); value() is k(u) and dk_du() is dk/du, the
+// gradient weight: d k / d x = 2 dk_du(u) (x - y), set to 0 at u = 0 for every kernel (x = y: the gradient of
+// |x - y| there is 0, never NaN).
 #pragma once
+#include <cfloat>
 #include <cmath>
 
 #include "fastvae/common.h"
@@ -18,19 +19,53 @@ namespace fastvae {
 // The order is the op schema's `kernel` integer.
 enum class DistKernel : int { Rbf = 0, Imq = 1, Laplacian = 2, Energy = 3 };
 
-// rbf: 1 / (2 h^2); imq: C = 2 d h^2; laplacian: 1 / h; energy: unused (1).
-FV_HD double kernel_param(DistKernel k, double h, double d) {
+// The per-bandwidth parameter, in forms that are finite for every positive finite bandwidth h:
+//   rbf        p = 1 / (2 h^2)      k = exp(-p u)
+//   imq        c = 1 / (2 d h^2)    k = C / (C + u) = 1 / (1 + c u)   (C = 2 d h^2 itself overflows for large h)
+//   laplacian  p = 1 / h            k = exp(-p sqrt(u))
+//   energy     p = 1                k = -p sqrt(u)
+// The kernels see the points divided by a power of two s (see data_scale()), u = |x - y|^2 / s^2: the parameter of
+// bandwidth h on them is that of h / s (energy: p = s). A tiny h makes p (c) overflow: kernel_param_as()
+// saturates it at the element type's largest finite value, which keeps the limits k(0) = 1 and k(u > 0) = 0 (a
+// huge h gives p = 0 and k = 1, the other limit).
+FV_HD double kernel_param(DistKernel k, double h, double d, double s) {
+  const double r = s / h;
   switch (k) {
-    case DistKernel::Rbf: return 1.0 / (2.0 * h * h);
-    case DistKernel::Imq: return 2.0 * d * h * h;
-    case DistKernel::Laplacian: return 1.0 / h;
-    default: return 1.0;
+    case DistKernel::Rbf: return 0.5 * r * r;
+    case DistKernel::Imq: return 0.5 * r * r / d;
+    case DistKernel::Laplacian: return r;
+    default: return s;
   }
+}
+
+template <class T>
+FV_HD T kernel_param_as(DistKernel k, double h, double d, double s) {
+  const double big = sizeof(T) == sizeof(float) ? FLT_MAX : DBL_MAX;
+  const double p = kernel_param(k, h, d, s);
+  return static_cast<T>(p < big ? p : big);
+}
+
+// The power of two s by which the (centred) points are divided so that the largest coordinate magnitude m falls in
+// [1/2, 1): |x - y|^2 can then neither overflow (|x| > 1.8e19 in float32 made u = inf, and the energy kernel
+// -sqrt(inf) - -sqrt(inf) NaN) nor underflow (points at 1e-25 had u = 0). Exact: scaling by a power of two
+// changes no rounding of the points and distances (results on ordinary data differ from those of s = 1 only by
+// the double rounding of the parameters). s stays where s and 1/s are normal in T (1 for m = 0 or not finite).
+template <class T>
+FV_HD double data_scale(double m) {
+  if (!(m > 0) || !(m <= DBL_MAX)) return 1.0;
+  int e;
+  frexp(m, &e);  // m = f 2^e, f in [1/2, 1)
+  const int lim = sizeof(T) == sizeof(float) ? 125 : 1021;
+  e = e < -lim ? -lim : (e > lim ? lim : e);
+  return ldexp(1.0, e);
 }
 
 FV_HD float fv_sqrt(float u) { return sqrtf(u); }
 FV_HD double fv_sqrt(double u) { return sqrt(u); }
 
+// dk/du of a pair at u = 0 (coincident points, or closer than the dot-product form resolves) is taken as 0 for
+// every kernel: the pair's gradient is dk/du (a - b) with a - b = 0, and a saturated parameter (rbf, imq with a
+// tiny h) would otherwise turn that 0 into inf - inf in the s_i a_i - G_i form of the gradient.
 template <DistKernel K>
 struct PairKernel;
 
@@ -40,18 +75,18 @@ struct PairKernel<DistKernel::Rbf> {
   template <class T>
   FV_HD T value(T u, T p) { return fv_exp(-p * u); }
   template <class T>
-  FV_HD T dk_du(T u, T p) { return -p * fv_exp(-p * u); }
+  FV_HD T dk_du(T u, T p) { return u == T(0) ? T(0) : -p * fv_exp(-p * u); }
 };
 
-// k = C / (C + u)
+// k = 1 / (1 + c u)
 template <>
 struct PairKernel<DistKernel::Imq> {
   template <class T>
-  FV_HD T value(T u, T p) { return p / (p + u); }
+  FV_HD T value(T u, T c) { return T(1) / (T(1) + c * u); }
   template <class T>
-  FV_HD T dk_du(T u, T p) {
-    const T t = T(1) / (p + u);
-    return -p * t * t;
+  FV_HD T dk_du(T u, T c) {
+    const T t = T(1) / (T(1) + c * u);
+    return u == T(0) ? T(0) : -(c * t) * t;
   }
 };
 
@@ -69,16 +104,16 @@ struct PairKernel<DistKernel::Laplacian> {
   }
 };
 
-// k = -sqrt(u)
+// k = -p sqrt(u) (p = s: the distance in the units of the points)
 template <>
 struct PairKernel<DistKernel::Energy> {
   template <class T>
-  FV_HD T value(T u, T) { return -fv_sqrt(u); }
+  FV_HD T value(T u, T p) { return -p * fv_sqrt(u); }
   template <class T>
-  FV_HD T dk_du(T u, T) {
+  FV_HD T dk_du(T u, T p) {
     const T r = fv_sqrt(u);
     const T safe = r > T(0) ? r : T(1);
-    return r == T(0) ? T(0) : T(-0.5) / safe;
+    return r == T(0) ? T(0) : T(-0.5) * p / safe;
   }
 };
 
@@ -101,14 +136,12 @@ FV_HD MmdCoefs mmd_coefs(index_t N, index_t M, bool unbiased) {
 //   d/dx of it = -x rbf_prior_cross / (h^2 + 1)
 //   E_{y,y'} k(y, y') = (h^2 / (h^2 + 2))^(d/2)                           (rbf_prior_yy)
 FV_HD double rbf_prior_cross(double n2, double h, double d) {
+  // h^2 / (h^2 + 1) = 1 / (1 + h^-2): finite for h^2 over- or underflowing (0 and 1 are the limits)
   const double h2 = h * h;
-  return pow(h2 / (h2 + 1.0), 0.5 * d) * exp(-n2 / (2.0 * (h2 + 1.0)));
+  return exp(-0.5 * d * log1p(1.0 / h2)) * exp(-n2 / (2.0 * (h2 + 1.0)));
 }
 
-FV_HD double rbf_prior_yy(double h, double d) {
-  const double h2 = h * h;
-  return pow(h2 / (h2 + 2.0), 0.5 * d);
-}
+FV_HD double rbf_prior_yy(double h, double d) { return exp(-0.5 * d * log1p(2.0 / (h * h))); }
 
 // Standard normal quantile Phi^-1(q), q in (0, 1), to double precision: Acklam's rational approximation
 // (relative error 1.2e-9) refined by one Halley step on erfc.

@@ -6,37 +6,98 @@
 
 namespace fastvae {
 
-// KL(N(mu, e^lv) || N(0, 1)) for one coordinate.
+// Finite math gives finite numbers. A variance enters as e^lv, which over/underflows long before the terms it
+// scales do (e^-lv overflows float32 below lv = -88.7, where (x - m)^2 e^-lv may still be tiny, or exactly 0 when
+// x == m). So the exponentials are split: a e^(lv/2) is computed as (a q) q with q = e^(lv/4), which stays
+// finite for |lv| up to ~355 (float32) / ~2840 (float64) and beyond that overflows only where the product
+// does; and a zero factor gives 0 whatever q is (the limit of the term), never 0 * inf = NaN.
+
+// a q^2 as (a q) q; 0 for a == 0 (unless q is NaN: a NaN stays NaN).
+template <class T>
+FV_HD T mul_q2(T a, T q) {
+  const T s = (a * q) * q;
+  return a == T(0) && q == q ? T(0) : s;
+}
+
+// a b, 0 for a == 0 (unless b is NaN): an incoming gradient of 0 times a derivative that overflowed.
+template <class T>
+FV_HD T mul0(T a, T b) {
+  return a == T(0) && b == b ? T(0) : a * b;
+}
+
+// q = e^(lv/4) of a log-variance: mul_q2(a, q) = a e^(lv/2) (a times the standard deviation).
+template <class T>
+FV_HD T quarter_exp(T lv) {
+  return fv_exp(T(0.25) * lv);
+}
+
+// z = mu + e^(lv/2) eps, with q = quarter_exp(lv) (shared by every reparameterization kernel: the same z for
+// the same seed).
+template <class T>
+FV_HD T reparam_z(T mu, T q, T eps) {
+  return mu + mul_q2(eps, q);
+}
+
+// KL(N(mu, e^lv) || N(0, 1)) for one coordinate: (mu^2 + e^lv - 1 - lv) / 2, e^lv - 1 - lv without
+// cancellation near lv = 0.
 template <class T>
 FV_HD T kl_std_term(T mu, T lv) {
-  return T(0.5) * (mu * mu + fv_exp(lv) - T(1) - lv);
+  return T(0.5) * (mu * mu + fv_exp_m1_mx(lv));
 }
 
-// KL(N(mu, e^lv) || N(mp, e^lp)) for one coordinate; exp(lv - lp) rather than e^lv * e^-lp, so that two
-// large variances do not overflow.
+// The same from q = quarter_exp(lv), the exp the fused head computes for z anyway (e^lv = q^4).
+template <class T>
+FV_HD T kl_std_term_q(T mu, T lv, T q) {
+  return T(0.5) * (mu * mu + fv_exp_m1_mx_given(lv, (q * q) * (q * q)));
+}
+
+// g (e^lv - 1) for q = quarter_exp(lv): the KL part of the fused head's d/dlogvar (times 2). g e^lv as
+// mul_q2(mul_q2(g, q), q), finite wherever it is (a zero g with a huge lv: 0); a series near lv = 0.
+template <class T>
+FV_HD T kl_std_grad_q(T g, T lv, T q) {
+  const bool small = lv < T(1) && lv > T(-1);
+  const T big = mul_q2(mul_q2(g, q), q) - g;
+  return small ? g * fv_expm1_given(lv, T(0)) : big;
+}
+
+// KL(N(mu, e^lv) || N(mp, e^lp)) for one coordinate: (e^d - 1 - d + (mu - mp)^2 e^-lp) / 2 with d = lv - lp.
+// e^(lv - lp) rather than e^lv * e^-lp: two tiny (or two large) variances have a finite ratio; (mu - mp)^2 e^-lp
+// as s^2 with s = (mu - mp) e^(-lp/2) = mul_q2(mu - mp, e^(-lp/4)).
 template <class T>
 FV_HD T kl_term(T mu, T lv, T mp, T lp) {
-  const T d = mu - mp;
-  return T(0.5) * (lp - lv + fv_exp(lv - lp) + d * d * fv_exp(-lp) - T(1));
+  const T s = mul_q2(mu - mp, quarter_exp(-lp));
+  return T(0.5) * (fv_exp_m1_mx(lv - lp) + s * s);
 }
 
-// d kl_term / d(mu, lv, mp, lp)
+// g d kl_term / d(mu, lv, mp, lp), g the incoming gradient (folded in first: a zero g gives zero gradients
+// where the derivative itself overflows)
 template <class T>
-FV_HD void kl_term_grad(T mu, T lv, T mp, T lp, T* d_mu, T* d_lv, T* d_mp, T* d_lp) {
-  const T d = mu - mp;
-  const T ilp = fv_exp(-lp);
-  const T ratio = fv_exp(lv - lp);
-  *d_mu = d * ilp;
-  *d_lv = T(0.5) * (ratio - T(1));
-  *d_mp = -d * ilp;
-  *d_lp = T(0.5) * (T(1) - ratio - d * d * ilp);
+FV_HD void kl_term_grad(T g, T mu, T lv, T mp, T lp, T* d_mu, T* d_lv, T* d_mp, T* d_lp) {
+  const T q = quarter_exp(-lp);
+  const T s = mul_q2(mu - mp, q);                  // (mu - mp) e^(-lp/2)
+  const T gm = mul_q2(mul_q2(g * (mu - mp), q), q);  // g (mu - mp) e^-lp
+  const T gl = T(0.5) * mul0(g, fv_expm1(lv - lp));  // g (e^(lv - lp) - 1) / 2
+  *d_mu = gm;
+  *d_lv = gl;
+  *d_mp = -gm;
+  *d_lp = -gl - T(0.5) * mul_q2(g, s);
 }
 
-// -log N(x | m, e^lv) for one coordinate, 0.5 log(2 pi) included.
+// -log N(x | m, e^lv) for one coordinate, 0.5 log(2 pi) included: ((x - m)^2 e^-lv + lv + log 2 pi) / 2, the
+// first term as s^2 with s = (x - m) e^(-lv/2) (0 for x == m, whatever lv).
 template <class T>
 FV_HD T gaussian_nll_term(T x, T m, T lv) {
-  const T r = x - m;
-  return T(0.5) * (r * r * fv_exp(-lv) + lv + T(kLog2Pi));
+  const T s = mul_q2(x - m, quarter_exp(-lv));
+  return T(0.5) * (s * s + lv + T(kLog2Pi));
+}
+
+// g d gaussian_nll_term / d(m, lv) = g ((m - x) e^-lv, (1 - (x - m)^2 e^-lv) / 2), g the incoming gradient
+template <class T>
+FV_HD void gaussian_nll_term_grad(T g, T x, T m, T lv, T* d_m, T* d_lv) {
+  const T q = quarter_exp(-lv);
+  const T s = mul_q2(m - x, q);  // (m - x) e^(-lv/2)
+  *d_m = mul_q2(mul_q2(g * (m - x), q), q);
+  *d_lv = T(0.5) * (g - mul_q2(g, s));
 }
 
 // -log Bernoulli(x | sigmoid(l)) = softplus(l) - x l, stable for any l (x may be a probability), written as
