@@ -7,7 +7,8 @@ import os
 import torch
 from torch import nn
 
-from ..models import _device_memory as device_memory, build_model
+from ..models import build_model
+from ..models.checks import device_memory
 from .checkpoint import CheckpointError, load_checkpoint
 
 

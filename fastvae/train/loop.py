@@ -189,7 +189,7 @@ def _run(cfg, data, device, distributed, rank, world):
     use_labels = model.n_classes > 0
     bar = _progress(cfg, rank, total=global_step + (cfg["epochs"] - start_epoch) * steps_per_epoch,
                     initial=global_step)
-    reg_name = {"kl": "kl", "mmd": "mmd", "sliced": "sw"}[model.divergence]
+    reg_name = model.regulariser.metric          # train_kl, train_mmd, train_sw
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, cfg["epochs"]):
