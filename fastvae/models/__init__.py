@@ -31,7 +31,7 @@ A new family member is a new part, not a flag on VAE:
   - a likelihood (Laplace, a discretised logistic, a categorical per pixel): a Likelihood subclass in likelihoods.py
     (its n_outputs, params, nll, mean, sample; its ops from the backend), its name in LIKELIHOODS and one line
     where VAE.__init__ picks p_x;
-  - a regulariser (the energy distance): a _SampleDistance subclass in regularisers.py naming its op
+  - a regulariser (the energy distance): a SampleDistance subclass in regularisers.py naming its op
     (fastvae.energy_distance), its name in DIVERGENCES and its line in VAE.__init__;
   - hierarchical latents: a Posterior and a Prior over the levels (sample returns every level's z and the summed
     log q, log_prob the summed log p; no closed-form sample_kl), with the decoder reading the lowest level; the

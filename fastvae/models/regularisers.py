@@ -25,11 +25,15 @@ class KL(Regulariser):
         return None
 
 
-class _SampleDistance(Regulariser):
+class SampleDistance(Regulariser):
     """A distance between the batch's latent samples, gathered over ranks, and samples of N(0, I) that the op
     draws itself (from generator: under DDP every rank passes the same one)."""
 
-    op = None
+    op = None           # the name of its op in the backend
+
+    def _distance(self, op, z, generator):
+        """The op's value for the samples z (n, d), float32."""
+        raise NotImplementedError
 
     def distance(self, ops, z, generator=None, gather=None):
         z = z.reshape(-1, z.shape[-1])
@@ -38,7 +42,7 @@ class _SampleDistance(Regulariser):
         return self._distance(ops.get(self.op, needed_by=f"divergence={self.name!r}"), z.float(), generator)
 
 
-class MMD(_SampleDistance):
+class MMD(SampleDistance):
     """WAE-MMD / InfoVAE: MMD(z, prior) with `kernel`, `bandwidth` (None: 1; for "imq" fastvae.mmd uses
     C = 2 d h^2, the WAE paper's scale for a N(0, I_d) prior) and `estimator`."""
 
@@ -53,7 +57,7 @@ class MMD(_SampleDistance):
         return mmd(z, None, kernel=self.kernel, bandwidth=bandwidth, estimator=self.estimator, generator=generator)
 
 
-class SlicedWasserstein(_SampleDistance):
+class SlicedWasserstein(SampleDistance):
     """SWAE: SW_2^2(z, prior) over n_projections random directions."""
 
     name, metric, op = "sliced", "sw", "sliced_wasserstein"
