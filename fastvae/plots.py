@@ -1,4 +1,5 @@
-"""The PNGs of a run (matplotlib, Agg backend): loss curve, sample grid, reconstructions, latent scatter."""
+"""The PNGs of a run (matplotlib, Agg backend): loss curve, sample grid, reconstructions, latent scatter, and
+save_pictures, which draws all of them for a trained model."""
 import math
 import os
 
@@ -85,3 +86,37 @@ def save_latent_scatter(z, labels, path):
     ax.set_title("test set, posterior means")
     _save(fig, path)
     plt.close(fig)
+
+
+def save_pictures(model, data, out_dir, metrics=None, seed=0):
+    """loss_curve.png, samples.png, reconstructions.png (pictures only) and latent.png (latent_dim 2); returns
+    the paths written."""
+    written = []
+    if metrics:
+        p = os.path.join(out_dir, "loss_curve.png")
+        save_loss_curve(metrics, p)
+        written.append(p)
+    shape = data.image_shape
+    device = next(model.parameters()).device
+    g = torch.Generator(device).manual_seed(seed)
+    if shape is not None:
+        n = 100 if model.n_classes else 64
+        s = model.sample(n, generator=g).reshape(n, *shape)
+        p = os.path.join(out_dir, "samples.png")
+        save_grid(s, p, ncol=10 if model.n_classes else 8)
+        written.append(p)
+        x = data.test_x[:16].to(device)
+        y = data.test_y[:16].to(device) if model.n_classes else None
+        r = model.reconstruct(x, y)
+        p = os.path.join(out_dir, "reconstructions.png")
+        save_reconstructions(x.reshape(-1, *shape), r.reshape(-1, *shape), p)
+        written.append(p)
+    if model.latent_dim == 2:
+        x = data.test_x.to(device)
+        y = data.test_y.to(device) if model.n_classes else None
+        with torch.no_grad():
+            mu, _ = model.encode(x, y)
+        p = os.path.join(out_dir, "latent.png")
+        save_latent_scatter(mu, data.test_y, p)
+        written.append(p)
+    return written

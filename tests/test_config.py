@@ -181,7 +181,7 @@ def test_run_files_that_are_folders_are_refused_before_training(tmp_path, capsys
     out = tmp_path / "o"
     (out / "checkpoint.pt").mkdir(parents=True)
     trained = []
-    monkeypatch.setattr(tr, "_run", lambda *a: trained.append(a))
+    monkeypatch.setattr(tr.loop, "_run", lambda *a: trained.append(a))
     _fails(["train", "--out", str(out), *TINY], capsys, f"{out / 'checkpoint.pt'} is a folder")
     assert not trained
 
@@ -326,7 +326,8 @@ def test_a_huge_crafted_model_is_refused_without_allocating(run_dir, tmp_path, m
     path = _craft(run_dir, tmp_path / "big.pt", model_config=dict(good, hidden_dims=[10**12]))
     built = []
     real_build = fastvae.models.build_model
-    monkeypatch.setattr(tr, "build_model", lambda cfg: built.append(torch.get_default_device()) or real_build(cfg))
+    monkeypatch.setattr(tr.build, "build_model",
+                        lambda cfg: built.append(torch.get_default_device()) or real_build(cfg))
     with pytest.raises(tr.CheckpointError, match="do not fit the model"):
         tr.model_from_checkpoint(path)
     assert built == [torch.device("meta")]

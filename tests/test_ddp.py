@@ -20,7 +20,7 @@ WORKER = textwrap.dedent("""
     out, model, group = sys.argv[1], sys.argv[2], sys.argv[3]
     before = os_threads()
     if group == "caller":
-        import torch.distributed.nn  # before the group exists, so that it does not pin it (see fastvae.train.train)
+        import torch.distributed.nn  # before the group exists, so that it does not pin it (fastvae.train.distributed)
         dist.init_process_group("gloo")       # set up by the caller: train() uses it and leaves it open
     res = tr.train(dict(model=model, hidden_dims=[32], latent_dim=2, batch_size=128, epochs=2, eval_k=0,
                         progress=False, out=out, threads=1))

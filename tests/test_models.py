@@ -196,7 +196,7 @@ def test_argument_errors_are_clear():
 
 def test_missing_distance_op_is_reported(monkeypatch):
     if _has_distances():
-        monkeypatch.delattr(fastvae, "mmd")
+        monkeypatch.delattr(fastvae.distances, "mmd")     # the models read the ops from their modules
     model = VAE(64, 2, hidden_dims=(8,), divergence="mmd")
     with pytest.raises(NotImplementedError, match="fastvae.mmd"):
         model(torch.rand(4, 64))
@@ -281,6 +281,8 @@ def test_method_arguments_are_checked():
         (lambda: cvae(x, [0, 1, 2, 1]), TypeError, "y must be a tensor of integer class labels; got list"),
         (lambda: cvae(x, torch.tensor([0, 1])), ValueError, r"y must have shape \(4,\) \(one label per sample\)"),
         (lambda: cvae.sample(2, torch.tensor([5, 0])), ValueError, "found labels from 0 to 5"),
+        (lambda: m.sample(2, torch.tensor([0, 1])), ValueError, r"not a CVAE"),       # was ignored
+        (lambda: m.decode(torch.rand(2, 2), torch.tensor([0, 1])), ValueError, r"not a CVAE"),
         (lambda: cvae.log_likelihood(x, torch.tensor([0, 1, 2, 9]), n_samples=2), ValueError, "from 0 to 9"),
     ]
     for call, error, match in cases:

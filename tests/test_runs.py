@@ -190,7 +190,7 @@ def test_non_finite_weights_are_never_saved(tmp_path, capsys, monkeypatch):
             with torch.no_grad():
                 model.encoder[0].weight[0, 0] = float("inf")
         return res
-    monkeypatch.setattr(tr, "evaluate", poisoned)
+    monkeypatch.setattr(tr.loop, "evaluate", poisoned)
     out = tmp_path / "run"
     assert _train(out, epochs=3) == 1
     err = capsys.readouterr().err
@@ -206,7 +206,7 @@ def test_an_epoch_whose_test_metrics_are_nan_is_not_saved(tmp_path, capsys, monk
         res = evaluate(*a, **k)
         calls.append(1)
         return {**res, "elbo": float("nan")} if len(calls) == 2 else res
-    monkeypatch.setattr(tr, "evaluate", poisoned)
+    monkeypatch.setattr(tr.loop, "evaluate", poisoned)
     out = tmp_path / "run"
     assert _train(out, epochs=3) == 1
     err = capsys.readouterr().err

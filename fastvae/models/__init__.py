@@ -1,0 +1,49 @@
+"""The VAE family, composed of parts around the fused fastvae ops.
+
+`VAE(...)` takes the family's arguments and composes one model from these parts (each an nn.Module of its own file;
+every likelihood, KL, sampling and distance term goes through the ops of one backend, backends.py):
+
+    part           attribute          kinds                                         interface
+    networks       conv_encoder,      MLP (mlp), conv front and back                nn.Module: tensor -> tensor
+                   encoder, decoder,  (ConvEncoder, ConvDecoder)
+                   conv_decoder
+    posterior      q_z                DiagonalGaussian, FullGaussian (Cholesky)     n_stats, split(stats) -> (mu,
+                                                                                    stat), sample(ops, mu, stat, k,
+                                                                                    generator) -> (z, log q),
+                                                                                    sample_kl(...) -> (z, KL) | None
+    prior          p_z                StandardNormal                                log_prob(ops, z), sample(n, ...)
+    likelihood     p_x                Gaussian (variance learned / fixed /          n_outputs, free_parameters(),
+                                      network), Bernoulli                           params(out, free), nll(ops, x,
+                                                                                    params), mean(params),
+                                                                                    sample(params, generator)
+    regulariser    regulariser        KL (the bound's own, weighted by beta),       name, metric, distance(ops, z,
+                                      MMD, SlicedWasserstein                        generator, gather) -> D | None
+    labels         labels             NoLabels, OneHotLabels (CVAE)                 n_classes, one_hot(y, n, ...),
+                                                                                    default(n, device)
+
+The VAE owns the objective: recon + beta * KL with the closed-form KL where the posterior has one (one fused op),
+else the importance-weighted bound over n_samples draws with log p(z) - log q(z|x) (IWAE, the full
+posterior), plus reg_weight * the regulariser's batch distance (WAE-MMD, InfoVAE, SWAE); and log_likelihood,
+sample, reconstruct. A part's free parameters (the learned log-variance) are held by the VAE under the part's names,
+so the state-dict names are those of every checkpoint written so far.
+
+A new family member is a new part, not a flag on VAE:
+  - a likelihood (Laplace, a discretised logistic, a categorical per pixel): a Likelihood subclass in likelihoods.py
+    (its n_outputs, params, nll, mean, sample; its ops from the backend), its name in LIKELIHOODS and one line
+    where VAE.__init__ picks p_x;
+  - a regulariser (the energy distance): a SampleDistance subclass in regularisers.py naming its op
+    (fastvae.energy_distance), its name in DIVERGENCES and its line in VAE.__init__;
+  - hierarchical latents: a Posterior and a Prior over the levels (sample returns every level's z and the summed
+    log q, log_prob the summed log p; no closed-form sample_kl), with the decoder reading the lowest level; the
+    bound is unchanged;
+  - semi-supervised: a Labels part that, for unlabelled inputs, adds a classifier network q(y|x) and marginalises
+    the bound over y (its one_hot returns the soft labels and its term joins the loss).
+"""
+from .backends import BACKENDS, Ops
+from .likelihoods import LIKELIHOODS, VARIANCES
+from .posteriors import POSTERIORS
+from .regularisers import DIVERGENCES
+from .vae import MAX_LL_SAMPLES, VAE, VAEOutput, build_model
+
+__all__ = ["VAE", "VAEOutput", "build_model", "MAX_LL_SAMPLES", "LIKELIHOODS", "VARIANCES", "DIVERGENCES",
+           "POSTERIORS", "BACKENDS", "Ops"]

@@ -1,0 +1,36 @@
+"""The training behind `fastvae train`: whole data set on the device, an atomic checkpoint every epoch (resume
+continues exactly: model, optimizer, epoch and every RNG stream), metrics as CSV and JSON, PNGs, a NaN/inf stop
+that keeps the last good checkpoint, and DistributedDataParallel when launched by torchrun.
+
+A run owns its --out folder: it is locked for the run's lifetime, checked writable before anything is trained, and
+a folder that holds another run is refused unless resume (continue it) or overwrite (replace it) is given.
+
+    settings.py      the SETTINGS table (flags, TOML keys, the config dict), each Setting's check and parse
+    config.py        resolve_config: defaults <- preset <- given (or the run's own settings on resume)
+    rundir.py        the run folder: its files, claiming and locking it, atomic writes
+    checkpoint.py    save_checkpoint, load_checkpoint (every entry checked)
+    build.py         a run's model built and checked on the meta device first; model_from_checkpoint
+    distributed.py   torchrun's environment, the device, the process group's lifetime, the collectives
+    evaluation.py    evaluate: test ELBO, loss, terms and log-likelihood
+    loop.py          train(): claims the folder, trains, checkpoints, stops on NaN/inf or Ctrl-C
+    summary.py       metrics.csv/json, summary.json and the printed summary (pictures: fastvae.plots)
+
+`from fastvae import train as tr` gives every public name below (tr.train, tr.resolve_config, tr.SETTINGS, ...).
+"""
+from ..plots import save_pictures
+from .build import build_checked, model_from_checkpoint
+from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from .config import model_kwargs, resolve_config
+from .distributed import gather_with_grad, pick_device
+from .evaluation import evaluate
+from .loop import VARIANCE_LR_SCALE, TrainingDiverged, TrainingInterrupted, TrainResult, train
+from .rundir import CHECKPOINT_NAME, LOCK_NAME, RUN_FILES, OutDirError, claim_out_dir, release_out_dir
+from .settings import DEFAULTS, INT_MAX, MODELS, PRESETS, SETTINGS, Setting, check_settings
+
+__all__ = [
+    "train", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "VARIANCE_LR_SCALE",
+    "Setting", "SETTINGS", "DEFAULTS", "PRESETS", "MODELS", "INT_MAX", "check_settings", "resolve_config",
+    "model_kwargs", "CHECKPOINT_NAME", "LOCK_NAME", "RUN_FILES", "OutDirError", "claim_out_dir", "release_out_dir",
+    "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint",
+    "build_checked", "model_from_checkpoint", "pick_device", "gather_with_grad", "evaluate", "save_pictures",
+]
