@@ -137,3 +137,12 @@ def isa_runner():
             fastvae._C.force_cpu_isa("auto")
         return out
     return run
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the tests of tiny models and runs: as fast, and immune to a busy machine's scheduler."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

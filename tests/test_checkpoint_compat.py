@@ -25,12 +25,7 @@ with open(os.path.join(FIXTURES, "main_outputs.json")) as _f:
 RTOL, ATOL = 1e-5, 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _assert_same(got, want, where):

@@ -15,13 +15,7 @@ from fastvae.cli import main
 SMALL = ["--hidden-dims", "32", "--latent-dim", "2", "--batch-size", "256", "--no-progress", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The models here are tiny: one thread is as fast, and immune to a busy machine's scheduler."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small_cfg(out, **kw):

@@ -15,12 +15,7 @@ TINY = ["--hidden-dims", "8", "--latent-dim", "2", "--batch-size", "512", "--epo
         "--no-progress", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,7 @@ from fastvae.data import load_digits
 from fastvae.models import VAE, build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The models here are tiny: one thread is as fast, and immune to a busy machine's scheduler."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
