@@ -9,8 +9,6 @@
   (fresh-process peak RSS on CPU, max_memory_allocated on CUDA)."""
 import torch
 
-import fastvae
-
 from . import measure
 from .ops import CODE_D, MMD_BANDWIDTHS
 
