@@ -179,10 +179,8 @@ def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, g
         projections = _projections(projections, xb)
     dt = _compute_dtype(xb, yb, projections)
     if projections is None:
-        seed = draw_seed(xb.device, generator)
-        if seed.device.type not in ("cpu", "meta"):  # random_directions has no CUDA kernel yet: draw on the host
-            seed = seed.cpu()
-        theta = ops.random_directions(seed, d, n_projections).to(device=xb.device, dtype=dt)
+        # drawn on x's device from the seed there (no host copy: graph-capturable), the same on every device
+        theta = ops.random_directions(draw_seed(xb.device, generator), d, n_projections).to(dt)
     else:
         theta = projections.to(dt)
     B, L = xb.shape[0], theta.shape[1]

@@ -1,6 +1,6 @@
 // CUDA kernels of the sample distances: MMD / energy distance (tiled pair sums, forward and backward) and
 // sliced-Wasserstein (segmented sort of the projections, comparison with the sorted target). Torch-free: raw
-// pointers, sizes, a cudaStream_t; the binding is ops_distances_cuda.cpp.
+// pointers, sizes, a cudaStream_t; the binding is csrc/torch/distances/cuda.cpp.
 //
 // MMD, launch shapes and bytes moved:
 //   prep     column means of x (grid (ceil(d/32), B), 32x32 threads), the scale of the centred points (one block
@@ -27,8 +27,8 @@
 #include <cub/cub.cuh>
 #include <type_traits>
 
-#include "fastvae/cuda_distances.h"
-#include "fastvae/distances.h"
+#include "cuda/kernels.h"
+#include "fastvae/distance_math.h"
 #include "fastvae/philox.h"
 
 namespace fastvae {
@@ -459,7 +459,7 @@ struct MmdLayout {
 };
 
 template <class T>
-MmdLayout<T> mmd_layout(const MmdArgs<T>& a) {
+MmdLayout<T> mmd_layout(const MmdProblem<T>& a) {
   MmdLayout<T> l;
   l.nbx = (a.N + kTile - 1) / kTile;
   l.nby = a.y ? (a.M + kTile - 1) / kTile : 0;
@@ -480,7 +480,7 @@ MmdLayout<T> mmd_layout(const MmdArgs<T>& a) {
 }
 
 template <class T>
-Dev<T> prepare(const MmdArgs<T>& a, const MmdLayout<T>& l, unsigned char* ws, cudaStream_t st) {
+Dev<T> prepare(const MmdProblem<T>& a, const MmdLayout<T>& l, unsigned char* ws, cudaStream_t st) {
   Dev<T> p;
   p.x = a.x;
   p.y = a.y;
@@ -489,7 +489,7 @@ Dev<T> prepare(const MmdArgs<T>& a, const MmdLayout<T>& l, unsigned char* ws, cu
   p.d = a.d;
   p.kernel = a.kernel;
   p.n_bw = a.n_bw;
-  for (int h = 0; h < a.n_bw; ++h) p.bw[h] = a.bw[h];
+  for (int h = 0; h < a.n_bw; ++h) p.bw[h] = a.bandwidths[h];
   T* center = reinterpret_cast<T*>(ws + l.center);
   T* scale = reinterpret_cast<T*>(ws + l.scale);
   T* nx = reinterpret_cast<T*>(ws + l.nx);
@@ -648,7 +648,7 @@ SwLayout sw_layout(index_t B, index_t L, index_t N, bool with_y) {
 // launchers
 
 template <class T>
-size_t mmd_workspace_bytes(const MmdArgs<T>& a) {
+size_t mmd_workspace_bytes(const MmdProblem<T>& a) {
   return mmd_layout(a).total;
 }
 
@@ -659,7 +659,7 @@ bool mmd_grid_fits(index_t B, index_t N, index_t M) {
 }
 
 template <class T>
-int mmd_forward(const MmdArgs<T>& a, T* out, void* workspace, void* stream) {
+int mmd_forward(const MmdProblem<T>& a, T* out, void* workspace, void* stream) {
   if (a.B == 0) return 0;
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   unsigned char* ws = static_cast<unsigned char*>(workspace);
@@ -679,14 +679,14 @@ int mmd_forward(const MmdArgs<T>& a, T* out, void* workspace, void* stream) {
   f.biased = !a.unbiased;
   f.prior_rbf = a.y == nullptr;
   f.n_bw = a.n_bw;
-  for (int h = 0; h < a.n_bw; ++h) f.bw[h] = a.bw[h];
+  for (int h = 0; h < a.n_bw; ++h) f.bw[h] = a.bandwidths[h];
   mmd_finish_kernel<T><<<static_cast<unsigned>(a.B), kThreads, 0, st>>>(partials, l.nbx, l.nby, a.N, a.y ? a.M : 0,
                                                                          a.d, p.nx, f, out);
   return cudaGetLastError();
 }
 
 template <class T>
-int mmd_backward(const MmdArgs<T>& a, const T* g, T* grad_x, T* grad_y, void* workspace, void* stream) {
+int mmd_backward(const MmdProblem<T>& a, const T* g, T* grad_x, T* grad_y, void* workspace, void* stream) {
   if (a.d > kMaxDim) return cudaErrorInvalidValue;
   if (a.B == 0) return 0;
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
@@ -697,7 +697,7 @@ int mmd_backward(const MmdArgs<T>& a, const T* g, T* grad_x, T* grad_y, void* wo
   return with_kernel<T>(a.kernel, [&](auto kc) {
     constexpr DistKernel K = decltype(kc)::value;
     GradRole rx{true, 4.0 * c.xx, a.y ? 2.0 * c.xy : 0.0, a.y == nullptr, 1.0 / static_cast<double>(a.N), {}};
-    for (int h = 0; h < a.n_bw; ++h) rx.bw[h] = a.bw[h];
+    for (int h = 0; h < a.n_bw; ++h) rx.bw[h] = a.bandwidths[h];
     int err = launch_grad<T, K>(p, rx, a.B, a.N, g, grad_x, st);
     if (err || !grad_y || !a.y) return err;
     GradRole ry = rx;
@@ -708,21 +708,7 @@ int mmd_backward(const MmdArgs<T>& a, const T* g, T* grad_x, T* grad_y, void* wo
   });
 }
 
-__global__ void fill_normals_kernel(float* __restrict__ out, index_t n, uint64_t key) {
-  const index_t grp = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (grp * 4 >= n) return;
-  float v[4];
-  normal4(static_cast<uint64_t>(grp), key, v);
-#pragma unroll
-  for (int q = 0; q < 4; ++q)
-    if (grp * 4 + q < n) out[grp * 4 + q] = v[q];
-}
-
-int fill_normals(float* out, index_t n, uint64_t key, void* stream) {
-  if (n == 0) return 0;
-  fill_normals_kernel<<<grid1d((n + 3) / 4, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(out, n, key);
-  return cudaGetLastError();
-}
+const char* error_string(int err) { return cudaGetErrorString(static_cast<cudaError_t>(err)); }
 
 template <class T>
 size_t sw_workspace_bytes(index_t B, index_t L, index_t N, bool with_y) {
@@ -770,9 +756,9 @@ int sw_backward(const T* g, const T* px, const T* py, const int32_t* perm_x, con
 }
 
 #define FV_INSTANTIATE(T)                                                                                            \
-  template size_t mmd_workspace_bytes<T>(const MmdArgs<T>&);                                                       \
-  template int mmd_forward<T>(const MmdArgs<T>&, T*, void*, void*);                                                \
-  template int mmd_backward<T>(const MmdArgs<T>&, const T*, T*, T*, void*, void*);                                 \
+  template size_t mmd_workspace_bytes<T>(const MmdProblem<T>&);                                                       \
+  template int mmd_forward<T>(const MmdProblem<T>&, T*, void*, void*);                                                \
+  template int mmd_backward<T>(const MmdProblem<T>&, const T*, T*, T*, void*, void*);                                 \
   template size_t sw_workspace_bytes<T>(index_t, index_t, index_t, bool);                                          \
   template int sw_forward<T>(const T*, const T*, T*, int32_t*, int32_t*, index_t, index_t, index_t, double, void*, \
                              size_t, void*);                                                                       \

@@ -14,8 +14,8 @@
 
 #include <cstdint>
 
-#include "fastvae/cuda_kernels.h"
-#include "fastvae/gaussian.h"
+#include "cuda/kernels.h"
+#include "fastvae/gaussian_math.h"
 #include "fastvae/philox.h"
 
 namespace fastvae {
@@ -656,29 +656,31 @@ size_t col_workspace_bytes(index_t rows, index_t D, int n_acc, DType t) {
   return static_cast<size_t>(col_grid(rows).groups * n_acc * D) * (t == DType::Float64 ? 8 : 4);
 }
 
-void reparam_fwd(DType t, const void* mu, const void* lv, void* z, index_t numel, index_t n_samples,
+int reparam_fwd(DType t, const void* mu, const void* lv, void* z, index_t numel, index_t n_samples,
                  const int64_t* seed, void* stream) {
   const index_t total = numel * n_samples;
-  if (total == 0) return;
+  if (total == 0) return 0;  // nothing to launch
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
     reparam_fwd_kernel<S><<<grid_for((total + 3) / 4), kThreads, 0, as_stream(stream)>>>(
         static_cast<const S*>(mu), static_cast<const S*>(lv), static_cast<S*>(z), numel, total, seed);
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void reparam_bwd(DType t, const void* gz, const void* lv, void* grad_mu, void* grad_lv, index_t numel,
+int reparam_bwd(DType t, const void* gz, const void* lv, void* grad_mu, void* grad_lv, index_t numel,
                  index_t n_samples, const int64_t* seed, void* stream) {
-  if (numel == 0) return;
+  if (numel == 0) return 0;  // nothing to launch
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
     reparam_bwd_kernel<S><<<grid_for((numel + 3) / 4), kThreads, 0, as_stream(stream)>>>(
         static_cast<const S*>(gz), static_cast<const S*>(lv), static_cast<S*>(grad_mu), static_cast<S*>(grad_lv),
         numel, n_samples, seed);
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void reparam_kl_fwd(DType t, const void* mu, const void* lv, void* z, void* kl, index_t rows, index_t D,
+int reparam_kl_fwd(DType t, const void* mu, const void* lv, void* z, void* kl, index_t rows, index_t D,
                     const int64_t* seed, void* workspace, void* stream) {
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
@@ -686,9 +688,10 @@ void reparam_kl_fwd(DType t, const void* mu, const void* lv, void* z, void* kl, 
     const ReparamKlFwd<S> op{static_cast<const S*>(mu), static_cast<const S*>(lv), static_cast<S*>(z), D, seed};
     launch_rows(op, rows, D, static_cast<T*>(kl), workspace, as_stream(stream));
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void reparam_kl_bwd(DType t, const void* gz, const void* gkl, const void* mu, const void* lv, void* grad_mu,
+int reparam_kl_bwd(DType t, const void* gz, const void* gkl, const void* mu, const void* lv, void* grad_mu,
                     void* grad_lv, index_t rows, index_t D, const int64_t* seed, void* stream) {
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
@@ -698,9 +701,10 @@ void reparam_kl_bwd(DType t, const void* gz, const void* gkl, const void* mu, co
                              D,                          seed};
     launch_rows(op, rows, D, static_cast<T*>(nullptr), nullptr, as_stream(stream));
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void gaussian_nll_fwd(DType t, const void* x, const void* mean, const void* lv, Layout lv_layout, void* out,
+int gaussian_nll_fwd(DType t, const void* x, const void* mean, const void* lv, Layout lv_layout, void* out,
                       index_t rows, index_t D, index_t x_rows, void* workspace, void* stream) {
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
@@ -709,9 +713,10 @@ void gaussian_nll_fwd(DType t, const void* x, const void* mean, const void* lv, 
                                lv_layout, D, x_rows};
     launch_rows(op, rows, D, static_cast<T*>(out), workspace, as_stream(stream));
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void gaussian_nll_bwd(DType t, const void* g, const void* x, const void* mean, const void* lv, Layout lv_layout,
+int gaussian_nll_bwd(DType t, const void* g, const void* x, const void* mean, const void* lv, Layout lv_layout,
                       void* grad_mean, void* grad_lv, index_t rows, index_t D, index_t x_rows, void* col_workspace,
                       void* stream) {
   dispatch(t, [&](auto tag) {
@@ -726,9 +731,10 @@ void gaussian_nll_bwd(DType t, const void* g, const void* x, const void* mean, c
     else
       launch_rows(op, rows, D, static_cast<T*>(nullptr), nullptr, as_stream(stream));
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void bernoulli_nll_fwd(DType t, const void* logits, const void* x, void* out, index_t rows, index_t D,
+int bernoulli_nll_fwd(DType t, const void* logits, const void* x, void* out, index_t rows, index_t D,
                        index_t x_rows, void* workspace, void* stream) {
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
@@ -736,9 +742,10 @@ void bernoulli_nll_fwd(DType t, const void* logits, const void* x, void* out, in
     const BernoulliNllFwd<S> op{static_cast<const S*>(logits), static_cast<const S*>(x), D, x_rows};
     launch_rows(op, rows, D, static_cast<T*>(out), workspace, as_stream(stream));
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void bernoulli_nll_bwd(DType t, const void* g, const void* logits, const void* x, void* grad_logits, index_t rows,
+int bernoulli_nll_bwd(DType t, const void* g, const void* logits, const void* x, void* grad_logits, index_t rows,
                        index_t D, index_t x_rows, void* stream) {
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
@@ -747,9 +754,10 @@ void bernoulli_nll_bwd(DType t, const void* g, const void* logits, const void* x
                                 static_cast<S*>(grad_logits), D, x_rows};
     launch_rows(op, rows, D, static_cast<T*>(nullptr), nullptr, as_stream(stream));
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void kl_normal_fwd(DType t, const void* mu, const void* lv, const void* mp, Layout mp_layout, const void* lp,
+int kl_normal_fwd(DType t, const void* mu, const void* lv, const void* mp, Layout mp_layout, const void* lp,
                    Layout lp_layout, void* out, index_t rows, index_t D, void* workspace, void* stream) {
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
@@ -758,9 +766,10 @@ void kl_normal_fwd(DType t, const void* mu, const void* lv, const void* mp, Layo
                       static_cast<const S*>(lp), mp_layout, lp_layout, D};
     launch_rows(op, rows, D, static_cast<T*>(out), workspace, as_stream(stream));
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void kl_normal_bwd(DType t, const void* g, const void* mu, const void* lv, const void* mp, Layout mp_layout,
+int kl_normal_bwd(DType t, const void* g, const void* mu, const void* lv, const void* mp, Layout mp_layout,
                    const void* lp, Layout lp_layout, void* grad_mu, void* grad_lv, void* grad_mp, void* grad_lp,
                    index_t rows, index_t D, void* col_workspace, void* stream) {
   dispatch(t, [&](auto tag) {
@@ -778,12 +787,13 @@ void kl_normal_bwd(DType t, const void* g, const void* mu, const void* lv, const
     else
       launch_rows(op, rows, D, static_cast<T*>(nullptr), nullptr, as_stream(stream));
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void tril_fwd(DType t, const void* mu, const void* L, void* z, void* log_q, index_t R, index_t d,
+int tril_fwd(DType t, const void* mu, const void* L, void* z, void* log_q, index_t R, index_t d,
               index_t n_samples, const int64_t* seed, void* stream) {
   const index_t samples = R * n_samples;
-  if (samples == 0) return;
+  if (samples == 0) return 0;  // nothing to launch
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
     using T = typename AccOf<S>::type;
@@ -791,11 +801,12 @@ void tril_fwd(DType t, const void* mu, const void* L, void* z, void* log_q, inde
         static_cast<const S*>(mu), static_cast<const S*>(L), static_cast<S*>(z), static_cast<T*>(log_q), R, d,
         samples, seed);
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void tril_bwd(DType t, const void* gz, const void* glogq, const void* L, void* grad_mu, void* grad_L, index_t R,
+int tril_bwd(DType t, const void* gz, const void* glogq, const void* L, void* grad_mu, void* grad_L, index_t R,
               index_t d, index_t n_samples, const int64_t* seed, void* stream) {
-  if (R == 0) return;
+  if (R == 0) return 0;  // nothing to launch
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
     using T = typename AccOf<S>::type;
@@ -803,11 +814,13 @@ void tril_bwd(DType t, const void* gz, const void* glogq, const void* L, void* g
         static_cast<const S*>(gz), static_cast<const T*>(glogq), static_cast<const S*>(L), static_cast<T*>(grad_mu),
         static_cast<T*>(grad_L), R, d, n_samples, seed);
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void normals(float* out, index_t start, index_t n, const int64_t* seed, void* stream) {
-  if (n == 0) return;
+int normals(float* out, index_t start, index_t n, const int64_t* seed, void* stream) {
+  if (n == 0) return 0;  // nothing to launch
   normals_kernel<<<grid_for((n + 3) / 4), kThreads, 0, as_stream(stream)>>>(out, start, n, seed);
+  return static_cast<int>(cudaGetLastError());
 }
 
 }  // namespace cuda
