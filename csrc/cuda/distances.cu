@@ -19,9 +19,9 @@
 // Dot products run on the FP32 (or FP64) pipes: TF32 tensor cores would round the codes to 10 mantissa bits
 // before |a - b|^2 is formed, which is too coarse for the distances of nearby codes.
 //
-// Sliced-Wasserstein: cub::DeviceSegmentedSort::SortPairs over the B L rows (it sorts small and medium
-// segments per warp / per block in shared memory and large ones with a device-wide pass), then one block per row
-// for the comparison with the sorted target (the normal quantiles, or the sorted py) and a fixed-order sum.
+// Sliced-Wasserstein: a stable sort of the B L rows that stays on the device (two passes of
+// cub::DeviceRadixSort, see sort_rows), then one block per row for the comparison with the sorted target (the
+// normal quantiles, or the sorted py) and a fixed-order sum.
 #include <cuda_runtime.h>
 
 #include <cub/cub.cuh>
@@ -551,14 +551,49 @@ int with_kernel(DistKernel k, const F& f) {
 // ---------------------------------------------------------------------------------------------------------------
 // sliced-Wasserstein
 
-__global__ void row_offsets_kernel(int* __restrict__ off, index_t rows, index_t N) {
-  const index_t r = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (r <= rows) off[r] = static_cast<int>(r * N);
+// The sort of the B L rows of px (and py), stable like the CPU's radix sort and without any host
+// synchronisation (graph-capturable; cub's DeviceSegmentedSort copies the segment sizes to the host above 500
+// segments): two passes of cub::DeviceRadixSort::SortPairs, which is stable and stays on the device. Pass 1 sorts
+// every element by value, carrying its flat index; pass 2 sorts those indices by their row (only the bits that row
+// numbers use), so each row ends up sorted by value, ties in index order: the CPU's permutation.
+__global__ void iota_kernel(int32_t* __restrict__ idx, index_t n) {
+  const index_t t = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t < n) idx[t] = static_cast<int32_t>(t);
 }
 
-__global__ void iota_rows_kernel(int32_t* __restrict__ idx, index_t rows, index_t N) {
+// Order-preserving unsigned keys of the values, as the CPU sort makes them (negative values flipped entirely,
+// positive ones get the top bit): sorting the keys as integers orders -0.0 before +0.0 and NaNs by their bits,
+// as on the CPU (cub's float keys would treat -0.0 and +0.0 as equal).
+template <class T>
+struct KeyOf {
+  using type = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+};
+
+template <class T>
+__global__ void order_key_kernel(const T* __restrict__ v, typename KeyOf<T>::type* __restrict__ key, index_t n) {
+  using K = typename KeyOf<T>::type;
   const index_t t = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t < rows * N) idx[t] = static_cast<int32_t>(t % N);
+  if (t >= n) return;
+  K b;
+  memcpy(&b, &v[t], sizeof(K));
+  const K top = K(1) << (sizeof(K) * 8 - 1);
+  key[t] = (b & top) ? ~b : (b | top);
+}
+
+__global__ void row_of_kernel(const int32_t* __restrict__ idx, uint32_t* __restrict__ row, index_t n, index_t N) {
+  const index_t t = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t < n) row[t] = static_cast<uint32_t>(idx[t] / N);
+}
+
+// flat -> in-row indices (perm, in place) and the sorted values of each row
+template <class T>
+__global__ void gather_sorted_kernel(const T* __restrict__ v, int32_t* __restrict__ perm, T* __restrict__ sorted,
+                                     index_t n, index_t N) {
+  const index_t t = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= n) return;
+  const int32_t f = perm[t];
+  sorted[t] = v[f];
+  perm[t] = static_cast<int32_t>(f % N);
 }
 
 // One block per row: sum_i |xs_i - t_i|^p with t the sorted py row or the normal quantile.
@@ -608,38 +643,85 @@ __global__ void sw_backward_kernel(const T* __restrict__ g, const T* __restrict_
 }
 
 struct SwLayout {
-  size_t offsets, idx, xs, ys, part, temp, total;
+  size_t idx, idx2, rows, rows2, keys, keys2, xs, ys, part, temp, total;
 };
 
+// the number of bits of row indices 0 .. rows - 1 (at least 1)
+inline int row_bits(index_t rows) {
+  int b = 1;
+  while (b < 32 && (index_t(1) << b) < rows) ++b;
+  return b;
+}
+
 template <class T>
-size_t sort_temp_bytes(index_t rows, index_t N) {
-  size_t bytes = 0;
-  cub::DeviceSegmentedSort::SortPairs(nullptr, bytes, static_cast<const T*>(nullptr), static_cast<T*>(nullptr),
-                                      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
-                                      static_cast<int>(rows * N), static_cast<int>(rows),
-                                      static_cast<const int*>(nullptr), static_cast<const int*>(nullptr) + 1);
-  return bytes;
+size_t sort_temp_bytes(index_t n) {
+  size_t by_value = 0, by_row = 0;
+  using K = typename KeyOf<T>::type;
+  cub::DeviceRadixSort::SortPairs(nullptr, by_value, static_cast<const K*>(nullptr), static_cast<K*>(nullptr),
+                                  static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+                                  static_cast<int>(n));
+  cub::DeviceRadixSort::SortPairs(nullptr, by_row, static_cast<const uint32_t*>(nullptr),
+                                  static_cast<uint32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
+                                  static_cast<int32_t*>(nullptr), static_cast<int>(n));
+  return by_value > by_row ? by_value : by_row;
 }
 
 template <class T>
 SwLayout sw_layout(index_t B, index_t L, index_t N, bool with_y) {
-  const index_t rows = B * L;
+  const size_t n = static_cast<size_t>(B * L * N);
   SwLayout l;
   size_t off = 0;
-  l.offsets = off;
-  off += align_up(sizeof(int) * static_cast<size_t>(rows + 1));
   l.idx = off;
-  off += align_up(sizeof(int32_t) * static_cast<size_t>(rows * N));
+  off += align_up(sizeof(int32_t) * n);
+  l.idx2 = off;
+  off += align_up(sizeof(int32_t) * n);
+  l.rows = off;
+  off += align_up(sizeof(uint32_t) * n);
+  l.rows2 = off;
+  off += align_up(sizeof(uint32_t) * n);
+  l.keys = off;
+  off += align_up(sizeof(T) * n);
+  l.keys2 = off;
+  off += align_up(sizeof(T) * n);
   l.xs = off;
-  off += align_up(sizeof(T) * static_cast<size_t>(rows * N));
+  off += align_up(sizeof(T) * n);
   l.ys = off;
-  off += with_y ? align_up(sizeof(T) * static_cast<size_t>(rows * N)) : 0;
+  off += with_y ? align_up(sizeof(T) * n) : 0;
   l.part = off;
-  off += align_up(sizeof(double) * static_cast<size_t>(rows));
+  off += align_up(sizeof(double) * static_cast<size_t>(B * L));
   l.temp = off;
-  off += align_up(sort_temp_bytes<T>(rows, N));
+  off += align_up(sort_temp_bytes<T>(static_cast<index_t>(n)));
   l.total = off;
   return l;
+}
+
+// perm (B L rows of N) = the stable sorting permutation of each row of v, sorted = the sorted rows
+template <class T>
+cudaError_t sort_rows(const T* v, int32_t* perm, T* sorted, index_t rows, index_t N, const SwLayout& l,
+                      unsigned char* ws, cudaStream_t st) {
+  using K = typename KeyOf<T>::type;
+  const index_t n = rows * N;
+  K* key = reinterpret_cast<K*>(ws + l.keys);
+  K* key2 = reinterpret_cast<K*>(ws + l.keys2);
+  int32_t* idx = reinterpret_cast<int32_t*>(ws + l.idx);
+  int32_t* idx2 = reinterpret_cast<int32_t*>(ws + l.idx2);
+  uint32_t* row = reinterpret_cast<uint32_t*>(ws + l.rows);
+  uint32_t* row2 = reinterpret_cast<uint32_t*>(ws + l.rows2);
+  void* temp = ws + l.temp;
+  size_t temp_bytes = l.total - l.temp;
+  iota_kernel<<<grid1d(n, 256), 256, 0, st>>>(idx, n);
+  order_key_kernel<T><<<grid1d(n, 256), 256, 0, st>>>(v, key, n);
+  // pass 1: by value (its order-preserving key)
+  cudaError_t e = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, key, key2, idx, idx2, static_cast<int>(n), 0,
+                                                  static_cast<int>(sizeof(K) * 8), st);
+  if (e != cudaSuccess) return e;
+  // pass 2: by row, stable, on the bits row numbers use
+  row_of_kernel<<<grid1d(n, 256), 256, 0, st>>>(idx2, row, n, N);
+  e = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, row, row2, idx2, perm, static_cast<int>(n), 0,
+                                      row_bits(rows), st);
+  if (e != cudaSuccess) return e;
+  gather_sorted_kernel<T><<<grid1d(n, 256), 256, 0, st>>>(v, perm, sorted, n, N);
+  return cudaGetLastError();
 }
 
 }  // namespace
@@ -724,23 +806,12 @@ int sw_forward(const T* px, const T* py, T* out, int32_t* perm_x, int32_t* perm_
   const index_t rows = B * L;
   if (rows == 0) return 0;
   unsigned char* ws = static_cast<unsigned char*>(workspace);
-  int* off = reinterpret_cast<int*>(ws + l.offsets);
-  int32_t* idx = reinterpret_cast<int32_t*>(ws + l.idx);
   T* xs = reinterpret_cast<T*>(ws + l.xs);
   T* ys = py ? reinterpret_cast<T*>(ws + l.ys) : nullptr;
   double* part = reinterpret_cast<double*>(ws + l.part);
-  void* temp = ws + l.temp;
-  size_t temp_bytes = l.total - l.temp;
-  row_offsets_kernel<<<grid1d(rows + 1, 256), 256, 0, st>>>(off, rows, N);
-  iota_rows_kernel<<<grid1d(rows * N, 256), 256, 0, st>>>(idx, rows, N);
-  cudaError_t e = cub::DeviceSegmentedSort::SortPairs(temp, temp_bytes, px, xs, idx, perm_x, static_cast<int>(rows * N),
-                                                      static_cast<int>(rows), off, off + 1, st);
+  cudaError_t e = sort_rows(px, perm_x, xs, rows, N, l, ws, st);
+  if (e == cudaSuccess && py) e = sort_rows(py, perm_y, ys, rows, N, l, ws, st);
   if (e != cudaSuccess) return e;
-  if (py) {
-    e = cub::DeviceSegmentedSort::SortPairs(temp, temp_bytes, py, ys, idx, perm_y, static_cast<int>(rows * N),
-                                            static_cast<int>(rows), off, off + 1, st);
-    if (e != cudaSuccess) return e;
-  }
   sw_rows_kernel<T><<<static_cast<unsigned>(rows), kThreads, 0, st>>>(xs, ys, N, p, part);
   sw_finish_kernel<T><<<static_cast<unsigned>(B), kThreads, 0, st>>>(part, L, N, out);
   return cudaGetLastError();

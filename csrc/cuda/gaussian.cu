@@ -157,7 +157,7 @@ __global__ void __launch_bounds__(kThreads) rows_small(Op op, index_t rows, inde
 
 template <class Op, class T>
 __global__ void __launch_bounds__(kThreads)
-    rows_chunked(Op op, index_t rows, index_t D, index_t nchunks, T* out, T* partial, unsigned int* tickets) {
+    rows_chunked(Op op, index_t rows, index_t D, index_t nchunks, T* out, double* partial, unsigned int* tickets) {
   const index_t b = blockIdx.x;
   const index_t row = b / nchunks, c = b % nchunks;
   const index_t i0 = c * kChunk, i1 = i0 + kChunk < D ? i0 + kChunk : D;
@@ -179,10 +179,11 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   if (last && threadIdx.x == 0) {
     __threadfence();
-    const volatile T* p = partial + row * nchunks;
-    T total = 0;
+    // partials and total in double: a float32 running sum over 2^17 chunks loses ~1e-3 relative
+    const volatile double* p = partial + row * nchunks;
+    double total = 0;
     for (index_t k = 0; k < nchunks; ++k) total += p[k];
-    out[row] = total;
+    out[row] = static_cast<T>(total);
     tickets[row] = 0;  // the workspace stays zeroed for the next launch
   }
 }
@@ -206,7 +207,7 @@ void launch_rows(const Op& op, index_t rows, index_t D, T* out, void* workspace,
     rows_small<<<static_cast<unsigned int>(blocks), kThreads, 0, st>>>(op, rows, D, lanes_log2, out);
   } else {
     const index_t nchunks = chunks_of(D);
-    T* partial = static_cast<T*>(workspace);
+    double* partial = static_cast<double*>(workspace);
     auto* tickets = reinterpret_cast<unsigned int*>(static_cast<char*>(workspace) +
                                                     align256(sizeof(double) * rows * nchunks));
     rows_chunked<<<static_cast<unsigned int>(rows * nchunks), kThreads, 0, st>>>(op, rows, D, nchunks, out, partial,
@@ -594,9 +595,10 @@ __global__ void __launch_bounds__(kThreads) tril_bwd_kernel(const S* gz, const t
                                                             typename AccOf<S>::type* grad_L, index_t R, index_t d,
                                                             index_t n_samples, const int64_t* seed) {
   using T = typename AccOf<S>::type;
-  extern __shared__ float sh[];  // eps[d], g[d]
-  float* eps = sh;
-  float* g = sh + d;
+  // g[d] in the accumulation type (float64 gradients keep their precision), then eps[d]
+  extern __shared__ __align__(8) unsigned char smem[];
+  T* g = reinterpret_cast<T*>(smem);
+  float* eps = reinterpret_cast<float*>(smem + sizeof(T) * d);
   const uint64_t key = key_of(seed);
   for (index_t r = blockIdx.x; r < R; r += gridDim.x) {
     T* gL = grad_L + r * d * d;
@@ -608,14 +610,14 @@ __global__ void __launch_bounds__(kThreads) tril_bwd_kernel(const S* gz, const t
       __syncthreads();
       for (index_t j = threadIdx.x; j < d; j += kThreads) {
         eps[j] = normal_at(static_cast<uint64_t>(t * d + j), key);
-        g[j] = static_cast<float>(to_acc(gz[t * d + j]));
+        g[j] = to_acc(gz[t * d + j]);
       }
       __syncthreads();
       for (index_t e = threadIdx.x; e < d * d; e += kThreads) {
         const index_t i = e / d, j = e % d;
-        if (j <= i) gL[e] += static_cast<T>(g[i]) * static_cast<T>(eps[j]);
+        if (j <= i) gL[e] += g[i] * static_cast<T>(eps[j]);
       }
-      for (index_t i = threadIdx.x; i < d; i += kThreads) grad_mu[r * d + i] += static_cast<T>(g[i]);
+      for (index_t i = threadIdx.x; i < d; i += kThreads) grad_mu[r * d + i] += g[i];
       gq += glogq[t];
     }
     __syncthreads();
@@ -810,7 +812,11 @@ int tril_bwd(DType t, const void* gz, const void* glogq, const void* L, void* gr
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
     using T = typename AccOf<S>::type;
-    tril_bwd_kernel<S><<<blocks_for(R), kThreads, 2 * sizeof(float) * d, as_stream(stream)>>>(
+    // float64: (8 + 4) d bytes, above the default 48 KiB for d > 4096 (d <= 6144: 72 KiB, sm_80 and later allow it)
+    const size_t smem = (sizeof(T) + sizeof(float)) * static_cast<size_t>(d);
+    if (smem > 48 * 1024)
+      cudaFuncSetAttribute(tril_bwd_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    tril_bwd_kernel<S><<<blocks_for(R), kThreads, smem, as_stream(stream)>>>(
         static_cast<const S*>(gz), static_cast<const T*>(glogq), static_cast<const S*>(L), static_cast<T*>(grad_mu),
         static_cast<T*>(grad_L), R, d, n_samples, seed);
   });
