@@ -127,3 +127,37 @@ def test_sort_ties_give_the_cpu_permutation(dtype):
     _, perm_cpu, _ = ops.sliced_wasserstein_projected(px, None, 2.0)
     _, perm_dev, _ = ops.sliced_wasserstein_projected(px.to(DEV), None, 2.0)
     assert torch.equal(perm_dev.cpu(), perm_cpu)
+
+
+# ---- limits that went: more than 16 bandwidths, more than 65535 batches --------------------------------------
+
+@pytest.mark.parametrize("kernel", ["rbf", "imq"])
+def test_mmd_more_than_16_bandwidths_matches_cpu(kernel):
+    # the launchers run groups of 16 bandwidths and add them up; the CPU adds every bandwidth in one pass
+    bws = [0.25 * (h + 1) for h in range(40)]
+    x, y = rand(2, 30, 3, seed=1, dtype=torch.float64), rand(2, 25, 3, seed=2, dtype=torch.float64)
+    g = rand(2, seed=3, dtype=torch.float64)
+    for yy in (y, None):
+        cpu = ops.mmd(x.cpu(), None if yy is None else yy.cpu(), None, kernel, bws, True)
+        dev = ops.mmd(x, yy, None, kernel, bws, True) if kernel == "rbf" or yy is not None else None
+        if dev is None:
+            continue
+        # float64: 40 bandwidths x a few hundred pairs summed in another order
+        torch.testing.assert_close(dev.cpu(), cpu, rtol=1e-11, atol=1e-12)
+        gc = ops.mmd_backward(g.cpu(), x.cpu(), None if yy is None else yy.cpu(), None, kernel, bws, True, True)
+        gd = ops.mmd_backward(g, x, yy, None, kernel, bws, True, True)
+        for a, b in zip(gd, gc):
+            torch.testing.assert_close(a.cpu(), b, rtol=1e-10, atol=1e-12)
+
+
+def test_mmd_more_than_65535_batches_matches_cpu():
+    # batches were the grid's y dimension (at most 65535): the launchers now loop over groups of batches
+    x, y = rand(70000, 8, 4, seed=4), rand(70000, 8, 4, seed=5)
+    cpu = ops.mmd(x.cpu(), y.cpu(), None, "imq", [1.0], False)
+    dev = ops.mmd(x, y, None, "imq", [1.0], False)
+    # float32 pair sums of 8 x 8 points in another order: a few ulp of the terms
+    torch.testing.assert_close(dev.cpu(), cpu, rtol=1e-4, atol=1e-5)
+    g = rand(70000, seed=6)
+    for a, b in zip(ops.mmd_backward(g, x, y, None, "imq", [1.0], False, True),
+                    ops.mmd_backward(g.cpu(), x.cpu(), y.cpu(), None, "imq", [1.0], False, True)):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5)

@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "cuda/kernels.h"
+#include "cudasim/launch.h"
 #include "fastvae/gaussian_math.h"
 #include "fastvae/philox.h"
 
@@ -204,14 +205,14 @@ void launch_rows(const Op& op, index_t rows, index_t D, T* out, void* workspace,
     while (lanes_log2 < 5 && (index_t(4) << lanes_log2) < D) ++lanes_log2;
     const index_t rows_per_block = kThreads >> lanes_log2;
     const index_t blocks = (rows + rows_per_block - 1) / rows_per_block;
-    rows_small<<<static_cast<unsigned int>(blocks), kThreads, 0, st>>>(op, rows, D, lanes_log2, out);
+    fv_launch(rows_small<Op, T>, static_cast<unsigned int>(blocks), kThreads, 0, st, op, rows, D, lanes_log2, out);
   } else {
     const index_t nchunks = chunks_of(D);
     double* partial = static_cast<double*>(workspace);
     auto* tickets = reinterpret_cast<unsigned int*>(static_cast<char*>(workspace) +
                                                     align256(sizeof(double) * rows * nchunks));
-    rows_chunked<<<static_cast<unsigned int>(rows * nchunks), kThreads, 0, st>>>(op, rows, D, nchunks, out, partial,
-                                                                                  tickets);
+    fv_launch(rows_chunked<Op, T>, static_cast<unsigned int>(rows * nchunks), kThreads, 0, st, op, rows, D, nchunks,
+              out, partial, tickets);
   }
 }
 
@@ -263,10 +264,10 @@ void launch_cols(const Op& op, index_t rows, index_t D, int n_acc, S* out0, S* o
   if (cg.groups == 0 || D == 0) return;
   T* partial = static_cast<T*>(workspace);
   const dim3 grid(static_cast<unsigned int>((D + kThreads - 1) / kThreads), static_cast<unsigned int>(cg.groups));
-  cols_partial<<<grid, kThreads, 0, st>>>(op, rows, D, cg.rows_per_group, n_acc, partial);
+  fv_launch(cols_partial<Op, T>, grid, kThreads, 0, st, op, rows, D, cg.rows_per_group, n_acc, partial);
   const index_t total = n_acc * D;
-  cols_finish<<<static_cast<unsigned int>((total + kThreads - 1) / kThreads), kThreads, 0, st>>>(
-      partial, cg.groups, D, n_acc, out0, out1);
+  fv_launch(cols_finish<S, T>, static_cast<unsigned int>((total + kThreads - 1) / kThreads), kThreads, 0, st, partial,
+            cg.groups, D, n_acc, out0, out1);
 }
 
 unsigned int grid_for(index_t groups_of_4) {
@@ -566,7 +567,7 @@ __global__ void __launch_bounds__(kThreads) tril_fwd_kernel(const S* mu, const S
                                                             typename AccOf<S>::type* log_q, index_t R, index_t d,
                                                             index_t samples, const int64_t* seed) {
   using T = typename AccOf<S>::type;
-  extern __shared__ float eps[];
+  FV_DYNAMIC_SHARED(float, eps);
   const uint64_t key = key_of(seed);
   for (index_t t = blockIdx.x; t < samples; t += gridDim.x) {
     const index_t r = t % R;
@@ -596,7 +597,7 @@ __global__ void __launch_bounds__(kThreads) tril_bwd_kernel(const S* gz, const t
                                                             index_t n_samples, const int64_t* seed) {
   using T = typename AccOf<S>::type;
   // g[d] in the accumulation type (float64 gradients keep their precision), then eps[d]
-  extern __shared__ __align__(8) unsigned char smem[];
+  FV_DYNAMIC_SHARED(unsigned char, smem);
   T* g = reinterpret_cast<T*>(smem);
   float* eps = reinterpret_cast<float*>(smem + sizeof(T) * d);
   const uint64_t key = key_of(seed);
@@ -664,8 +665,8 @@ int reparam_fwd(DType t, const void* mu, const void* lv, void* z, index_t numel,
   if (total == 0) return 0;  // nothing to launch
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
-    reparam_fwd_kernel<S><<<grid_for((total + 3) / 4), kThreads, 0, as_stream(stream)>>>(
-        static_cast<const S*>(mu), static_cast<const S*>(lv), static_cast<S*>(z), numel, total, seed);
+    fv_launch(reparam_fwd_kernel<S>, grid_for((total + 3) / 4), kThreads, 0, as_stream(stream),
+              static_cast<const S*>(mu), static_cast<const S*>(lv), static_cast<S*>(z), numel, total, seed);
   });
   return static_cast<int>(cudaGetLastError());
 }
@@ -675,9 +676,9 @@ int reparam_bwd(DType t, const void* gz, const void* lv, void* grad_mu, void* gr
   if (numel == 0) return 0;  // nothing to launch
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
-    reparam_bwd_kernel<S><<<grid_for((numel + 3) / 4), kThreads, 0, as_stream(stream)>>>(
-        static_cast<const S*>(gz), static_cast<const S*>(lv), static_cast<S*>(grad_mu), static_cast<S*>(grad_lv),
-        numel, n_samples, seed);
+    fv_launch(reparam_bwd_kernel<S>, grid_for((numel + 3) / 4), kThreads, 0, as_stream(stream),
+              static_cast<const S*>(gz), static_cast<const S*>(lv), static_cast<S*>(grad_mu), static_cast<S*>(grad_lv),
+              numel, n_samples, seed);
   });
   return static_cast<int>(cudaGetLastError());
 }
@@ -799,9 +800,9 @@ int tril_fwd(DType t, const void* mu, const void* L, void* z, void* log_q, index
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
     using T = typename AccOf<S>::type;
-    tril_fwd_kernel<S><<<blocks_for(samples), kThreads, sizeof(float) * d, as_stream(stream)>>>(
-        static_cast<const S*>(mu), static_cast<const S*>(L), static_cast<S*>(z), static_cast<T*>(log_q), R, d,
-        samples, seed);
+    fv_launch(tril_fwd_kernel<S>, blocks_for(samples), kThreads, sizeof(float) * d, as_stream(stream),
+              static_cast<const S*>(mu), static_cast<const S*>(L), static_cast<S*>(z), static_cast<T*>(log_q), R, d,
+              samples, seed);
   });
   return static_cast<int>(cudaGetLastError());
 }
@@ -816,16 +817,16 @@ int tril_bwd(DType t, const void* gz, const void* glogq, const void* L, void* gr
     const size_t smem = (sizeof(T) + sizeof(float)) * static_cast<size_t>(d);
     if (smem > 48 * 1024)
       cudaFuncSetAttribute(tril_bwd_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    tril_bwd_kernel<S><<<blocks_for(R), kThreads, smem, as_stream(stream)>>>(
-        static_cast<const S*>(gz), static_cast<const T*>(glogq), static_cast<const S*>(L), static_cast<T*>(grad_mu),
-        static_cast<T*>(grad_L), R, d, n_samples, seed);
+    fv_launch(tril_bwd_kernel<S>, blocks_for(R), kThreads, smem, as_stream(stream), static_cast<const S*>(gz),
+              static_cast<const T*>(glogq), static_cast<const S*>(L), static_cast<T*>(grad_mu), static_cast<T*>(grad_L),
+              R, d, n_samples, seed);
   });
   return static_cast<int>(cudaGetLastError());
 }
 
 int normals(float* out, index_t start, index_t n, const int64_t* seed, void* stream) {
   if (n == 0) return 0;  // nothing to launch
-  normals_kernel<<<grid_for((n + 3) / 4), kThreads, 0, as_stream(stream)>>>(out, start, n, seed);
+  fv_launch(normals_kernel, grid_for((n + 3) / 4), kThreads, 0, as_stream(stream), out, start, n, seed);
   return static_cast<int>(cudaGetLastError());
 }
 

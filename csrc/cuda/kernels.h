@@ -52,12 +52,12 @@ const char* error_string(int err);
 
 // ---- sample distances -------------------------------------------------------------------------------------------
 
-constexpr int kMaxBandwidths = 16;  // bandwidths per call (kernel parameters travel by value)
+constexpr int kMaxBandwidths = 16;  // bandwidths per kernel launch (by value); the launchers loop over groups
 constexpr int kMaxDim = 256;        // code dimension d of the CUDA MMD backward (gradient rows live in registers)
 
-// Whether the launch grids of mmd_forward / mmd_backward fit CUDA's limits: B <= 65535 (grid y) and fewer than
-// 2^31 tiles of pairs (grid x); M = 0 without y.
-bool mmd_grid_fits(index_t B, index_t N, index_t M);
+// Whether the launch grids of mmd_forward / mmd_backward fit CUDA's limits: fewer than 2^31 tiles of pairs (grid
+// x); M = 0 without y. (Any number of batches B: the launchers loop over groups of 65535, the grid's y limit.)
+bool mmd_grid_fits(index_t N, index_t M);
 // Workspaces are device buffers of the size the matching *_workspace_bytes() gives, allocated by the caller.
 template <class T>
 size_t mmd_workspace_bytes(const MmdProblem<T>& a);

@@ -13,15 +13,12 @@ struct DistancesCuda : CudaBackend {
   static constexpr bool kZeroedGrads = true;
   static void check_permutations(const char*, const at::Tensor&, int64_t, int64_t, const char*) {}
 
-  // The limits of the CUDA kernels (bandwidths passed by value, grid dimensions, gradient rows in registers),
-  // checked before any allocation.
-  static void check_mmd(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& y, const MmdSpec& spec,
+  // The limits of the CUDA kernels (grid dimensions, gradient rows in registers), checked before any allocation.
+  static void check_mmd(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& y, const MmdSpec&,
                         bool backward) {
-    TORCH_CHECK_VALUE(spec.bw.size() <= static_cast<size_t>(cuda::kMaxBandwidths), "fastvae.", op,
-                      ": on CUDA at most ", cuda::kMaxBandwidths, " bandwidths; got ", spec.bw.size());
-    TORCH_CHECK_VALUE(cuda::mmd_grid_fits(x.size(0), x.size(1), y ? y->size(1) : 0), "fastvae.", op,
-                      ": on CUDA B <= 65535 and fewer than 2^31 tiles of 64 x 64 pairs; got B = ", x.size(0),
-                      ", N = ", x.size(1), ", M = ", y ? y->size(1) : 0);
+    TORCH_CHECK_VALUE(cuda::mmd_grid_fits(x.size(1), y ? y->size(1) : 0), "fastvae.", op,
+                      ": on CUDA fewer than 2^31 tiles of 64 x 64 pairs; got N = ", x.size(1), ", M = ",
+                      y ? y->size(1) : 0);
     TORCH_CHECK_VALUE(!backward || x.size(2) <= cuda::kMaxDim, "fastvae.", op, ": on CUDA d <= ", cuda::kMaxDim,
                       "; got d = ", x.size(2));
   }
