@@ -25,20 +25,21 @@ env: $(BIN)/.ready
 build: $(BIN)/.ready
 	MAX_JOBS=$(MAX_JOBS) $(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
 
-# Every .cu file must compile for sm_80 and sm_90 (the kernels are torch-free: CUDA runtime + CCCL only), and
-# the CUDA bindings (csrc/ops*_cuda.cpp) must pass a syntax check against torch's headers (a CPU torch ships
-# the c10/cuda headers but not their generated macro file, which build/stub provides).
+# Every CUDA kernel file must compile for sm_80 and sm_90 (the kernels are torch-free: CUDA runtime + CCCL only), and
+# the CUDA backends of the binding must pass a syntax check against torch's headers (a CPU torch ships the c10/cuda
+# headers but not their generated macro file, which build/stub provides). The file lists are setup.py's.
+SETUP_LIST = $(BIN)/python -c 'import setup; print(" ".join(setup.$(1)))'
 cuda-check: $(BIN)/.ready
 	@if command -v $(NVCC) >/dev/null 2>&1; then \
-	  for f in csrc/cuda/*.cu; do [ -e "$$f" ] || continue; for a in $(CUDA_ARCHS); do \
+	  for f in $$($(call SETUP_LIST,CUDA_KERNELS)); do for a in $(CUDA_ARCHS); do \
 	    echo "nvcc sm_$$a $$f"; \
-	    $(NVCC) -std=c++17 -O3 -Icsrc/include -gencode arch=compute_$$a,code=sm_$$a -c $$f -o /dev/null || exit 1; \
+	    $(NVCC) -std=c++17 -O3 -Icsrc/include -Icsrc -gencode arch=compute_$$a,code=sm_$$a -c $$f -o /dev/null || exit 1; \
 	  done; done; \
 	  mkdir -p build/stub/c10/cuda/impl; \
 	  printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > build/stub/c10/cuda/impl/cuda_cmake_macros.h; \
 	  inc="$$($(BIN)/python -c 'from torch.utils.cpp_extension import include_paths as p; print(" ".join("-I"+i for i in p()))')"; \
 	  cuda_inc="$$($(NVCC) --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#[$$] INCLUDES="\(.*\)".*/\1/p')"; \
-	  for f in csrc/ops*_cuda.cpp; do [ -e "$$f" ] || continue; echo "syntax check $$f"; \
+	  for f in $$($(call SETUP_LIST,CUDA_BINDING)); do echo "syntax check $$f"; \
 	    $(CXX) -std=c++17 -fsyntax-only -DFASTVAE_WITH_CUDA -Icsrc -Icsrc/include $$inc -Ibuild/stub \
 	      $$cuda_inc $$($(BIN)/python -m pybind11 --includes) $$f || exit 1; \
 	  done; \

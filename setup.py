@@ -5,16 +5,38 @@ Environment switches:
   FASTVAE_CUDA=0   CPU only, even where CUDA is available
   TORCH_CUDA_ARCH_LIST  GPU architectures (default: the visible GPU's, else "9.0")
   MAX_JOBS         parallel compile jobs (ninja)
+
+Every source is named below (no file-name patterns). `python -c "import setup; print(*setup.CUDA_KERNELS)"` is how
+the Makefile's cuda-check reads the lists.
 """
-import glob
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from setuptools import setup
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# The torch binding (csrc/torch): schemas, the backend-generic ops, the CPU backends and the Python module.
+BINDING = [
+    "csrc/torch/module.cpp",
+    "csrc/torch/gaussian/schema.cpp",
+    "csrc/torch/gaussian/cpu.cpp",
+    "csrc/torch/distances/schema.cpp",
+    "csrc/torch/distances/cpu.cpp",
+]
+# The CPU kernel files, each compiled once per instruction set of CPU_ISAS (-DFV_ISA=<name>, see csrc/cpu/isa.h)
+# into objects of their own, and the one run-time dispatch between them (csrc/cpu/isa.cpp).
+CPU_KERNELS = ["csrc/cpu/gaussian.cpp", "csrc/cpu/distances.cpp"]
+CPU_ISAS = ["avx512", "avx2", "baseline"]
+CPU_DISPATCH = ["csrc/cpu/isa.cpp"]
+# With CUDA: the CUDA backends of the binding, and the kernels with their launchers.
+CUDA_BINDING = ["csrc/torch/gaussian/cuda.cpp", "csrc/torch/distances/cuda.cpp"]
+CUDA_KERNELS = ["csrc/cuda/gaussian.cu", "csrc/cuda/distances.cu"]
+INCLUDE_DIRS = ["csrc/include", "csrc"]
+CXX_FLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 
 
 def want_cuda():
@@ -32,32 +54,43 @@ def want_cuda():
     return possible
 
 
-def sources(pattern):
-    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+class BuildExt(cpp_extension.BuildExtension):
+    """torch's build, plus the per-instruction-set objects of CPU_KERNELS (the same source compiled once per ISA,
+    as ATen builds its CPU kernels), linked in as extra objects."""
+
+    def build_extensions(self):
+        ext = self.extensions[0]
+        jobs = [(src, isa) for isa in CPU_ISAS for src in CPU_KERNELS]
+
+        def compile_one(job):
+            src, isa = job
+            return self.compiler.compile(
+                [src], output_dir=os.path.join(self.build_temp, "isa", isa), macros=[("FV_ISA", isa)],
+                include_dirs=[os.path.join(ROOT, d) for d in INCLUDE_DIRS], extra_postargs=CXX_FLAGS)
+
+        with ThreadPoolExecutor(max(1, int(os.environ.get("MAX_JOBS", "2")))) as pool:
+            objects = [o for objs in pool.map(compile_one, jobs) for o in objs]
+        ext.extra_objects = list(ext.extra_objects or []) + objects
+        super().build_extensions()
 
 
-with_cuda = want_cuda()
-if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-    os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
-archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
+def extension(with_cuda):
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
+    defines = [f'-DFASTVAE_TORCH_VERSION="{torch.__version__}"', f'-DFASTVAE_CUDA_ARCHS="{archs}"']
+    cxx = CXX_FLAGS + defines
+    srcs = BINDING + CPU_DISPATCH
+    include_dirs = [os.path.join(ROOT, d) for d in INCLUDE_DIRS]
+    if with_cuda:
+        return cpp_extension.CUDAExtension(
+            "fastvae._C", srcs + CUDA_BINDING + CUDA_KERNELS, include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx + ["-DFASTVAE_WITH_CUDA"],
+                                "nvcc": ["-O3", "-std=c++17", "-lineinfo", "-DFASTVAE_WITH_CUDA"]},
+            extra_link_args=["-fopenmp"])
+    return cpp_extension.CppExtension("fastvae._C", srcs, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
+                                      extra_link_args=["-fopenmp"])
 
-defines = [f'-DFASTVAE_TORCH_VERSION="{torch.__version__}"', f'-DFASTVAE_CUDA_ARCHS="{archs}"']
-cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", *defines]
-# Binding files: csrc/ops*.cpp (schemas, checks, CPU dispatch), csrc/ops*_cuda.cpp (CUDA dispatch).
-# Kernel files: csrc/cpu/*.cpp always, csrc/cuda/*.cu with CUDA.
-srcs = [s for s in sources("csrc/ops*.cpp") if not s.endswith("_cuda.cpp")] + sources("csrc/cpu/*.cpp")
-include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
-
-if with_cuda:
-    srcs += sources("csrc/ops*_cuda.cpp") + sources("csrc/cuda/*.cu")
-    ext = cpp_extension.CUDAExtension(
-        "fastvae._C", srcs, include_dirs=include_dirs,
-        extra_compile_args={"cxx": cxx + ["-DFASTVAE_WITH_CUDA"],
-                            "nvcc": ["-O3", "-std=c++17", "-lineinfo", "-DFASTVAE_WITH_CUDA"]},
-        extra_link_args=["-fopenmp"])
-else:
-    ext = cpp_extension.CppExtension(
-        "fastvae._C", srcs, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
-        extra_link_args=["-fopenmp"])
-
-setup(ext_modules=[ext], cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)})
+if __name__ == "__main__":
+    with_cuda = want_cuda()
+    if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+    setup(ext_modules=[extension(with_cuda)], cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)})

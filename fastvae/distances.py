@@ -111,7 +111,8 @@ def mmd(x, y=None, *, kernel="imq", bandwidth=1.0, estimator="unbiased", generat
     bandwidth: a positive number or a list/tuple of them (the kernel is the sum over the bandwidths, one pass).
     estimator: "unbiased" (U-statistic, can be negative) or "biased" (V-statistic).
     y None: the standard normal prior N(0, I_d); exact closed-form prior terms for "rbf", N samples drawn from
-    `generator` for the other kernels."""
+    `generator` for the other kernels.
+    Limit: on CUDA the backward takes d <= 256 (ValueError otherwise); any number of bandwidths and batches."""
     kernel, bws, unbiased = _mmd_options(kernel, bandwidth, estimator)
     xb, yb, batched = _pair(x, y)
     _checks.generator(generator, xb.device)
@@ -168,7 +169,8 @@ def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, g
 
     projections (d, L): the directions, used as given. None: n_projections directions uniform on the sphere,
     drawn from `generator`. y None: the standard normal prior, whose sorted projection is the exact normal
-    quantile Phi^-1((i + 1/2) / N) (no prior samples)."""
+    quantile Phi^-1((i + 1/2) / N) (no prior samples).
+    Limit: on CUDA fewer than 2^31 projected values B L N (ValueError otherwise)."""
     n_projections, p = _sw_options(n_projections, p)
     xb, yb, batched = _pair(x, y)
     N, d = xb.shape[1], xb.shape[2]
@@ -179,10 +181,8 @@ def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, g
         projections = _projections(projections, xb)
     dt = _compute_dtype(xb, yb, projections)
     if projections is None:
-        seed = draw_seed(xb.device, generator)
-        if seed.device.type not in ("cpu", "meta"):  # random_directions has no CUDA kernel yet: draw on the host
-            seed = seed.cpu()
-        theta = ops.random_directions(seed, d, n_projections).to(device=xb.device, dtype=dt)
+        # drawn on x's device from the seed there (no host copy: graph-capturable), the same on every device
+        theta = ops.random_directions(draw_seed(xb.device, generator), d, n_projections).to(dt)
     else:
         theta = projections.to(dt)
     B, L = xb.shape[0], theta.shape[1]

@@ -218,7 +218,8 @@ def reparameterize_tril(mu, scale_tril, *, n_samples=None, generator=None, valid
     mu (*batch, d), scale_tril (*batch, d, d); returns z (*batch, d) and log_q (*batch), with a leading
     n_samples dim when given. validate_args=False skips the triangularity and singularity checks (each reads
     L once and synchronises with the device); they are skipped while torch.compile traces (a data-dependent
-    branch would break the graph) and on meta or fake tensors (no values to read)."""
+    branch would break the graph) and on meta or fake tensors (no values to read).
+    Limit: on CUDA d <= 6144 (ValueError otherwise)."""
     _checks.tensor(mu, "mu", min_dim=1)
     _checks.tensor(scale_tril, "scale_tril", min_dim=2)
     _checks.same_device(mu, "mu", scale_tril, "scale_tril")

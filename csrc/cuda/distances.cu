@@ -1,6 +1,6 @@
 // CUDA kernels of the sample distances: MMD / energy distance (tiled pair sums, forward and backward) and
 // sliced-Wasserstein (segmented sort of the projections, comparison with the sorted target). Torch-free: raw
-// pointers, sizes, a cudaStream_t; the binding is ops_distances_cuda.cpp.
+// pointers, sizes, a cudaStream_t; the binding is csrc/torch/distances/cuda.cpp.
 //
 // MMD, launch shapes and bytes moved:
 //   prep     column means of x (grid (ceil(d/32), B), 32x32 threads), the scale of the centred points (one block
@@ -19,16 +19,17 @@
 // Dot products run on the FP32 (or FP64) pipes: TF32 tensor cores would round the codes to 10 mantissa bits
 // before |a - b|^2 is formed, which is too coarse for the distances of nearby codes.
 //
-// Sliced-Wasserstein: cub::DeviceSegmentedSort::SortPairs over the B L rows (it sorts small and medium
-// segments per warp / per block in shared memory and large ones with a device-wide pass), then one block per row
-// for the comparison with the sorted target (the normal quantiles, or the sorted py) and a fixed-order sum.
+// Sliced-Wasserstein: a stable sort of the B L rows that stays on the device (two passes of
+// cub::DeviceRadixSort, see sort_rows), then one block per row for the comparison with the sorted target (the
+// normal quantiles, or the sorted py) and a fixed-order sum.
 #include <cuda_runtime.h>
 
 #include <cub/cub.cuh>
 #include <type_traits>
 
-#include "fastvae/cuda_distances.h"
-#include "fastvae/distances.h"
+#include "cuda/kernels.h"
+#include "cudasim/launch.h"
+#include "fastvae/distance_math.h"
 #include "fastvae/philox.h"
 
 namespace fastvae {
@@ -43,6 +44,13 @@ constexpr int kPad = kTile + 1;
 inline size_t align_up(size_t n) { return (n + 255) / 256 * 256; }
 
 inline dim3 grid1d(index_t n, int threads) { return dim3(static_cast<unsigned>((n + threads - 1) / threads)); }
+
+// Batches are the grid's y dimension, which CUDA caps at 65535: the launchers loop over groups of batches, b0 the
+// first batch of a launch.
+constexpr index_t kMaxGridY = 65535;
+inline unsigned grid_y(index_t B, index_t b0) {
+  return static_cast<unsigned>(B - b0 < kMaxGridY ? B - b0 : kMaxGridY);
+}
 
 template <class T>
 struct Dev {
@@ -68,9 +76,10 @@ struct Dev {
 // prep
 
 template <class T>
-__global__ void column_mean_kernel(const T* __restrict__ x, index_t N, index_t d, T* __restrict__ center) {
+__global__ void column_mean_kernel(const T* __restrict__ x, index_t N, index_t d, T* __restrict__ center,
+                                   index_t b0) {
   __shared__ double part[32][33];
-  const index_t b = blockIdx.y;
+  const index_t b = b0 + blockIdx.y;
   const index_t k = static_cast<index_t>(blockIdx.x) * 32 + threadIdx.x;
   double s = 0;
   if (k < d)
@@ -212,11 +221,12 @@ __device__ __forceinline__ void tri_decode(index_t t, index_t nb, index_t* I, in
 }
 
 template <class T, DistKernel K>
-__global__ void __launch_bounds__(kThreads) mmd_tiles_kernel(Dev<T> p, double* __restrict__ partials) {
+__global__ void __launch_bounds__(kThreads) mmd_tiles_kernel(Dev<T> p, double* __restrict__ partials,
+                                                                          index_t b0) {
   __shared__ T As[kDk][kPad];
   __shared__ T Bs[kDk][kPad];
   __shared__ double red[kThreads];
-  const index_t b = blockIdx.y;
+  const index_t b = b0 + blockIdx.y;
   const index_t nbx = (p.N + kTile - 1) / kTile, nby = p.y ? (p.M + kTile - 1) / kTile : 0;
   const index_t tri_x = nbx * (nbx + 1) / 2, cross = nbx * nby, tri_y = nby * (nby + 1) / 2;
   const index_t ntiles = tri_x + cross + tri_y;
@@ -263,6 +273,7 @@ __global__ void __launch_bounds__(kThreads) mmd_tiles_kernel(Dev<T> p, double* _
 struct Finish {
   double cxx, cyy, cxy, k0;  // coefficients; k0 = sum over bandwidths of k(0) (biased diagonal)
   bool biased, prior_rbf;
+  bool accumulate;  // add to out (a later group of bandwidths) instead of writing it
   int n_bw;
   double bw[kMaxBandwidths];
 };
@@ -304,7 +315,7 @@ __global__ void __launch_bounds__(kThreads) mmd_finish_kernel(const double* __re
     } else {
       v += f.cyy * sy + f.cxy * sxy;
     }
-    out[b] = static_cast<T>(v);
+    out[b] = static_cast<T>(f.accumulate ? static_cast<double>(out[b]) + v : v);
   }
 }
 
@@ -317,20 +328,21 @@ struct GradRole {
   double coef_cross;      // 2 c_xy: cross pairs (0 when the other set is absent)
   bool prior_rbf;         // add the closed-form prior term to s_i
   double inv_n;           // 1 / N for the prior term
+  bool accumulate;        // add to grad (a later group of bandwidths) instead of writing it
   double bw[kMaxBandwidths];  // the bandwidths themselves (prior term)
 };
 
 template <class T, DistKernel K, int DC>
 __global__ void __launch_bounds__(kThreads) mmd_grad_kernel(Dev<T> p, GradRole role, const T* __restrict__ g,
-                                                              T* __restrict__ grad) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+                                                              T* __restrict__ grad, index_t b0) {
+  FV_DYNAMIC_SHARED(unsigned char, smem_raw);
   T(*Ws)[kPad] = reinterpret_cast<T(*)[kPad]>(smem_raw);                             // 64 x 65
   T(*Pn)[kPad] = reinterpret_cast<T(*)[kPad]>(smem_raw + sizeof(T) * kTile * kPad);  // 64 x 65 panel rows
   T(*As)[kPad] = Pn;                                                                 // kDk x 65 (aliases Pn)
   T(*Bs)[kPad] = Pn + kDk;                                                           // kDk x 65
   double* sred = reinterpret_cast<double*>(smem_raw + 2 * sizeof(T) * kTile * kPad);  // 64 x 16
 
-  const index_t b = blockIdx.y, I = blockIdx.x;
+  const index_t b = b0 + blockIdx.y, I = blockIdx.x;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const T* A = role.rows_are_x ? p.x + b * p.N * p.d : p.y + b * p.M * p.d;
   const index_t nA = role.rows_are_x ? p.N : p.M;
@@ -443,8 +455,9 @@ __global__ void __launch_bounds__(kThreads) mmd_grad_kernel(Dev<T> p, GradRole r
         if (gk >= p.d) continue;
         // on points divided by s: dk/du = s^-2 dk/du', a - b = s (a' - b'): the gradient is 1/s of the scaled one's
         const double a = static_cast<double>((A[gi * p.d + gk] - (c ? c[gk] : T(0))) * inv);
-        grad[(role.rows_are_x ? b * p.N : b * p.M) * p.d + gi * p.d + gk] =
-            static_cast<T>((si * a - G[i][4 * dc + k]) * static_cast<double>(inv));
+        T& dst = grad[(role.rows_are_x ? b * p.N : b * p.M) * p.d + gi * p.d + gk];
+        const double v = (si * a - G[i][4 * dc + k]) * static_cast<double>(inv);
+        dst = static_cast<T>(role.accumulate ? static_cast<double>(dst) + v : v);
       }
   }
 }
@@ -459,7 +472,7 @@ struct MmdLayout {
 };
 
 template <class T>
-MmdLayout<T> mmd_layout(const MmdArgs<T>& a) {
+MmdLayout<T> mmd_layout(const MmdProblem<T>& a) {
   MmdLayout<T> l;
   l.nbx = (a.N + kTile - 1) / kTile;
   l.nby = a.y ? (a.M + kTile - 1) / kTile : 0;
@@ -479,8 +492,12 @@ MmdLayout<T> mmd_layout(const MmdArgs<T>& a) {
   return l;
 }
 
+// The bandwidths h0 .. h0 + kMaxBandwidths - 1 of a (kernel parameters travel by value, kMaxBandwidths at a time:
+// the launchers run the tile / gradient kernels once per group and accumulate, so any number of bandwidths works).
+inline int group_size(int n_bw, int h0) { return n_bw - h0 < kMaxBandwidths ? n_bw - h0 : kMaxBandwidths; }
+
 template <class T>
-Dev<T> prepare(const MmdArgs<T>& a, const MmdLayout<T>& l, unsigned char* ws, cudaStream_t st) {
+Dev<T> prepare(const MmdProblem<T>& a, const MmdLayout<T>& l, unsigned char* ws, cudaStream_t st) {
   Dev<T> p;
   p.x = a.x;
   p.y = a.y;
@@ -488,8 +505,6 @@ Dev<T> prepare(const MmdArgs<T>& a, const MmdLayout<T>& l, unsigned char* ws, cu
   p.M = a.M;
   p.d = a.d;
   p.kernel = a.kernel;
-  p.n_bw = a.n_bw;
-  for (int h = 0; h < a.n_bw; ++h) p.bw[h] = a.bw[h];
   T* center = reinterpret_cast<T*>(ws + l.center);
   T* scale = reinterpret_cast<T*>(ws + l.scale);
   T* nx = reinterpret_cast<T*>(ws + l.nx);
@@ -498,12 +513,13 @@ Dev<T> prepare(const MmdArgs<T>& a, const MmdLayout<T>& l, unsigned char* ws, cu
   p.center = a.y ? center : nullptr;
   p.scale = a.y ? scale : nullptr;
   if (a.y) {
-    column_mean_kernel<T><<<dim3(static_cast<unsigned>((a.d + 31) / 32), static_cast<unsigned>(a.B)), dim3(32, 32), 0,
-                            st>>>(a.x, a.N, a.d, center);
-    scale_kernel<T><<<static_cast<unsigned>(a.B), kThreads, 0, st>>>(a.x, a.y, a.N, a.M, a.d, center, scale);
+    for (index_t b0 = 0; b0 < a.B; b0 += kMaxGridY)
+      fv_launch(column_mean_kernel<T>, dim3(static_cast<unsigned>((a.d + 31) / 32), grid_y(a.B, b0)), dim3(32, 32), 0,
+                st, a.x, a.N, a.d, center, b0);
+    fv_launch(scale_kernel<T>, static_cast<unsigned>(a.B), kThreads, 0, st, a.x, a.y, a.N, a.M, a.d, center, scale);
   }
-  sq_norm_kernel<T><<<grid1d(a.B * a.N, 256), 256, 0, st>>>(a.x, a.B, a.N, a.d, p.center, p.scale, nx);
-  if (a.y) sq_norm_kernel<T><<<grid1d(a.B * a.M, 256), 256, 0, st>>>(a.y, a.B, a.M, a.d, p.center, p.scale, ny);
+  fv_launch(sq_norm_kernel<T>, grid1d(a.B * a.N, 256), 256, 0, st, a.x, a.B, a.N, a.d, p.center, p.scale, nx);
+  if (a.y) fv_launch(sq_norm_kernel<T>, grid1d(a.B * a.M, 256), 256, 0, st, a.y, a.B, a.M, a.d, p.center, p.scale, ny);
   p.nx = nx;
   p.ny = a.y ? ny : nullptr;
   return p;
@@ -511,7 +527,9 @@ Dev<T> prepare(const MmdArgs<T>& a, const MmdLayout<T>& l, unsigned char* ws, cu
 
 template <class T, DistKernel K>
 void launch_tiles(const Dev<T>& p, const MmdLayout<T>& l, index_t B, double* partials, cudaStream_t st) {
-  mmd_tiles_kernel<T, K><<<dim3(static_cast<unsigned>(l.ntiles), static_cast<unsigned>(B)), kThreads, 0, st>>>(p, partials);
+  for (index_t b0 = 0; b0 < B; b0 += kMaxGridY)
+    fv_launch(mmd_tiles_kernel<T, K>, dim3(static_cast<unsigned>(l.ntiles), grid_y(B, b0)), kThreads, 0, st, p,
+              partials, b0);
 }
 
 template <class T, DistKernel K, int DC>
@@ -522,7 +540,8 @@ int launch_grad_dc(const Dev<T>& p, const GradRole& role, index_t B, index_t nro
                                        static_cast<int>(smem));
   if (e != cudaSuccess) return e;
   const unsigned blocks = static_cast<unsigned>((nrows + kTile - 1) / kTile);
-  mmd_grad_kernel<T, K, DC><<<dim3(blocks, static_cast<unsigned>(B)), kThreads, smem, st>>>(p, role, g, grad);
+  for (index_t b0 = 0; b0 < B; b0 += kMaxGridY)
+    fv_launch(mmd_grad_kernel<T, K, DC>, dim3(blocks, grid_y(B, b0)), kThreads, smem, st, p, role, g, grad, b0);
   return cudaGetLastError();
 }
 
@@ -551,14 +570,49 @@ int with_kernel(DistKernel k, const F& f) {
 // ---------------------------------------------------------------------------------------------------------------
 // sliced-Wasserstein
 
-__global__ void row_offsets_kernel(int* __restrict__ off, index_t rows, index_t N) {
-  const index_t r = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (r <= rows) off[r] = static_cast<int>(r * N);
+// The sort of the B L rows of px (and py), stable like the CPU's radix sort and without any host
+// synchronisation (graph-capturable; cub's DeviceSegmentedSort copies the segment sizes to the host above 500
+// segments): two passes of cub::DeviceRadixSort::SortPairs, which is stable and stays on the device. Pass 1 sorts
+// every element by value, carrying its flat index; pass 2 sorts those indices by their row (only the bits that row
+// numbers use), so each row ends up sorted by value, ties in index order: the CPU's permutation.
+__global__ void iota_kernel(int32_t* __restrict__ idx, index_t n) {
+  const index_t t = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t < n) idx[t] = static_cast<int32_t>(t);
 }
 
-__global__ void iota_rows_kernel(int32_t* __restrict__ idx, index_t rows, index_t N) {
+// Order-preserving unsigned keys of the values, as the CPU sort makes them (negative values flipped entirely,
+// positive ones get the top bit): sorting the keys as integers orders -0.0 before +0.0 and NaNs by their bits,
+// as on the CPU (cub's float keys would treat -0.0 and +0.0 as equal).
+template <class T>
+struct KeyOf {
+  using type = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+};
+
+template <class T>
+__global__ void order_key_kernel(const T* __restrict__ v, typename KeyOf<T>::type* __restrict__ key, index_t n) {
+  using K = typename KeyOf<T>::type;
   const index_t t = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t < rows * N) idx[t] = static_cast<int32_t>(t % N);
+  if (t >= n) return;
+  K b;
+  memcpy(&b, &v[t], sizeof(K));
+  const K top = K(1) << (sizeof(K) * 8 - 1);
+  key[t] = (b & top) ? ~b : (b | top);
+}
+
+__global__ void row_of_kernel(const int32_t* __restrict__ idx, uint32_t* __restrict__ row, index_t n, index_t N) {
+  const index_t t = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t < n) row[t] = static_cast<uint32_t>(idx[t] / N);
+}
+
+// flat -> in-row indices (perm, in place) and the sorted values of each row
+template <class T>
+__global__ void gather_sorted_kernel(const T* __restrict__ v, int32_t* __restrict__ perm, T* __restrict__ sorted,
+                                     index_t n, index_t N) {
+  const index_t t = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= n) return;
+  const int32_t f = perm[t];
+  sorted[t] = v[f];
+  perm[t] = static_cast<int32_t>(f % N);
 }
 
 // One block per row: sum_i |xs_i - t_i|^p with t the sorted py row or the normal quantile.
@@ -608,38 +662,80 @@ __global__ void sw_backward_kernel(const T* __restrict__ g, const T* __restrict_
 }
 
 struct SwLayout {
-  size_t offsets, idx, xs, ys, part, temp, total;
+  size_t idx, idx2, rows, rows2, keys, keys2, xs, ys, part, temp, total;
 };
 
+// the number of bits of row indices 0 .. rows - 1 (at least 1)
+inline int row_bits(index_t rows) {
+  int b = 1;
+  while (b < 32 && (index_t(1) << b) < rows) ++b;
+  return b;
+}
+
 template <class T>
-size_t sort_temp_bytes(index_t rows, index_t N) {
-  size_t bytes = 0;
-  cub::DeviceSegmentedSort::SortPairs(nullptr, bytes, static_cast<const T*>(nullptr), static_cast<T*>(nullptr),
-                                      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
-                                      static_cast<int>(rows * N), static_cast<int>(rows),
-                                      static_cast<const int*>(nullptr), static_cast<const int*>(nullptr) + 1);
-  return bytes;
+size_t sort_temp_bytes(index_t n) {
+  size_t by_value = 0, by_row = 0;
+  using K = typename KeyOf<T>::type;
+  cub::DeviceRadixSort::SortPairs(nullptr, by_value, static_cast<const K*>(nullptr), static_cast<K*>(nullptr),
+                                  static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+                                  static_cast<int>(n));
+  cub::DeviceRadixSort::SortPairs(nullptr, by_row, static_cast<const uint32_t*>(nullptr),
+                                  static_cast<uint32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
+                                  static_cast<int32_t*>(nullptr), static_cast<int>(n));
+  return by_value > by_row ? by_value : by_row;
 }
 
 template <class T>
 SwLayout sw_layout(index_t B, index_t L, index_t N, bool with_y) {
-  const index_t rows = B * L;
+  const size_t n = static_cast<size_t>(B * L * N);
   SwLayout l;
   size_t off = 0;
-  l.offsets = off;
-  off += align_up(sizeof(int) * static_cast<size_t>(rows + 1));
-  l.idx = off;
-  off += align_up(sizeof(int32_t) * static_cast<size_t>(rows * N));
-  l.xs = off;
-  off += align_up(sizeof(T) * static_cast<size_t>(rows * N));
-  l.ys = off;
-  off += with_y ? align_up(sizeof(T) * static_cast<size_t>(rows * N)) : 0;
-  l.part = off;
-  off += align_up(sizeof(double) * static_cast<size_t>(rows));
-  l.temp = off;
-  off += align_up(sort_temp_bytes<T>(rows, N));
+  auto take = [&off](size_t bytes) {  // the offset of the next buffer of `bytes` bytes
+    const size_t at = off;
+    off += align_up(bytes);
+    return at;
+  };
+  l.idx = take(sizeof(int32_t) * n);
+  l.idx2 = take(sizeof(int32_t) * n);
+  l.rows = take(sizeof(uint32_t) * n);
+  l.rows2 = take(sizeof(uint32_t) * n);
+  l.keys = take(sizeof(T) * n);
+  l.keys2 = take(sizeof(T) * n);
+  l.xs = take(sizeof(T) * n);
+  l.ys = take(with_y ? sizeof(T) * n : 0);
+  l.part = take(sizeof(double) * static_cast<size_t>(B * L));
+  l.temp = take(sort_temp_bytes<T>(static_cast<index_t>(n)));
   l.total = off;
   return l;
+}
+
+// perm (B L rows of N) = the stable sorting permutation of each row of v, sorted = the sorted rows
+template <class T>
+cudaError_t sort_rows(const T* v, int32_t* perm, T* sorted, index_t rows, index_t N, const SwLayout& l,
+                      unsigned char* ws, cudaStream_t st) {
+  using K = typename KeyOf<T>::type;
+  const index_t n = rows * N;
+  K* key = reinterpret_cast<K*>(ws + l.keys);
+  K* key2 = reinterpret_cast<K*>(ws + l.keys2);
+  int32_t* idx = reinterpret_cast<int32_t*>(ws + l.idx);
+  int32_t* idx2 = reinterpret_cast<int32_t*>(ws + l.idx2);
+  uint32_t* row = reinterpret_cast<uint32_t*>(ws + l.rows);
+  uint32_t* row2 = reinterpret_cast<uint32_t*>(ws + l.rows2);
+  void* temp = ws + l.temp;
+  size_t temp_bytes = l.total - l.temp;
+  fv_launch(iota_kernel, grid1d(n, 256), 256, 0, st, idx, n);
+  fv_launch(order_key_kernel<T>, grid1d(n, 256), 256, 0, st, v, key, n);
+  // pass 1: by value (its order-preserving key)
+  cudaError_t e = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, key, key2, idx, idx2, static_cast<int>(n), 0,
+                                                  static_cast<int>(sizeof(K) * 8), st);
+  if (e != cudaSuccess) return e;
+  // pass 2: by row, stable, on the bits row numbers use
+  fv_launch(row_of_kernel, grid1d(n, 256), 256, 0, st, idx2, row, n, N);
+  e = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, row, row2, idx2, perm, static_cast<int>(n), 0,
+                                      row_bits(rows), st);
+  if (e != cudaSuccess) return e;
+  fv_launch(gather_sorted_kernel<T>, grid1d(n, 256), 256, 0, st, v, perm, sorted, n, N);
+  return cudaGetLastError();
 }
 
 }  // namespace
@@ -648,81 +744,82 @@ SwLayout sw_layout(index_t B, index_t L, index_t N, bool with_y) {
 // launchers
 
 template <class T>
-size_t mmd_workspace_bytes(const MmdArgs<T>& a) {
+size_t mmd_workspace_bytes(const MmdProblem<T>& a) {
   return mmd_layout(a).total;
 }
 
-bool mmd_grid_fits(index_t B, index_t N, index_t M) {
+bool mmd_grid_fits(index_t N, index_t M) {
   const index_t nbx = (N + kTile - 1) / kTile, nby = (M + kTile - 1) / kTile;
   const index_t tiles = nbx * (nbx + 1) / 2 + nbx * nby + nby * (nby + 1) / 2;
-  return B <= 65535 && tiles < (index_t(1) << 31);
+  return tiles < (index_t(1) << 31);
 }
 
 template <class T>
-int mmd_forward(const MmdArgs<T>& a, T* out, void* workspace, void* stream) {
+int mmd_forward(const MmdProblem<T>& a, T* out, void* workspace, void* stream) {
   if (a.B == 0) return 0;
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   unsigned char* ws = static_cast<unsigned char*>(workspace);
   const MmdLayout<T> l = mmd_layout(a);
-  const Dev<T> p = prepare(a, l, ws, st);
+  Dev<T> p = prepare(a, l, ws, st);
   double* partials = reinterpret_cast<double*>(ws + l.partials);
-  with_kernel<T>(a.kernel, [&](auto kc) {
-    launch_tiles<T, decltype(kc)::value>(p, l, a.B, partials, st);
-    return 0;
-  });
   const MmdCoefs c = mmd_coefs(a.N, a.M, a.unbiased);
-  Finish f;
-  f.cxx = c.xx;
-  f.cyy = c.yy;
-  f.cxy = c.xy;
-  f.k0 = kernel_at_zero(a.kernel) * a.n_bw;
-  f.biased = !a.unbiased;
-  f.prior_rbf = a.y == nullptr;
-  f.n_bw = a.n_bw;
-  for (int h = 0; h < a.n_bw; ++h) f.bw[h] = a.bw[h];
-  mmd_finish_kernel<T><<<static_cast<unsigned>(a.B), kThreads, 0, st>>>(partials, l.nbx, l.nby, a.N, a.y ? a.M : 0,
-                                                                         a.d, p.nx, f, out);
+  for (int h0 = 0; h0 < a.n_bw; h0 += kMaxBandwidths) {  // MMD^2 is a sum over the bandwidths
+    const int n = group_size(a.n_bw, h0);
+    p.n_bw = n;
+    for (int h = 0; h < n; ++h) p.bw[h] = a.bandwidths[h0 + h];
+    with_kernel<T>(a.kernel, [&](auto kc) {
+      launch_tiles<T, decltype(kc)::value>(p, l, a.B, partials, st);
+      return 0;
+    });
+    Finish f;
+    f.cxx = c.xx;
+    f.cyy = c.yy;
+    f.cxy = c.xy;
+    f.k0 = kernel_at_zero(a.kernel) * n;
+    f.biased = !a.unbiased;
+    f.prior_rbf = a.y == nullptr;
+    f.accumulate = h0 > 0;
+    f.n_bw = n;
+    for (int h = 0; h < n; ++h) f.bw[h] = p.bw[h];
+    fv_launch(mmd_finish_kernel<T>, static_cast<unsigned>(a.B), kThreads, 0, st, partials, l.nbx, l.nby, a.N,
+              a.y ? a.M : 0, a.d, p.nx, f, out);
+  }
   return cudaGetLastError();
 }
 
 template <class T>
-int mmd_backward(const MmdArgs<T>& a, const T* g, T* grad_x, T* grad_y, void* workspace, void* stream) {
+int mmd_backward(const MmdProblem<T>& a, const T* g, T* grad_x, T* grad_y, void* workspace, void* stream) {
   if (a.d > kMaxDim) return cudaErrorInvalidValue;
   if (a.B == 0) return 0;
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   unsigned char* ws = static_cast<unsigned char*>(workspace);
   const MmdLayout<T> l = mmd_layout(a);
-  const Dev<T> p = prepare(a, l, ws, st);
+  Dev<T> p = prepare(a, l, ws, st);
   const MmdCoefs c = mmd_coefs(a.N, a.M, a.unbiased);
   return with_kernel<T>(a.kernel, [&](auto kc) {
     constexpr DistKernel K = decltype(kc)::value;
-    GradRole rx{true, 4.0 * c.xx, a.y ? 2.0 * c.xy : 0.0, a.y == nullptr, 1.0 / static_cast<double>(a.N), {}};
-    for (int h = 0; h < a.n_bw; ++h) rx.bw[h] = a.bw[h];
-    int err = launch_grad<T, K>(p, rx, a.B, a.N, g, grad_x, st);
-    if (err || !grad_y || !a.y) return err;
-    GradRole ry = rx;
-    ry.rows_are_x = false;
-    ry.coef_same = 4.0 * c.yy;
-    ry.prior_rbf = false;
-    return launch_grad<T, K>(p, ry, a.B, a.M, g, grad_y, st);
+    for (int h0 = 0; h0 < a.n_bw; h0 += kMaxBandwidths) {  // the gradient is a sum over the bandwidths
+      const int n = group_size(a.n_bw, h0);
+      p.n_bw = n;
+      for (int h = 0; h < n; ++h) p.bw[h] = a.bandwidths[h0 + h];
+      GradRole rx{true, 4.0 * c.xx, a.y ? 2.0 * c.xy : 0.0, a.y == nullptr, 1.0 / static_cast<double>(a.N), h0 > 0,
+                  {}};
+      for (int h = 0; h < n; ++h) rx.bw[h] = p.bw[h];
+      int err = launch_grad<T, K>(p, rx, a.B, a.N, g, grad_x, st);
+      if (err) return err;
+      if (!grad_y || !a.y) continue;
+      GradRole ry = rx;
+      ry.rows_are_x = false;
+      ry.coef_same = 4.0 * c.yy;
+      ry.prior_rbf = false;
+      err = launch_grad<T, K>(p, ry, a.B, a.M, g, grad_y, st);
+      if (err) return err;
+    }
+    return 0;
   });
 }
 
-__global__ void fill_normals_kernel(float* __restrict__ out, index_t n, uint64_t key) {
-  const index_t grp = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (grp * 4 >= n) return;
-  float v[4];
-  normal4(static_cast<uint64_t>(grp), key, v);
-#pragma unroll
-  for (int q = 0; q < 4; ++q)
-    if (grp * 4 + q < n) out[grp * 4 + q] = v[q];
-}
-
-int fill_normals(float* out, index_t n, uint64_t key, void* stream) {
-  if (n == 0) return 0;
-  fill_normals_kernel<<<grid1d((n + 3) / 4, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(out, n, key);
-  return cudaGetLastError();
-}
+const char* error_string(int err) { return cudaGetErrorString(static_cast<cudaError_t>(err)); }
 
 template <class T>
 size_t sw_workspace_bytes(index_t B, index_t L, index_t N, bool with_y) {
@@ -738,25 +835,14 @@ int sw_forward(const T* px, const T* py, T* out, int32_t* perm_x, int32_t* perm_
   const index_t rows = B * L;
   if (rows == 0) return 0;
   unsigned char* ws = static_cast<unsigned char*>(workspace);
-  int* off = reinterpret_cast<int*>(ws + l.offsets);
-  int32_t* idx = reinterpret_cast<int32_t*>(ws + l.idx);
   T* xs = reinterpret_cast<T*>(ws + l.xs);
   T* ys = py ? reinterpret_cast<T*>(ws + l.ys) : nullptr;
   double* part = reinterpret_cast<double*>(ws + l.part);
-  void* temp = ws + l.temp;
-  size_t temp_bytes = l.total - l.temp;
-  row_offsets_kernel<<<grid1d(rows + 1, 256), 256, 0, st>>>(off, rows, N);
-  iota_rows_kernel<<<grid1d(rows * N, 256), 256, 0, st>>>(idx, rows, N);
-  cudaError_t e = cub::DeviceSegmentedSort::SortPairs(temp, temp_bytes, px, xs, idx, perm_x, static_cast<int>(rows * N),
-                                                      static_cast<int>(rows), off, off + 1, st);
+  cudaError_t e = sort_rows(px, perm_x, xs, rows, N, l, ws, st);
+  if (e == cudaSuccess && py) e = sort_rows(py, perm_y, ys, rows, N, l, ws, st);
   if (e != cudaSuccess) return e;
-  if (py) {
-    e = cub::DeviceSegmentedSort::SortPairs(temp, temp_bytes, py, ys, idx, perm_y, static_cast<int>(rows * N),
-                                            static_cast<int>(rows), off, off + 1, st);
-    if (e != cudaSuccess) return e;
-  }
-  sw_rows_kernel<T><<<static_cast<unsigned>(rows), kThreads, 0, st>>>(xs, ys, N, p, part);
-  sw_finish_kernel<T><<<static_cast<unsigned>(B), kThreads, 0, st>>>(part, L, N, out);
+  fv_launch(sw_rows_kernel<T>, static_cast<unsigned>(rows), kThreads, 0, st, xs, ys, N, p, part);
+  fv_launch(sw_finish_kernel<T>, static_cast<unsigned>(B), kThreads, 0, st, part, L, N, out);
   return cudaGetLastError();
 }
 
@@ -764,15 +850,15 @@ template <class T>
 int sw_backward(const T* g, const T* px, const T* py, const int32_t* perm_x, const int32_t* perm_y, T* gpx, T* gpy,
                 index_t B, index_t L, index_t N, double p, void* stream) {
   if (B * L * N == 0) return 0;
-  sw_backward_kernel<T><<<grid1d(B * L * N, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(
-      g, px, py, perm_x, perm_y, gpx, gpy, B, L, N, p);
+  fv_launch(sw_backward_kernel<T>, grid1d(B * L * N, 256), 256, 0, static_cast<cudaStream_t>(stream), g, px, py, perm_x,
+            perm_y, gpx, gpy, B, L, N, p);
   return cudaGetLastError();
 }
 
 #define FV_INSTANTIATE(T)                                                                                            \
-  template size_t mmd_workspace_bytes<T>(const MmdArgs<T>&);                                                       \
-  template int mmd_forward<T>(const MmdArgs<T>&, T*, void*, void*);                                                \
-  template int mmd_backward<T>(const MmdArgs<T>&, const T*, T*, T*, void*, void*);                                 \
+  template size_t mmd_workspace_bytes<T>(const MmdProblem<T>&);                                                       \
+  template int mmd_forward<T>(const MmdProblem<T>&, T*, void*, void*);                                                \
+  template int mmd_backward<T>(const MmdProblem<T>&, const T*, T*, T*, void*, void*);                                 \
   template size_t sw_workspace_bytes<T>(index_t, index_t, index_t, bool);                                          \
   template int sw_forward<T>(const T*, const T*, T*, int32_t*, int32_t*, index_t, index_t, index_t, double, void*, \
                              size_t, void*);                                                                       \

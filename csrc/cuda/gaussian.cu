@@ -14,8 +14,9 @@
 
 #include <cstdint>
 
-#include "fastvae/cuda_kernels.h"
-#include "fastvae/gaussian.h"
+#include "cuda/kernels.h"
+#include "cudasim/launch.h"
+#include "fastvae/gaussian_math.h"
 #include "fastvae/philox.h"
 
 namespace fastvae {
@@ -157,7 +158,7 @@ __global__ void __launch_bounds__(kThreads) rows_small(Op op, index_t rows, inde
 
 template <class Op, class T>
 __global__ void __launch_bounds__(kThreads)
-    rows_chunked(Op op, index_t rows, index_t D, index_t nchunks, T* out, T* partial, unsigned int* tickets) {
+    rows_chunked(Op op, index_t rows, index_t D, index_t nchunks, T* out, double* partial, unsigned int* tickets) {
   const index_t b = blockIdx.x;
   const index_t row = b / nchunks, c = b % nchunks;
   const index_t i0 = c * kChunk, i1 = i0 + kChunk < D ? i0 + kChunk : D;
@@ -179,10 +180,11 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   if (last && threadIdx.x == 0) {
     __threadfence();
-    const volatile T* p = partial + row * nchunks;
-    T total = 0;
+    // partials and total in double: a float32 running sum over 2^17 chunks loses ~1e-3 relative
+    const volatile double* p = partial + row * nchunks;
+    double total = 0;
     for (index_t k = 0; k < nchunks; ++k) total += p[k];
-    out[row] = total;
+    out[row] = static_cast<T>(total);
     tickets[row] = 0;  // the workspace stays zeroed for the next launch
   }
 }
@@ -203,14 +205,14 @@ void launch_rows(const Op& op, index_t rows, index_t D, T* out, void* workspace,
     while (lanes_log2 < 5 && (index_t(4) << lanes_log2) < D) ++lanes_log2;
     const index_t rows_per_block = kThreads >> lanes_log2;
     const index_t blocks = (rows + rows_per_block - 1) / rows_per_block;
-    rows_small<<<static_cast<unsigned int>(blocks), kThreads, 0, st>>>(op, rows, D, lanes_log2, out);
+    fv_launch(rows_small<Op, T>, static_cast<unsigned int>(blocks), kThreads, 0, st, op, rows, D, lanes_log2, out);
   } else {
     const index_t nchunks = chunks_of(D);
-    T* partial = static_cast<T*>(workspace);
+    double* partial = static_cast<double*>(workspace);
     auto* tickets = reinterpret_cast<unsigned int*>(static_cast<char*>(workspace) +
                                                     align256(sizeof(double) * rows * nchunks));
-    rows_chunked<<<static_cast<unsigned int>(rows * nchunks), kThreads, 0, st>>>(op, rows, D, nchunks, out, partial,
-                                                                                  tickets);
+    fv_launch(rows_chunked<Op, T>, static_cast<unsigned int>(rows * nchunks), kThreads, 0, st, op, rows, D, nchunks,
+              out, partial, tickets);
   }
 }
 
@@ -262,10 +264,10 @@ void launch_cols(const Op& op, index_t rows, index_t D, int n_acc, S* out0, S* o
   if (cg.groups == 0 || D == 0) return;
   T* partial = static_cast<T*>(workspace);
   const dim3 grid(static_cast<unsigned int>((D + kThreads - 1) / kThreads), static_cast<unsigned int>(cg.groups));
-  cols_partial<<<grid, kThreads, 0, st>>>(op, rows, D, cg.rows_per_group, n_acc, partial);
+  fv_launch(cols_partial<Op, T>, grid, kThreads, 0, st, op, rows, D, cg.rows_per_group, n_acc, partial);
   const index_t total = n_acc * D;
-  cols_finish<<<static_cast<unsigned int>((total + kThreads - 1) / kThreads), kThreads, 0, st>>>(
-      partial, cg.groups, D, n_acc, out0, out1);
+  fv_launch(cols_finish<S, T>, static_cast<unsigned int>((total + kThreads - 1) / kThreads), kThreads, 0, st, partial,
+            cg.groups, D, n_acc, out0, out1);
 }
 
 unsigned int grid_for(index_t groups_of_4) {
@@ -565,7 +567,7 @@ __global__ void __launch_bounds__(kThreads) tril_fwd_kernel(const S* mu, const S
                                                             typename AccOf<S>::type* log_q, index_t R, index_t d,
                                                             index_t samples, const int64_t* seed) {
   using T = typename AccOf<S>::type;
-  extern __shared__ float eps[];
+  FV_DYNAMIC_SHARED(float, eps);
   const uint64_t key = key_of(seed);
   for (index_t t = blockIdx.x; t < samples; t += gridDim.x) {
     const index_t r = t % R;
@@ -594,9 +596,10 @@ __global__ void __launch_bounds__(kThreads) tril_bwd_kernel(const S* gz, const t
                                                             typename AccOf<S>::type* grad_L, index_t R, index_t d,
                                                             index_t n_samples, const int64_t* seed) {
   using T = typename AccOf<S>::type;
-  extern __shared__ float sh[];  // eps[d], g[d]
-  float* eps = sh;
-  float* g = sh + d;
+  // g[d] in the accumulation type (float64 gradients keep their precision), then eps[d]
+  FV_DYNAMIC_SHARED(unsigned char, smem);
+  T* g = reinterpret_cast<T*>(smem);
+  float* eps = reinterpret_cast<float*>(smem + sizeof(T) * d);
   const uint64_t key = key_of(seed);
   for (index_t r = blockIdx.x; r < R; r += gridDim.x) {
     T* gL = grad_L + r * d * d;
@@ -608,14 +611,14 @@ __global__ void __launch_bounds__(kThreads) tril_bwd_kernel(const S* gz, const t
       __syncthreads();
       for (index_t j = threadIdx.x; j < d; j += kThreads) {
         eps[j] = normal_at(static_cast<uint64_t>(t * d + j), key);
-        g[j] = static_cast<float>(to_acc(gz[t * d + j]));
+        g[j] = to_acc(gz[t * d + j]);
       }
       __syncthreads();
       for (index_t e = threadIdx.x; e < d * d; e += kThreads) {
         const index_t i = e / d, j = e % d;
-        if (j <= i) gL[e] += static_cast<T>(g[i]) * static_cast<T>(eps[j]);
+        if (j <= i) gL[e] += g[i] * static_cast<T>(eps[j]);
       }
-      for (index_t i = threadIdx.x; i < d; i += kThreads) grad_mu[r * d + i] += static_cast<T>(g[i]);
+      for (index_t i = threadIdx.x; i < d; i += kThreads) grad_mu[r * d + i] += g[i];
       gq += glogq[t];
     }
     __syncthreads();
@@ -656,29 +659,31 @@ size_t col_workspace_bytes(index_t rows, index_t D, int n_acc, DType t) {
   return static_cast<size_t>(col_grid(rows).groups * n_acc * D) * (t == DType::Float64 ? 8 : 4);
 }
 
-void reparam_fwd(DType t, const void* mu, const void* lv, void* z, index_t numel, index_t n_samples,
+int reparam_fwd(DType t, const void* mu, const void* lv, void* z, index_t numel, index_t n_samples,
                  const int64_t* seed, void* stream) {
   const index_t total = numel * n_samples;
-  if (total == 0) return;
+  if (total == 0) return 0;  // nothing to launch
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
-    reparam_fwd_kernel<S><<<grid_for((total + 3) / 4), kThreads, 0, as_stream(stream)>>>(
-        static_cast<const S*>(mu), static_cast<const S*>(lv), static_cast<S*>(z), numel, total, seed);
+    fv_launch(reparam_fwd_kernel<S>, grid_for((total + 3) / 4), kThreads, 0, as_stream(stream),
+              static_cast<const S*>(mu), static_cast<const S*>(lv), static_cast<S*>(z), numel, total, seed);
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void reparam_bwd(DType t, const void* gz, const void* lv, void* grad_mu, void* grad_lv, index_t numel,
+int reparam_bwd(DType t, const void* gz, const void* lv, void* grad_mu, void* grad_lv, index_t numel,
                  index_t n_samples, const int64_t* seed, void* stream) {
-  if (numel == 0) return;
+  if (numel == 0) return 0;  // nothing to launch
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
-    reparam_bwd_kernel<S><<<grid_for((numel + 3) / 4), kThreads, 0, as_stream(stream)>>>(
-        static_cast<const S*>(gz), static_cast<const S*>(lv), static_cast<S*>(grad_mu), static_cast<S*>(grad_lv),
-        numel, n_samples, seed);
+    fv_launch(reparam_bwd_kernel<S>, grid_for((numel + 3) / 4), kThreads, 0, as_stream(stream),
+              static_cast<const S*>(gz), static_cast<const S*>(lv), static_cast<S*>(grad_mu), static_cast<S*>(grad_lv),
+              numel, n_samples, seed);
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void reparam_kl_fwd(DType t, const void* mu, const void* lv, void* z, void* kl, index_t rows, index_t D,
+int reparam_kl_fwd(DType t, const void* mu, const void* lv, void* z, void* kl, index_t rows, index_t D,
                     const int64_t* seed, void* workspace, void* stream) {
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
@@ -686,9 +691,10 @@ void reparam_kl_fwd(DType t, const void* mu, const void* lv, void* z, void* kl, 
     const ReparamKlFwd<S> op{static_cast<const S*>(mu), static_cast<const S*>(lv), static_cast<S*>(z), D, seed};
     launch_rows(op, rows, D, static_cast<T*>(kl), workspace, as_stream(stream));
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void reparam_kl_bwd(DType t, const void* gz, const void* gkl, const void* mu, const void* lv, void* grad_mu,
+int reparam_kl_bwd(DType t, const void* gz, const void* gkl, const void* mu, const void* lv, void* grad_mu,
                     void* grad_lv, index_t rows, index_t D, const int64_t* seed, void* stream) {
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
@@ -698,9 +704,10 @@ void reparam_kl_bwd(DType t, const void* gz, const void* gkl, const void* mu, co
                              D,                          seed};
     launch_rows(op, rows, D, static_cast<T*>(nullptr), nullptr, as_stream(stream));
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void gaussian_nll_fwd(DType t, const void* x, const void* mean, const void* lv, Layout lv_layout, void* out,
+int gaussian_nll_fwd(DType t, const void* x, const void* mean, const void* lv, Layout lv_layout, void* out,
                       index_t rows, index_t D, index_t x_rows, void* workspace, void* stream) {
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
@@ -709,9 +716,10 @@ void gaussian_nll_fwd(DType t, const void* x, const void* mean, const void* lv, 
                                lv_layout, D, x_rows};
     launch_rows(op, rows, D, static_cast<T*>(out), workspace, as_stream(stream));
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void gaussian_nll_bwd(DType t, const void* g, const void* x, const void* mean, const void* lv, Layout lv_layout,
+int gaussian_nll_bwd(DType t, const void* g, const void* x, const void* mean, const void* lv, Layout lv_layout,
                       void* grad_mean, void* grad_lv, index_t rows, index_t D, index_t x_rows, void* col_workspace,
                       void* stream) {
   dispatch(t, [&](auto tag) {
@@ -726,9 +734,10 @@ void gaussian_nll_bwd(DType t, const void* g, const void* x, const void* mean, c
     else
       launch_rows(op, rows, D, static_cast<T*>(nullptr), nullptr, as_stream(stream));
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void bernoulli_nll_fwd(DType t, const void* logits, const void* x, void* out, index_t rows, index_t D,
+int bernoulli_nll_fwd(DType t, const void* logits, const void* x, void* out, index_t rows, index_t D,
                        index_t x_rows, void* workspace, void* stream) {
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
@@ -736,9 +745,10 @@ void bernoulli_nll_fwd(DType t, const void* logits, const void* x, void* out, in
     const BernoulliNllFwd<S> op{static_cast<const S*>(logits), static_cast<const S*>(x), D, x_rows};
     launch_rows(op, rows, D, static_cast<T*>(out), workspace, as_stream(stream));
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void bernoulli_nll_bwd(DType t, const void* g, const void* logits, const void* x, void* grad_logits, index_t rows,
+int bernoulli_nll_bwd(DType t, const void* g, const void* logits, const void* x, void* grad_logits, index_t rows,
                        index_t D, index_t x_rows, void* stream) {
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
@@ -747,9 +757,10 @@ void bernoulli_nll_bwd(DType t, const void* g, const void* logits, const void* x
                                 static_cast<S*>(grad_logits), D, x_rows};
     launch_rows(op, rows, D, static_cast<T*>(nullptr), nullptr, as_stream(stream));
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void kl_normal_fwd(DType t, const void* mu, const void* lv, const void* mp, Layout mp_layout, const void* lp,
+int kl_normal_fwd(DType t, const void* mu, const void* lv, const void* mp, Layout mp_layout, const void* lp,
                    Layout lp_layout, void* out, index_t rows, index_t D, void* workspace, void* stream) {
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
@@ -758,9 +769,10 @@ void kl_normal_fwd(DType t, const void* mu, const void* lv, const void* mp, Layo
                       static_cast<const S*>(lp), mp_layout, lp_layout, D};
     launch_rows(op, rows, D, static_cast<T*>(out), workspace, as_stream(stream));
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void kl_normal_bwd(DType t, const void* g, const void* mu, const void* lv, const void* mp, Layout mp_layout,
+int kl_normal_bwd(DType t, const void* g, const void* mu, const void* lv, const void* mp, Layout mp_layout,
                    const void* lp, Layout lp_layout, void* grad_mu, void* grad_lv, void* grad_mp, void* grad_lp,
                    index_t rows, index_t D, void* col_workspace, void* stream) {
   dispatch(t, [&](auto tag) {
@@ -778,36 +790,44 @@ void kl_normal_bwd(DType t, const void* g, const void* mu, const void* lv, const
     else
       launch_rows(op, rows, D, static_cast<T*>(nullptr), nullptr, as_stream(stream));
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void tril_fwd(DType t, const void* mu, const void* L, void* z, void* log_q, index_t R, index_t d,
+int tril_fwd(DType t, const void* mu, const void* L, void* z, void* log_q, index_t R, index_t d,
               index_t n_samples, const int64_t* seed, void* stream) {
   const index_t samples = R * n_samples;
-  if (samples == 0) return;
+  if (samples == 0) return 0;  // nothing to launch
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
     using T = typename AccOf<S>::type;
-    tril_fwd_kernel<S><<<blocks_for(samples), kThreads, sizeof(float) * d, as_stream(stream)>>>(
-        static_cast<const S*>(mu), static_cast<const S*>(L), static_cast<S*>(z), static_cast<T*>(log_q), R, d,
-        samples, seed);
+    fv_launch(tril_fwd_kernel<S>, blocks_for(samples), kThreads, sizeof(float) * d, as_stream(stream),
+              static_cast<const S*>(mu), static_cast<const S*>(L), static_cast<S*>(z), static_cast<T*>(log_q), R, d,
+              samples, seed);
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void tril_bwd(DType t, const void* gz, const void* glogq, const void* L, void* grad_mu, void* grad_L, index_t R,
+int tril_bwd(DType t, const void* gz, const void* glogq, const void* L, void* grad_mu, void* grad_L, index_t R,
               index_t d, index_t n_samples, const int64_t* seed, void* stream) {
-  if (R == 0) return;
+  if (R == 0) return 0;  // nothing to launch
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
     using T = typename AccOf<S>::type;
-    tril_bwd_kernel<S><<<blocks_for(R), kThreads, 2 * sizeof(float) * d, as_stream(stream)>>>(
-        static_cast<const S*>(gz), static_cast<const T*>(glogq), static_cast<const S*>(L), static_cast<T*>(grad_mu),
-        static_cast<T*>(grad_L), R, d, n_samples, seed);
+    // float64: (8 + 4) d bytes, above the default 48 KiB for d > 4096 (d <= 6144: 72 KiB, sm_80 and later allow it)
+    const size_t smem = (sizeof(T) + sizeof(float)) * static_cast<size_t>(d);
+    if (smem > 48 * 1024)
+      cudaFuncSetAttribute(tril_bwd_kernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    fv_launch(tril_bwd_kernel<S>, blocks_for(R), kThreads, smem, as_stream(stream), static_cast<const S*>(gz),
+              static_cast<const T*>(glogq), static_cast<const S*>(L), static_cast<T*>(grad_mu), static_cast<T*>(grad_L),
+              R, d, n_samples, seed);
   });
+  return static_cast<int>(cudaGetLastError());
 }
 
-void normals(float* out, index_t start, index_t n, const int64_t* seed, void* stream) {
-  if (n == 0) return;
-  normals_kernel<<<grid_for((n + 3) / 4), kThreads, 0, as_stream(stream)>>>(out, start, n, seed);
+int normals(float* out, index_t start, index_t n, const int64_t* seed, void* stream) {
+  if (n == 0) return 0;  // nothing to launch
+  fv_launch(normals_kernel, grid_for((n + 3) / 4), kThreads, 0, as_stream(stream), out, start, n, seed);
+  return static_cast<int>(cudaGetLastError());
 }
 
 }  // namespace cuda

@@ -6,7 +6,7 @@
 // philox(counter = j / 4, key).  So the same key gives the same eps on any device, any thread count and
 // any launch shape, and a backward pass regenerates eps instead of storing it.
 #pragma once
-#include "fastvae/common.h"
+#include "fastvae/types.h"
 #include "fastvae/vmath.h"
 
 namespace fastvae {

@@ -5,7 +5,7 @@
 #pragma once
 #include <cmath>
 #include <cstring>
-#include "fastvae/common.h"
+#include "fastvae/types.h"
 
 namespace fastvae {
 

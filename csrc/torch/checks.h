@@ -1,5 +1,5 @@
-// Tensor checks and shape logic shared by the CPU and CUDA bindings (the only code besides ops*.cpp that
-// knows torch). The public Python functions check arguments first, with messages that name them; these
+// The tensor checks and the dtype rule of every op family, shared by the CPU and CUDA backends (csrc/torch is the
+// only code that knows torch). The public Python functions check arguments first, with messages that name them; these
 // checks guard direct calls of torch.ops.fastvae.* (anyone can make them) and state the contract of each op:
 // every tensor argument, incoming gradients and seeds included, is checked for dtype, device and shape before
 // a kernel sees a pointer. A dtype error is a TypeError, any other bad argument a ValueError; each message
@@ -10,7 +10,7 @@
 #include <limits>
 #include <optional>
 
-#include "fastvae/common.h"
+#include "fastvae/types.h"
 
 namespace fastvae {
 
@@ -51,8 +51,8 @@ inline void check_grad(const char* op, const at::Tensor& g, const char* name, at
   check_shape(op, g, name, expected);
 }
 
-// The seed of a random op: a one-element int64 tensor on the device of the inputs (the CUDA kernels read it
-// from device memory).
+// The seed of a random op: a one-element int64 tensor on the device of the inputs. The kernels read it where it
+// lives (a CPU kernel from host memory, a CUDA kernel from device memory): no op copies it to the host.
 inline void check_seed(const char* op, const at::Tensor& seed) {
   TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong, "fastvae.", op, ": seed must be an int64 tensor; got ",
                    seed.scalar_type());
@@ -70,71 +70,29 @@ inline void check_stream_range(const char* op, int64_t start, int64_t n) {
                     ": start and n must be >= 0 with start + n < 2^63; got start = ", start, ", n = ", n);
 }
 
-inline void check_normals(const char* op, const at::Tensor& seed, int64_t start, int64_t n) {
-  check_seed(op, seed);
-  check_stream_range(op, start, n);
-}
-
 inline void check_n_samples(const char* op, std::optional<int64_t> k) {
   TORCH_CHECK_VALUE(!k.has_value() || *k >= 1, "fastvae.", op, ": n_samples must be >= 1 or None; got ",
                     k.value_or(0));
 }
 
-// Calls f(float{}) or f(double{}) by dtype: the element types the CPU kernels are built for.
-template <class F>
-void dispatch_cpu(const char* op, at::ScalarType t, const F& f) {
-  if (t == at::kFloat) f(float{});
-  else if (t == at::kDouble) f(double{});
-  else TORCH_CHECK_TYPE(false, "fastvae.", op, ": the CPU kernels take float32 or float64; got ", t,
-                        " (the public functions compute 16-bit inputs in float32)");
+// The one dtype rule: float64 data is computed (and reduced) in float64, every other floating dtype in float32
+// (the per-sample losses of 16-bit inputs, the distances of 16-bit inputs on CUDA).
+inline at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The main floating operand of an op: floating, of a dtype the backend's kernels are built for.
+template <class B>
+void check_main(const char* op, const at::Tensor& t, const char* name) {
+  check_float(op, t, name);
+  B::check_dtype(op, t, name);
 }
 
-// The per-sample reductions accumulate (and return) float32 for 16-bit inputs, float64 for float64.
-inline at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-// The seed's value on the host (a device-to-host copy for a CUDA seed: such an op cannot be graph-captured).
-// The caller has checked the seed (check_seed).
-inline uint64_t seed_value(const at::Tensor& seed) { return static_cast<uint64_t>(seed.cpu().item<int64_t>()); }
+inline std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>& t) {
+  return t ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
+}
 
 // (rows, D) view of a tensor whose first dim is the sample dim.
 inline int64_t rows_of(const at::Tensor& t) { return t.dim() == 0 ? 1 : t.size(0); }
 // (0 when there are no rows: the feature dims of an empty tensor may multiply past int64)
 inline int64_t per_row(const at::Tensor& t) { return t.dim() == 0 ? 1 : t.numel() / std::max<int64_t>(1, t.size(0)); }
-
-// Likelihood shapes: x (B, *F); the main operand (mean or logits) is x's shape or (k, B, *F).
-struct LikShape {
-  int64_t rows, D, x_rows;
-  std::vector<int64_t> out_shape;  // (B,) or (k, B)
-};
-
-inline LikShape likelihood_shape(const char* op, const at::Tensor& x, const at::Tensor& main, const char* main_name) {
-  TORCH_CHECK_VALUE(x.dim() >= 1, "fastvae.", op, ": x must have a batch dimension; got a 0-dim tensor");
-  const bool sampled = main.dim() == x.dim() + 1;
-  bool ok = main.dim() == x.dim() || sampled;
-  for (int64_t i = 0; ok && i < x.dim(); ++i) ok = main.size(i + (sampled ? 1 : 0)) == x.size(i);
-  TORCH_CHECK_VALUE(ok, "fastvae.", op, ": ", main_name, " must have the shape of x ", x.sizes(),
-                    " or (k, *x.shape); got ", main.sizes());
-  LikShape s;
-  s.x_rows = x.size(0);
-  s.D = per_row(x);
-  s.rows = sampled ? main.size(0) * x.size(0) : x.size(0);
-  if (sampled) s.out_shape = {main.size(0), x.size(0)};
-  else s.out_shape = {x.size(0)};
-  return s;
-}
-
-// A secondary operand (log-variance, prior parameter) against a main operand of shape (rows, *F):
-// absent, F-shaped (per feature) or the main operand's shape (per element); on main's device, of its dtype.
-inline Layout operand_layout(const char* op, const std::optional<at::Tensor>& p, const at::Tensor& main,
-                             const char* main_name, int64_t feature_dims, const char* name) {
-  if (!p.has_value()) return Layout::None;
-  const auto& t = *p;
-  check_like(op, main, main_name, t, name);
-  if (t.sizes() == main.sizes()) return Layout::Full;
-  const auto fs = main.sizes().slice(main.dim() - feature_dims);
-  TORCH_CHECK_VALUE(t.sizes() == fs, "fastvae.", op, ": ", name, " must have shape ", main.sizes(), " or ", fs,
-                    "; got ", t.sizes());
-  return Layout::PerFeature;
-}
 
 }  // namespace fastvae

@@ -1,13 +1,19 @@
-// The CPU kernels: raw pointers and sizes in, no framework types. One table of entry points per element
-// type; `cpu_kernels<T>()` returns the build for the best instruction set of the running CPU
-// (AVX-512, AVX2+FMA or baseline x86-64), chosen once at first use.
+// The CPU kernels of both op families: raw pointers and sizes in, no framework types. One table of entry points
+// per family and element type; kernels<T>() / distance_kernels<T>() return the table built for the instruction
+// set in use (isa.cpp: the best of AVX-512, AVX2+FMA and baseline x86-64 the running CPU supports, or the one
+// force_isa() set). The build compiles gaussian.cpp and distances.cpp once per instruction set (setup.py).
 //
-// Shapes: the main operand is (rows, D) row-major contiguous; a per-row output has `rows` entries.
+// Gaussian shapes: the main operand is (rows, D) row-major contiguous; a per-row output has `rows` entries.
 // `x_rows` < rows means x is shared by rows / x_rows leading samples (row r reads x row r % x_rows).
 // Optional pointers (grad outputs the caller does not need) may be null where noted.
+// Distance shapes: x (B, N, d), y (B, M, d) (MmdProblem, types.h); px, py (B, L, N) are the projections of the
+// sliced-Wasserstein op, one row per direction.
 #pragma once
+#include <cstdint>
 #include <functional>
-#include "fastvae/common.h"
+#include <string>
+
+#include "fastvae/types.h"
 
 namespace fastvae {
 
@@ -51,19 +57,30 @@ struct Kernels {
 };
 
 template <class T>
+struct DistanceKernels {
+  const char* isa;
+  // out[b] = MMD^2 of batch b
+  void (*mmd_fwd)(const MmdProblem<T>& pr, T* out);
+  // grad_x = d(sum_b g[b] out[b]) / dx; grad_y likewise (may be null: not needed, or y is the prior)
+  void (*mmd_bwd)(const MmdProblem<T>& pr, const T* g, T* grad_x, T* grad_y);
+  // out[b] = mean_l (1/N) sum_i |sort(px[b, l])_i - t_i|^p, t = sort(py[b, l]) or, py null, the normal
+  // quantiles Phi^-1((i + 1/2) / N); perm_x / perm_y (B, L, N) receive the (stable) sorting permutations.
+  void (*sw_fwd)(const T* px, const T* py, T* out, int32_t* perm_x, int32_t* perm_y, index_t B, index_t L,
+                 index_t N, double p);
+  // gradients of sum_b g[b] out[b] with respect to px and py (gpy may be null)
+  void (*sw_bwd)(const T* g, const T* px, const T* py, const int32_t* perm_x, const int32_t* perm_y, T* gpx, T* gpy,
+                 index_t B, index_t L, index_t N, double p);
+};
+
+// The tables of the instruction set in use.
+template <class T>
 const Kernels<T>& kernels();
+template <class T>
+const DistanceKernels<T>& distance_kernels();
 
-}  // namespace cpu
-}  // namespace fastvae
-
-#include <string>
-namespace fastvae {
-namespace cpu {
 std::string active_isa();
 std::string best_isa();
 void force_isa(const std::string& name);  // "auto", "avx512", "avx2" or "baseline"
-// The instruction set in use: 0 baseline, 1 AVX2+FMA, 2 AVX-512. Other kernel families (built per ISA the
-// same way) switch on this so that every family follows force_isa().
-int isa_level();
+
 }  // namespace cpu
 }  // namespace fastvae

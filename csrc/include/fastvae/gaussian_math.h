@@ -1,7 +1,7 @@
 // Per-element terms of the Gaussian / Bernoulli VAE losses and their derivatives, shared by the CPU and
 // CUDA kernels. T is the arithmetic type: float for float32/float16/bfloat16 data, double for float64.
 #pragma once
-#include "fastvae/common.h"
+#include "fastvae/types.h"
 #include "fastvae/vmath.h"
 
 namespace fastvae {

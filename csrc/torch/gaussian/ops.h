@@ -1,8 +1,8 @@
-// The op implementations, written once for every backend: checks, contiguity, output allocation and shapes.
-// A Backend (CpuBackend in ops.cpp, CudaBackend in ops_cuda.cpp) turns the prepared tensors into raw
-// pointers and sizes and launches its kernels; `typename B::Guard` sets the device for the call.
+// The Gaussian ops (schemas in schema.cpp), written once for every backend: checks, contiguity, output
+// allocation and shapes. A backend (cpu.cpp, cuda.cpp) turns the prepared tensors into raw pointers and sizes and
+// calls its kernels; `typename B::Guard` sets the device for the call.
 #pragma once
-#include "ops_common.h"
+#include "torch/checks.h"
 
 namespace fastvae {
 
@@ -12,15 +12,40 @@ inline std::vector<int64_t> sampled_shape(const at::Tensor& t, std::optional<int
   return s;
 }
 
-inline std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>& t) {
-  return t ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
+// Likelihood shapes: x (B, *F); the main operand (mean or logits) is x's shape or (k, B, *F).
+struct LikShape {
+  int64_t rows, D, x_rows;
+  std::vector<int64_t> out_shape;  // (B,) or (k, B)
+};
+
+inline LikShape likelihood_shape(const char* op, const at::Tensor& x, const at::Tensor& main, const char* main_name) {
+  TORCH_CHECK_VALUE(x.dim() >= 1, "fastvae.", op, ": x must have a batch dimension; got a 0-dim tensor");
+  const bool sampled = main.dim() == x.dim() + 1;
+  bool ok = main.dim() == x.dim() || sampled;
+  for (int64_t i = 0; ok && i < x.dim(); ++i) ok = main.size(i + (sampled ? 1 : 0)) == x.size(i);
+  TORCH_CHECK_VALUE(ok, "fastvae.", op, ": ", main_name, " must have the shape of x ", x.sizes(),
+                    " or (k, *x.shape); got ", main.sizes());
+  LikShape s;
+  s.x_rows = x.size(0);
+  s.D = per_row(x);
+  s.rows = sampled ? main.size(0) * x.size(0) : x.size(0);
+  if (sampled) s.out_shape = {main.size(0), x.size(0)};
+  else s.out_shape = {x.size(0)};
+  return s;
 }
 
-// The main floating operand of an op: floating, of a dtype the backend's kernels are built for.
-template <class B>
-void check_main(const char* op, const at::Tensor& t, const char* name) {
-  check_float(op, t, name);
-  B::check_dtype(op, t, name);
+// A secondary operand (log-variance, prior parameter) against a main operand of shape (rows, *F):
+// absent, F-shaped (per feature) or the main operand's shape (per element); on main's device, of its dtype.
+inline Layout operand_layout(const char* op, const std::optional<at::Tensor>& p, const at::Tensor& main,
+                             const char* main_name, int64_t feature_dims, const char* name) {
+  if (!p.has_value()) return Layout::None;
+  const auto& t = *p;
+  check_like(op, main, main_name, t, name);
+  if (t.sizes() == main.sizes()) return Layout::Full;
+  const auto fs = main.sizes().slice(main.dim() - feature_dims);
+  TORCH_CHECK_VALUE(t.sizes() == fs, "fastvae.", op, ": ", name, " must have shape ", main.sizes(), " or ", fs,
+                    "; got ", t.sizes());
+  return Layout::PerFeature;
 }
 
 // The other operands of an op must sit with its main operand; a missing check here is a host pointer read on
@@ -28,6 +53,17 @@ void check_main(const char* op, const at::Tensor& t, const char* name) {
 template <class B>
 struct Ops {
   using Guard = typename B::Guard;
+
+  // eps[start .. start + n) of the seed's stream (the `_normals` test op: CPU and CUDA answer the same question)
+  static at::Tensor normals(const at::Tensor& seed, int64_t start, int64_t n) {
+    constexpr const char* op = "_normals";
+    check_seed(op, seed);
+    check_stream_range(op, start, n);
+    Guard g(seed);
+    auto res = at::empty({n}, seed.options().dtype(at::kFloat));
+    if (n > 0) B::normals(res, start, seed);
+    return res;
+  }
 
   static void check_pair(const char* op, const at::Tensor& mu, const at::Tensor& lv) {
     check_main<B>(op, mu, "mu");
@@ -73,7 +109,7 @@ struct Ops {
     Guard g(mu_);
     const auto mu = mu_.contiguous(), lv = lv_.contiguous();
     auto z = at::empty_like(mu);
-    auto kl = at::empty({mu.size(0)}, mu.options().dtype(acc_type(mu.scalar_type())));
+    auto kl = at::empty({mu.size(0)}, mu.options().dtype(compute_type(mu.scalar_type())));
     B::reparam_kl_fwd(mu, lv, z, kl, seed);
     return {z, kl};
   }
@@ -90,7 +126,7 @@ struct Ops {
     Guard g(mu_);
     const auto mu = mu_.contiguous(), lv = lv_.contiguous();
     const auto gz = gz_.contiguous().to(mu.scalar_type());
-    const auto gkl = gkl_.contiguous().to(acc_type(mu.scalar_type()));
+    const auto gkl = gkl_.contiguous().to(compute_type(mu.scalar_type()));
     auto grad_mu = at::empty_like(mu), grad_lv = at::empty_like(lv);
     B::reparam_kl_bwd(gz, gkl, mu, lv, grad_mu, grad_lv, seed);
     return {grad_mu, grad_lv};
@@ -118,7 +154,7 @@ struct Ops {
     const auto mu = mu_.contiguous(), L = L_.contiguous();
     const int64_t R = mu.size(0);
     auto z = at::empty(sampled_shape(mu, k), mu.options());
-    const auto qopt = mu.options().dtype(acc_type(mu.scalar_type()));
+    const auto qopt = mu.options().dtype(compute_type(mu.scalar_type()));
     auto log_q = k.has_value() ? at::empty({*k, R}, qopt) : at::empty({R}, qopt);
     B::tril_fwd(mu, L, z, log_q, k.value_or(1), seed);
     return {z, log_q};
@@ -138,7 +174,7 @@ struct Ops {
     check_grad(op, glq_, "grad_log_q", q_shape, L_, "scale_tril");
     Guard g(L_);
     const auto L = L_.contiguous();
-    const auto acc = acc_type(L.scalar_type());
+    const auto acc = compute_type(L.scalar_type());
     const auto gz = gz_.contiguous().to(L.scalar_type()), glq = glq_.contiguous().to(acc);
     auto grad_mu = at::empty({L.size(0), L.size(1)}, L.options().dtype(acc));
     auto grad_L = at::empty(L.sizes(), L.options().dtype(acc));
@@ -162,7 +198,7 @@ struct Ops {
     Guard g(mean_);
     const auto x = x_.contiguous(), mean = mean_.contiguous();
     const auto lv = contiguous_opt(lv_);
-    auto out = at::empty(sh.out_shape, mean.options().dtype(acc_type(mean.scalar_type())));
+    auto out = at::empty(sh.out_shape, mean.options().dtype(compute_type(mean.scalar_type())));
     B::gaussian_nll_fwd(x, mean, lv, layout, out, sh);
     return out;
   }
@@ -177,7 +213,7 @@ struct Ops {
     check_grad(op, g_, "grad", sh.out_shape, mean_, "mean");
     Guard guard(mean_);
     const auto x = x_.contiguous(), mean = mean_.contiguous();
-    const auto g = g_.contiguous().to(acc_type(mean.scalar_type()));
+    const auto g = g_.contiguous().to(compute_type(mean.scalar_type()));
     const auto lv = contiguous_opt(lv_);
     auto grad_mean = need_mean ? at::empty_like(mean) : at::empty({0}, mean.options());
     // with no rows a per-feature gradient is a sum over nothing: zeros, written here
@@ -197,7 +233,7 @@ struct Ops {
     const auto sh = check_bernoulli_nll("bernoulli_nll", logits_, x_);
     Guard g(logits_);
     const auto x = x_.contiguous(), logits = logits_.contiguous();
-    auto out = at::empty(sh.out_shape, logits.options().dtype(acc_type(logits.scalar_type())));
+    auto out = at::empty(sh.out_shape, logits.options().dtype(compute_type(logits.scalar_type())));
     B::bernoulli_nll_fwd(logits, x, out, sh);
     return out;
   }
@@ -208,7 +244,7 @@ struct Ops {
     check_grad(op, g_, "grad", sh.out_shape, logits_, "logits");
     Guard guard(logits_);
     const auto x = x_.contiguous(), logits = logits_.contiguous();
-    const auto g = g_.contiguous().to(acc_type(logits.scalar_type()));
+    const auto g = g_.contiguous().to(compute_type(logits.scalar_type()));
     auto grad = at::empty_like(logits);
     B::bernoulli_nll_bwd(g, logits, x, grad, sh);
     return grad;
@@ -230,7 +266,7 @@ struct Ops {
     Guard g(mu_);
     const auto mu = mu_.contiguous(), lv = lv_.contiguous();
     const auto mp = contiguous_opt(mp_), lp = contiguous_opt(lp_);
-    auto out = at::empty({mu.size(0)}, mu.options().dtype(acc_type(mu.scalar_type())));
+    auto out = at::empty({mu.size(0)}, mu.options().dtype(compute_type(mu.scalar_type())));
     B::kl_normal_fwd(mu, lv, mp, lm, lp, ll, out);
     return out;
   }
@@ -244,7 +280,7 @@ struct Ops {
     check_grad(op, g_, "grad", {mu_.size(0)}, mu_, "mu");
     Guard guard(mu_);
     const auto mu = mu_.contiguous(), lv = lv_.contiguous();
-    const auto g = g_.contiguous().to(acc_type(mu.scalar_type()));
+    const auto g = g_.contiguous().to(compute_type(mu.scalar_type()));
     const auto mp = contiguous_opt(mp_), lp = contiguous_opt(lp_);
     const bool no_rows = mu.size(0) == 0;
     // a fresh empty tensor per output not wanted: one shared tensor would make the outputs alias each other;
@@ -276,6 +312,7 @@ void register_gaussian_ops(torch::Library& m) {
   m.impl("bernoulli_nll_backward", &O::bernoulli_nll_backward);
   m.impl("kl_normal", &O::kl_normal);
   m.impl("kl_normal_backward", &O::kl_normal_backward);
+  m.impl("_normals", &O::normals);
 }
 
 }  // namespace fastvae

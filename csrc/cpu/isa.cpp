@@ -1,18 +1,21 @@
-// Picks the CPU kernels for the instruction set of the running machine (once), or the one a test forces.
+// The one run-time dispatch of the CPU kernels: the best instruction set the running CPU supports (detected once),
+// or the one a test forces, picks the tables of every kernel family. Each table is defined by a kernel file
+// compiled once per instruction set (isa.h) in the namespace of that set.
 #include <atomic>
-#include <cstring>
 #include <stdexcept>
 #include <string>
 
-#include "fastvae/cpu_kernels.h"
+#include "cpu/kernels.h"
 
 namespace fastvae {
 namespace cpu {
 
-#define FV_DECLARE_ISA(NS)                         \
-  namespace NS {                                   \
-  extern const Kernels<float> table_f32;           \
-  extern const Kernels<double> table_f64;          \
+#define FV_DECLARE_ISA(NS)                              \
+  namespace NS {                                        \
+  extern const Kernels<float> table_f32;                \
+  extern const Kernels<double> table_f64;               \
+  extern const DistanceKernels<float> distances_f32;    \
+  extern const DistanceKernels<double> distances_f64;   \
   }
 FV_DECLARE_ISA(avx512)
 FV_DECLARE_ISA(avx2)
@@ -42,29 +45,32 @@ int current() {
   return forced < 0 ? kBest : forced;
 }
 
-}  // namespace
-
-template <>
-const Kernels<float>& kernels<float>() {
+// The table of the instruction set in use, of the three builds of one table.
+template <class Table>
+const Table& pick(const Table& avx512, const Table& avx2, const Table& baseline) {
   switch (current()) {
-    case kAvx512: return avx512::table_f32;
-    case kAvx2: return avx2::table_f32;
-    default: return baseline::table_f32;
-  }
-}
-
-template <>
-const Kernels<double>& kernels<double>() {
-  switch (current()) {
-    case kAvx512: return avx512::table_f64;
-    case kAvx2: return avx2::table_f64;
-    default: return baseline::table_f64;
+    case kAvx512: return avx512;
+    case kAvx2: return avx2;
+    default: return baseline;
   }
 }
 
 const char* isa_name(int isa) { return isa == kAvx512 ? "avx512" : isa == kAvx2 ? "avx2" : "baseline"; }
 
-int isa_level() { return current(); }
+}  // namespace
+
+template <>
+const Kernels<float>& kernels<float>() { return pick(avx512::table_f32, avx2::table_f32, baseline::table_f32); }
+template <>
+const Kernels<double>& kernels<double>() { return pick(avx512::table_f64, avx2::table_f64, baseline::table_f64); }
+template <>
+const DistanceKernels<float>& distance_kernels<float>() {
+  return pick(avx512::distances_f32, avx2::distances_f32, baseline::distances_f32);
+}
+template <>
+const DistanceKernels<double>& distance_kernels<double>() {
+  return pick(avx512::distances_f64, avx2::distances_f64, baseline::distances_f64);
+}
 
 std::string active_isa() { return isa_name(current()); }
 std::string best_isa() { return isa_name(kBest); }

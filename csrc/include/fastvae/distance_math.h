@@ -11,13 +11,10 @@
 #include <cfloat>
 #include <cmath>
 
-#include "fastvae/common.h"
+#include "fastvae/types.h"
 #include "fastvae/vmath.h"
 
 namespace fastvae {
-
-// The order is the op schema's `kernel` integer.
-enum class DistKernel : int { Rbf = 0, Imq = 1, Laplacian = 2, Energy = 3 };
 
 // The per-bandwidth parameter, in forms that are finite for every positive finite bandwidth h:
 //   rbf        p = 1 / (2 h^2)      k = exp(-p u)

@@ -1,6 +1,5 @@
-// CPU kernels of the sample distances, compiled once per instruction set like gaussian_impl.h: each
-// distances_<isa>.cpp sets `#pragma GCC target(...)`, names FV_ISA and FV_VEC_BYTES (the vector width) and
-// includes this file; distances_dispatch.cpp picks the table of cpu::isa_level().
+// CPU kernels of the sample distances, compiled once per instruction set like gaussian.cpp (-DFV_ISA, see isa.h,
+// which also sets FV_VEC_BYTES, the vector width); isa.cpp picks the table of the instruction set in use.
 //
 // MMD: the pair sums are computed in tiles of kRg rows x kTile columns, never as an N x M matrix.
 //   dot_tile    kRg x kTile dot products, register-blocked (kRg x CV vector accumulators), vectorised over
@@ -16,21 +15,19 @@
 //
 // Sliced-Wasserstein: one task per (batch, direction) row: LSD radix sort (8-bit digits, stable) of the
 // projections with their indices, then the comparison with the sorted target. Memory O(L N).
-#ifndef FV_ISA
-#error "define FV_ISA before including distances_impl.h"
-#endif
-#ifndef FV_VEC_BYTES
-#error "define FV_VEC_BYTES before including distances_impl.h"
-#endif
-
+// Every standard header before isa.h (see there).
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <functional>
+#include <string>
 #include <vector>
 
-#include "fastvae/cpu_distances.h"
-#include "fastvae/cpu_kernels.h"
-#include "fastvae/distances.h"
+#include "cpu/kernels.h"  // declarations only
+#include "cpu/isa.h"
+#include "fastvae/distance_math.h"
 
 namespace fastvae {
 namespace cpu {
@@ -689,6 +686,9 @@ DistanceKernels<T> make_distance_table(const char* isa) {
 #undef FV_R
 
 }  // namespace
+
+extern const DistanceKernels<float> distances_f32 = make_distance_table<float>(FV_ISA_NAME);
+extern const DistanceKernels<double> distances_f64 = make_distance_table<double>(FV_ISA_NAME);
 }  // namespace FV_ISA
 }  // namespace cpu
 }  // namespace fastvae

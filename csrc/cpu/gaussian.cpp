@@ -1,21 +1,25 @@
-// CPU kernels for the Gaussian VAE ops. This file is compiled once per instruction set: each
-// gaussian_<isa>.cpp sets `#pragma GCC target(...)`, names FV_ISA and includes it, so the same loops are
-// vectorised for AVX-512, AVX2+FMA and baseline x86-64, and cpu_dispatch.cpp picks one at run time.
+// CPU kernels of the Gaussian VAE ops. The build compiles this file once per instruction set (-DFV_ISA, see
+// isa.h), so the same loops are vectorised for AVX-512, AVX2+FMA and baseline x86-64; isa.cpp picks one at run
+// time.
 //
 // Work split (deterministic for any thread count): a row longer than kChunk is cut into fixed chunks whose
 // partial sums are added in order; shorter rows are each reduced by one task. Inside a task, blocks of
 // kBlock elements go through stack buffers: first the normals of the block (Philox + Box-Muller, vectorised
 // over counters), then the elementwise math and the block's sum (vectorised over elements).
-#ifndef FV_ISA
-#error "define FV_ISA before including gaussian_impl.h"
-#endif
-
+// Every standard header before isa.h (see there).
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <immintrin.h>
+#include <string>
 #include <vector>
 
-#include "fastvae/cpu_kernels.h"
-#include "fastvae/gaussian.h"
+#include "cpu/kernels.h"  // declarations only
+#include "cpu/isa.h"
+#include "fastvae/gaussian_math.h"
 #include "fastvae/philox.h"
 
 namespace fastvae {
@@ -621,8 +625,6 @@ void tril_bwd(const T* gz, const T* glogq, const T* L, T* grad_mu, T* grad_L, in
   });
 }
 
-}  // namespace
-
 template <class T>
 Kernels<T> make_table(const char* isa) {
   return Kernels<T>{isa,
@@ -640,6 +642,11 @@ Kernels<T> make_table(const char* isa) {
                     &tril_bwd<T>,
                     &normals};
 }
+
+}  // namespace
+
+extern const Kernels<float> table_f32 = make_table<float>(FV_ISA_NAME);
+extern const Kernels<double> table_f64 = make_table<double>(FV_ISA_NAME);
 
 }  // namespace FV_ISA
 }  // namespace cpu
