@@ -203,7 +203,7 @@ def load_named(name):
         return load_idx_dir(directory, name)
     where = f"{os.path.join(root, folder)} ({DATA_DIR_ENV}={root})" if os.environ.get(DATA_DIR_ENV) else \
         os.path.join(root, folder)
-    fix = f"install it with `apt-get install {package}`" if package else "no system package provides it (download " \
+    fix = f"install it with: apt-get install {package}" if package else "no system package provides it (download " \
         "the four IDX files into a folder)"
     raise DataError(f"--data {name}: {title} not found in {where}; {fix}, or give its folder as --data {name}:DIR "
                     f"or {DATA_DIR_ENV}=DIR")
