@@ -1,9 +1,9 @@
 """The `fastvae` command (also `python -m fastvae`): train, eval, sample, info, bench.
 
-  fastvae train [--model vae|beta-vae|cvae|iwae|wae-mmd|swae] [--data digits|mnist:DIR|fashion:DIR|npz:FILE]
+  fastvae train [--model vae|beta-vae|cvae|iwae|wae-mmd|swae] [--data digits|fashion|mnist:DIR|fashion:DIR|npz:FILE]
                 [--config run.toml] [--latent-dim N] [--batch-size N] [--epochs N] [--lr X] [--device cpu|cuda]
                 [--amp bf16] [--compile] [--out DIR] [--resume | --overwrite] [--seed N] ...
-  fastvae eval CHECKPOINT [-k 1000]
+  fastvae eval CHECKPOINT [-k 5000] [--limit N] [--json] [--no-progress]
   fastvae sample CHECKPOINT -n 64 [--out samples.png]
   fastvae info
   fastvae bench ...            (forwarded to fastvae.bench.main)
@@ -18,10 +18,17 @@ import os
 import sys
 
 from . import train as tr
+from .models import MAX_LL_SAMPLES
 
 # Samples `fastvae sample` draws at most: a 100 x 100 grid is already a poster (and every sample is in memory).
 MAX_SAMPLES = 10_000
 SAMPLE_N = tr.Setting("n", int, 64, f"number of samples, at most {MAX_SAMPLES}", lo=1, hi=MAX_SAMPLES)
+# eval's own settings: K importance samples per image (at most MAX_LL_SAMPLES = 10^6, 200 times the IWAE paper's
+# 5000: the time grows linearly with K), and the first N test images
+EVAL_K = tr.Setting("k", int, 1000, f"importance samples per test image of the log-likelihood, at most "
+                    f"{MAX_LL_SAMPLES}", lo=1, hi=MAX_LL_SAMPLES)
+EVAL_LIMIT = tr.Setting("limit", int, None, "evaluate the first N test images only (default: all)", lo=1,
+                        hi=tr.INT_MAX)
 
 
 def _flag_type(setting):
@@ -67,13 +74,16 @@ def _parser():
         _add_setting(t, setting)          # default None: "not given", so a TOML value or the run's own applies
 
     s = tr.SETTINGS
-    e = sub.add_parser("eval", help="test ELBO and importance-sampled log-likelihood of a checkpoint")
+    e = sub.add_parser("eval", help="test ELBO and importance-sampled log-likelihood of a checkpoint",
+                       description="The test ELBO and the importance-sampled (IWAE-style) log-likelihood of a "
+                       "checkpoint: NLL in nats per image, bits per dimension, and its standard error over images.")
     e.add_argument("checkpoint", help="a checkpoint.pt (or the --out folder of a run)")
-    _add_setting(e, s["eval_k"], "-k", "--n-samples", default=s["eval_k"].default,
-                 help="importance samples of the log-likelihood; 0 skips it (default 1000)")
+    _add_setting(e, EVAL_K, "-k", "--k", "--n-samples", default=EVAL_K.default)
+    _add_setting(e, EVAL_LIMIT, "--limit")
     _add_setting(e, s["data"], "--data", help="evaluate on this data instead of the run's (same spec as train --data)")
     _add_setting(e, s["device"], "--device", default=s["device"].default)
     _add_setting(e, s["seed"], "--seed", default=s["seed"].default)
+    _add_setting(e, s["progress"], "--progress", help="a progress bar on stderr (default: when stderr is a terminal)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
 
     sm = sub.add_parser("sample", help="a PNG grid of samples from a checkpoint")
@@ -134,6 +144,7 @@ def _load(args):
 
 
 def _eval(args):
+    import time
     import torch
     from .data import load_data
     model, ckpt, device = _load(args)
@@ -142,21 +153,34 @@ def _eval(args):
     if isinstance(spec, str) and spec.startswith("<"):
         raise SystemExit(f"fastvae eval: {args.checkpoint} was trained on a Python {spec} object; give --data")
     try:
+        # the run's binarization: static gives the same fixed binary test set; dynamic a binarization of the test
+        # set drawn once with a fixed seed (fastvae.data.BINARIZE_SEED), as the IWAE paper evaluates
         data = load_data(spec, binarize=run["binarize"], device=device)
     except ValueError as e:
         raise SystemExit(f"fastvae eval: {e}")
     _check_eval_data(data, info, model, args.checkpoint)
+    n_all = int(data.test_x.shape[0])
+    test_x, test_y = data.test_x[:args.limit], None if data.test_y is None else data.test_y[:args.limit]
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
     torch.manual_seed(args.seed)
-    res = tr.evaluate(model, data.test_x, data.test_y, n_samples=args.n_samples, seed=args.seed)
-    res.update(checkpoint=args.checkpoint, data=data.name, n_test=int(data.test_x.shape[0]),
-               epoch=ckpt["epoch"], n_samples=args.n_samples)
+    t0 = time.perf_counter()
+    res = tr.evaluate(model, test_x, test_y, n_samples=args.k, seed=args.seed, progress=progress)
+    res.update(time_s=time.perf_counter() - t0, checkpoint=args.checkpoint, data=data.name,
+               n_test=int(test_x.shape[0]), n_test_all=n_all, dim=model.data_dim, binarize=data.binarize,
+               epoch=ckpt["epoch"], n_samples=args.k)
     if args.json:
         print(json.dumps(res, indent=2))
-    else:
-        print(f"{args.checkpoint} (epoch {res['epoch']}) on the {data.name} test set ({res['n_test']} samples):")
-        print(f"  ELBO            {res['elbo']:.4f} nats/sample (recon {res['recon']:.4f}, KL {res['kl']:.4f})")
-        if args.n_samples:
-            print(f"  log-likelihood  {res['log_likelihood']:.4f} nats/sample (K={args.n_samples})")
+        return 0
+    se = "n/a (one image)" if res["nll_se"] is None else f"{res['nll_se']:.4f}"
+    bse = "" if res["bits_per_dim_se"] is None else f" (SE {res['bits_per_dim_se']:.5f})"
+    which = f"{res['n_test']} samples" if res["n_test"] == n_all else f"the first {res['n_test']} of {n_all} samples"
+    print(f"{args.checkpoint} (epoch {res['epoch']}) on the {data.name} test set ({which}"
+          f"{', binarized ' + data.binarize if data.binarize else ''}):")
+    print(f"  ELBO            {res['elbo']:.4f} nats/sample (recon {res['recon']:.4f}, KL {res['kl']:.4f})")
+    print(f"  log-likelihood  {res['log_likelihood']:.4f} nats/sample (K={args.k} importance samples)")
+    print(f"  NLL             {res['nll']:.4f} nats/sample, SE {se} (std of log p(x) over samples / sqrt(n))")
+    print(f"  bits/dim        {res['bits_per_dim']:.5f}{bse} (NLL / ({res['dim']} ln 2))")
+    print(f"  time            {res['time_s']:.1f} s")
     return 0
 
 

@@ -2,6 +2,10 @@
 
 `load_data(spec)` understands:
   "digits"         scikit-learn's bundled 8x8 digits (1797 images, no download), a fixed seeded 80/20 split;
+  "fashion"        the system's Fashion-MNIST (Debian: `apt-get install dataset-fashion-mnist` puts the IDX files in
+                   /usr/share/datasets/fashion-mnist), 60000 + 10000 28x28 images; FASTVAE_DATA_DIR=DIR looks in
+                   DIR/fashion-mnist (or DIR's torchvision layout) instead;
+  "mnist"          the same for MNIST, which no Debian package provides: DIR/mnist under FASTVAE_DATA_DIR;
   "mnist:DIR"      MNIST IDX files in DIR (train-images-idx3-ubyte[.gz] ...; DIR, DIR/raw, DIR/MNIST/raw);
   "fashion:DIR"    the same for Fashion-MNIST (DIR/FashionMNIST/raw also searched);
   "npz:FILE"       arrays x_train/y_train/x_test/y_test (or x/y, or one unnamed array), "npy:FILE" one array;
@@ -33,6 +37,11 @@ _READ_CHUNK = 1 << 24
 # compressed size cannot be telling the truth, and is refused before anything is decompressed.
 _DEFLATE_MAX_RATIO = 1032
 _READ_ERRORS = (OSError, EOFError, zlib.error)   # gzip.BadGzipFile is an OSError
+
+# Data sets known by name: where the system's packages install them, and the package that does (None: no package).
+SYSTEM_DATA_DIR = "/usr/share/datasets"
+DATA_DIR_ENV = "FASTVAE_DATA_DIR"          # a folder searched instead of SYSTEM_DATA_DIR
+NAMED = {"fashion": ("Fashion-MNIST", "fashion-mnist", "dataset-fashion-mnist"), "mnist": ("MNIST", "mnist", None)}
 
 _IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -166,6 +175,7 @@ _IDX_NAMES = {
     "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
     "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
 }
+_IDX_SUBDIRS = {"mnist": ("MNIST/raw",), "fashion": ("FashionMNIST/raw", "Fashion-MNIST/raw")}   # torchvision's
 
 
 def _find_idx(directory, stem, subdirs):
@@ -179,9 +189,29 @@ def _find_idx(directory, stem, subdirs):
     raise DataError(f"{stem}[.gz] not found; looked for: {', '.join(tried)}")
 
 
+def load_named(name):
+    """A data set of NAMED ("fashion", "mnist") from its system folder: $FASTVAE_DATA_DIR when set, else
+    /usr/share/datasets; in it the package's folder (fashion-mnist, mnist), then the torchvision layout. Missing:
+    a one-line DataError saying where it looked and what to install (or how to point at the files)."""
+    title, folder, package = NAMED[name]
+    root = os.environ.get(DATA_DIR_ENV) or SYSTEM_DATA_DIR
+    for directory in (os.path.join(root, folder), root):
+        try:
+            _find_idx(directory, _IDX_NAMES["train_x"], _IDX_SUBDIRS[name])
+        except DataError:
+            continue
+        return load_idx_dir(directory, name)
+    where = f"{os.path.join(root, folder)} ({DATA_DIR_ENV}={root})" if os.environ.get(DATA_DIR_ENV) else \
+        os.path.join(root, folder)
+    fix = f"install it with: apt-get install {package}" if package else "no system package provides it (download " \
+        "the four IDX files into a folder)"
+    raise DataError(f"--data {name}: {title} not found in {where}; {fix}, or give its folder as --data {name}:DIR "
+                    f"or {DATA_DIR_ENV}=DIR")
+
+
 def load_idx_dir(directory, name="mnist"):
     """MNIST-layout IDX files of one directory (or its torchvision raw/ subfolder) -> Data."""
-    subdirs = {"mnist": ("MNIST/raw",), "fashion": ("FashionMNIST/raw", "Fashion-MNIST/raw")}.get(name, ())
+    subdirs = _IDX_SUBDIRS.get(name, ())
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: no such directory (expected the folder holding the {name} IDX files)")
     arrays = {}
@@ -430,10 +460,13 @@ def load_data(spec="digits", *, binarize=None, device=None):
         raise TypeError(f"data must be a spec string or a torch Dataset; got {type(spec).__name__}")
     elif spec == "digits":
         data = load_digits()
+    elif spec in NAMED:
+        data = load_named(spec)
     else:
         kind, _, arg = spec.partition(":")
         if not arg:
-            raise ValueError(f"data spec {spec!r}: expected digits, mnist:DIR, fashion:DIR, npz:FILE or npy:FILE")
+            raise ValueError(f"data spec {spec!r}: expected digits, fashion, mnist, mnist:DIR, fashion:DIR, npz:FILE "
+                             f"or npy:FILE")
         if kind in ("mnist", "fashion"):
             data = load_idx_dir(os.path.expanduser(arg), kind)
         elif kind in ("npz", "npy"):

@@ -197,7 +197,7 @@ def test_unwritable_out_folder(tmp_path, capsys):
 
 def test_eval_and_sample_flags(run_dir, tmp_path, capsys):
     for argv, message in [
-            (["eval", str(run_dir), "-k", "-1"], "argument -k/--n-samples: eval_k must be an int from 0"),
+            (["eval", str(run_dir), "-k", "-1"], "argument -k/--k/--n-samples: k must be an int from 1"),
             (["eval", str(run_dir), "--device", "gpu0"], "device must be auto, cpu, cuda or cuda:N"),
             (["eval", str(run_dir), "--seed", str(2**63 - 1)], "seed must be an int from 0 to 4294967295"),
             (["sample", str(run_dir), "-n", "10000000"], f"argument -n: n must be an int from 1 to {MAX_SAMPLES}"),
@@ -222,9 +222,9 @@ def test_eval_on_data_of_another_shape_or_without_labels(run_dir, tmp_path, caps
     _craft(run_dir, cvae, new_model=dict(input_dim=64, latent_dim=2, hidden_dims=[8], n_classes=3))
     unlabelled = tmp_path / "u.npy"
     np.save(unlabelled, np.random.default_rng(0).random((50, 1, 8, 8), dtype=np.float32))
-    _fails(["eval", str(cvae), "--data", f"npy:{unlabelled}", "--device", "cpu", "-k", "0"], capsys,
+    _fails(["eval", str(cvae), "--data", f"npy:{unlabelled}", "--device", "cpu", "-k", "1"], capsys,
            "it has no labels")
-    _fails(["eval", str(cvae), "--device", "cpu", "-k", "0"], capsys, "its labels run from 0 to 9")
+    _fails(["eval", str(cvae), "--device", "cpu", "-k", "1"], capsys, "its labels run from 0 to 9")
 
 
 def test_cvae_on_unlabelled_data(tmp_path, capsys):

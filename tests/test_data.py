@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastvae.data import DataError, load_data, read_idx
+from fastvae.data import DATA_DIR_ENV, SYSTEM_DATA_DIR, DataError, load_data, read_idx
 
 
 def _idx_bytes(a, code=0x08, dims=None):
@@ -70,6 +70,51 @@ def test_fashion_torchvision_layout_uncompressed(tmp_path):
     _mnist_dir(os.path.join(tmp_path, "FashionMNIST", "raw"), gz=False)
     d = load_data(f"fashion:{tmp_path}")
     assert d.name == "fashion" and d.train_x.shape[0] == 12
+
+
+# ---- data sets by name: the system's Fashion-MNIST (Debian's dataset-fashion-mnist) -----------------------------
+
+FASHION_DIR = os.path.join(SYSTEM_DATA_DIR, "fashion-mnist")
+
+
+# CI installs dataset-fashion-mnist (and sets CI): there this test runs, and fails if the package is missing.
+@pytest.mark.skipif(not os.path.isdir(FASHION_DIR) and not os.environ.get("CI"),
+                    reason="apt-get install dataset-fashion-mnist")
+def test_fashion_by_name_reads_the_systems_files(monkeypatch):
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    d = load_data("fashion")
+    assert d.name == "fashion" and d.shape == (1, 28, 28) and d.n_classes == 10
+    assert d.train_x.shape == (60000, 1, 28, 28) and d.test_x.shape == (10000, 1, 28, 28)
+    assert d.train_x.dtype == torch.float32 and d.train_x.min() == 0 and d.train_x.max() == 1
+    assert 0 <= d.test_x.min() and d.test_x.max() <= 1
+    for y, n in ((d.train_y, 60000), (d.test_y, 10000)):
+        assert y.shape == (n,) and torch.equal(y.unique(), torch.arange(10))
+        assert torch.equal(torch.bincount(y), torch.full((10,), n // 10))    # Fashion-MNIST is balanced
+
+
+def test_named_data_missing_says_what_to_install(tmp_path, monkeypatch, capsys):
+    from fastvae.cli import main
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))          # an empty folder: the system's files are not seen
+    with pytest.raises(DataError) as e:
+        load_data("fashion")
+    message = str(e.value)
+    assert "\n" not in message and "apt-get install dataset-fashion-mnist" in message
+    assert str(tmp_path / "fashion-mnist") in message and "fashion:DIR" in message
+    with pytest.raises(DataError, match="MNIST not found .* no system package provides it .* mnist:DIR"):
+        load_data("mnist")
+    assert main(["train", "--data", "fashion", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fastvae train: ") and "apt-get install dataset-fashion-mnist" in err
+
+
+@pytest.mark.parametrize("name,layout", [("fashion", "fashion-mnist"), ("fashion", "FashionMNIST/raw"),
+                                         ("fashion", ""), ("mnist", "mnist"), ("mnist", "MNIST/raw")])
+def test_named_data_in_the_folder_fastvae_data_dir_names(tmp_path, monkeypatch, name, layout):
+    arrays = _mnist_dir(os.path.join(tmp_path, layout))
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
+    d = load_data(name)
+    assert d.name == name and d.train_x.shape == (12, 1, 6, 6) and d.test_x.shape == (5, 1, 6, 6)
+    assert torch.equal(d.test_y, torch.from_numpy(arrays["t10k"][1]).long())
 
 
 def test_missing_files_name_what_was_looked_for(tmp_path):
@@ -157,6 +202,23 @@ def test_any_dataset_and_binarization():
         load_data("digits", binarize="sometimes")
     with pytest.raises(ValueError, match="unknown kind"):
         load_data("cifar:/tmp")
+
+
+def test_binarizations_static_one_fixed_draw_dynamic_a_fixed_test_draw():
+    """static: train and test drawn once, Bernoulli(pixel) from the fixed BINARIZE_SEED (not torch's global seed);
+    dynamic: the same fixed draw of the test set (what eval reads), the train set left grey for the trainer."""
+    grey = load_data("digits")
+    torch.manual_seed(1)
+    static = load_data("digits", binarize="static")
+    torch.manual_seed(2)
+    static2, dynamic = load_data("digits", binarize="static"), load_data("digits", binarize="dynamic")
+    assert torch.equal(static.train_x, static2.train_x) and torch.equal(static.test_x, static2.test_x)
+    assert torch.equal(dynamic.test_x, static.test_x) and torch.equal(dynamic.train_x, grey.train_x)
+    assert static.binarize == "static" and dynamic.binarize == "dynamic"
+    # a Bernoulli draw, not a threshold: grey pixels below 1/2 are sometimes 1, and the mean is kept
+    low = (grey.train_x > 0) & (grey.train_x < 0.5)
+    assert 0.1 < static.train_x[low].mean() < 0.4
+    assert abs(static.train_x.mean() - grey.train_x.mean()) < 0.01
 
 
 # ---- files cannot exhaust memory ----------------------------------------------------------------------------------

@@ -258,38 +258,48 @@ class VAE(nn.Module):
     # evaluation and generation
 
     @torch.no_grad()
-    def log_likelihood(self, x, y=None, *, n_samples=1000, generator=None, chunk_elements=_LL_CHUNK_ELEMENTS):
+    def log_likelihood(self, x, y=None, *, n_samples=1000, generator=None, chunk_elements=_LL_CHUNK_ELEMENTS,
+                       progress=None):
         """Importance-sampled estimate of log p(x) per sample, (B,): log (1/K) sum_k p(x, z_k) / q(z_k | x) with
-        z_k ~ q(z|x). Vectorised over K (all samples of a chunk go through the decoder as one batch); the K
-        samples and the batch are cut in chunks of about chunk_elements activations, so K = 5000 fits.
-        n_samples: 1..MAX_LL_SAMPLES (10^6)."""
+        z_k ~ q(z|x) (the IWAE bound at K; K = 1 is the ELBO's single-sample weight). Streamed: the inputs are cut
+        in blocks and the K samples in chunks, so that one chunk (samples x inputs x the widest activation) holds
+        at most chunk_elements values whatever K and B are; each chunk goes through the decoder as one batch and is
+        folded into a running log-sum-exp per input. n_samples: 1..MAX_LL_SAMPLES (10^6). progress: None, or a
+        callable given the number of (input, sample) pairs each chunk has done (B * K in all)."""
         n_samples = checks.integer("n_samples", n_samples, 1, MAX_LL_SAMPLES)
         chunk_elements = checks.integer("chunk_elements", chunk_elements, 1)
         checks.generator("generator", generator)
+        if progress is not None and not callable(progress):
+            raise TypeError(f"progress must be None or a callable; got {type(progress).__name__}")
         self._flat(x)
-        width = self._activation_width()
-        B = x.shape[0]
-        per_row = max(1, chunk_elements // width)           # samples x inputs one chunk may hold
-        b = min(B, max(1, per_row))                          # inputs per block
-        k_chunk = max(1, min(n_samples, per_row // b))
-        checks.check_fits(k_chunk * b * width * x.element_size(), x.device,
+        b, k_chunk = self._ll_chunks(x.shape[0], n_samples, chunk_elements)
+        checks.check_fits(k_chunk * b * self._activation_width() * x.element_size(), x.device,
                           f"a chunk of chunk_elements={chunk_elements}")
         ops = self.ops
         out = []
-        for i in range(0, B, b):
+        for i in range(0, x.shape[0], b):
             xb = x[i:i + b]
             yb = None if y is None else y[i:i + b]
             mu, stat = self.encode(xb, yb)
             x_flat = _as_float(self._flat(xb))
-            acc = None
+            acc = None                                           # running log-sum-exp of the weights, (b,)
             for j in range(0, n_samples, k_chunk):
                 k = min(k_chunk, n_samples - j)
                 zk, log_q = self.q_z.sample(ops, mu, stat, k, generator)
                 log_w = -self.p_x.nll(ops, x_flat, self.decode(zk, yb)) + (self.p_z.log_prob(ops, zk) - log_q)
                 lse = torch.logsumexp(log_w, 0)
                 acc = lse if acc is None else torch.logaddexp(acc, lse)
+                if progress is not None:
+                    progress(k * xb.shape[0])
             out.append(acc - math.log(n_samples))
         return torch.cat(out)
+
+    def _ll_chunks(self, n_inputs, n_samples, chunk_elements):
+        """(inputs per block, samples per chunk) of log_likelihood: their product times the widest activation is at
+        most chunk_elements (or one pair, when a single one is wider)."""
+        per_chunk = max(1, chunk_elements // self._activation_width())     # (input, sample) pairs one chunk holds
+        b = min(n_inputs, per_chunk)
+        return b, max(1, min(n_samples, per_chunk // b))
 
     def _activation_width(self):
         """The widest activation one (sample, input) pair produces: sizes the chunks of log_likelihood."""

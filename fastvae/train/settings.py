@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..distances import KERNELS
-from ..models import BACKENDS, DIVERGENCES, LIKELIHOODS, POSTERIORS, VARIANCES
+from ..models import BACKENDS, DIVERGENCES, LIKELIHOODS, MAX_LL_SAMPLES, POSTERIORS, VARIANCES
 
 MODELS = ("vae", "beta-vae", "cvae", "iwae", "wae-mmd", "swae")
 INT_MAX = 2**31 - 1      # the largest size or count a setting takes: any product of two still fits an int64
@@ -113,9 +113,10 @@ def is_kind(value, kind):
 
 SETTINGS = {s.key: s for s in (
     Setting("model", str, "vae", "the model preset", choices=MODELS),
-    Setting("data", str, "digits", "digits, mnist:DIR, fashion:DIR, npz:FILE or npy:FILE", resume="apply",
-            also=(torch.utils.data.Dataset,),
-            expected="a data spec (digits, mnist:DIR, fashion:DIR, npz:FILE or npy:FILE) or a torch Dataset"),
+    Setting("data", str, "digits", "digits, fashion (the system's Fashion-MNIST), mnist, mnist:DIR, fashion:DIR, "
+            "npz:FILE or npy:FILE", resume="apply", also=(torch.utils.data.Dataset,),
+            expected="a data spec (digits, fashion, mnist, mnist:DIR, fashion:DIR, npz:FILE or npy:FILE) or a "
+                     "torch Dataset"),
     Setting("latent_dim", int, 16, "latent dimensions", lo=1, hi=INT_MAX),
     Setting("hidden_dims", list, (512, 256), "encoder widths, comma-separated (a list in TOML); the decoder "
             "mirrors them; '' for linear", lo=1, hi=INT_MAX),
@@ -144,15 +145,16 @@ SETTINGS = {s.key: s for s in (
     Setting("kernel", str, "imq", "MMD kernel", choices=KERNELS),
     Setting("bandwidth", float, None, "MMD kernel bandwidth h (default 1; imq uses C = 2 d h^2)", lo=0, lo_open=True),
     Setting("n_projections", int, 128, "sliced-Wasserstein projections", lo=1, hi=INT_MAX),
-    Setting("binarize", str, None, "binarize the pixels (default: dynamic for bernoulli, else none)",
+    Setting("binarize", str, None, "binarize the pixels: static (one fixed draw), dynamic (train set redrawn every "
+            "batch) (default: dynamic for bernoulli, else none)",
             choices=("none", "static", "dynamic")),
     Setting("conv", bool, False, "a small conv encoder/decoder for image data (else images are flattened)"),
     Setting("backend", str, "fastvae", "fastvae (fused ops) or reference (plain PyTorch ops)", choices=BACKENDS,
             resume="apply"),
     Setting("threads", int, None, "CPU threads of torch (default: torch's choice; 1 is fastest for small models "
             "on a busy box)", lo=1, hi=1024, resume="apply"),
-    Setting("eval_k", int, 1000, "importance samples of the final test log-likelihood; 0 skips it", lo=0,
-            hi=INT_MAX, resume="apply"),
+    Setting("eval_k", int, 1000, f"importance samples of the final test log-likelihood, at most {MAX_LL_SAMPLES}; "
+            f"0 skips it", lo=0, hi=MAX_LL_SAMPLES, resume="apply"),
     Setting("progress", bool, True, "a progress bar (--no-progress: a line every few epochs instead)",
             resume="apply"),
 )}
