@@ -10,7 +10,7 @@ NVCC ?= nvcc
 CUDA_ARCHS ?= 80 90
 DEPS := "setuptools>=70" wheel pybind11 ninja numpy pytest hypothesis scipy matplotlib tqdm scikit-learn POT geomloss pykeops
 
-.PHONY: all env build test cuda-check demo bench clean
+.PHONY: all env build test cuda-check data demo bench clean
 
 all: test
 
@@ -45,7 +45,18 @@ cuda-check: $(BIN)/.ready
 	  done; \
 	else echo "cuda-check: nvcc not found, CUDA sources not compiled"; fi
 
-test: build cuda-check
+# Fashion-MNIST for `--data fashion` and its tests: Debian's dataset-fashion-mnist (IDX files under
+# /usr/share/datasets), installed when missing and this is root on a Debian system; otherwise a note says how.
+FASHION_PKG := dataset-fashion-mnist
+data:
+	@dpkg -s $(FASHION_PKG) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing $(FASHION_PKG) (Fashion-MNIST, 30 MB)"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(FASHION_PKG) >/dev/null; } \
+	      || { echo "data: could not install $(FASHION_PKG)"; exit 1; }; \
+	  else echo "data: $(FASHION_PKG) is not installed (apt-get install $(FASHION_PKG)); its tests are skipped"; fi; }
+
+test: build cuda-check data
 	$(BIN)/python -m pytest -q tests
 
 # The default VAE on the bundled 8x8 digits (no download): ~1 minute on 2 CPU cores; a rerun replaces out/digits
