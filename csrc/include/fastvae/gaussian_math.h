@@ -16,13 +16,13 @@ namespace fastvae {
 template <class T>
 FV_HD T mul_q2(T a, T q) {
   const T s = (a * q) * q;
-  return a == T(0) && q == q ? T(0) : s;
+  return a == T(0) ? (q == q ? T(0) : q) : s;  // nested, not &&: GCC vectorises this select, not the other
 }
 
 // a b, 0 for a == 0 (unless b is NaN): an incoming gradient of 0 times a derivative that overflowed.
 template <class T>
 FV_HD T mul0(T a, T b) {
-  return a == T(0) && b == b ? T(0) : a * b;
+  return a == T(0) ? (b == b ? T(0) : b) : a * b;
 }
 
 // q = e^(lv/4) of a log-variance: mul_q2(a, q) = a e^(lv/2) (a times the standard deviation).
@@ -55,7 +55,7 @@ FV_HD T kl_std_term_q(T mu, T lv, T q) {
 // mul_q2(mul_q2(g, q), q), finite wherever it is (a zero g with a huge lv: 0); a series near lv = 0.
 template <class T>
 FV_HD T kl_std_grad_q(T g, T lv, T q) {
-  const bool small = lv < T(1) && lv > T(-1);
+  const bool small = (lv < T(0) ? -lv : lv) < T(1);  // |lv| < 1, one compare (vectorises; NaN: false)
   const T big = mul_q2(mul_q2(g, q), q) - g;
   return small ? g * fv_expm1_given(lv, T(0)) : big;
 }
