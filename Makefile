@@ -22,8 +22,14 @@ $(BIN)/.ready:
 
 env: $(BIN)/.ready
 
-build: $(BIN)/.ready
+# The extension is built once and rebuilt only when a file it is built from changed (a stamp file: `make demo` after
+# `make test` does not rebuild). `make clean` forgets it.
+BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
+$(BIN)/.built: $(BIN)/.ready $(BUILD_INPUTS)
 	MAX_JOBS=$(MAX_JOBS) $(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(BIN)/.built
 
 # Every CUDA kernel file must compile for sm_80 and sm_90 (the kernels are torch-free: CUDA runtime + CCCL only), and
 # the CUDA backends of the binding must pass a syntax check against torch's headers (a CPU torch ships the c10/cuda
