@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is Non
                                 reason="needs g++ and the CUDA toolkit headers")
 
 ORDERS = ("forward", "reverse", "random")
-DTYPES = {torch.float32: 0, torch.float64: 1}
+DTYPES = {torch.float32: 0, torch.float64: 1}  # fastvae::DType; the distance launchers take these two
+HALF_DTYPES = {torch.float16: 2, torch.bfloat16: 3}
 LAYOUT = {None: 0, "feature": 1, "full": 2}
 KERNELS = {"rbf": 0, "imq": 1, "laplacian": 2, "energy": 3}
 SEED = 1234567
@@ -65,16 +66,15 @@ def driver(tmp_path_factory):
 def run(driver, tmp_path, op, order, inputs, outputs, **params):
     """Runs `op` under `order`; inputs: name -> tensor; outputs: name -> (dtype, shape). Returns name -> tensor."""
     d = tmp_path / f"{op}-{order}"
-    d.mkdir()
+    d.mkdir(parents=True)
     for name, t in inputs.items():
-        t.contiguous().numpy().tofile(d / f"{name}.bin")
+        t.contiguous().view(torch.uint8).numpy().tofile(d / f"{name}.bin")
     (d / "params").write_text("".join(f"{k} {v}\n" for k, v in params.items()))
     env = {**os.environ, "CUDASIM_ORDER": order, "CUDASIM_SEED": "7"}
     env.pop("CUDASIM_ABORT", None)
     r = subprocess.run([driver, op, d], capture_output=True, text=True, timeout=RUN_TIMEOUT, env=env)
     assert r.returncode == 0 and r.stdout.strip().endswith("OK"), f"{op} {order} {params}\n{r.stdout}{r.stderr}"
-    return {name: torch.from_numpy(np.fromfile(d / f"out_{name}.bin", dtype=torch.empty(0, dtype=dt).numpy().dtype)
-                                   ).reshape(shape)
+    return {name: torch.from_numpy(np.fromfile(d / f"out_{name}.bin", dtype=np.uint8)).view(dt).reshape(shape)
             for name, (dt, shape) in outputs.items()}
 
 
@@ -199,3 +199,26 @@ def test_sw_forward_with_ties(driver, tmp_path, order, dtype, with_y, p):
         assert torch.equal(got["perm_y"], perm_y)
     # per-row sums of |xs - t|^p in double in both; the normal quantile targets come from the same formula
     close(got["out"], out, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-12, what="sw")
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("rows,D,offset", [(4, 7, 0), (4, 7, 1), (2, 2 * 8192 + 13, 0)])
+def test_16_bit_inputs(driver, tmp_path, order, dtype, rows, D, offset):
+    """float16 / bfloat16 data through the host paths of cuda_fp16.h / cuda_bf16.h: 8-byte vector loads where
+    aligned, float32 arithmetic, float32 per-row outputs."""
+    mu, lv = data(rows, D, dtype=dtype, seed=15), data(rows, D, dtype=dtype, seed=16)
+    got = run(driver, tmp_path, "reparam_kl_fwd", order, {"mu": mu, "lv": lv},
+              {"z": (dtype, (rows, D)), "kl": (torch.float32, (rows,))},
+              dtype=HALF_DTYPES[dtype], rows=rows, D=D, seed=SEED, offset=offset)
+    # the CPU kernels take float32 or float64 (the public functions compute 16-bit inputs in float32): the
+    # reference is the float32 op on the exactly converted inputs
+    z, kl = torch.ops.fastvae.reparameterize_kl(mu.float(), lv.float(), seed_tensor())
+    # z: the model rounds to the 16-bit format a float32 value within ~1e-6 of the CPU's (see tol): one ulp apart
+    ulp = torch.finfo(dtype).eps
+    close(got["z"], z.to(dtype), rtol=ulp, atol=ulp, what="z")
+    close(got["kl"], kl, **tol(torch.float32, D), what="kl")
+    got = run(driver, tmp_path / "nll", "gaussian_nll_fwd", order, {"x": mu, "mean": lv, "lv": lv},
+              {"out": (torch.float32, (rows,))}, dtype=HALF_DTYPES[dtype], rows=rows, D=D,
+              lv_layout=LAYOUT["full"], offset=offset)
+    close(got["out"], torch.ops.fastvae.gaussian_nll(mu.float(), lv.float(), lv.float()), **tol(torch.float32, D), what="nll")
