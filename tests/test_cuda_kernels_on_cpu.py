@@ -87,7 +87,7 @@ def data(*shape, dtype=torch.float32, seed=0):
 
 
 def close(sim, cpu, rtol, atol, what):
-    torch.testing.assert_close(sim.double(), cpu.double(), rtol=rtol, atol=atol, msg=what)
+    torch.testing.assert_close(sim.double(), cpu.double(), rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
 # Tolerances. z = mu + exp(lv / 2) eps: the same Philox stream and Box-Muller formula, computed with libm under the
@@ -223,3 +223,48 @@ def test_16_bit_inputs(driver, tmp_path, order, dtype, rows, D, offset):
               lv_layout=LAYOUT["full"], offset=offset)
     want = torch.ops.fastvae.gaussian_nll(mu.float(), lv.float(), lv.float())
     close(got["out"], want, **tol(torch.float32, D), what="nll")
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mmd_backward_imq_with_y(driver, tmp_path, order, dtype):
+    """The gradient tiles (float64: more dynamic shared memory than the default 48 KiB, raised by the launcher)."""
+    B, N, M, d, bw = 2, 70, 37, 5, [0.5, 2.0]
+    x, y = data(B, N, d, dtype=dtype, seed=17), data(B, M, d, dtype=dtype, seed=18) + 0.5
+    g = torch.tensor([1.0, -2.0], dtype=dtype)
+    got = run(driver, tmp_path, "mmd_backward", order, {"x": x, "y": y, "g": g},
+              {"grad_x": (dtype, (B, N, d)), "grad_y": (dtype, (B, M, d))},
+              dtype=DTYPES[dtype], B=B, N=N, M=M, d=d, with_y=1, kernel=KERNELS["imq"],
+              bandwidths=",".join(map(str, bw)), unbiased=0)
+    gx, gy = torch.ops.fastvae.mmd_backward(g, x, y, None, "imq", bw, False, True)
+    # each gradient entry: a sum over ~100 partners of O(1) terms / N^2, float32 products added in another order
+    # (tiles, double accumulators on both sides): ~1e-7 relative to the sum of magnitudes ~1e-2
+    rtol, atol = (1e-5, 1e-7) if dtype == torch.float32 else (1e-10, 1e-14)
+    close(got["grad_x"], gx, rtol=rtol, atol=atol, what="grad_x")
+    close(got["grad_y"], gy, rtol=rtol, atol=atol, what="grad_y")
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_y,p", [(True, 2.0), (True, 1.0), (False, 2.0)])
+def test_sw_backward_with_ties(driver, tmp_path, order, dtype, with_y, p):
+    """The CPU forward's permutations in, every gradient element written once (outputs start as NaN)."""
+    B, L, N = 2, 3, 37
+    gen = torch.Generator().manual_seed(19)
+    px = (torch.randint(-3, 4, (B, L, N), generator=gen) / 2).to(dtype)
+    py = (torch.randint(-3, 4, (B, L, N), generator=gen) / 2).to(dtype) if with_y else None
+    _, perm_x, perm_y = torch.ops.fastvae.sliced_wasserstein_projected(px, py, p)
+    g = torch.tensor([0.5, -1.5], dtype=dtype)
+    inputs = {"g": g, "px": px, "perm_x": perm_x, **({"py": py, "perm_y": perm_y} if with_y else {})}
+    outputs = {"gpx": (dtype, (B, L, N)), **({"gpy": (dtype, (B, L, N))} if with_y else {})}
+    got = run(driver, tmp_path, "sw_backward", order, inputs, outputs,
+              dtype=DTYPES[dtype], B=B, L=L, N=N, p=p, with_y=int(with_y))
+    gpx, gpy = torch.ops.fastvae.sliced_wasserstein_projected_backward(g, px, py, perm_x, perm_y, p, with_y)
+    # one double expression per element on both sides, rounded once to T; but without py the CPU rounds the
+    # normal quantile targets t (|t| < 3 for N = 37) to T first (csrc/cpu/distances.cpp:592), the CUDA kernel keeps
+    # them in double: a difference up to eps(T) |t| in x - t, times |g| / (L N) |d/dd d^2| = 2 |g| / (L N)
+    eps = torch.finfo(dtype).eps
+    rtol, atol = 4 * eps, 2 * g.abs().max().item() / (L * N) * 3 * 2 * eps
+    close(got["gpx"], gpx, rtol=rtol, atol=atol, what="gpx")
+    if with_y:
+        close(got["gpy"], gpy, rtol=rtol, atol=atol, what="gpy")

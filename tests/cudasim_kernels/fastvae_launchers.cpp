@@ -95,7 +95,7 @@ const void* opt_input(const std::string& name, Layout l, int64_t rows, int64_t D
 }
 
 template <class T>
-int mmd_forward_t() {
+int mmd_t(bool backward) {
   const int64_t B = ip("B"), N = ip("N"), M = ip("M"), d = ip("d");
   const bool with_y = ip("with_y") != 0;
   std::vector<double> bw;
@@ -105,8 +105,27 @@ int mmd_forward_t() {
                   with_y ? static_cast<const T*>(input("y", B * M * d, sizeof(T))) : nullptr,
                   B, N, M, d, static_cast<DistKernel>(ip("kernel")), bw.data(), static_cast<int>(bw.size()),
                   ip("unbiased") != 0};
-  T* out = static_cast<T*>(output("out", B, sizeof(T)));
-  return cuda::mmd_forward(a, out, workspace(cuda::mmd_workspace_bytes(a), false), nullptr);
+  void* ws = workspace(cuda::mmd_workspace_bytes(a), false);
+  if (!backward) return cuda::mmd_forward(a, static_cast<T*>(output("out", B, sizeof(T))), ws, nullptr);
+  const T* g = static_cast<const T*>(input("g", B, sizeof(T)));
+  T* grad_x = static_cast<T*>(output("grad_x", B * N * d, sizeof(T)));
+  T* grad_y = with_y ? static_cast<T*>(output("grad_y", B * M * d, sizeof(T))) : nullptr;
+  return cuda::mmd_backward(a, g, grad_x, grad_y, ws, nullptr);
+}
+
+template <class T>
+int sw_backward_t() {
+  const int64_t B = ip("B"), L = ip("L"), N = ip("N");
+  const bool with_y = ip("with_y") != 0;
+  const size_t n = B * L * N;
+  const T* g = static_cast<const T*>(input("g", B, sizeof(T)));
+  const T* px = static_cast<const T*>(input("px", n, sizeof(T)));
+  const T* py = with_y ? static_cast<const T*>(input("py", n, sizeof(T))) : nullptr;
+  const int32_t* perm_x = static_cast<const int32_t*>(input("perm_x", n, 4));
+  const int32_t* perm_y = with_y ? static_cast<const int32_t*>(input("perm_y", n, 4)) : nullptr;
+  T* gpx = static_cast<T*>(output("gpx", n, sizeof(T)));
+  T* gpy = with_y ? static_cast<T*>(output("gpy", n, sizeof(T))) : nullptr;
+  return cuda::sw_backward<T>(g, px, py, perm_x, perm_y, gpx, gpy, B, L, N, dp("p"), nullptr);
 }
 
 template <class T>
@@ -163,9 +182,11 @@ int run(const std::string& op) {
 }
 
 int run_distance(const std::string& op) {
-  const DType t = static_cast<DType>(ip("dtype"));
-  if (op == "mmd_forward") return t == DType::Float64 ? mmd_forward_t<double>() : mmd_forward_t<float>();
-  return t == DType::Float64 ? sw_forward_t<double>() : sw_forward_t<float>();
+  const bool f64 = static_cast<DType>(ip("dtype")) == DType::Float64;
+  if (op == "mmd_forward" || op == "mmd_backward")
+    return f64 ? mmd_t<double>(op == "mmd_backward") : mmd_t<float>(op == "mmd_backward");
+  if (op == "sw_backward") return f64 ? sw_backward_t<double>() : sw_backward_t<float>();
+  return f64 ? sw_forward_t<double>() : sw_forward_t<float>();
 }
 
 }  // namespace
@@ -179,7 +200,7 @@ int main(int argc, char** argv) {
   dir = argv[2];
   std::ifstream pf(dir + "/params");
   for (std::string k, v; pf >> k >> v;) params[k] = v;
-  const int err = op == "mmd_forward" || op == "sw_forward" ? run_distance(op) : run(op);
+  const int err = op.rfind("mmd_", 0) == 0 || op.rfind("sw_", 0) == 0 ? run_distance(op) : run(op);
   const cudaError_t sync = cudaDeviceSynchronize();
   if (err != 0 || sync != cudaSuccess) {
     printf("error launcher %d (%s), sync %s: %s\n", err, cuda::error_string(err), cudaGetErrorName(sync),
