@@ -177,16 +177,22 @@ def test_mmd_forward_imq_with_y(driver, tmp_path, order, dtype, unbiased):
           atol=1e-6 if dtype == torch.float32 else 1e-12, what="mmd")
 
 
+def _tied_projections(seed, dtype, with_y, shape=(2, 3, 37)):
+    """px (and py) (B, L, N) on a coarse grid of halves: many ties within each row."""
+    g = torch.Generator().manual_seed(seed)
+    px = (torch.randint(-3, 4, shape, generator=g) / 2).to(dtype)
+    py = (torch.randint(-3, 4, shape, generator=g) / 2).to(dtype) if with_y else None
+    return px, py
+
+
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_y,p", [(True, 2.0), (True, 1.0), (False, 2.0)])
 def test_sw_forward_with_ties(driver, tmp_path, order, dtype, with_y, p):
     """Projections on a coarse grid (many ties, -0.0 and +0.0): the permutations must be the CPU's stable ones."""
-    B, L, N = 2, 3, 37
-    g = torch.Generator().manual_seed(14)
-    px = (torch.randint(-3, 4, (B, L, N), generator=g) / 2).to(dtype)
+    px, py = _tied_projections(14, dtype, with_y)
+    B, L, N = px.shape
     px[0, 0, :4] = torch.tensor([0.0, -0.0, 0.0, -0.0], dtype=dtype)
-    py = (torch.randint(-3, 4, (B, L, N), generator=g) / 2).to(dtype) if with_y else None
     inputs = {"px": px, **({"py": py} if with_y else {})}
     outputs = {"out": (dtype, (B,)), "perm_x": (torch.int32, (B, L, N))}
     if with_y:
@@ -249,10 +255,8 @@ def test_mmd_backward_imq_with_y(driver, tmp_path, order, dtype):
 @pytest.mark.parametrize("with_y,p", [(True, 2.0), (True, 1.0), (False, 2.0)])
 def test_sw_backward_with_ties(driver, tmp_path, order, dtype, with_y, p):
     """The CPU forward's permutations in, every gradient element written once (outputs start as NaN)."""
-    B, L, N = 2, 3, 37
-    gen = torch.Generator().manual_seed(19)
-    px = (torch.randint(-3, 4, (B, L, N), generator=gen) / 2).to(dtype)
-    py = (torch.randint(-3, 4, (B, L, N), generator=gen) / 2).to(dtype) if with_y else None
+    px, py = _tied_projections(19, dtype, with_y)
+    B, L, N = px.shape
     _, perm_x, perm_y = torch.ops.fastvae.sliced_wasserstein_projected(px, py, p)
     g = torch.tensor([0.5, -1.5], dtype=dtype)
     inputs = {"g": g, "px": px, "perm_x": perm_x, **({"py": py, "perm_y": perm_y} if with_y else {})}
