@@ -190,11 +190,16 @@ class VAE(nn.Module):
 
     def encode(self, x, y=None):
         """q(z|x): (mu, logvar) for a diagonal posterior, (mu, scale_tril) for a full one."""
+        return self.q_z.split(self.encode_stats(x, y))
+
+    def encode_stats(self, x, y=None):
+        """The encoder's output (B, q_z.n_stats): q(z|x)'s statistics in the encoder's own unconstrained
+        parametrisation (encode reads them with q_z.split); what posterior refinement optimises."""
         h = self._flat(x)
         if self.conv:
             h = self.conv_encoder(x.reshape(x.shape[0], *self.input_shape))
         c = self._one_hot(y, x.shape[0])
-        return self.q_z.split(self.encoder(h if c is None else torch.cat([h, c], -1)))
+        return self.encoder(h if c is None else torch.cat([h, c], -1))
 
     def decode(self, z, y=None):
         """p(x|z) parameters for z (..., d): the mean (Gaussian) or logits (Bernoulli), flat (..., D), and the
@@ -293,6 +298,26 @@ class VAE(nn.Module):
                     progress(k * xb.shape[0])
             out.append(acc - math.log(n_samples))
         return torch.cat(out)
+
+    def posterior_elbo(self, x, stats, y=None, *, generator=None):
+        """A one-sample estimate of the ELBO log p(x|z) - KL(q || p(z)) per input, (B,), for the posterior whose
+        statistics (B, q_z.n_stats) are given (as encode_stats returns them, or refined): the KL in closed form
+        where the posterior has one, else log q(z|x) - log p(z) at the sample. The plain ELBO whatever the model's
+        beta and k; differentiable in stats."""
+        checks.generator("generator", generator)
+        x_flat = _as_float(self._flat(x))
+        if stats.dim() != 2 or stats.shape != (x_flat.shape[0], self.q_z.n_stats):
+            raise ValueError(f"stats must have shape ({x_flat.shape[0]}, {self.q_z.n_stats}) (B, q_z.n_stats); "
+                             f"got {tuple(stats.shape)}")
+        ops = self.ops
+        mu, stat = self.q_z.split(stats)
+        closed_form = self.q_z.sample_kl(ops, mu, stat, generator)
+        if closed_form is not None:
+            z, kl = closed_form
+        else:
+            zk, log_q = self.q_z.sample(ops, mu, stat, 1, generator)
+            z, kl = zk[0], log_q[0] - self.p_z.log_prob(ops, zk)[0]
+        return -(self.p_x.nll(ops, x_flat, self.decode(z, y)) + kl)
 
     def _ll_chunks(self, n_inputs, n_samples, chunk_elements):
         """(inputs per block, samples per chunk) of log_likelihood: their product times the widest activation is at

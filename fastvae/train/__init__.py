@@ -11,7 +11,7 @@ a folder that holds another run is refused unless resume (continue it) or overwr
     checkpoint.py    save_checkpoint, load_checkpoint (every entry checked)
     build.py         a run's model built and checked on the meta device first; model_from_checkpoint
     distributed.py   torchrun's environment, the device, the process group's lifetime, the collectives
-    evaluation.py    evaluate: test ELBO, loss, terms and log-likelihood
+    evaluation.py    evaluate: test ELBO, loss, terms and log-likelihood; refine_posteriors: the amortisation gap
     loop.py          train(): claims the folder, trains, checkpoints, stops on NaN/inf or Ctrl-C
     summary.py       metrics.csv/json, summary.json and the printed summary (pictures: fastvae.plots)
 
@@ -22,7 +22,7 @@ from .build import build_checked, model_from_checkpoint
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
 from .config import model_kwargs, resolve_config
 from .distributed import gather_with_grad, pick_device
-from .evaluation import evaluate
+from .evaluation import MAX_REFINE_STEPS, REFINE_EVAL_DRAWS, evaluate, refine_posteriors
 from .loop import VARIANCE_LR_SCALE, TrainingDiverged, TrainingInterrupted, TrainResult, train
 from .rundir import CHECKPOINT_NAME, LOCK_NAME, RUN_FILES, OutDirError, claim_out_dir, release_out_dir
 from .settings import DEFAULTS, INT_MAX, MODELS, PRESETS, SETTINGS, Setting, check_settings
@@ -32,5 +32,6 @@ __all__ = [
     "Setting", "SETTINGS", "DEFAULTS", "PRESETS", "MODELS", "INT_MAX", "check_settings", "resolve_config",
     "model_kwargs", "CHECKPOINT_NAME", "LOCK_NAME", "RUN_FILES", "OutDirError", "claim_out_dir", "release_out_dir",
     "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint",
-    "build_checked", "model_from_checkpoint", "pick_device", "gather_with_grad", "evaluate", "save_pictures",
+    "build_checked", "model_from_checkpoint", "pick_device", "gather_with_grad", "evaluate", "refine_posteriors",
+    "MAX_REFINE_STEPS", "REFINE_EVAL_DRAWS", "save_pictures",
 ]
