@@ -39,6 +39,11 @@ VARIANTS = {
     "infovae": dict(divergence="mmd", beta=1.0, reg_weight=10.0),
     "swae": dict(divergence="sliced", beta=0.0, reg_weight=10.0),
     "swae-reference": dict(divergence="sliced", beta=0.0, backend="reference"),
+    "mmd-rbf": dict(divergence="mmd", kernel="rbf", beta=0.0, reg_weight=100.0),
+    "mmd-laplacian": dict(divergence="mmd", kernel="laplacian", beta=0.0, reg_weight=100.0),
+    "mmd-energy": dict(divergence="mmd", kernel="energy", beta=0.0, reg_weight=10.0),
+    "energy": dict(divergence="energy", beta=0.0, reg_weight=10.0),
+    "energy-reference": dict(divergence="energy", beta=0.0, reg_weight=10.0, backend="reference"),
 }
 
 
@@ -305,3 +310,19 @@ def test_build_model_refuses_unknown_missing_and_bad_keys():
         build_model({**cfg, "latent_dim": "2"})
     with pytest.raises(TypeError, match="the model config must be a dict"):
         build_model([("input_dim", 64)])
+
+
+@pytest.mark.parametrize("backend", ["fastvae", "reference"])
+def test_the_energy_divergence_is_the_energy_distance_to_prior_draws(backend, digits):
+    """divergence="energy" adds reg_weight * energy_distance(z, N(0, I) draws from the distance generator): the
+    same number as mmd with the distance kernel, and as the plain formula on the same prior draws."""
+    model = _make(dict(divergence="energy", beta=0.0, reg_weight=10.0, backend=backend))
+    x, _ = _batch(model, digits[0][:64], None)
+    out = model(x, generator=torch.Generator().manual_seed(1), distance_generator=torch.Generator().manual_seed(2))
+    ops = model.ops
+    z = out.z.detach().float()
+    energy = ops.get("energy_distance")(z, None, generator=torch.Generator().manual_seed(2))
+    mmd = ops.get("mmd")(z, None, kernel="energy", generator=torch.Generator().manual_seed(2))
+    assert out.distance.item() == energy.item() == mmd.item()
+    recon_kl = (out.recon + 0.0 * out.kl).mean()
+    torch.testing.assert_close(out.loss, recon_kl + 10.0 * out.distance, rtol=1e-6, atol=1e-6)

@@ -70,4 +70,20 @@ class SlicedWasserstein(SampleDistance):
         return sliced_wasserstein(z, None, n_projections=self.n_projections, p=2, generator=generator)
 
 
-DIVERGENCES = (KL.name, MMD.name, SlicedWasserstein.name)
+class Energy(SampleDistance):
+    """The energy distance 2 E|z - p| - E|z - z2| - E|p - p2| between the codes z, z2 and prior draws p, p2
+    (Szekely & Rizzo; the Radon-Sobolev VAE's regulariser): MMD with the distance kernel -|a - b|, no bandwidth to
+    tune, estimated with `estimator`."""
+
+    name = metric = "energy"
+    op = "energy_distance"
+
+    def __init__(self, estimator="unbiased"):
+        super().__init__()
+        self.estimator = estimator
+
+    def _distance(self, energy_distance, z, generator):
+        return energy_distance(z, None, estimator=self.estimator, generator=generator)
+
+
+DIVERGENCES = (KL.name, MMD.name, SlicedWasserstein.name, Energy.name)

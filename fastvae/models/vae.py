@@ -17,7 +17,7 @@ from .likelihoods import LIKELIHOODS, VARIANCES, Bernoulli, Gaussian
 from .networks import ConvDecoder, ConvEncoder, count_parameters, mlp
 from .posteriors import POSTERIORS, DiagonalGaussian, FullGaussian
 from .priors import StandardNormal
-from .regularisers import DIVERGENCES, KL, MMD, SlicedWasserstein
+from .regularisers import DIVERGENCES, KL, MMD, Energy, SlicedWasserstein
 
 # Elements (samples x widest layer) one chunk of log_likelihood may hold: ~64 MiB of float32 activations.
 _LL_CHUNK_ELEMENTS = 1 << 24
@@ -58,8 +58,9 @@ class VAE(nn.Module):
         "network": the decoder also outputs a per-feature log-variance) or "bernoulli" (decoder outputs logits).
     beta: the weight of the KL term (beta-VAE; for WAE/SWAE beta > 0 adds the KL as InfoVAE does).
     divergence: "kl" (the ELBO), "mmd" (WAE-MMD / InfoVAE: reg_weight * MMD(z, prior) with `kernel`, `bandwidth`
-        (None: 1, as fastvae.mmd reads it))
-        or "sliced" (SWAE: reg_weight * SW_2^2(z, prior) with n_projections directions).
+        (None: 1, as fastvae.mmd reads it)),
+        "sliced" (SWAE: reg_weight * SW_2^2(z, prior) with n_projections directions) or "energy" (reg_weight *
+        the energy distance between z and prior draws, estimated with mmd_estimator: the Radon-Sobolev VAE).
     n_samples: k > 1 trains on the importance-weighted bound (IWAE), logsumexp over the k samples.
     posterior: "diagonal" or "full" (the encoder outputs a Cholesky factor with a softplus-positive diagonal).
     n_classes: > 0 makes it a CVAE: forward(x, y) with integer labels y, one-hot into encoder and decoder.
@@ -124,8 +125,9 @@ class VAE(nn.Module):
         self.p_x = Gaussian(variance, channels=shape[0] if conv else 1) if likelihood == "gaussian" else Bernoulli()
         self.q_z = DiagonalGaussian(d) if posterior == "diagonal" else FullGaussian(d)
         self.p_z = StandardNormal(d)
-        self.regulariser = (KL() if divergence == "kl" else MMD(kernel, self.bandwidth, mmd_estimator)
-                            if divergence == "mmd" else SlicedWasserstein(self.n_projections))
+        self.regulariser = {"kl": KL, "mmd": lambda: MMD(kernel, self.bandwidth, mmd_estimator),
+                            "sliced": lambda: SlicedWasserstein(self.n_projections),
+                            "energy": lambda: Energy(mmd_estimator)}[divergence]()
         self.labels = OneHotLabels(self.n_classes) if self.n_classes else NoLabels()
         # parameters that no network computes (a learned log-variance): held here, under the part's names
         free = self.p_x.free_parameters()
