@@ -78,7 +78,7 @@ def _check_entries(ckpt, path):
         check_settings(ckpt["config"], where="'config'")
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its 'config' entry: {e}") from None
-    missing = [k for k, s in SETTINGS.items() if s.resume and k not in ckpt["config"]]
+    missing = [k for k, s in SETTINGS.items() if s.resume and not s.since_v1 and k not in ckpt["config"]]
     if missing:
         raise CheckpointError(f"{path}: its 'config' entry lacks {', '.join(missing)}")
     info = ckpt["data_info"]

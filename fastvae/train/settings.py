@@ -10,7 +10,7 @@ import torch
 from ..distances import KERNELS
 from ..models import BACKENDS, DIVERGENCES, LIKELIHOODS, MAX_LL_SAMPLES, POSTERIORS, VARIANCES
 
-MODELS = ("vae", "beta-vae", "cvae", "iwae", "wae-mmd", "swae")
+MODELS = ("vae", "beta-vae", "cvae", "iwae", "wae-mmd", "swae", "m2")
 INT_MAX = 2**31 - 1      # the largest size or count a setting takes: any product of two still fits an int64
 
 
@@ -22,7 +22,8 @@ class Setting:
     choices (str), pattern (str, a regular expression with its description `expected`), lo/hi (numbers and list
     items, inclusive; lo_open excludes lo). default None: the model's preset (PRESETS) or the VAE's own default.
     resume: what --resume does with a value given that differs from the run's: "apply" (used and recorded) or
-    "refuse" (an error naming the key); "" marks the switches of the command itself, which no run records."""
+    "refuse" (an error naming the key); "" marks the switches of the command itself, which no run records.
+    since_v1: added after the first checkpoints were written: a run recorded without it ran as its default says."""
     key: str
     kind: type
     default: object
@@ -35,6 +36,7 @@ class Setting:
     expected: str = None
     resume: str = "refuse"
     also: tuple = ()           # further types a Python caller may pass as they are (data: a torch Dataset)
+    since_v1: bool = False     # older runs lack it (their checkpoints hold its default's behaviour)
 
     def describe(self):
         """What the setting takes, in words."""
@@ -145,6 +147,10 @@ SETTINGS = {s.key: s for s in (
     Setting("kernel", str, "imq", "MMD kernel", choices=KERNELS),
     Setting("bandwidth", float, None, "MMD kernel bandwidth h (default 1; imq uses C = 2 d h^2)", lo=0, lo_open=True),
     Setting("n_projections", int, 128, "sliced-Wasserstein projections", lo=1, hi=INT_MAX),
+    Setting("labelled", int, None, "m2: training labels kept, balanced over the classes and fixed by the seed "
+            "(default: all)", lo=1, hi=INT_MAX, since_v1=True),
+    Setting("alpha", float, 50.0, "m2: weight of the labelled inputs' classification loss -log q(y|x)", lo=0,
+            since_v1=True),
     Setting("binarize", str, None, "binarize the pixels: static (one fixed draw), dynamic (train set redrawn every "
             "batch) (default: dynamic for bernoulli, else none)",
             choices=("none", "static", "dynamic")),
@@ -163,6 +169,7 @@ PRESETS = {
     "vae": dict(beta=1.0, n_samples=1, divergence="kl"),
     "beta-vae": dict(beta=4.0, n_samples=1, divergence="kl"),
     "cvae": dict(beta=1.0, n_samples=1, divergence="kl"),
+    "m2": dict(beta=1.0, n_samples=1, divergence="kl"),
     "iwae": dict(beta=1.0, n_samples=5, divergence="kl"),
     "wae-mmd": dict(beta=0.0, n_samples=1, divergence="mmd", reg_weight=100.0),
     "swae": dict(beta=0.0, n_samples=1, divergence="sliced", reg_weight=10.0),
