@@ -1,5 +1,6 @@
 """The `fastvae` command end to end into tmp_path, exact resume, the NaN stop, checkpoint safety."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -37,6 +38,8 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys):
     assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,step,train_loss")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test_log_likelihood"] >= summary["test_elbo"] - 0.5
+    assert summary["test_bits_per_dim"] == pytest.approx(-summary["test_log_likelihood"] / (64 * math.log(2)))
+    assert f"{summary['test_bits_per_dim']:.4f} bits/dim" in printed
 
     assert main(["eval", str(out / "checkpoint.pt"), "-k", "10", "--json", "--device", "cpu"]) == 0
     res = json.loads(capsys.readouterr().out)
@@ -193,6 +196,8 @@ def test_logistic_likelihoods_train_resume_eval_and_sample(tmp_path, capsys, lik
     # a discrete likelihood: -log P(x) >= 0, and nats / (D ln 2) are bits/dim of the 8-bit data (at most 8 for a
     # model that learned anything in two epochs)
     assert 0 < res["bits_per_dim"] < 8 and res["dim"] == 64
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())  # eval_k = 0: no log-likelihood there
+    assert "test_bits_per_dim" not in summary
     assert main(["sample", run, "-n", "4", "--out", str(tmp_path / "grid.png")]) == 0
     assert (tmp_path / "grid.png").is_file()
     model, _ = tr.model_from_checkpoint(run, torch.device("cpu"))
