@@ -81,8 +81,9 @@ def tol(dtype, D, grad=False):
     return dict(rtol=1e-4, atol=1e-4) if grad else dict(rtol=2e-5, atol=1e-5 * D)
 
 
-CASES = [  # (x_rows, k, D, K, offset): one and two decoder samples, odd sizes, misaligned, three chunks per row
-    (3, 1, 7, 5, 0), (3, 1, 7, 5, 1), (2, 2, 9, 3, 0), (2, 1, 2 * 4096 + 9, 2, 0)]
+CASES = [  # (x_rows, k, D, K, offset): one and two decoder samples, odd sizes, misaligned, rows of several
+    # 256-pixel chunks (the last one partial)
+    (3, 1, 7, 5, 0), (3, 1, 7, 5, 1), (2, 2, 9, 3, 0), (2, 1, 4 * 256 + 9, 2, 0)]
 
 
 @pytest.mark.parametrize("order", ORDERS)

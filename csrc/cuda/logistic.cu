@@ -23,7 +23,7 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr index_t kChunk = 4096;  // pixels per forward block
+constexpr index_t kChunk = kThreads;  // pixels per forward block, one per thread (B = 64 x 3 x 32 x 32: 768 blocks)
 
 // ---- element types (the same conversions as gaussian.cu) ----------------------------------------------------
 
