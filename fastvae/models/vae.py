@@ -13,7 +13,7 @@ from ..distances import ESTIMATORS, KERNELS
 from . import checks
 from .backends import BACKENDS, Ops
 from .labels import NoLabels, OneHotLabels
-from .likelihoods import LIKELIHOODS, VARIANCES, Bernoulli, Gaussian
+from .likelihoods import LIKELIHOODS, VARIANCES, Bernoulli, Gaussian, Logistic, LogisticMixture
 from .networks import ConvDecoder, ConvEncoder, count_parameters, mlp
 from .posteriors import POSTERIORS, DiagonalGaussian, FullGaussian
 from .priors import StandardNormal
@@ -55,7 +55,8 @@ class VAE(nn.Module):
         small conv encoder/decoder in front of / behind the MLPs.
     hidden_dims: widths of the encoder MLP (the decoder mirrors them); () gives linear encoder and decoder.
     likelihood: "gaussian" (variance "learned": one log-variance trained by gradient descent, "fixed": unit,
-        "network": the decoder also outputs a per-feature log-variance) or "bernoulli" (decoder outputs logits).
+        "network": the decoder also outputs a per-feature log-variance), "bernoulli" (decoder outputs logits), or for
+        8-bit data "logistic" (a discretized logistic per value) and "logistic_mixture" (n_mix of them per value).
     beta: the weight of the KL term (beta-VAE; for WAE/SWAE beta > 0 adds the KL as InfoVAE does).
     divergence: "kl" (the ELBO), "mmd" (WAE-MMD / InfoVAE: reg_weight * MMD(z, prior) with `kernel`, `bandwidth`
         (None: 1, as fastvae.mmd reads it)),
@@ -73,7 +74,7 @@ class VAE(nn.Module):
     def __init__(self, input_dim, latent_dim, hidden_dims=(512, 256), likelihood="gaussian", variance="learned",
                  beta=1.0, divergence="kl", n_samples=1, posterior="diagonal", n_classes=0, *, reg_weight=10.0,
                  kernel="imq", bandwidth=None, mmd_estimator="unbiased", n_projections=128, conv=False,
-                 conv_channels=(32, 64), backend="fastvae"):
+                 conv_channels=(32, 64), backend="fastvae", n_mix=10):
         super().__init__()
         for name, value, allowed in (("likelihood", likelihood, LIKELIHOODS), ("variance", variance, VARIANCES),
                                      ("divergence", divergence, DIVERGENCES), ("posterior", posterior, POSTERIORS),
@@ -100,6 +101,9 @@ class VAE(nn.Module):
             kernel=kernel, bandwidth=None if bandwidth is None else checks.real("bandwidth", bandwidth, positive=True),
             mmd_estimator=mmd_estimator, n_projections=checks.integer("n_projections", n_projections, 1), conv=conv,
             conv_channels=conv_channels, backend=backend)
+        n_mix = checks.integer("n_mix", n_mix, 1)
+        if likelihood == "logistic_mixture":  # recorded where it matters (the configs of other models stay as they were)
+            self.config["n_mix"] = n_mix
         self.input_shape = shape
         self.data_dim = math.prod(shape)
         self.latent_dim = int(latent_dim)
@@ -122,7 +126,10 @@ class VAE(nn.Module):
 
         # the parts (no random draws: the networks below take torch's generator in the order they always did)
         d = self.latent_dim
-        self.p_x = Gaussian(variance, channels=shape[0] if conv else 1) if likelihood == "gaussian" else Bernoulli()
+        channels = shape[0] if conv else 1
+        self.p_x = {"gaussian": lambda: Gaussian(variance, channels=channels), "bernoulli": Bernoulli,
+                    "logistic": lambda: Logistic(channels=channels),
+                    "logistic_mixture": lambda: LogisticMixture(n_mix, channels=channels)}[likelihood]()
         self.q_z = DiagonalGaussian(d) if posterior == "diagonal" else FullGaussian(d)
         self.p_z = StandardNormal(d)
         self.regulariser = {"kl": KL, "mmd": lambda: MMD(kernel, self.bandwidth, mmd_estimator),

@@ -11,6 +11,9 @@ from .settings import SETTINGS, check_settings, is_kind
 
 CHECKPOINT_FORMAT = "fastvae-checkpoint"
 CHECKPOINT_VERSION = 1
+# Settings added after checkpoints of this version were first written; an older checkpoint lacks them and reads as
+# their default (n_mix: the logistic_mixture likelihood's components, which no older run could use).
+ADDED_SETTINGS = ("n_mix",)
 
 
 class CheckpointError(ValueError):
@@ -78,6 +81,8 @@ def _check_entries(ckpt, path):
         check_settings(ckpt["config"], where="'config'")
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its 'config' entry: {e}") from None
+    for k in ADDED_SETTINGS:  # a checkpoint written before the setting existed: its run used the default
+        ckpt["config"].setdefault(k, SETTINGS[k].default)
     missing = [k for k, s in SETTINGS.items() if s.resume and k not in ckpt["config"]]
     if missing:
         raise CheckpointError(f"{path}: its 'config' entry lacks {', '.join(missing)}")

@@ -136,6 +136,7 @@ SETTINGS = {s.key: s for s in (
     Setting("seed", int, 0, "random seed", lo=0, hi=2**32 - 1),
     Setting("likelihood", str, "gaussian", "the decoder's likelihood", choices=LIKELIHOODS),
     Setting("variance", str, "learned", "the Gaussian likelihood's variance", choices=VARIANCES),
+    Setting("n_mix", int, 10, "components of the logistic_mixture likelihood", lo=1, hi=1024),
     Setting("beta", float, None, "KL weight (preset: 1; beta-vae 4; wae-mmd/swae 0)", lo=0),
     Setting("n_samples", int, None, "importance samples k of the bound (preset: 1; iwae 5)", lo=1, hi=INT_MAX),
     Setting("posterior", str, "diagonal", "diagonal, or full (Cholesky factor)", choices=POSTERIORS),

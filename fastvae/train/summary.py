@@ -47,14 +47,15 @@ def finish(cfg, model, data, metrics, out_dir, ckpt_path, world, ranks_agree=Non
                        samples_per_s=sum(m["samples_per_s"] for m in metrics[-5:]) / len(metrics[-5:]),
                        train_time_s=sum(m["epoch_time_s"] for m in metrics))
         if cfg["eval_k"]:
-            summary.update(test_log_likelihood=final["log_likelihood"], eval_k=cfg["eval_k"], eval_time_s=eval_time)
+            summary.update(test_log_likelihood=final["log_likelihood"], test_bits_per_dim=final["bits_per_dim"],
+                           eval_k=cfg["eval_k"], eval_time_s=eval_time)
     atomic_write(os.path.join(out_dir, "summary.json"), lambda f: json.dump(summary, f, indent=2))
     lines = [f"fastvae: trained {cfg['model']} on {data.name} for {len(metrics)} epoch(s) "
              f"({world} process(es), {device}, backend {cfg['backend']})"]
     if metrics:
         lines.append(f"  test ELBO {summary['test_elbo']:.3f} nats/sample"
-                     + (f", log-likelihood (K={cfg['eval_k']}) {summary['test_log_likelihood']:.3f}"
-                        if cfg["eval_k"] else "")
+                     + (f", log-likelihood (K={cfg['eval_k']}) {summary['test_log_likelihood']:.3f} "
+                        f"({summary['test_bits_per_dim']:.4f} bits/dim)" if cfg["eval_k"] else "")
                      + f"; {summary['samples_per_s']:.0f} training samples/s")
     lines += [f"  checkpoint: {ckpt_path}", f"  metrics:    {summary['metrics'][0]} (and .json)",
               f"  pictures:   {', '.join(pictures) if pictures else '(none)'}"]
