@@ -1,11 +1,10 @@
 """Checkpoints: written atomically, read without running code from them (weights_only), and every entry that
 fastvae reads checked first (model_from_checkpoint, in build.py, builds the model one describes)."""
-import inspect
 import os
 
 import torch
 
-from ..models import VAE
+from ..models import model_class
 from .rundir import CHECKPOINT_NAME, atomic_write
 from .settings import SETTINGS, check_settings, is_kind
 
@@ -49,6 +48,9 @@ def load_checkpoint(path, map_location="cpu"):
     return ckpt
 
 
+# The settings added after checkpoint format version 1: a run's config written before them lacks them.
+ADDED_SETTINGS = ("latent_dims",)
+
 # The entries of a checkpoint that eval, sample and resume read, and their types (optimizer, rng and step are
 # checked where a resume reads them).
 _CHECKPOINT_ENTRIES = dict(model_config=dict, model=dict, config=dict, data_info=dict, epoch=int, metrics=list)
@@ -69,11 +71,12 @@ def _check_entries(ckpt, path):
     bad = [k for k, v in ckpt["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: its 'model' entry must map names to tensors; got {bad[:3]}")
-    missing = sorted({"input_dim", "latent_dim"} - set(ckpt["model_config"]))
-    unknown = sorted(set(ckpt["model_config"]) - set(_VAE_ARGS))
-    if missing or unknown:
-        raise CheckpointError(f"{path}: its 'model_config' is not a fastvae.VAE's (missing {missing}, unknown "
-                              f"{unknown}; known: {', '.join(_VAE_ARGS)})")
+    try:
+        model_class(ckpt["model_config"])
+    except ValueError as e:
+        raise CheckpointError(f"{path}: its 'model_config' is not a fastvae model's ({e})") from None
+    for key in ADDED_SETTINGS:              # a run written before a setting existed ran as its default does
+        ckpt["config"].setdefault(key, SETTINGS[key].default)
     try:
         check_settings(ckpt["config"], where="'config'")
     except (TypeError, ValueError) as e:
@@ -91,6 +94,3 @@ def _check_entries(ckpt, path):
     if ckpt["epoch"] != len(ckpt["metrics"]) or not all(isinstance(m, dict) for m in ckpt["metrics"]):
         raise CheckpointError(f"{path}: its 'epoch' ({ckpt['epoch']}) must count its 'metrics' rows (dicts; "
                               f"{len(ckpt['metrics'])} given)")
-
-
-_VAE_ARGS = [n for n in inspect.signature(VAE.__init__).parameters if n != "self"]
