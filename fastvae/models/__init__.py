@@ -41,11 +41,11 @@ A new family member is a new part, not a flag on VAE:
     the bound over y (its one_hot returns the soft labels and its term joins the loss).
 """
 from .backends import BACKENDS, Ops
+from .hierarchical import HierarchicalVAE
 from .likelihoods import LIKELIHOODS, VARIANCES
 from .posteriors import POSTERIORS
 from .regularisers import DIVERGENCES
-from .hierarchical import HierarchicalVAE
 from .vae import MAX_LL_SAMPLES, VAE, VAEOutput, build_model, model_class
 
-__all__ = ["VAE", "HierarchicalVAE", "VAEOutput", "build_model", "model_class", "MAX_LL_SAMPLES", "LIKELIHOODS", "VARIANCES", "DIVERGENCES",
-           "POSTERIORS", "BACKENDS", "Ops"]
+__all__ = ["VAE", "HierarchicalVAE", "VAEOutput", "build_model", "model_class", "MAX_LL_SAMPLES", "LIKELIHOODS",
+           "VARIANCES", "DIVERGENCES", "POSTERIORS", "BACKENDS", "Ops"]
