@@ -59,7 +59,7 @@ def test_toml_config_keys_mirror_flags_and_flags_win(tmp_path):
     assert used["model"] == "iwae" and used["n_samples"] == 2 and used["latent_dim"] == 2
     assert used["hidden_dims"] == [16]
     bad = tmp_path / "bad.toml"
-    bad.write_text("latent_dims = 3\n")
+    bad.write_text("latent_dimz = 3\n")
     with pytest.raises(SystemExit, match="unknown configuration key"):
         main(["train", "--config", str(bad)])
 

@@ -294,19 +294,23 @@ class VAE(nn.Module):
         for i in range(0, x.shape[0], b):
             xb = x[i:i + b]
             yb = None if y is None else y[i:i + b]
-            mu, stat = self.encode(xb, yb)
+            stats = self.encode_stats(xb, yb)
             x_flat = _as_float(self._flat(xb))
             acc = None                                           # running log-sum-exp of the weights, (b,)
             for j in range(0, n_samples, k_chunk):
                 k = min(k_chunk, n_samples - j)
-                zk, log_q = self.q_z.sample(ops, mu, stat, k, generator)
-                log_w = -self.p_x.nll(ops, x_flat, self.decode(zk, yb)) + (self.p_z.log_prob(ops, zk) - log_q)
-                lse = torch.logsumexp(log_w, 0)
+                lse = torch.logsumexp(self._log_weights(ops, x_flat, stats, yb, k, generator), 0)
                 acc = lse if acc is None else torch.logaddexp(acc, lse)
                 if progress is not None:
                     progress(k * xb.shape[0])
             out.append(acc - math.log(n_samples))
         return torch.cat(out)
+
+    def _log_weights(self, ops, x_flat, stats, y, k, generator):
+        """log p(x, z_k) - log q(z_k | x) at k draws z_k ~ q(z|x) per input, (k, B), for the encoder's stats."""
+        mu, stat = self.q_z.split(stats)
+        zk, log_q = self.q_z.sample(ops, mu, stat, k, generator)
+        return -self.p_x.nll(ops, x_flat, self.decode(zk, y)) + (self.p_z.log_prob(ops, zk) - log_q)
 
     def posterior_elbo(self, x, stats, y=None, *, generator=None):
         """A one-sample estimate of the ELBO log p(x|z) - KL(q || p(z)) per input, (B,), for the posterior whose
@@ -359,10 +363,14 @@ class VAE(nn.Module):
         device = self._device()
         checks.check_fits(n * self._activation_width() * torch.finfo(self._dtype()).bits // 8, device,
                           f"sampling n={n} at once")
-        z = self.p_z.sample(n, device, self._dtype(), generator)
+        z = self._prior_sample(n, generator)
         if y is None:
             y = self.labels.default(n, device)
         return self._emit(self.decode(z, y), mean, generator).reshape(n, *self.input_shape)
+
+    def _prior_sample(self, n, generator):
+        """n draws of the latent the decoder reads, z ~ p(z), (n, latent_dim)."""
+        return self.p_z.sample(n, self._device(), self._dtype(), generator)
 
     @torch.no_grad()
     def reconstruct(self, x, y=None, *, generator=None, mean=True):
@@ -381,16 +389,25 @@ def _as_float(x):
     return x if x.is_floating_point() else x.float()
 
 
-def build_model(config):
-    """A VAE from the dict that `VAE.config` (and a checkpoint) holds: every key is a VAE argument (an unknown key
-    is refused, naming it, as is a missing input_dim or latent_dim), and VAE checks each value."""
+def model_class(config):
+    """The class of the family that a model config (`config` of a model, a checkpoint's model_config) describes:
+    HierarchicalVAE when it holds latent_dims, else VAE. An unknown key is refused, naming it, as is a missing
+    input_dim or latent_dim (latent_dims); the class checks each value."""
+    from .hierarchical import HierarchicalVAE
     if not isinstance(config, dict):
         raise TypeError(f"the model config must be a dict of VAE arguments; got {type(config).__name__}")
-    known = [p for p in inspect.signature(VAE.__init__).parameters if p != "self"]
+    cls, size = (HierarchicalVAE, "latent_dims") if "latent_dims" in config else (VAE, "latent_dim")
+    known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(str(k) for k in config if k not in known)
     if unknown:
         raise ValueError(f"the model config has unknown key(s) {unknown}; known: {known}")
-    missing = [k for k in ("input_dim", "latent_dim") if k not in config]
+    missing = [k for k in ("input_dim", size) if k not in config]
     if missing:
         raise ValueError(f"the model config lacks {missing}")
-    return VAE(**config)
+    return cls
+
+
+def build_model(config):
+    """The model (a VAE, or a HierarchicalVAE) from the dict that its `config` (and a checkpoint) holds: every key
+    is an argument of its class (model_class)."""
+    return model_class(config)(**config)

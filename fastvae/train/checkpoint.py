@@ -1,19 +1,19 @@
 """Checkpoints: written atomically, read without running code from them (weights_only), and every entry that
 fastvae reads checked first (model_from_checkpoint, in build.py, builds the model one describes)."""
-import inspect
 import os
 
 import torch
 
-from ..models import VAE
+from ..models import model_class
 from .rundir import CHECKPOINT_NAME, atomic_write
 from .settings import SETTINGS, check_settings, is_kind
 
 CHECKPOINT_FORMAT = "fastvae-checkpoint"
 CHECKPOINT_VERSION = 1
 # Settings added after checkpoints of this version were first written; an older checkpoint lacks them and reads as
-# their default (n_mix: the logistic_mixture likelihood's components, which no older run could use).
-ADDED_SETTINGS = ("n_mix",)
+# their default, which is how its run ran (n_mix: the logistic_mixture likelihood's components, latent_dims: the
+# hierarchical VAE's layers; no older run could use either).
+ADDED_SETTINGS = ("n_mix", "latent_dims")
 
 
 class CheckpointError(ValueError):
@@ -72,11 +72,10 @@ def _check_entries(ckpt, path):
     bad = [k for k, v in ckpt["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: its 'model' entry must map names to tensors; got {bad[:3]}")
-    missing = sorted({"input_dim", "latent_dim"} - set(ckpt["model_config"]))
-    unknown = sorted(set(ckpt["model_config"]) - set(_VAE_ARGS))
-    if missing or unknown:
-        raise CheckpointError(f"{path}: its 'model_config' is not a fastvae.VAE's (missing {missing}, unknown "
-                              f"{unknown}; known: {', '.join(_VAE_ARGS)})")
+    try:
+        model_class(ckpt["model_config"])
+    except ValueError as e:
+        raise CheckpointError(f"{path}: its 'model_config' is not a fastvae model's ({e})") from None
     try:
         check_settings(ckpt["config"], where="'config'")
     except (TypeError, ValueError) as e:
@@ -96,6 +95,3 @@ def _check_entries(ckpt, path):
     if ckpt["epoch"] != len(ckpt["metrics"]) or not all(isinstance(m, dict) for m in ckpt["metrics"]):
         raise CheckpointError(f"{path}: its 'epoch' ({ckpt['epoch']}) must count its 'metrics' rows (dicts; "
                               f"{len(ckpt['metrics'])} given)")
-
-
-_VAE_ARGS = [n for n in inspect.signature(VAE.__init__).parameters if n != "self"]

@@ -10,7 +10,7 @@ import torch
 from ..distances import KERNELS
 from ..models import BACKENDS, DIVERGENCES, LIKELIHOODS, MAX_LL_SAMPLES, POSTERIORS, VARIANCES
 
-MODELS = ("vae", "beta-vae", "cvae", "iwae", "wae-mmd", "swae")
+MODELS = ("vae", "beta-vae", "cvae", "iwae", "wae-mmd", "swae", "hvae")
 INT_MAX = 2**31 - 1      # the largest size or count a setting takes: any product of two still fits an int64
 
 
@@ -118,6 +118,8 @@ SETTINGS = {s.key: s for s in (
             expected="a data spec (digits, fashion, mnist, mnist:DIR, fashion:DIR, npz:FILE or npy:FILE) or a "
                      "torch Dataset"),
     Setting("latent_dim", int, 16, "latent dimensions", lo=1, hi=INT_MAX),
+    Setting("latent_dims", list, None, "hvae: the latent dimensions of its stochastic layers, the lowest (next "
+            "to x) first, comma-separated, at least 2 (preset: hvae 32,16)", lo=1, hi=INT_MAX),
     Setting("hidden_dims", list, (512, 256), "encoder widths, comma-separated (a list in TOML); the decoder "
             "mirrors them; '' for linear", lo=1, hi=INT_MAX),
     Setting("batch_size", int, 128, "samples per step and process", lo=1, hi=INT_MAX, resume="apply"),
@@ -167,6 +169,7 @@ PRESETS = {
     "iwae": dict(beta=1.0, n_samples=5, divergence="kl"),
     "wae-mmd": dict(beta=0.0, n_samples=1, divergence="mmd", reg_weight=100.0),
     "swae": dict(beta=0.0, n_samples=1, divergence="sliced", reg_weight=10.0),
+    "hvae": dict(beta=1.0, n_samples=1, divergence="kl", latent_dims=[32, 16]),
 }
 
 
