@@ -26,15 +26,17 @@ BINDING = [
     "csrc/torch/gaussian/cpu.cpp",
     "csrc/torch/distances/schema.cpp",
     "csrc/torch/distances/cpu.cpp",
+    "csrc/torch/logistic/schema.cpp",
+    "csrc/torch/logistic/cpu.cpp",
 ]
 # The CPU kernel files, each compiled once per instruction set of CPU_ISAS (-DFV_ISA=<name>, see csrc/cpu/isa.h)
 # into objects of their own, and the one run-time dispatch between them (csrc/cpu/isa.cpp).
-CPU_KERNELS = ["csrc/cpu/gaussian.cpp", "csrc/cpu/distances.cpp"]
+CPU_KERNELS = ["csrc/cpu/gaussian.cpp", "csrc/cpu/distances.cpp", "csrc/cpu/logistic.cpp"]
 CPU_ISAS = ["avx512", "avx2", "baseline"]
 CPU_DISPATCH = ["csrc/cpu/isa.cpp"]
 # With CUDA: the CUDA backends of the binding, and the kernels with their launchers.
-CUDA_BINDING = ["csrc/torch/gaussian/cuda.cpp", "csrc/torch/distances/cuda.cpp"]
-CUDA_KERNELS = ["csrc/cuda/gaussian.cu", "csrc/cuda/distances.cu"]
+CUDA_BINDING = ["csrc/torch/gaussian/cuda.cpp", "csrc/torch/distances/cuda.cpp", "csrc/torch/logistic/cuda.cpp"]
+CUDA_KERNELS = ["csrc/cuda/gaussian.cu", "csrc/cuda/distances.cu", "csrc/cuda/logistic.cu"]
 INCLUDE_DIRS = ["csrc/include", "csrc"]
 CXX_FLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 

@@ -14,6 +14,7 @@ from .functional import (  # noqa: E402
     reparameterize_tril,
 )
 from .distances import energy_distance, mmd, sliced_wasserstein  # noqa: E402
+from .logistic import discretized_logistic_mixture_nll, discretized_logistic_nll  # noqa: E402
 from .nn import MMDLoss, SlicedWassersteinLoss  # noqa: E402
 from . import reference  # noqa: E402,F401
 from .models import VAE, VAEOutput  # noqa: E402
@@ -27,6 +28,8 @@ __all__ = [
     "gaussian_nll",
     "bernoulli_nll",
     "kl_normal",
+    "discretized_logistic_nll",
+    "discretized_logistic_mixture_nll",
     "mmd",
     "energy_distance",
     "sliced_wasserstein",

@@ -146,3 +146,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ---- a trained run for the command's tests ---------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def bernoulli_digits_run(tmp_path_factory):
+    """The --out folder of a one-epoch Bernoulli VAE run on the bundled digits (latent 2, hidden 16; no final
+    log-likelihood), trained once per test session for the eval tests."""
+    from fastvae.cli import main
+    out = tmp_path_factory.mktemp("digits_run") / "run"
+    assert main(["train", "--epochs", "1", "--hidden-dims", "16", "--latent-dim", "2", "--batch-size", "512",
+                 "--likelihood", "bernoulli", "--eval-k", "0", "--no-progress", "--threads", "1", "--out",
+                 str(out)]) == 0
+    return out

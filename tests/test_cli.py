@@ -1,5 +1,6 @@
 """The `fastvae` command end to end into tmp_path, exact resume, the NaN stop, checkpoint safety."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -37,6 +38,8 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys):
     assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,step,train_loss")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test_log_likelihood"] >= summary["test_elbo"] - 0.5
+    assert summary["test_bits_per_dim"] == pytest.approx(-summary["test_log_likelihood"] / (64 * math.log(2)))
+    assert f"{summary['test_bits_per_dim']:.4f} bits/dim" in printed
 
     assert main(["eval", str(out / "checkpoint.pt"), "-k", "10", "--json", "--device", "cpu"]) == 0
     res = json.loads(capsys.readouterr().out)
@@ -56,7 +59,7 @@ def test_toml_config_keys_mirror_flags_and_flags_win(tmp_path):
     assert used["model"] == "iwae" and used["n_samples"] == 2 and used["latent_dim"] == 2
     assert used["hidden_dims"] == [16]
     bad = tmp_path / "bad.toml"
-    bad.write_text("latent_dims = 3\n")
+    bad.write_text("latent_dimz = 3\n")
     with pytest.raises(SystemExit, match="unknown configuration key"):
         main(["train", "--config", str(bad)])
 
@@ -162,3 +165,46 @@ def test_bad_data_is_a_message_not_a_traceback(tmp_path, capsys):
     assert main(["train", "--data", f"mnist:{tmp_path}", "--out", str(tmp_path / "o"), *SMALL]) == 1
     err = capsys.readouterr().err
     assert "train-images-idx3-ubyte" in err and "Traceback" not in err
+
+
+def _eight_bit_digits(tmp_path):
+    """The digits as uint8 images (v / 16 -> round(255 v / 16)): 8-bit data for the discretized logistics."""
+    import numpy as np
+    from fastvae.data import load_digits
+    d = load_digits()
+    u8 = lambda x: np.round(x.numpy() * 255).astype(np.uint8)  # noqa: E731
+    path = tmp_path / "digits8.npz"
+    np.savez(path, x_train=u8(d.train_x), y_train=d.train_y.numpy(), x_test=u8(d.test_x), y_test=d.test_y.numpy())
+    return f"npz:{path}"
+
+
+@pytest.mark.parametrize("likelihood", ["logistic", "logistic_mixture"])
+def test_logistic_likelihoods_train_resume_eval_and_sample(tmp_path, capsys, likelihood):
+    data = _eight_bit_digits(tmp_path)
+    kw = dict(data=data, likelihood=likelihood, n_mix=3)
+    full = tr.train(_small_cfg(tmp_path / "full", epochs=2, **kw))
+    tr.train(_small_cfg(tmp_path / "part", epochs=1, **kw))
+    resumed = tr.train(_small_cfg(tmp_path / "part", epochs=2, resume=True, **kw))
+    for (n, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), n
+    with pytest.raises(ValueError, match=r"cannot resume .* n_mix \(the run's 3, given 4\)"):
+        tr.train(_small_cfg(tmp_path / "part", epochs=3, resume=True, **{**kw, "n_mix": 4}))
+    run = str(tmp_path / "full")
+    capsys.readouterr()
+    assert main(["eval", run, "--k", "5", "--limit", "20", "--json", "--device", "cpu"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    # a discrete likelihood: -log P(x) >= 0, and nats / (D ln 2) are bits/dim of the 8-bit data (at most 8 for a
+    # model that learned anything in two epochs)
+    assert 0 < res["bits_per_dim"] < 8 and res["dim"] == 64
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())  # eval_k = 0: no log-likelihood there
+    assert "test_bits_per_dim" not in summary
+    assert main(["sample", run, "-n", "4", "--out", str(tmp_path / "grid.png")]) == 0
+    assert (tmp_path / "grid.png").is_file()
+    model, _ = tr.model_from_checkpoint(run, torch.device("cpu"))
+    assert model.likelihood == likelihood and (model.config.get("n_mix") == (3 if "mixture" in likelihood else None))
+
+
+def test_logistic_likelihood_refuses_data_off_the_8_bit_grid(tmp_path, capsys):
+    """The digits' 17 grey levels are not 8-bit data: the run stops with the op's message, naming the grid."""
+    with pytest.raises(ValueError, match=r"x must lie in \[-1, 1\] on the grid of 2\*\*n_bits = 256 levels"):
+        tr.train(_small_cfg(tmp_path / "run", epochs=1, likelihood="logistic"))

@@ -75,7 +75,7 @@ TOML_CASES = [
     ("out", "7", "out must be a non-empty string; got int 7"),
     ("seed", str(2**63 - 1), f"seed must be an int from 0 to 4294967295; got int {2**63 - 1}"),
     ("seed", "-1", "seed must be an int from 0"),
-    ("model", '"gan"', "model must be one of vae, beta-vae, cvae, iwae, wae-mmd, swae, m2; got str 'gan'"),
+    ("model", '"gan"', "model must be one of vae, beta-vae, cvae, iwae, wae-mmd, swae, hvae, m2; got str 'gan'"),
     ("amp", '"fp16"', "amp must be one of none, bf16"),
     ("amp", "false", "amp must be one of none, bf16; got bool False"),
     ("binarize", "true", "binarize must be one of none, static, dynamic; got bool True"),
@@ -85,7 +85,8 @@ TOML_CASES = [
     ("batch_size", "0", "batch_size must be an int from 1"),
     ("eval_k", "-1", "eval_k must be an int from 0"),
     ("kernel", '"cosine"', "kernel must be one of"),
-    ("latent_dims", "3", "unknown configuration key 'latent_dims'"),
+    ("latent_dimz", "3", "unknown configuration key 'latent_dimz'"),
+    ("latent_dims", "3", "latent_dims must be a list of ints from 1 to 2147483647; got int 3"),
 ]
 
 
@@ -130,7 +131,8 @@ def test_one_table_for_flags_toml_keys_and_python():
         assert f"--{key.replace('_', '-')}" in flags, key
         if s.kind is bool:
             assert f"--no-{key.replace('_', '-')}" in flags, key
-        assert s.check(s.default) == (list(s.default) if s.kind is list else s.default), key
+        assert s.check(s.default) == (list(s.default) if s.kind is list and s.default is not None
+                                     else s.default), key
     with pytest.raises(TypeError, match="epochs must be an int .* got bool True"):
         tr.resolve_config({"epochs": True})
     with pytest.raises(TypeError, match="latent_dim must be an int .* got float 2.0"):
@@ -286,7 +288,7 @@ def _checkpoint_cases(run_dir):
         (dict(version="1"), "its version entry must be an int from 1 to 1; got str '1'"),
         (dict(version=True), "got bool True"),
         (dict(version=0), "got int 0"),
-        (dict(model_config=dict(good["model_config"], colour="red")), "unknown ['colour']"),
+        (dict(model_config=dict(good["model_config"], colour="red")), "unknown key(s) ['colour']"),
         (dict(model_config=big_config), "encoder.0.weight has shape (8, 64), the model's is (1000000000000, 64)"),
         (dict(model_config=dict(good["model_config"], likelihood="poisson")), "does not describe a fastvae.VAE"),
         (dict(config=_config_without(run_dir, "data")), "its 'config' entry lacks data"),

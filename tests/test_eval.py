@@ -134,18 +134,9 @@ def test_evaluate_reports_the_per_image_estimates_statistics():
     assert res["bits_per_dim"] == pytest.approx(-ll.mean() / (6 * math.log(2)), rel=1e-12)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("evalrun") / "run"
-    assert main(["train", "--epochs", "1", "--hidden-dims", "16", "--latent-dim", "2", "--batch-size", "512",
-                 "--likelihood", "bernoulli", "--eval-k", "0", "--no-progress", "--threads", "1", "--out",
-                 str(out)]) == 0
-    return out
-
-
-def test_eval_reports_nll_bits_per_dim_and_se(run_dir, capsys):
+def test_eval_reports_nll_bits_per_dim_and_se(bernoulli_digits_run, capsys):
     capsys.readouterr()
-    assert main(["eval", str(run_dir), "--k", "20", "--limit", "40", "--json", "--device", "cpu"]) == 0
+    assert main(["eval", str(bernoulli_digits_run), "--k", "20", "--limit", "40", "--json", "--device", "cpu"]) == 0
     out = capsys.readouterr()
     res = json.loads(out.out)
     assert res["n_test"] == 40 and res["n_test_all"] == 359 and res["n_samples"] == 20 and res["dim"] == 64
@@ -154,23 +145,23 @@ def test_eval_reports_nll_bits_per_dim_and_se(run_dir, capsys):
     assert res["bits_per_dim"] == pytest.approx(res["nll"] / (64 * math.log(2)), rel=1e-12)
     assert "sample/s" not in out.err                     # not a terminal: no progress bar
     # the run's binarization (dynamic): the test set binarized once with the fixed seed, whatever --seed is
-    model, _ = model_from_checkpoint(str(run_dir), torch.device("cpu"))
+    model, _ = model_from_checkpoint(str(bernoulli_digits_run), torch.device("cpu"))
     fixed = load_data("digits", binarize="dynamic").test_x[:40]
     assert evaluate(model, fixed, n_samples=20, seed=0)["log_likelihood"] == res["log_likelihood"]
-    assert main(["eval", str(run_dir), "-k", "20", "--limit", "40", "--json", "--device", "cpu", "--progress"]) == 0
+    assert main(["eval", str(bernoulli_digits_run), "-k", "20", "--limit", "40", "--json", "--device", "cpu", "--progress"]) == 0
     again = capsys.readouterr()
     assert json.loads(again.out)["log_likelihood"] == res["log_likelihood"]      # same seed, same numbers
     assert "log-likelihood (K=20)" in again.err and "800/800" in again.err      # the bar, on stderr
-    assert main(["eval", str(run_dir), "--n-samples", "20", "--limit", "40", "--device", "cpu"]) == 0
+    assert main(["eval", str(bernoulli_digits_run), "--n-samples", "20", "--limit", "40", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "the first 40 of 359 samples" in text and "bits/dim" in text and "SE" in text
 
 
 @pytest.mark.parametrize("k", ["0", "-1", str(MAX_LL_SAMPLES + 1), "2.5"])
 @pytest.mark.parametrize("flag", ["-k", "--k", "--n-samples"])
-def test_eval_refuses_a_bad_k_naming_the_flag(run_dir, capsys, flag, k):
+def test_eval_refuses_a_bad_k_naming_the_flag(bernoulli_digits_run, capsys, flag, k):
     with pytest.raises(SystemExit) as e:
-        main(["eval", str(run_dir), flag, k])
+        main(["eval", str(bernoulli_digits_run), flag, k])
     err = capsys.readouterr().err
     assert e.value.code == 2
     assert f"argument -k/--k/--n-samples: k must be an int from 1 to {MAX_LL_SAMPLES}" in err and k in err

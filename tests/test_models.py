@@ -27,6 +27,10 @@ VARIANTS = {
     "fixed-variance": dict(variance="fixed"),
     "network-variance": dict(variance="network"),
     "bernoulli": dict(likelihood="bernoulli"),
+    "logistic": dict(likelihood="logistic"),
+    "logistic-mixture": dict(likelihood="logistic_mixture", n_mix=3),
+    "logistic-mixture-conv": dict(likelihood="logistic_mixture", n_mix=2, conv=True, hidden_dims=(32,)),
+    "logistic-mixture-iwae": dict(likelihood="logistic_mixture", n_mix=2, n_samples=3),
     "beta-vae": dict(beta=4.0),
     "cvae": dict(n_classes=10),
     "iwae": dict(n_samples=4),
@@ -58,6 +62,8 @@ def _make(cfg, seed=0):
 def _batch(model, x, y):
     if model.likelihood == "bernoulli":
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
+    if model.likelihood.startswith("logistic"):  # the discretized logistics model 8-bit pixels
+        x = torch.round(x * 255) / 255
     x = x if model.conv else x.reshape(x.shape[0], -1)
     return x, (y if model.n_classes else None)
 
@@ -177,6 +183,24 @@ def test_backends_agree_in_distribution(digits):
     assert abs(a.mean() - b.mean()).item() < 4 * se + 1e-3
 
 
+@pytest.mark.parametrize("likelihood", ["logistic", "logistic_mixture"])
+def test_logistic_likelihoods_sample_and_refuse_data_off_the_8_bit_grid(likelihood, digits):
+    """Samples and means are data in [0, 1] (samples on the 8-bit grid); data off the grid (the digits' 17 levels)
+    are refused with the op's error, never fitted silently."""
+    model = _make(dict(likelihood=likelihood, n_mix=3))
+    s = model.sample(6, generator=torch.Generator().manual_seed(0), mean=False)
+    assert s.shape == (6, 64) and s.min() >= 0 and s.max() <= 1
+    assert torch.equal(torch.round(s * 255) / 255, s)
+    assert not torch.equal(s, model.sample(6, generator=torch.Generator().manual_seed(1), mean=False))
+    m = model.sample(6)
+    assert m.min() >= 0 and m.max() <= 1
+    x = digits[0][:4].reshape(4, -1)
+    with pytest.raises(ValueError, match=r"x must lie in \[-1, 1\] on the grid of 2\*\*n_bits = 256 levels"):
+        model(x)
+    r = model.reconstruct(torch.round(x * 255) / 255)
+    assert r.shape == (4, 64) and r.min() >= 0 and r.max() <= 1
+
+
 def test_argument_errors_are_clear():
     with pytest.raises(ValueError, match="likelihood"):
         VAE(64, 2, likelihood="poisson")
@@ -234,6 +258,8 @@ BAD_CONSTRUCTOR_ARGS = [
     (dict(conv=1), TypeError, "conv must be True or False; got int 1"),
     (dict(input_dim=(1, 8, 8), conv=True, conv_channels=(32,)), ValueError, r"conv_channels must hold 2 ints"),
     (dict(likelihood=["gaussian"]), ValueError, "likelihood must be one of"),
+    (dict(likelihood="logistic_mixture", n_mix=0), ValueError, "n_mix must be >= 1; got 0"),
+    (dict(likelihood="logistic_mixture", n_mix=2.0), TypeError, "n_mix must be an int; got float"),
     (dict(backend=None), ValueError, "backend must be one of"),
 ]
 

@@ -96,6 +96,15 @@ def _mmd_args(G):
     return x, y, seed, kernel, bw, unbiased
 
 
+def _logistic_args(G):
+    """x on the 8-bit grid (B, *F); logit_probs (or None: K = 1), means, log_scales (*x.shape, K) or (k, ..., K)."""
+    xs, main, out, F = _lik_shapes(G)
+    K = 1 if G.r.random() < 0.3 else G.size(1, 5)
+    x = (torch.randint(0, 256, xs, generator=G.g) * (2 / 255) - 1).to(G.dtype).to(G.device)
+    lg = None if K == 1 and G.r.random() < 0.7 else G.t(*main, K)
+    return out, [x, lg, G.t(*main, K), G.t(*main, K), G.r.choice([8, 8, 1, 5, 16])]
+
+
 # op -> valid arguments (a list) for random sizes
 TEMPLATES = {
     "reparameterize": lambda G: (lambda S, k: [G.t(*S), G.t(*S), G.seed(), k])(
@@ -132,6 +141,8 @@ TEMPLATES = {
         G.t(px.shape[0]), px, py, _perm(G, px), _perm(G, px) if py is not None else
         torch.empty(0, dtype=torch.int32, device=px.device), p, G.r.random() < 0.7])(*_sw_args(G)),
     "random_directions": lambda G: [G.seed(), G.size(1, 6), G.size(1, 6)],
+    "discretized_logistic_nll": lambda G: _logistic_args(G)[1],
+    "discretized_logistic_nll_backward": lambda G: (lambda out, a: [G.t(*out), *a])(*_logistic_args(G)),
 }
 INDEX_ARGS = {"sliced_wasserstein_projected_backward": (3, 4)}  # perm_x, perm_y
 KNOWN = {f"{op}.default" for op in TEMPLATES}

@@ -114,18 +114,9 @@ def test_posterior_elbo_refuses_stats_of_the_wrong_shape():
         model.posterior_elbo(x, torch.zeros(3, 5, dtype=torch.float64))
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("refinerun") / "run"
-    assert main(["train", "--epochs", "1", "--hidden-dims", "16", "--latent-dim", "2", "--batch-size", "512",
-                 "--likelihood", "bernoulli", "--eval-k", "0", "--no-progress", "--threads", "1", "--out",
-                 str(out)]) == 0
-    return out
-
-
-def test_eval_refine_reports_the_amortisation_gap(run_dir, capsys):
+def test_eval_refine_reports_the_amortisation_gap(bernoulli_digits_run, capsys):
     capsys.readouterr()
-    args = ["eval", str(run_dir), "--k", "5", "--limit", "30", "--device", "cpu", "--refine", "20"]
+    args = ["eval", str(bernoulli_digits_run), "--k", "5", "--limit", "30", "--device", "cpu", "--refine", "20"]
     assert main(args + ["--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["refine_steps"] == 20 and res["refine_lr"] == 0.01 and res["refine_time_s"] >= 0
@@ -140,7 +131,7 @@ def test_eval_refine_reports_the_amortisation_gap(run_dir, capsys):
     ("--refine", "x", "refine must be an int"),
     ("--refine-lr", "-1", "refine_lr must be"),
 ])
-def test_eval_refuses_bad_refine_flags_by_name(run_dir, capsys, flag, value, message):
+def test_eval_refuses_bad_refine_flags_by_name(bernoulli_digits_run, capsys, flag, value, message):
     with pytest.raises(SystemExit) as e:
-        main(["eval", str(run_dir), flag, value])
+        main(["eval", str(bernoulli_digits_run), flag, value])
     assert e.value.code == 2 and message in capsys.readouterr().err

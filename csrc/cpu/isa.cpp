@@ -16,6 +16,8 @@ namespace cpu {
   extern const Kernels<double> table_f64;               \
   extern const DistanceKernels<float> distances_f32;    \
   extern const DistanceKernels<double> distances_f64;   \
+  extern const LogisticKernels<float> logistic_f32;     \
+  extern const LogisticKernels<double> logistic_f64;    \
   }
 FV_DECLARE_ISA(avx512)
 FV_DECLARE_ISA(avx2)
@@ -70,6 +72,15 @@ const DistanceKernels<float>& distance_kernels<float>() {
 template <>
 const DistanceKernels<double>& distance_kernels<double>() {
   return pick(avx512::distances_f64, avx2::distances_f64, baseline::distances_f64);
+}
+
+template <>
+const LogisticKernels<float>& logistic_kernels<float>() {
+  return pick(avx512::logistic_f32, avx2::logistic_f32, baseline::logistic_f32);
+}
+template <>
+const LogisticKernels<double>& logistic_kernels<double>() {
+  return pick(avx512::logistic_f64, avx2::logistic_f64, baseline::logistic_f64);
 }
 
 std::string active_isa() { return isa_name(current()); }

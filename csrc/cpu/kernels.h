@@ -1,7 +1,8 @@
 // The CPU kernels of both op families: raw pointers and sizes in, no framework types. One table of entry points
 // per family and element type; kernels<T>() / distance_kernels<T>() return the table built for the instruction
 // set in use (isa.cpp: the best of AVX-512, AVX2+FMA and baseline x86-64 the running CPU supports, or the one
-// force_isa() set). The build compiles gaussian.cpp and distances.cpp once per instruction set (setup.py).
+// force_isa() set). The build compiles gaussian.cpp and distances.cpp once per instruction set (setup.py),
+// and logistic.cpp likewise.
 //
 // Gaussian shapes: the main operand is (rows, D) row-major contiguous; a per-row output has `rows` entries.
 // `x_rows` < rows means x is shared by rows / x_rows leading samples (row r reads x row r % x_rows).
@@ -72,11 +73,26 @@ struct DistanceKernels {
                  index_t B, index_t L, index_t N, double p);
 };
 
+// The discretized-logistic likelihoods (logistic.cpp): x (x_rows, D) on the grid of 2^n_bits levels in [-1, 1];
+// logits, means, log_scales (rows, D, K), mixture dim last; logits null: one logistic per pixel (K = 1).
+template <class T>
+struct LogisticKernels {
+  const char* isa;
+  // out[r] = sum_i -log sum_k softmax(logits[r, i])_k P(x[r % x_rows, i] | means[r, i, k], log_scales[r, i, k])
+  void (*fwd)(const T* x, const T* logits, const T* means, const T* log_scales, T* out, index_t rows, index_t D,
+              index_t K, index_t x_rows, int n_bits);
+  // the gradients of sum_r g[r] out[r] with respect to logits (skipped when null), means and log_scales
+  void (*bwd)(const T* g, const T* x, const T* logits, const T* means, const T* log_scales, T* grad_logits,
+              T* grad_means, T* grad_log_scales, index_t rows, index_t D, index_t K, index_t x_rows, int n_bits);
+};
+
 // The tables of the instruction set in use.
 template <class T>
 const Kernels<T>& kernels();
 template <class T>
 const DistanceKernels<T>& distance_kernels();
+template <class T>
+const LogisticKernels<T>& logistic_kernels();
 
 std::string active_isa();
 std::string best_isa();

@@ -47,6 +47,17 @@ int tril_bwd(DType t, const void* gz, const void* glogq, const void* L, void* gr
 int normals(float* out, index_t start, index_t n, const int64_t* seed, void* stream);
 
 
+// ---- discretized-logistic likelihoods (logistic.cu) ---------------------------------------------------------------
+// x (x_rows, D), logits (null: K = 1, one logistic), means, log_scales (rows, D, K); out (rows) float32 (float64 for
+// Float64 data). workspace: logistic_workspace_bytes(rows, D) bytes (no initialisation needed).
+size_t logistic_workspace_bytes(index_t rows, index_t D);
+int logistic_fwd(DType t, const void* x, const void* logits, const void* means, const void* log_scales, void* out,
+                 index_t rows, index_t D, index_t K, index_t x_rows, int n_bits, void* workspace, void* stream);
+// g (rows) float32 (float64); grad_logits (skipped when logits is null), grad_means, grad_log_scales as the inputs
+int logistic_bwd(DType t, const void* g, const void* x, const void* logits, const void* means, const void* log_scales,
+                 void* grad_logits, void* grad_means, void* grad_log_scales, index_t rows, index_t D, index_t K,
+                 index_t x_rows, int n_bits, void* stream);
+
 // The CUDA runtime's message for a launcher's error code.
 const char* error_string(int err);
 

@@ -26,16 +26,17 @@ GROUPS = {
     "gaussian": ["reparameterize", "reparameterize_kl", "reparameterize_tril", "gaussian_nll", "bernoulli_nll",
                  "kl_normal", "vae_head"],
     "distances": ["mmd", "energy_distance", "sliced_wasserstein"],
+    "logistic": ["discretized_logistic_mixture_nll"],
     "e2e": ["vae_train_step"],
 }
-GROUPS["all"] = GROUPS["gaussian"] + GROUPS["distances"] + GROUPS["e2e"]
+GROUPS["all"] = GROUPS["gaussian"] + GROUPS["logistic"] + GROUPS["distances"] + GROUPS["e2e"]
 
 
 def _parser():
     p = argparse.ArgumentParser(prog="fastvae bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", default="all",
-                   help="comma list of ops or groups (gaussian, distances, e2e, all); ops: " + ", ".join(GROUPS["all"]))
+                   help="comma list of ops or groups (gaussian, logistic, distances, e2e, all); ops: " + ", ".join(GROUPS["all"]))
     p.add_argument("--sizes", default=None,
                    help="comma list of sizes for every selected op (batch rows for the Gaussian ops, N for the "
                         "distances, batch for vae_train_step); default: each op's own sweep")
@@ -183,11 +184,13 @@ def _run(args, argv):
         report.derive(rows, env)
         info2, md2 = targets.vae_head_speedup(rows)
         md3 = targets.distance_speedups(rows, mem_target, cuda=cuda)
+        info4, md4 = targets.logistic_mixture_speedup(rows, cuda=cuda)
         env["vae_head_target"] = info2
+        env["logistic_mixture_target"] = info4
         env["seconds"] = time.perf_counter() - t_run
         if cuda:
             md2 += "\n\n" + targets.copy_bandwidth_fraction(rows)
-        md = report.markdown(rows, env, list(ops.values()), targets_md=md2 + "\n\n" + md3)
+        md = report.markdown(rows, env, list(ops.values()), targets_md=md2 + "\n\n" + md4 + "\n\n" + md3)
         report.write_csv(rows, os.path.join(out_dir, "results.csv"))
         with open(os.path.join(out_dir, "results.md"), "w") as f:
             f.write(md + "\n")

@@ -33,17 +33,19 @@ A new family member is a new part, not a flag on VAE:
     where VAE.__init__ picks p_x;
   - a regulariser (the energy distance): a SampleDistance subclass in regularisers.py naming its op
     (fastvae.energy_distance), its name in DIVERGENCES and its line in VAE.__init__;
-  - hierarchical latents: a Posterior and a Prior over the levels (sample returns every level's z and the summed
-    log q, log_prob the summed log p; no closed-form sample_kl), with the decoder reading the lowest level; the
-    bound is unchanged;
+  - hierarchical latents (HierarchicalVAE, hierarchical.py) are the one sibling class: a level's posterior
+    depends on the prior's top-down state, which the independent q_z / p_z parts cannot express with a closed-form
+    KL per level, so it subclasses VAE keeping every other part and replaces the latent path (encode_stats,
+    forward, posterior_elbo, _log_weights, _prior_sample); build_model picks it for a config with latent_dims;
   - semi-supervised: a Labels part that, for unlabelled inputs, adds a classifier network q(y|x) and marginalises
     the bound over y (its one_hot returns the soft labels and its term joins the loss).
 """
 from .backends import BACKENDS, Ops
+from .hierarchical import HierarchicalVAE
 from .likelihoods import LIKELIHOODS, VARIANCES
 from .posteriors import POSTERIORS
 from .regularisers import DIVERGENCES
-from .vae import MAX_LL_SAMPLES, VAE, VAEOutput, build_model
+from .vae import MAX_LL_SAMPLES, VAE, VAEOutput, build_model, model_class
 
-__all__ = ["VAE", "VAEOutput", "build_model", "MAX_LL_SAMPLES", "LIKELIHOODS", "VARIANCES", "DIVERGENCES",
-           "POSTERIORS", "BACKENDS", "Ops"]
+__all__ = ["VAE", "HierarchicalVAE", "VAEOutput", "build_model", "model_class", "MAX_LL_SAMPLES", "LIKELIHOODS",
+           "VARIANCES", "DIVERGENCES", "POSTERIORS", "BACKENDS", "Ops"]

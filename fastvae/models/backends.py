@@ -1,11 +1,11 @@
-"""The op backends a model computes with: "fastvae" (the fused ops of fastvae.functional and fastvae.distances) or
+"""The op backends a model computes with: "fastvae" (the fused ops of fastvae.functional, fastvae.distances and fastvae.logistic) or
 "reference" (fastvae.reference: plain PyTorch ops with the same signatures, the benchmarks' eager baseline). The two
 draw their noise from different streams but compute the same quantities, so a model trains the same in
 distribution on either."""
-from .. import distances, functional, reference
+from .. import distances, functional, logistic, reference
 
 BACKENDS = ("fastvae", "reference")
-_MODULES = {"fastvae": (functional, distances), "reference": (reference,)}
+_MODULES = {"fastvae": (functional, distances, logistic), "reference": (reference,)}
 _WHERE = {"fastvae": "fastvae", "reference": "fastvae.reference"}
 
 

@@ -13,7 +13,7 @@ from ..distances import ESTIMATORS, KERNELS
 from . import checks
 from .backends import BACKENDS, Ops
 from .labels import NoLabels, OneHotLabels, SemiSupervisedLabels
-from .likelihoods import LIKELIHOODS, VARIANCES, Bernoulli, Gaussian
+from .likelihoods import LIKELIHOODS, VARIANCES, Bernoulli, Gaussian, Logistic, LogisticMixture
 from .networks import ConvDecoder, ConvEncoder, count_parameters, mlp
 from .posteriors import POSTERIORS, DiagonalGaussian, FullGaussian
 from .priors import StandardNormal
@@ -59,7 +59,8 @@ class VAE(nn.Module):
         small conv encoder/decoder in front of / behind the MLPs.
     hidden_dims: widths of the encoder MLP (the decoder mirrors them); () gives linear encoder and decoder.
     likelihood: "gaussian" (variance "learned": one log-variance trained by gradient descent, "fixed": unit,
-        "network": the decoder also outputs a per-feature log-variance) or "bernoulli" (decoder outputs logits).
+        "network": the decoder also outputs a per-feature log-variance), "bernoulli" (decoder outputs logits), or for
+        8-bit data "logistic" (a discretized logistic per value) and "logistic_mixture" (n_mix of them per value).
     beta: the weight of the KL term (beta-VAE; for WAE/SWAE beta > 0 adds the KL as InfoVAE does).
     divergence: "kl" (the ELBO), "mmd" (WAE-MMD / InfoVAE: reg_weight * MMD(z, prior) with `kernel`, `bandwidth`
         (None: 1, as fastvae.mmd reads it)),
@@ -80,7 +81,7 @@ class VAE(nn.Module):
     def __init__(self, input_dim, latent_dim, hidden_dims=(512, 256), likelihood="gaussian", variance="learned",
                  beta=1.0, divergence="kl", n_samples=1, posterior="diagonal", n_classes=0, *, reg_weight=10.0,
                  kernel="imq", bandwidth=None, mmd_estimator="unbiased", n_projections=128, conv=False,
-                 conv_channels=(32, 64), backend="fastvae", semi_supervised=False, alpha=50.0):
+                 conv_channels=(32, 64), backend="fastvae", n_mix=10, semi_supervised=False, alpha=50.0):
         super().__init__()
         for name, value, allowed in (("likelihood", likelihood, LIKELIHOODS), ("variance", variance, VARIANCES),
                                      ("divergence", divergence, DIVERGENCES), ("posterior", posterior, POSTERIORS),
@@ -112,6 +113,9 @@ class VAE(nn.Module):
             kernel=kernel, bandwidth=None if bandwidth is None else checks.real("bandwidth", bandwidth, positive=True),
             mmd_estimator=mmd_estimator, n_projections=checks.integer("n_projections", n_projections, 1), conv=conv,
             conv_channels=conv_channels, backend=backend)
+        n_mix = checks.integer("n_mix", n_mix, 1)
+        if likelihood == "logistic_mixture":  # recorded where it matters (the configs of other models stay as they were)
+            self.config["n_mix"] = n_mix
         alpha = checks.real("alpha", alpha)
         if semi_supervised:     # (only then: the configs of every other model stay those of older checkpoints)
             self.config.update(semi_supervised=True, alpha=alpha)
@@ -139,7 +143,10 @@ class VAE(nn.Module):
 
         # the parts (no random draws: the networks below take torch's generator in the order they always did)
         d = self.latent_dim
-        self.p_x = Gaussian(variance, channels=shape[0] if conv else 1) if likelihood == "gaussian" else Bernoulli()
+        channels = shape[0] if conv else 1
+        self.p_x = {"gaussian": lambda: Gaussian(variance, channels=channels), "bernoulli": Bernoulli,
+                    "logistic": lambda: Logistic(channels=channels),
+                    "logistic_mixture": lambda: LogisticMixture(n_mix, channels=channels)}[likelihood]()
         self.q_z = DiagonalGaussian(d) if posterior == "diagonal" else FullGaussian(d)
         self.p_z = StandardNormal(d)
         self.regulariser = {"kl": KL, "mmd": lambda: MMD(kernel, self.bandwidth, mmd_estimator),
@@ -368,18 +375,22 @@ class VAE(nn.Module):
     def _block_log_likelihood(self, xb, yb, n_samples, k_chunk, generator, progress):
         """log (1/K) sum_k p(x, z_k | y) / q(z_k | x, y) for a block of inputs, K = n_samples in chunks of k_chunk."""
         ops = self.ops
-        mu, stat = self.encode(xb, yb)
+        stats = self.encode_stats(xb, yb)
         x_flat = _as_float(self._flat(xb))
         acc = None                                           # running log-sum-exp of the weights, (b,)
         for j in range(0, n_samples, k_chunk):
             k = min(k_chunk, n_samples - j)
-            zk, log_q = self.q_z.sample(ops, mu, stat, k, generator)
-            log_w = -self.p_x.nll(ops, x_flat, self.decode(zk, yb)) + (self.p_z.log_prob(ops, zk) - log_q)
-            lse = torch.logsumexp(log_w, 0)
+            lse = torch.logsumexp(self._log_weights(ops, x_flat, stats, yb, k, generator), 0)
             acc = lse if acc is None else torch.logaddexp(acc, lse)
             if progress is not None:
                 progress(k * xb.shape[0])
         return acc - math.log(n_samples)
+
+    def _log_weights(self, ops, x_flat, stats, y, k, generator):
+        """log p(x, z_k) - log q(z_k | x) at k draws z_k ~ q(z|x) per input, (k, B), for the encoder's stats."""
+        mu, stat = self.q_z.split(stats)
+        zk, log_q = self.q_z.sample(ops, mu, stat, k, generator)
+        return -self.p_x.nll(ops, x_flat, self.decode(zk, y)) + (self.p_z.log_prob(ops, zk) - log_q)
 
     def posterior_elbo(self, x, stats, y=None, *, generator=None):
         """A one-sample estimate of the ELBO log p(x|z) - KL(q || p(z)) per input, (B,), for the posterior whose
@@ -432,10 +443,14 @@ class VAE(nn.Module):
         device = self._device()
         checks.check_fits(n * self._activation_width() * torch.finfo(self._dtype()).bits // 8, device,
                           f"sampling n={n} at once")
-        z = self.p_z.sample(n, device, self._dtype(), generator)
+        z = self._prior_sample(n, generator)
         if y is None:
             y = self.labels.default(n, device)
         return self._emit(self.decode(z, y), mean, generator).reshape(n, *self.input_shape)
+
+    def _prior_sample(self, n, generator):
+        """n draws of the latent the decoder reads, z ~ p(z), (n, latent_dim)."""
+        return self.p_z.sample(n, self._device(), self._dtype(), generator)
 
     @torch.no_grad()
     def reconstruct(self, x, y=None, *, generator=None, mean=True):
@@ -457,16 +472,25 @@ def _as_float(x):
     return x if x.is_floating_point() else x.float()
 
 
-def build_model(config):
-    """A VAE from the dict that `VAE.config` (and a checkpoint) holds: every key is a VAE argument (an unknown key
-    is refused, naming it, as is a missing input_dim or latent_dim), and VAE checks each value."""
+def model_class(config):
+    """The class of the family that a model config (`config` of a model, a checkpoint's model_config) describes:
+    HierarchicalVAE when it holds latent_dims, else VAE. An unknown key is refused, naming it, as is a missing
+    input_dim or latent_dim (latent_dims); the class checks each value."""
+    from .hierarchical import HierarchicalVAE
     if not isinstance(config, dict):
         raise TypeError(f"the model config must be a dict of VAE arguments; got {type(config).__name__}")
-    known = [p for p in inspect.signature(VAE.__init__).parameters if p != "self"]
+    cls, size = (HierarchicalVAE, "latent_dims") if "latent_dims" in config else (VAE, "latent_dim")
+    known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(str(k) for k in config if k not in known)
     if unknown:
         raise ValueError(f"the model config has unknown key(s) {unknown}; known: {known}")
-    missing = [k for k in ("input_dim", "latent_dim") if k not in config]
+    missing = [k for k in ("input_dim", size) if k not in config]
     if missing:
         raise ValueError(f"the model config lacks {missing}")
-    return VAE(**config)
+    return cls
+
+
+def build_model(config):
+    """The model (a VAE, or a HierarchicalVAE) from the dict that its `config` (and a checkpoint) holds: every key
+    is an argument of its class (model_class)."""
+    return model_class(config)(**config)

@@ -17,7 +17,8 @@ def build_checked(config, device, *, state=None, batch_size=0, where="the model"
     device. It is built on the meta device first (no memory): a state dict whose tensors lack the model's names or
     shapes, or (batch_size > 0: training) a model whose parameters, Adam state and one step's activations exceed the
     device's memory are refused before anything is allocated."""
-    sizes = f"latent_dim {config.get('latent_dim')}, hidden_dims {config.get('hidden_dims')}"
+    size = "latent_dims" if "latent_dims" in config else "latent_dim"
+    sizes = f"{size} {config.get(size)}, hidden_dims {config.get('hidden_dims')}"
     try:
         with torch.device("meta"):
             meta = build_model(config)

@@ -1,16 +1,19 @@
 """Checkpoints: written atomically, read without running code from them (weights_only), and every entry that
 fastvae reads checked first (model_from_checkpoint, in build.py, builds the model one describes)."""
-import inspect
 import os
 
 import torch
 
-from ..models import VAE
+from ..models import model_class
 from .rundir import CHECKPOINT_NAME, atomic_write
 from .settings import SETTINGS, check_settings, is_kind
 
 CHECKPOINT_FORMAT = "fastvae-checkpoint"
 CHECKPOINT_VERSION = 1
+# Settings added after checkpoints of this version were first written; an older checkpoint lacks them and reads as
+# their default, which is how its run ran (n_mix: the logistic_mixture likelihood's components, latent_dims: the
+# hierarchical VAE's layers, labelled and alpha: M2's; no older run could use any of them).
+ADDED_SETTINGS = ("n_mix", "latent_dims", "labelled", "alpha")
 
 
 class CheckpointError(ValueError):
@@ -69,16 +72,17 @@ def _check_entries(ckpt, path):
     bad = [k for k, v in ckpt["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: its 'model' entry must map names to tensors; got {bad[:3]}")
-    missing = sorted({"input_dim", "latent_dim"} - set(ckpt["model_config"]))
-    unknown = sorted(set(ckpt["model_config"]) - set(_VAE_ARGS))
-    if missing or unknown:
-        raise CheckpointError(f"{path}: its 'model_config' is not a fastvae.VAE's (missing {missing}, unknown "
-                              f"{unknown}; known: {', '.join(_VAE_ARGS)})")
+    try:
+        model_class(ckpt["model_config"])
+    except ValueError as e:
+        raise CheckpointError(f"{path}: its 'model_config' is not a fastvae model's ({e})") from None
     try:
         check_settings(ckpt["config"], where="'config'")
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its 'config' entry: {e}") from None
-    missing = [k for k, s in SETTINGS.items() if s.resume and not s.since_v1 and k not in ckpt["config"]]
+    for k in ADDED_SETTINGS:  # a checkpoint written before the setting existed: its run used the default
+        ckpt["config"].setdefault(k, SETTINGS[k].default)
+    missing = [k for k, s in SETTINGS.items() if s.resume and k not in ckpt["config"]]
     if missing:
         raise CheckpointError(f"{path}: its 'config' entry lacks {', '.join(missing)}")
     info = ckpt["data_info"]
@@ -91,6 +95,3 @@ def _check_entries(ckpt, path):
     if ckpt["epoch"] != len(ckpt["metrics"]) or not all(isinstance(m, dict) for m in ckpt["metrics"]):
         raise CheckpointError(f"{path}: its 'epoch' ({ckpt['epoch']}) must count its 'metrics' rows (dicts; "
                               f"{len(ckpt['metrics'])} given)")
-
-
-_VAE_ARGS = [n for n in inspect.signature(VAE.__init__).parameters if n != "self"]

@@ -34,7 +34,29 @@ def resolve_config(overrides=None):
             cfg["binarize"] = "dynamic"
     if cfg["amp"] == "none":
         cfg["amp"] = None
+    _check_layers(cfg, given)
     return {k: SETTINGS[k].check(v) for k, v in cfg.items()}
+
+
+def _check_layers(cfg, given):
+    """latent_dims belongs to --model hvae (at least 2 sizes; its latent_dim is latent_dims[0], the size the decoder
+    reads), whose layers are diagonal Gaussians under the KL bound with a hidden layer for the ladder."""
+    if cfg["model"] != "hvae":
+        if cfg["latent_dims"] is not None:
+            raise ValueError(f"latent_dims is the layer sizes of --model hvae; --model {cfg['model']} takes "
+                             f"latent_dim (got latent_dims {cfg['latent_dims']!r})")
+        return
+    problems = [f"{k} {cfg[k]!r} (it takes {want})" for k, want, ok in (
+        ("latent_dims", "at least 2 sizes, the lowest layer first", len(cfg["latent_dims"]) >= 2),
+        ("hidden_dims", "at least one width: its ladder layers have width hidden_dims[-1]", cfg["hidden_dims"]),
+        ("posterior", "diagonal", cfg["posterior"] == "diagonal"),
+        ("divergence", "kl", cfg["divergence"] == "kl")) if not ok]
+    lowest = cfg["latent_dims"][0] if cfg["latent_dims"] else None
+    if given.get("latent_dim", lowest) != lowest:
+        problems.append(f"latent_dim {given['latent_dim']!r} (it is latent_dims[0], the lowest layer's size)")
+    if problems:
+        raise ValueError(f"--model hvae cannot take {'; '.join(problems)}")
+    cfg["latent_dim"] = lowest
 
 
 def _run_config(out):
@@ -56,12 +78,17 @@ def semi_supervised_labels(cfg, data):
 
 
 def model_kwargs(cfg, data):
-    """The VAE arguments of a run configuration on its data."""
+    """The model arguments (VAE's, or HierarchicalVAE's for hvae) of a run configuration on its data."""
+    input_dim = data.shape if cfg["conv"] else (data.shape[0] if len(data.shape) == 1 else list(data.shape))
+    if cfg["model"] == "hvae":
+        return dict(input_dim=input_dim, latent_dims=cfg["latent_dims"], hidden_dims=cfg["hidden_dims"],
+                    likelihood=cfg["likelihood"], variance=cfg["variance"], beta=cfg["beta"],
+                    n_samples=cfg["n_samples"], conv=cfg["conv"], backend=cfg["backend"])
     return dict(
-        input_dim=data.shape if cfg["conv"] else (data.shape[0] if len(data.shape) == 1 else list(data.shape)),
+        input_dim=input_dim,
         latent_dim=cfg["latent_dim"], hidden_dims=cfg["hidden_dims"], likelihood=cfg["likelihood"],
         variance=cfg["variance"], beta=cfg["beta"], divergence=cfg["divergence"], n_samples=cfg["n_samples"],
         posterior=cfg["posterior"], n_classes=data.n_classes if cfg["model"] in ("cvae", "m2") else 0,
         semi_supervised=cfg["model"] == "m2", alpha=cfg["alpha"],
         reg_weight=cfg["reg_weight"], kernel=cfg["kernel"], bandwidth=cfg["bandwidth"],
-        n_projections=cfg["n_projections"], conv=cfg["conv"], backend=cfg["backend"])
+        n_projections=cfg["n_projections"], conv=cfg["conv"], backend=cfg["backend"], n_mix=cfg["n_mix"])

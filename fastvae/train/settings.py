@@ -10,7 +10,7 @@ import torch
 from ..distances import KERNELS
 from ..models import BACKENDS, DIVERGENCES, LIKELIHOODS, MAX_LL_SAMPLES, POSTERIORS, VARIANCES
 
-MODELS = ("vae", "beta-vae", "cvae", "iwae", "wae-mmd", "swae", "m2")
+MODELS = ("vae", "beta-vae", "cvae", "iwae", "wae-mmd", "swae", "hvae", "m2")
 INT_MAX = 2**31 - 1      # the largest size or count a setting takes: any product of two still fits an int64
 
 
@@ -22,8 +22,7 @@ class Setting:
     choices (str), pattern (str, a regular expression with its description `expected`), lo/hi (numbers and list
     items, inclusive; lo_open excludes lo). default None: the model's preset (PRESETS) or the VAE's own default.
     resume: what --resume does with a value given that differs from the run's: "apply" (used and recorded) or
-    "refuse" (an error naming the key); "" marks the switches of the command itself, which no run records.
-    since_v1: added after the first checkpoints were written: a run recorded without it ran as its default says."""
+    "refuse" (an error naming the key); "" marks the switches of the command itself, which no run records."""
     key: str
     kind: type
     default: object
@@ -36,7 +35,6 @@ class Setting:
     expected: str = None
     resume: str = "refuse"
     also: tuple = ()           # further types a Python caller may pass as they are (data: a torch Dataset)
-    since_v1: bool = False     # older runs lack it (their checkpoints hold its default's behaviour)
 
     def describe(self):
         """What the setting takes, in words."""
@@ -120,6 +118,8 @@ SETTINGS = {s.key: s for s in (
             expected="a data spec (digits, fashion, mnist, mnist:DIR, fashion:DIR, npz:FILE or npy:FILE) or a "
                      "torch Dataset"),
     Setting("latent_dim", int, 16, "latent dimensions", lo=1, hi=INT_MAX),
+    Setting("latent_dims", list, None, "hvae: the latent dimensions of its stochastic layers, the lowest (next "
+            "to x) first, comma-separated, at least 2 (preset: hvae 32,16)", lo=1, hi=INT_MAX),
     Setting("hidden_dims", list, (512, 256), "encoder widths, comma-separated (a list in TOML); the decoder "
             "mirrors them; '' for linear", lo=1, hi=INT_MAX),
     Setting("batch_size", int, 128, "samples per step and process", lo=1, hi=INT_MAX, resume="apply"),
@@ -138,6 +138,7 @@ SETTINGS = {s.key: s for s in (
     Setting("seed", int, 0, "random seed", lo=0, hi=2**32 - 1),
     Setting("likelihood", str, "gaussian", "the decoder's likelihood", choices=LIKELIHOODS),
     Setting("variance", str, "learned", "the Gaussian likelihood's variance", choices=VARIANCES),
+    Setting("n_mix", int, 10, "components of the logistic_mixture likelihood", lo=1, hi=1024),
     Setting("beta", float, None, "KL weight (preset: 1; beta-vae 4; wae-mmd/swae 0)", lo=0),
     Setting("n_samples", int, None, "importance samples k of the bound (preset: 1; iwae 5)", lo=1, hi=INT_MAX),
     Setting("posterior", str, "diagonal", "diagonal, or full (Cholesky factor)", choices=POSTERIORS),
@@ -148,9 +149,8 @@ SETTINGS = {s.key: s for s in (
     Setting("bandwidth", float, None, "MMD kernel bandwidth h (default 1; imq uses C = 2 d h^2)", lo=0, lo_open=True),
     Setting("n_projections", int, 128, "sliced-Wasserstein projections", lo=1, hi=INT_MAX),
     Setting("labelled", int, None, "m2: training labels kept, balanced over the classes and fixed by the seed "
-            "(default: all)", lo=1, hi=INT_MAX, since_v1=True),
-    Setting("alpha", float, 50.0, "m2: weight of the labelled inputs' classification loss -log q(y|x)", lo=0,
-            since_v1=True),
+            "(default: all)", lo=1, hi=INT_MAX),
+    Setting("alpha", float, 50.0, "m2: weight of the labelled inputs' classification loss -log q(y|x)", lo=0),
     Setting("binarize", str, None, "binarize the pixels: static (one fixed draw), dynamic (train set redrawn every "
             "batch) (default: dynamic for bernoulli, else none)",
             choices=("none", "static", "dynamic")),
@@ -173,6 +173,7 @@ PRESETS = {
     "iwae": dict(beta=1.0, n_samples=5, divergence="kl"),
     "wae-mmd": dict(beta=0.0, n_samples=1, divergence="mmd", reg_weight=100.0),
     "swae": dict(beta=0.0, n_samples=1, divergence="sliced", reg_weight=10.0),
+    "hvae": dict(beta=1.0, n_samples=1, divergence="kl", latent_dims=[32, 16]),
 }
 
 

@@ -48,7 +48,8 @@ def finish(cfg, model, data, metrics, out_dir, ckpt_path, world, ranks_agree=Non
                        samples_per_s=sum(m["samples_per_s"] for m in metrics[-5:]) / len(metrics[-5:]),
                        train_time_s=sum(m["epoch_time_s"] for m in metrics))
         if cfg["eval_k"]:
-            summary.update(test_log_likelihood=final["log_likelihood"], eval_k=cfg["eval_k"], eval_time_s=eval_time)
+            summary.update(test_log_likelihood=final["log_likelihood"], test_bits_per_dim=final["bits_per_dim"],
+                           eval_k=cfg["eval_k"], eval_time_s=eval_time)
         if model.semi_supervised:
             summary.update(test_accuracy=final["accuracy"], labelled=cfg["labelled"])
             if cfg["labelled"] is not None:     # the same network trained on the kept labels alone
@@ -62,8 +63,8 @@ def finish(cfg, model, data, metrics, out_dir, ckpt_path, world, ranks_agree=Non
              f"({world} process(es), {device}, backend {cfg['backend']})"]
     if metrics:
         lines.append(f"  test ELBO {summary['test_elbo']:.3f} nats/sample"
-                     + (f", log-likelihood (K={cfg['eval_k']}) {summary['test_log_likelihood']:.3f}"
-                        if cfg["eval_k"] else "")
+                     + (f", log-likelihood (K={cfg['eval_k']}) {summary['test_log_likelihood']:.3f} "
+                        f"({summary['test_bits_per_dim']:.4f} bits/dim)" if cfg["eval_k"] else "")
                      + f"; {summary['samples_per_s']:.0f} training samples/s")
         if model.semi_supervised:
             lines.append(f"  test accuracy of q(y|x) {summary['test_accuracy']:.4f}"

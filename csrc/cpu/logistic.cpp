@@ -1,0 +1,316 @@
+// CPU kernels of the discretized-logistic likelihoods (csrc/include/fastvae/logistic_math.h has the per-element
+// math). The build compiles this file once per instruction set (-DFV_ISA, see isa.h); isa.cpp picks one at run time.
+//
+// One logistic per pixel: flat loops over the row, vectorised over pixels. A mixture (logits, means, log_scales of
+// shape (rows, D, K), mixture dim last): blocks of kPix pixels are transposed into K x kPix buffers (structure of
+// arrays), so that every loop, the log masses, both log-sum-exps over the K components and the gradients, runs
+// vectorised over pixels with contiguous loads; the gradients are transposed back. Nothing is stored between the
+// forward and the backward: the backward recomputes the log masses from the inputs.
+//
+// Work split (deterministic for any thread count): a row is cut into chunks of at most chunk_pixels(K) pixels;
+// each chunk is one task, and a row's loss is the sum of its chunks' sums in chunk order.
+// Every standard header before isa.h (see there).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "cpu/kernels.h"  // declarations only
+#include "cpu/isa.h"
+#include "fastvae/logistic_math.h"
+
+namespace fastvae {
+namespace cpu {
+namespace FV_ISA {
+namespace {
+
+#define FV_R __restrict__
+
+constexpr index_t kPix = 256;           // pixels per block (a multiple of the widest vector)
+constexpr index_t kTaskElems = 32768;   // pixel x component elements per parallel task (about)
+
+index_t chunk_pixels(index_t K) {
+  const index_t c = kTaskElems / std::max<index_t>(K, 1);
+  return std::max<index_t>(kPix, c / kPix * kPix);
+}
+
+// ---- one logistic per pixel ------------------------------------------------------------------------------------
+
+template <class T>
+T single_fwd_block(const T* FV_R x, const T* FV_R m, const T* FV_R ls, LogisticGrid<T> g, index_t n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (index_t t = 0; t < n; ++t) s -= logistic_logp<T, false>(x[t], m[t], ls[t], g, nullptr, nullptr);
+  return s;
+}
+
+// gv: the row's incoming gradient, one copy per pixel (GCC does not vectorise a select on a loop-invariant scalar,
+// see fill_row_gradient in gaussian.cpp)
+template <class T>
+void single_bwd_block(const T* FV_R gv, const T* FV_R x, const T* FV_R m, const T* FV_R ls, LogisticGrid<T> g,
+                      T* FV_R gm, T* FV_R gs, index_t n) {
+#pragma omp simd
+  for (index_t t = 0; t < n; ++t) {
+    T dm, ds;
+    logistic_logp<T, true>(x[t], m[t], ls[t], g, &dm, &ds);
+    gm[t] = mul0(-gv[t], dm);  // a zero gradient times an overflowed derivative: 0
+    gs[t] = mul0(-gv[t], ds);
+  }
+}
+
+template <class T>
+void fill(T v, T* FV_R out, index_t n) {
+#pragma omp simd
+  for (index_t t = 0; t < n; ++t) out[t] = v;
+}
+
+// ---- mixtures: K x kPix buffers -----------------------------------------------------------------------------
+
+// dst[k * kPix + p] = src[p * K + k]
+template <class T>
+void to_soa(const T* FV_R src, T* FV_R dst, index_t n, index_t K) {
+  for (index_t p = 0; p < n; ++p)
+    for (index_t k = 0; k < K; ++k) dst[k * kPix + p] = src[p * K + k];
+}
+
+template <class T>
+void from_soa(const T* FV_R src, T* FV_R dst, index_t n, index_t K) {
+  for (index_t p = 0; p < n; ++p)
+    for (index_t k = 0; k < K; ++k) dst[p * K + k] = src[k * kPix + p];
+}
+
+// lp = logit + log P (one component, n pixels)
+template <class T>
+void mix_logp_row(const T* FV_R x, const T* FV_R lg, const T* FV_R m, const T* FV_R ls, LogisticGrid<T> g,
+                  T* FV_R lp, index_t n) {
+#pragma omp simd
+  for (index_t t = 0; t < n; ++t) lp[t] = lg[t] + logistic_logp<T, false>(x[t], m[t], ls[t], g, nullptr, nullptr);
+}
+
+template <class T>
+void mix_logp_grad_row(const T* FV_R x, const T* FV_R lg, const T* FV_R m, const T* FV_R ls, LogisticGrid<T> g,
+                       T* FV_R lp, T* FV_R dm, T* FV_R ds, index_t n) {
+#pragma omp simd
+  for (index_t t = 0; t < n; ++t) {
+    T a, b;  // locals, not &dm[t]: GCC vectorises this form
+    lp[t] = lg[t] + logistic_logp<T, true>(x[t], m[t], ls[t], g, &a, &b);
+    dm[t] = a;
+    ds[t] = b;
+  }
+}
+
+template <class T>
+void max_into(const T* FV_R a, T* FV_R mx, index_t n) {
+#pragma omp simd
+  for (index_t t = 0; t < n; ++t) mx[t] = a[t] > mx[t] ? a[t] : mx[t];
+}
+
+// a <- e^(a - mx), s += a
+template <class T>
+void exp_acc(T* FV_R a, const T* FV_R mx, T* FV_R s, index_t n) {
+#pragma omp simd
+  for (index_t t = 0; t < n; ++t) {
+    const T e = fv_exp(a[t] - mx[t]);
+    a[t] = e;
+    s[t] += e;
+  }
+}
+
+// Per pixel of the K x kPix buffer a: mx = max_k a (0 when every a is -inf), s = sum_k e^(a - mx); a is replaced
+// by e^(a - mx).
+template <class T>
+void lse_soa(T* a, index_t K, index_t n, T* FV_R mx, T* FV_R s) {
+  fill(-std::numeric_limits<T>::infinity(), mx, n);
+  for (index_t k = 0; k < K; ++k) max_into(a + k * kPix, mx, n);
+#pragma omp simd
+  for (index_t t = 0; t < n; ++t) mx[t] = mx[t] < -std::numeric_limits<T>::max() ? T(0) : mx[t];
+  fill(T(0), s, n);
+  for (index_t k = 0; k < K; ++k) exp_acc(a + k * kPix, mx, s, n);
+}
+
+// sum over pixels of lse(logits) - lse(logits + log P): s1 >= 1 (the largest logit's term), s2 = 0 when every
+// component's mass underflowed (then the pixel's loss is +inf)
+template <class T>
+T mix_nll_sum(const T* FV_R mx1, const T* FV_R s1, const T* FV_R mx2, const T* FV_R s2, index_t n) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (index_t t = 0; t < n; ++t) {
+    const T l2 = mx2[t] + lg_log(s2[t] > T(0) ? s2[t] : T(1));
+    const T nll = mx1[t] + lg_log(s1[t]) - l2;
+    acc += s2[t] > T(0) ? nll : std::numeric_limits<T>::infinity();
+  }
+  return acc;
+}
+
+// In place: e1 -> d/dlogit = g (pi - w), dm -> d/dmean = -g w dlogP/dm, ds likewise; pi = e1 / s1, w = e2 / s2.
+template <class T>
+void mix_grad_row(const T* FV_R gv, T* FV_R e1, const T* FV_R e2, const T* FV_R is1, const T* FV_R is2,
+                  T* FV_R dm, T* FV_R ds, index_t n) {
+#pragma omp simd
+  for (index_t t = 0; t < n; ++t) {
+    const T w = e2[t] * is2[t];
+    const T gw = -gv[t] * w;
+    e1[t] = gv[t] * (e1[t] * is1[t] - w);
+    dm[t] = mul0(gw, dm[t]);
+    ds[t] = mul0(gw, ds[t]);
+  }
+}
+
+template <class T>
+void inverse(const T* FV_R s, T* FV_R is, index_t n) {
+#pragma omp simd
+  for (index_t t = 0; t < n; ++t) is[t] = s[t] > T(0) ? T(1) / s[t] : T(0);
+}
+
+// The buffers of one task: six K x kPix arrays and six of kPix.
+template <class T>
+struct MixBuffers {
+  std::vector<T> mem;
+  T *lg, *mg, *sg, *lp, *dm, *ds, *mx1, *s1, *mx2, *s2, *gv, *xv;
+  explicit MixBuffers(index_t K) : mem(static_cast<size_t>((6 * K + 6) * kPix)) {
+    T* p = mem.data();
+    for (T** b : {&lg, &mg, &sg, &lp, &dm, &ds}) {
+      *b = p;
+      p += K * kPix;
+    }
+    for (T** b : {&mx1, &s1, &mx2, &s2, &gv, &xv}) {
+      *b = p;
+      p += kPix;
+    }
+  }
+};
+
+// sum over pixels [0, n) of the block of the mixture's -log P
+template <class T>
+T mix_fwd_block(MixBuffers<T>& b, const T* x, const T* logits, const T* means, const T* ls, LogisticGrid<T> g,
+                index_t n, index_t K) {
+  to_soa(logits, b.lg, n, K);
+  to_soa(means, b.mg, n, K);
+  to_soa(ls, b.sg, n, K);
+  for (index_t k = 0; k < K; ++k)
+    mix_logp_row(x, b.lg + k * kPix, b.mg + k * kPix, b.sg + k * kPix, g, b.lp + k * kPix, n);
+  lse_soa(b.lg, K, n, b.mx1, b.s1);
+  lse_soa(b.lp, K, n, b.mx2, b.s2);
+  return mix_nll_sum(b.mx1, b.s1, b.mx2, b.s2, n);
+}
+
+template <class T>
+void mix_bwd_block(MixBuffers<T>& b, T gr, const T* x, const T* logits, const T* means, const T* ls,
+                   LogisticGrid<T> g, T* glog, T* gmean, T* gls, index_t n, index_t K) {
+  to_soa(logits, b.lg, n, K);
+  to_soa(means, b.mg, n, K);
+  to_soa(ls, b.sg, n, K);
+  for (index_t k = 0; k < K; ++k)
+    mix_logp_grad_row(x, b.lg + k * kPix, b.mg + k * kPix, b.sg + k * kPix, g, b.lp + k * kPix, b.dm + k * kPix,
+                      b.ds + k * kPix, n);
+  lse_soa(b.lg, K, n, b.mx1, b.s1);
+  lse_soa(b.lp, K, n, b.mx2, b.s2);
+  inverse(b.s1, b.mx1, n);  // mx1, mx2 now hold 1 / s1, 1 / s2
+  inverse(b.s2, b.mx2, n);
+  fill(gr, b.gv, n);
+  for (index_t k = 0; k < K; ++k)
+    mix_grad_row(b.gv, b.lg + k * kPix, b.lp + k * kPix, b.mx1, b.mx2, b.dm + k * kPix, b.ds + k * kPix, n);
+  if (glog) from_soa(b.lg, glog, n, K);
+  from_soa(b.dm, gmean, n, K);
+  from_soa(b.ds, gls, n, K);
+}
+
+// ---- drivers ----------------------------------------------------------------------------------------------------
+
+// fn(r, p0, p1) handles pixels [p0, p1) of row r; out[r] = the sum of its chunks' results in chunk order.
+template <class T, class F>
+void row_reduce(index_t rows, index_t D, index_t chunk, T* out, const F& fn) {
+  const index_t nc = std::max<index_t>(1, (D + chunk - 1) / chunk);
+  std::vector<T> part(static_cast<size_t>(rows * nc));
+  parallel_for(0, rows * nc, 1, [&](index_t b, index_t e) {
+    for (index_t t = b; t < e; ++t) {
+      const index_t r = t / nc, c = t % nc;
+      part[t] = fn(r, c * chunk, std::min(D, (c + 1) * chunk));
+    }
+  });
+  for (index_t r = 0; r < rows; ++r) {
+    T s = 0;
+    for (index_t c = 0; c < nc; ++c) s += part[r * nc + c];
+    out[r] = s;
+  }
+}
+
+template <class F>
+void for_chunks(index_t rows, index_t D, index_t chunk, const F& fn) {
+  const index_t nc = std::max<index_t>(1, (D + chunk - 1) / chunk);
+  parallel_for(0, rows * nc, 1, [&](index_t b, index_t e) {
+    for (index_t t = b; t < e; ++t) fn(t / nc, (t % nc) * chunk, std::min(D, (t % nc + 1) * chunk));
+  });
+}
+
+template <class T>
+void logistic_fwd(const T* x, const T* logits, const T* means, const T* ls, T* out, index_t rows, index_t D,
+                  index_t K, index_t x_rows, int n_bits) {
+  const LogisticGrid<T> g = logistic_grid<T>(n_bits);
+  const index_t chunk = chunk_pixels(K);
+  if (!logits) {  // K == 1
+    row_reduce(rows, D, chunk, out, [&](index_t r, index_t p0, index_t p1) {
+      const T* xr = x + (r % x_rows) * D;
+      T acc = 0;
+      for (index_t p = p0; p < p1; p += kPix)
+        acc += single_fwd_block(xr + p, means + r * D + p, ls + r * D + p, g, std::min(kPix, p1 - p));
+      return acc;
+    });
+    return;
+  }
+  row_reduce(rows, D, chunk, out, [&](index_t r, index_t p0, index_t p1) {
+    MixBuffers<T> b(K);
+    const T* xr = x + (r % x_rows) * D;
+    const index_t o = r * D * K;
+    T acc = 0;
+    for (index_t p = p0; p < p1; p += kPix)
+      acc += mix_fwd_block(b, xr + p, logits + o + p * K, means + o + p * K, ls + o + p * K, g,
+                           std::min(kPix, p1 - p), K);
+    return acc;
+  });
+}
+
+template <class T>
+void logistic_bwd(const T* gout, const T* x, const T* logits, const T* means, const T* ls, T* glog, T* gmean, T* gls,
+                  index_t rows, index_t D, index_t K, index_t x_rows, int n_bits) {
+  const LogisticGrid<T> g = logistic_grid<T>(n_bits);
+  const index_t chunk = chunk_pixels(K);
+  if (!logits) {
+    for_chunks(rows, D, chunk, [&](index_t r, index_t p0, index_t p1) {
+      alignas(64) T gv[kPix];
+      fill(gout[r], gv, std::min(kPix, p1 - p0));
+      const T* xr = x + (r % x_rows) * D;
+      for (index_t p = p0; p < p1; p += kPix) {
+        const index_t o = r * D + p;
+        single_bwd_block(gv, xr + p, means + o, ls + o, g, gmean + o, gls + o, std::min(kPix, p1 - p));
+      }
+    });
+    return;
+  }
+  for_chunks(rows, D, chunk, [&](index_t r, index_t p0, index_t p1) {
+    MixBuffers<T> b(K);
+    const T* xr = x + (r % x_rows) * D;
+    for (index_t p = p0; p < p1; p += kPix) {
+      const index_t o = (r * D + p) * K;
+      mix_bwd_block(b, gout[r], xr + p, logits + o, means + o, ls + o, g, glog + o, gmean + o, gls + o,
+                    std::min(kPix, p1 - p), K);
+    }
+  });
+}
+
+template <class T>
+LogisticKernels<T> make_table(const char* isa) {
+  return LogisticKernels<T>{isa, &logistic_fwd<T>, &logistic_bwd<T>};
+}
+
+}  // namespace
+
+extern const LogisticKernels<float> logistic_f32 = make_table<float>(FV_ISA_NAME);
+extern const LogisticKernels<double> logistic_f64 = make_table<double>(FV_ISA_NAME);
+
+}  // namespace FV_ISA
+}  // namespace cpu
+}  // namespace fastvae

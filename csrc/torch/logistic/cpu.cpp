@@ -1,0 +1,34 @@
+// The CPU backend of the discretized-logistic likelihoods: the kernel calls of LogisticOps<LogisticCpu> (ops.h) on
+// the tables of csrc/cpu/kernels.h.
+#include "torch/backend_cpu.h"
+#include "torch/logistic/ops.h"
+
+namespace fastvae {
+namespace {
+
+struct LogisticCpu : CpuBackend {
+  static constexpr const char* kOp = "discretized_logistic_nll";
+
+  static void logistic_fwd(const at::Tensor& x, const std::optional<at::Tensor>& lg, const at::Tensor& m,
+                           const at::Tensor& ls, at::Tensor& res, const LogisticShape& sh, int n_bits) {
+    dispatch(kOp, m.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      cpu::logistic_kernels<T>().fwd(in<T>(x), in<T>(lg), in<T>(m), in<T>(ls), out<T>(res), sh.rows, sh.D, sh.K,
+                                     sh.x_rows, n_bits);
+    });
+  }
+  static void logistic_bwd(const at::Tensor& g, const at::Tensor& x, const std::optional<at::Tensor>& lg,
+                           const at::Tensor& m, const at::Tensor& ls, at::Tensor& g_lg, at::Tensor& g_m,
+                           at::Tensor& g_ls, const LogisticShape& sh, int n_bits) {
+    dispatch(kOp, m.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      cpu::logistic_kernels<T>().bwd(in<T>(g), in<T>(x), in<T>(lg), in<T>(m), in<T>(ls), out<T>(g_lg), out<T>(g_m),
+                                     out<T>(g_ls), sh.rows, sh.D, sh.K, sh.x_rows, n_bits);
+    });
+  }
+};
+
+}  // namespace
+}  // namespace fastvae
+
+TORCH_LIBRARY_IMPL(fastvae, CPU, m) { fastvae::register_logistic_ops<fastvae::LogisticCpu>(m); }

@@ -1,0 +1,135 @@
+"""The CUDA launchers of csrc/cuda/logistic.cu executed on the CPU and checked against the CPU ops.
+
+logistic.cu is compiled unchanged with g++ against the CUDA execution model (csrc/cudasim, see its README), linked
+with the driver tests/cudasim_kernels/logistic_launchers.cpp, once per test run in a temporary directory (with
+UBSan's alignment check), as tests/test_cuda_kernels_on_cpu.py does for gaussian.cu and distances.cu (whose `run`,
+`close`, orders and flags this file reuses). Each case runs under the three thread/block orders, every buffer
+guarded, and compares with torch.ops.fastvae.discretized_logistic_nll(_backward) on CPU tensors."""
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+import fastvae  # noqa: F401  (registers torch.ops.fastvae)
+from test_cudasim_core import CUDA_INCLUDE, CXX, ROOT, SIM, _check
+from test_cuda_kernels_on_cpu import FLAGS, HALF_DTYPES, ORDERS, UBSAN, close, run
+
+pytestmark = pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
+                                reason="needs g++ and the CUDA toolkit headers")
+
+DTYPES = {torch.float32: 0, torch.float64: 1}
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    """The driver linked with logistic.cu and the model (the compile steps of test_cuda_kernels_on_cpu.driver, for
+    one .cu: that fixture builds gaussian.cu and distances.cu into its own driver)."""
+    out = tmp_path_factory.mktemp("logistic_on_cpu")
+    includes = ["-I", ROOT / "csrc", "-I", ROOT / "csrc" / "include", "-I", SIM / "shim", "-I", CUDA_INCLUDE]
+    sources = {"logistic": ROOT / "csrc" / "cuda" / "logistic.cu",
+               "driver": ROOT / "tests" / "cudasim_kernels" / "logistic_launchers.cpp"}
+
+    def compile_model(name, src):
+        obj = out / f"{name}.o"
+        _check([CXX, *FLAGS, *UBSAN, *includes, "-include", SIM / "cuda_sim.h", "-x", "c++", "-c", src, "-o", obj])
+        return obj
+
+    def compile_runtime():
+        obj = out / "cudasim.o"
+        _check([CXX, *FLAGS, "-I", CUDA_INCLUDE, "-c", SIM / "cudasim.cpp", "-o", obj])
+        return obj
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = [pool.submit(compile_model, n, s) for n, s in sources.items()] + [pool.submit(compile_runtime)]
+        objs = [j.result() for j in jobs]
+    exe = out / "logistic_launchers"
+    _check([CXX, *UBSAN, *objs, "-o", exe])
+    return exe
+
+
+def inputs(rows, x_rows, D, K, n_bits, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    levels = 2**n_bits - 1
+    x = 2 * torch.randint(0, levels + 1, (x_rows, D), generator=g).double() / levels - 1
+    x[:, ::5] = -1.0  # edge bins
+    x[:, 2::7] = 1.0
+    lg = torch.randn(rows, D, K, generator=g, dtype=torch.float64) * 2
+    m = torch.randn(rows, D, K, generator=g, dtype=torch.float64) * 0.7
+    ls = torch.randn(rows, D, K, generator=g, dtype=torch.float64) - 3
+    ls.view(-1)[::13] = 60.0  # extreme scales
+    ls.view(-1)[5::17] = -60.0
+    return [t.to(dtype) for t in (x, lg, m, ls)]
+
+
+def cpu_op(x, lg, m, ls, k, n_bits, mix):
+    """The CPU op at the same inputs (16-bit ones upcast: the CPU kernels compute them in float32)."""
+    up = (lambda t: t.float()) if x.dtype in HALF_DTYPES else (lambda t: t)
+    shape = (k, x.shape[0]) if k > 1 else (x.shape[0],)
+    lead = lambda t: up(t).reshape(*shape, *t.shape[1:])  # noqa: E731
+    args = (up(x), lead(lg) if mix else None, lead(m), lead(ls), n_bits)
+    return args, shape
+
+
+def tol(dtype, D, grad=False):
+    # Per-row sums of D pixel losses of a few nats each, added in another order (one thread per pixel, block tree in
+    # double, against the CPU's SIMD lanes), and the mixture's log-sum-exp online here, in two passes on the CPU:
+    # float32 a few ulp per pixel, 1e-5 D absolute; gradients are per element: 1e-4 relative to the largest. float64:
+    # 1e-12 of the same.
+    if dtype == torch.float64:
+        return dict(rtol=1e-12, atol=1e-12) if grad else dict(rtol=1e-12, atol=1e-11 * D)
+    return dict(rtol=1e-4, atol=1e-4) if grad else dict(rtol=2e-5, atol=1e-5 * D)
+
+
+CASES = [  # (x_rows, k, D, K, offset): one and two decoder samples, odd sizes, misaligned, rows of several
+    # 256-pixel chunks (the last one partial)
+    (3, 1, 7, 5, 0), (3, 1, 7, 5, 1), (2, 2, 9, 3, 0), (2, 1, 4 * 256 + 9, 2, 0)]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mix", [True, False])
+@pytest.mark.parametrize("x_rows,k,D,K,offset", CASES)
+def test_forward_and_backward(driver, tmp_path, order, dtype, mix, x_rows, k, D, K, offset):
+    K = K if mix else 1
+    rows = x_rows * k
+    x, lg, m, ls = inputs(rows, x_rows, D, K, 8, dtype, seed=D + K)
+    ins = {"x": x, "means": m, "log_scales": ls, **({"logits": lg} if mix else {})}
+    p = dict(dtype=DTYPES[dtype], rows=rows, D=D, K=K, x_rows=x_rows, n_bits=8, mix=int(mix), offset=offset)
+    got = run(driver, tmp_path, "logistic_fwd", order, ins, {"out": (dtype, (rows,))}, **p)
+    args, shape = cpu_op(x, lg, m, ls, k, 8, mix)
+    want = torch.ops.fastvae.discretized_logistic_nll(*args)
+    close(got["out"], want.reshape(rows), **tol(dtype, D), what="nll")
+
+    g = torch.linspace(0.5, 1.5, rows, dtype=dtype)
+    outs = {n: (dtype, (rows, D, K)) for n in ("grad_means", "grad_log_scales")}
+    if mix:
+        outs["grad_logits"] = (dtype, (rows, D, K))
+    got = run(driver, tmp_path / "bwd", "logistic_bwd", order, {**ins, "g": g}, outs, **p)
+    g_lg, g_m, g_ls = torch.ops.fastvae.discretized_logistic_nll_backward(g.reshape(shape), *args)
+    for name, w in (("grad_means", g_m), ("grad_log_scales", g_ls)) + ((("grad_logits", g_lg),) if mix else ()):
+        w = w.reshape(rows, D, K)
+        close(got[name], w, rtol=tol(dtype, D, True)["rtol"],
+              atol=tol(dtype, D, True)["atol"] * max(1.0, w.abs().max().item()), what=name)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("offset", [0, 1])
+def test_16_bit_inputs(driver, tmp_path, order, dtype, offset):
+    """float16 / bfloat16 data (5-bit grid: its levels lie within a quarter bin in bfloat16): read through the host
+    paths of cuda_fp16.h / cuda_bf16.h, float32 arithmetic, float32 losses, gradients rounded to the 16-bit type."""
+    rows, D, K = 3, 11, 4
+    x, lg, m, ls = inputs(rows, rows, D, K, 5, dtype, seed=21)
+    ins = {"x": x, "logits": lg, "means": m, "log_scales": ls}
+    p = dict(dtype=HALF_DTYPES[dtype], rows=rows, D=D, K=K, x_rows=rows, n_bits=5, mix=1, offset=offset)
+    got = run(driver, tmp_path, "logistic_fwd", order, ins, {"out": (torch.float32, (rows,))}, **p)
+    args, shape = cpu_op(x, lg, m, ls, 1, 5, True)
+    close(got["out"], torch.ops.fastvae.discretized_logistic_nll(*args), **tol(torch.float32, D), what="nll")
+    g = torch.linspace(0.5, 1.5, rows, dtype=torch.float32)
+    outs = {n: (dtype, (rows, D, K)) for n in ("grad_logits", "grad_means", "grad_log_scales")}
+    got = run(driver, tmp_path / "bwd", "logistic_bwd", order, {**ins, "g": g}, outs, **p)
+    want = torch.ops.fastvae.discretized_logistic_nll_backward(g, *args)
+    ulp = torch.finfo(dtype).eps  # the float32 gradients (within 1e-4 of the CPU's) rounded to the 16-bit type
+    for name, w in zip(("grad_logits", "grad_means", "grad_log_scales"), want):
+        close(got[name], w.to(dtype), rtol=2 * ulp, atol=2 * ulp * max(1.0, w.abs().max().item()), what=name)
