@@ -1,6 +1,6 @@
 """The `fastvae` command (also `python -m fastvae`): train, eval, sample, info, bench.
 
-  fastvae train [--model vae|beta-vae|cvae|iwae|wae-mmd|swae|hvae] [--data digits|fashion|mnist:DIR|fashion:DIR|npz:FILE]
+  fastvae train [--model vae|beta-vae|cvae|iwae|wae-mmd|swae|hvae|m2] [--data digits|fashion|mnist:DIR|fashion:DIR|npz:FILE]
                 [--config run.toml] [--latent-dim N] [--batch-size N] [--epochs N] [--lr X] [--device cpu|cuda]
                 [--amp bf16] [--compile] [--out DIR] [--resume | --overwrite] [--seed N] ...
   fastvae eval CHECKPOINT [-k 5000] [--limit N] [--refine STEPS [--refine-lr X]] [--json] [--no-progress]
@@ -190,6 +190,8 @@ def _eval(args):
     print(f"{args.checkpoint} (epoch {res['epoch']}) on the {data.name} test set ({which}"
           f"{', binarized ' + data.binarize if data.binarize else ''}):")
     print(f"  ELBO            {res['elbo']:.4f} nats/sample (recon {res['recon']:.4f}, KL {res['kl']:.4f})")
+    if "accuracy" in res:
+        print(f"  accuracy        {res['accuracy']:.4f} (the classifier q(y|x) on the test labels)")
     print(f"  log-likelihood  {res['log_likelihood']:.4f} nats/sample (K={args.k} importance samples)")
     print(f"  NLL             {res['nll']:.4f} nats/sample, SE {se} (std of log p(x) over samples / sqrt(n))")
     print(f"  bits/dim        {res['bits_per_dim']:.5f}{bse} (NLL / ({res['dim']} ln 2))")

@@ -447,6 +447,28 @@ def from_dataset(dataset, name="dataset"):
 # the entry point
 
 
+def keep_labels(y, n_labelled, n_classes, seed):
+    """Semi-supervised training's labels: n_labelled of the labels y (N,) kept, balanced over the classes (n_labelled
+    // n_classes each, the remainder one more for the first classes), drawn by seed; the others -1 (unknown).
+    Returns (the labels with -1 where hidden, the kept indices (n_labelled,) in increasing order)."""
+    if n_labelled < n_classes or n_labelled > y.shape[0]:
+        raise ValueError(f"labelled must be from {n_classes} (one per class) to {y.shape[0]} (the training samples); "
+                         f"got {n_labelled}")
+    g = torch.Generator().manual_seed(seed + 29)
+    kept = []
+    for c in range(n_classes):
+        members = (y == c).nonzero().squeeze(1)
+        want = n_labelled // n_classes + (c < n_labelled % n_classes)
+        if members.numel() < want:
+            raise ValueError(f"labelled={n_labelled} keeps {want} labels of class {c}, which has {members.numel()} "
+                             f"training samples")
+        kept.append(members[torch.randperm(members.numel(), generator=g)[:want]])
+    kept = torch.cat(kept).sort().values
+    hidden = torch.full_like(y, -1)
+    hidden[kept] = y[kept]
+    return hidden, kept
+
+
 def load_data(spec="digits", *, binarize=None, device=None):
     """spec (a string as in the module doc, or a Dataset) -> Data, binarized ("static": once, with a fixed
     seed; "dynamic": the test set once, the train set per batch by the trainer) and moved to device when it fits

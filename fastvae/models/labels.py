@@ -34,13 +34,20 @@ class NoLabels(Labels):
 class OneHotLabels(Labels):
     """A CVAE: integer labels y (B,) in [0, n_classes), one-hot into the encoder and the decoder."""
 
+    unlabelled = None   # the label that marks an unlabelled input (None: every input must have one)
+    kind = "CVAE"       # what the messages call the model
+
     def __init__(self, n_classes):
         super().__init__()
         self.n_classes = n_classes
 
-    def one_hot(self, y, n, device, dtype):
+    def check(self, y, n, device, partial=False):
+        """The labels y of n inputs, checked: an integer tensor (n,) on device of class ids (or, partial=True, the
+        `unlabelled` mark too)."""
+        unlabelled = self.unlabelled if partial else None
         if y is None:
-            raise ValueError(f"this CVAE (n_classes={self.n_classes}) needs labels y")
+            what = "" if unlabelled is None else f": class ids, or {unlabelled} for an unlabelled input"
+            raise ValueError(f"this {self.kind} (n_classes={self.n_classes}) needs labels y{what}")
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"y must be a tensor of integer class labels; got {type(y).__name__}")
         if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
@@ -51,10 +58,24 @@ class OneHotLabels(Labels):
             raise ValueError(f"y must be on the model's device {device}; got {y.device}")
         # one_hot checks the range on the CPU only; one check (one sync) here covers every device. A compiled
         # graph skips it (a data-dependent branch would break the graph).
-        if not torch.compiler.is_compiling() and bool(((y < 0) | (y >= self.n_classes)).any()):
-            raise ValueError(f"y must hold class labels in [0, {self.n_classes}); found labels from {int(y.min())} to "
-                             f"{int(y.max())}")
+        lo = 0 if unlabelled is None else unlabelled
+        if not torch.compiler.is_compiling() and bool(((y < lo) | (y >= self.n_classes)).any()):
+            also = "" if unlabelled is None else f" or {unlabelled} (unlabelled)"
+            raise ValueError(f"y must hold class labels in [0, {self.n_classes}){also}; found labels from "
+                             f"{int(y.min())} to {int(y.max())}")
+        return y
+
+    def one_hot(self, y, n, device, dtype):
+        y = self.check(y, n, device)
         return nn.functional.one_hot(y.long(), self.n_classes).to(dtype)
 
     def default(self, n, device):
         return torch.arange(n, device=device) % self.n_classes      # the classes in turn
+
+
+class SemiSupervisedLabels(OneHotLabels):
+    """M2 (semi-supervised): the CVAE's labels, and in a training batch -1 for an input whose label is unknown
+    (check accepts it; one_hot, which feeds the networks, does not)."""
+
+    unlabelled = -1
+    kind = "semi-supervised model"

@@ -12,7 +12,7 @@ from .. import _checks
 from ..distances import ESTIMATORS, KERNELS
 from . import checks
 from .backends import BACKENDS, Ops
-from .labels import NoLabels, OneHotLabels
+from .labels import NoLabels, OneHotLabels, SemiSupervisedLabels
 from .likelihoods import LIKELIHOODS, VARIANCES, Bernoulli, Gaussian, Logistic, LogisticMixture
 from .networks import ConvDecoder, ConvEncoder, count_parameters, mlp
 from .posteriors import POSTERIORS, DiagonalGaussian, FullGaussian
@@ -34,6 +34,9 @@ class VAEOutput:
     IWAE); recon: per-sample -log p(x|z) (averaged over the k samples); kl: per-sample KL(q(z|x) || p(z))
     (closed form for a diagonal posterior, a one-sample estimate for a full one); distance: the batch MMD or
     sliced-Wasserstein term of WAE/SWAE (None for divergence="kl"); z: the latent sample(s), (B, d) or (k, B, d).
+    classification: semi-supervised (M2) only: -log q(y|x) of the labelled inputs, (L,) (None for the others).
+    For M2, elbo is the bound on log p(x, y) of a labelled input and on log p(x) of an unlabelled one, recon and kl
+    are averaged over q(y|x) for an unlabelled input, and z is the sample under its given or most probable class.
     """
     loss: torch.Tensor
     elbo: torch.Tensor
@@ -41,6 +44,7 @@ class VAEOutput:
     kl: torch.Tensor
     z: torch.Tensor
     distance: Optional[torch.Tensor] = None
+    classification: Optional[torch.Tensor] = None
 
     @property
     def regulariser(self):
@@ -65,6 +69,9 @@ class VAE(nn.Module):
     n_samples: k > 1 trains on the importance-weighted bound (IWAE), logsumexp over the k samples.
     posterior: "diagonal" or "full" (the encoder outputs a Cholesky factor with a softplus-positive diagonal).
     n_classes: > 0 makes it a CVAE: forward(x, y) with integer labels y, one-hot into encoder and decoder.
+    semi_supervised: with n_classes >= 2, Kingma et al.'s (2014) M2: a classifier q(y|x) beside the encoder, labels
+        y = -1 for unlabelled inputs, whose bound is summed over the classes weighted by q(y|x) (all classes in one
+        batched pass), plus q's entropy; labelled inputs add alpha * -log q(y|x). p(y) is uniform.
     backend: "fastvae" (fused ops) or "reference" (plain-PyTorch ops with the same signatures).
 
     The model is composed of parts (see fastvae.models): p_x (the likelihood), q_z (the posterior), p_z (the
@@ -74,7 +81,7 @@ class VAE(nn.Module):
     def __init__(self, input_dim, latent_dim, hidden_dims=(512, 256), likelihood="gaussian", variance="learned",
                  beta=1.0, divergence="kl", n_samples=1, posterior="diagonal", n_classes=0, *, reg_weight=10.0,
                  kernel="imq", bandwidth=None, mmd_estimator="unbiased", n_projections=128, conv=False,
-                 conv_channels=(32, 64), backend="fastvae", n_mix=10):
+                 conv_channels=(32, 64), backend="fastvae", n_mix=10, semi_supervised=False, alpha=50.0):
         super().__init__()
         for name, value, allowed in (("likelihood", likelihood, LIKELIHOODS), ("variance", variance, VARIANCES),
                                      ("divergence", divergence, DIVERGENCES), ("posterior", posterior, POSTERIORS),
@@ -92,6 +99,11 @@ class VAE(nn.Module):
             raise ValueError(f"conv=True needs input_dim = (C, H, W); got {input_dim!r}")
         hidden = checks.integers("hidden_dims", hidden_dims, 1)
         conv_channels = checks.integers("conv_channels", conv_channels, 1, length=2)
+        semi_supervised = checks.boolean("semi_supervised", semi_supervised)
+        if semi_supervised and (not checks.is_int(n_classes) or n_classes < 2 or divergence != "kl"
+                                or n_samples != 1):
+            raise ValueError(f"semi_supervised=True (M2) needs n_classes >= 2, divergence='kl' and n_samples=1; got "
+                             f"n_classes={n_classes!r}, divergence={divergence!r}, n_samples={n_samples!r}")
         self.config = dict(
             input_dim=list(shape) if len(shape) > 1 else shape[0],
             latent_dim=checks.integer("latent_dim", latent_dim, 1), hidden_dims=hidden, likelihood=likelihood,
@@ -104,6 +116,9 @@ class VAE(nn.Module):
         n_mix = checks.integer("n_mix", n_mix, 1)
         if likelihood == "logistic_mixture":  # recorded where it matters (the configs of other models stay as they were)
             self.config["n_mix"] = n_mix
+        alpha = checks.real("alpha", alpha)
+        if semi_supervised:     # (only then: the configs of every other model stay those of older checkpoints)
+            self.config.update(semi_supervised=True, alpha=alpha)
         self.input_shape = shape
         self.data_dim = math.prod(shape)
         self.latent_dim = int(latent_dim)
@@ -121,6 +136,8 @@ class VAE(nn.Module):
         self.n_projections = self.config["n_projections"]
         self.backend = backend
         self.conv = conv
+        self.semi_supervised = semi_supervised
+        self.alpha = alpha
         # Set by the trainer under DDP: a differentiable all-gather, so that MMD / SW see the global batch.
         self.gather = None
 
@@ -135,7 +152,8 @@ class VAE(nn.Module):
         self.regulariser = {"kl": KL, "mmd": lambda: MMD(kernel, self.bandwidth, mmd_estimator),
                             "sliced": lambda: SlicedWasserstein(self.n_projections),
                             "energy": lambda: Energy(mmd_estimator)}[divergence]()
-        self.labels = OneHotLabels(self.n_classes) if self.n_classes else NoLabels()
+        self.labels = (SemiSupervisedLabels(self.n_classes) if semi_supervised else OneHotLabels(self.n_classes)
+                       if self.n_classes else NoLabels())
         # parameters that no network computes (a learned log-variance): held here, under the part's names
         free = self.p_x.free_parameters()
         for name, value in free.items():
@@ -160,6 +178,8 @@ class VAE(nn.Module):
             self.conv_decoder = ConvDecoder(dec_out, shape, shape[0] * self.p_x.n_outputs, tuple(conv_channels))
         else:
             self.decoder = mlp([d + self.n_classes, *dec_hidden, self.data_dim * self.p_x.n_outputs])
+        if semi_supervised:     # q(y|x): the encoder's widths on the flat input
+            self.classifier = mlp([self.data_dim, *hidden, self.n_classes])
 
     # ------------------------------------------------------------------------------------------------------------
     # the pieces
@@ -241,6 +261,17 @@ class VAE(nn.Module):
         if not torch.compiler.is_compiling():
             checks.check_fits(self.n_samples * x.shape[0] * self._activation_width() * x.element_size(), x.device,
                               f"the activations of n_samples={self.n_samples} x a batch of {x.shape[0]}")
+        if self.semi_supervised:
+            return self._semi_supervised(x, x_flat, y, generator)
+        loss_per_sample, elbo, recon, kl, z = self._bound(x, x_flat, y, generator)
+        loss = loss_per_sample.mean()
+        distance = self.regulariser.distance(self.ops, z, distance_generator, self.gather)
+        if distance is not None:
+            loss = loss + self.reg_weight * distance
+        return VAEOutput(loss=loss, elbo=elbo, recon=recon, kl=kl, z=z, distance=distance)
+
+    def _bound(self, x, x_flat, y, generator):
+        """(loss per sample, elbo, recon, kl, z) of the bound for inputs x (and labels y), x_flat their flat view."""
         ops = self.ops
         mu, stat = self.encode(x, y)
         k = self.n_samples
@@ -249,24 +280,60 @@ class VAE(nn.Module):
         if closed_form is not None:
             z, kl = closed_form
             recon = self.p_x.nll(ops, x_flat, self.decode(z, y))
-            elbo = -(recon + kl)
-            loss_per_sample = recon + self.beta * kl
-        else:
-            zk, log_q = self.q_z.sample(ops, mu, stat, k, generator)      # (k, B, d), (k, B)
-            recon_k = self.p_x.nll(ops, x_flat, self.decode(zk, y))        # (k, B)
-            log_ratio = self.p_z.log_prob(ops, zk) - log_q                 # log p(z) - log q(z|x), (k, B)
-            log_w = -recon_k + self.beta * log_ratio
-            bound = torch.logsumexp(log_w, 0) - math.log(k)
-            recon = recon_k.mean(0)
-            kl = -log_ratio.mean(0)
-            elbo = torch.logsumexp(-recon_k + log_ratio, 0) - math.log(k) if self.beta != 1.0 else bound
-            loss_per_sample = -bound
-            z = zk[0] if k == 1 else zk
-        loss = loss_per_sample.mean()
-        distance = self.regulariser.distance(ops, z, distance_generator, self.gather)
-        if distance is not None:
-            loss = loss + self.reg_weight * distance
-        return VAEOutput(loss=loss, elbo=elbo, recon=recon, kl=kl, z=z, distance=distance)
+            return recon + self.beta * kl, -(recon + kl), recon, kl, z
+        zk, log_q = self.q_z.sample(ops, mu, stat, k, generator)      # (k, B, d), (k, B)
+        recon_k = self.p_x.nll(ops, x_flat, self.decode(zk, y))        # (k, B)
+        log_ratio = self.p_z.log_prob(ops, zk) - log_q                 # log p(z) - log q(z|x), (k, B)
+        log_w = -recon_k + self.beta * log_ratio
+        bound = torch.logsumexp(log_w, 0) - math.log(k)
+        elbo = torch.logsumexp(-recon_k + log_ratio, 0) - math.log(k) if self.beta != 1.0 else bound
+        return -bound, elbo, recon_k.mean(0), -log_ratio.mean(0), zk[0] if k == 1 else zk
+
+    def classify(self, x):
+        """q(y|x) of a semi-supervised (M2) model: log-probabilities of the classes, (B, n_classes)."""
+        if not self.semi_supervised:
+            raise ValueError("classify needs a semi-supervised (M2) model: VAE(..., semi_supervised=True)")
+        return torch.log_softmax(self.classifier(_as_float(self._flat(x)).to(self._dtype())).float(), -1)
+
+    def _semi_supervised(self, x, x_flat, y, generator):
+        """M2's objective (Kingma et al. 2014, eq. 9): a labelled input's -bound on log p(x, y) plus alpha times
+        -log q(y|x); an unlabelled one's sum over the classes y of q(y|x) times -bound(x, y), minus q's entropy.
+        Unlabelled inputs go through the bound once for all classes: (C * U) rows, class-major."""
+        y = self.labels.check(y, x.shape[0], self._device(), partial=True).long()
+        c, log_c = self.n_classes, math.log(self.n_classes)
+        log_q_y = self.classify(x)                                                 # (B, C)
+        lab = (y >= 0).nonzero().squeeze(1)
+        unl = (y < 0).nonzero().squeeze(1)
+        b = x.shape[0]
+        terms = [x_flat.new_zeros(b, dtype=torch.float32) for _ in range(4)]      # loss, elbo, recon, kl
+        z = x_flat.new_zeros(b, self.latent_dim, dtype=torch.float32)
+        classification = None
+        if lab.numel():
+            loss_l, elbo_l, recon_l, kl_l, z_l = self._bound(x[lab], x_flat[lab], y[lab], generator)
+            classification = -log_q_y[lab].gather(1, y[lab, None]).squeeze(1)
+            for t, v in zip(terms, (loss_l + log_c, elbo_l - log_c, recon_l, kl_l)):
+                t[lab] = v.float()
+            z[lab] = z_l.float()
+        if unl.numel():
+            n = unl.numel()
+            xs, xf = x[unl], x_flat[unl]
+            classes = torch.arange(c, device=y.device).repeat_interleave(n)
+            loss_u, elbo_u, recon_u, kl_u, z_u = self._bound(xs.repeat(c, *[1] * (xs.dim() - 1)), xf.repeat(c, 1),
+                                                             classes, generator)
+            log_q = log_q_y[unl].T                                                 # (C, U)
+            q = log_q.exp()
+            loss_cu = loss_u.float().reshape(c, n) + log_c
+            elbo_cu = elbo_u.float().reshape(c, n) - log_c
+            terms[0][unl] = (q * (loss_cu + log_q)).sum(0)          # sum_y q (-bound(x, y)) - H(q)
+            terms[1][unl] = (q * (elbo_cu - log_q)).sum(0)          # the bound on log p(x)
+            terms[2][unl] = (q * recon_u.float().reshape(c, n)).sum(0)
+            terms[3][unl] = (q * kl_u.float().reshape(c, n)).sum(0)
+            best = log_q.argmax(0)                                   # (U,): each input's most probable class
+            z[unl] = z_u.float().reshape(c, n, -1)[best, torch.arange(n, device=y.device)]
+        loss = terms[0].mean()
+        if classification is not None:
+            loss = loss + self.alpha * classification.mean()
+        return VAEOutput(loss=loss, elbo=terms[1], recon=terms[2], kl=terms[3], z=z, classification=classification)
 
     # ------------------------------------------------------------------------------------------------------------
     # evaluation and generation
@@ -279,7 +346,8 @@ class VAE(nn.Module):
         in blocks and the K samples in chunks, so that one chunk (samples x inputs x the widest activation) holds
         at most chunk_elements values whatever K and B are; each chunk goes through the decoder as one batch and is
         folded into a running log-sum-exp per input. n_samples: 1..MAX_LL_SAMPLES (10^6). progress: None, or a
-        callable given the number of (input, sample) pairs each chunk has done (B * K in all)."""
+        callable given the number of (input, sample) pairs each chunk has done (B * K in all). A semi-supervised
+        (M2) model without y estimates log p(x) = log sum_y p(y) p(x|y), ceil(K / n_classes) samples per class."""
         n_samples = checks.integer("n_samples", n_samples, 1, MAX_LL_SAMPLES)
         chunk_elements = checks.integer("chunk_elements", chunk_elements, 1)
         checks.generator("generator", generator)
@@ -289,22 +357,34 @@ class VAE(nn.Module):
         b, k_chunk = self._ll_chunks(x.shape[0], n_samples, chunk_elements)
         checks.check_fits(k_chunk * b * self._activation_width() * x.element_size(), x.device,
                           f"a chunk of chunk_elements={chunk_elements}")
-        ops = self.ops
         out = []
         for i in range(0, x.shape[0], b):
             xb = x[i:i + b]
-            yb = None if y is None else y[i:i + b]
-            stats = self.encode_stats(xb, yb)
-            x_flat = _as_float(self._flat(xb))
-            acc = None                                           # running log-sum-exp of the weights, (b,)
-            for j in range(0, n_samples, k_chunk):
-                k = min(k_chunk, n_samples - j)
-                lse = torch.logsumexp(self._log_weights(ops, x_flat, stats, yb, k, generator), 0)
-                acc = lse if acc is None else torch.logaddexp(acc, lse)
-                if progress is not None:
-                    progress(k * xb.shape[0])
-            out.append(acc - math.log(n_samples))
+            if self.semi_supervised and y is None:
+                # M2: log p(x) = log sum_y p(y) p(x|y), uniform p(y), each p(x|y) from ceil(K / C) of the samples
+                c = self.n_classes
+                per_class = -(-n_samples // c)
+                ll = [self._block_log_likelihood(xb, torch.full((xb.shape[0],), j, device=xb.device), per_class,
+                                                 k_chunk, generator, progress) for j in range(c)]
+                out.append(torch.logsumexp(torch.stack(ll), 0) - math.log(c))
+            else:
+                out.append(self._block_log_likelihood(xb, None if y is None else y[i:i + b], n_samples, k_chunk,
+                                                      generator, progress))
         return torch.cat(out)
+
+    def _block_log_likelihood(self, xb, yb, n_samples, k_chunk, generator, progress):
+        """log (1/K) sum_k p(x, z_k | y) / q(z_k | x, y) for a block of inputs, K = n_samples in chunks of k_chunk."""
+        ops = self.ops
+        stats = self.encode_stats(xb, yb)
+        x_flat = _as_float(self._flat(xb))
+        acc = None                                           # running log-sum-exp of the weights, (b,)
+        for j in range(0, n_samples, k_chunk):
+            k = min(k_chunk, n_samples - j)
+            lse = torch.logsumexp(self._log_weights(ops, x_flat, stats, yb, k, generator), 0)
+            acc = lse if acc is None else torch.logaddexp(acc, lse)
+            if progress is not None:
+                progress(k * xb.shape[0])
+        return acc - math.log(n_samples)
 
     def _log_weights(self, ops, x_flat, stats, y, k, generator):
         """log p(x, z_k) - log q(z_k | x) at k draws z_k ~ q(z|x) per input, (k, B), for the encoder's stats."""
@@ -374,9 +454,12 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x, y=None, *, generator=None, mean=True):
-        """The decoder's mean (or a sample, mean=False) at z = the posterior mean, shaped like x."""
+        """The decoder's mean (or a sample, mean=False) at z = the posterior mean, shaped like x (an M2 model
+        without y: under the class q(y|x) finds most probable)."""
         checks.boolean("mean", mean)
         checks.generator("generator", generator)
+        if self.semi_supervised and y is None:
+            y = self.classify(x).argmax(-1)          # M2: the class q(y|x) finds most probable
         mu, _ = self.encode(x, y)
         return self._emit(self.decode(mu, y), mean, generator).reshape(x.shape)
 

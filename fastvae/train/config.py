@@ -67,6 +67,16 @@ def _run_config(out):
     return recorded(load_checkpoint(path)["config"])
 
 
+def semi_supervised_labels(cfg, data):
+    """M2's training labels: (the labels with -1 where hidden, the kept indices), `labelled` of them kept, balanced
+    and fixed by the seed (None: all)."""
+    import torch
+    from ..data import keep_labels
+    if cfg["labelled"] is None:
+        return data.train_y, torch.arange(data.train_y.shape[0])
+    return keep_labels(data.train_y, cfg["labelled"], data.n_classes, cfg["seed"])
+
+
 def model_kwargs(cfg, data):
     """The model arguments (VAE's, or HierarchicalVAE's for hvae) of a run configuration on its data."""
     input_dim = data.shape if cfg["conv"] else (data.shape[0] if len(data.shape) == 1 else list(data.shape))
@@ -78,6 +88,7 @@ def model_kwargs(cfg, data):
         input_dim=input_dim,
         latent_dim=cfg["latent_dim"], hidden_dims=cfg["hidden_dims"], likelihood=cfg["likelihood"],
         variance=cfg["variance"], beta=cfg["beta"], divergence=cfg["divergence"], n_samples=cfg["n_samples"],
-        posterior=cfg["posterior"], n_classes=data.n_classes if cfg["model"] == "cvae" else 0,
+        posterior=cfg["posterior"], n_classes=data.n_classes if cfg["model"] in ("cvae", "m2") else 0,
+        semi_supervised=cfg["model"] == "m2", alpha=cfg["alpha"],
         reg_weight=cfg["reg_weight"], kernel=cfg["kernel"], bandwidth=cfg["bandwidth"],
         n_projections=cfg["n_projections"], conv=cfg["conv"], backend=cfg["backend"], n_mix=cfg["n_mix"])

@@ -50,7 +50,8 @@ def log_likelihood_report(moments, data_dim):
 @torch.no_grad()
 def evaluate(model, x, y=None, *, n_samples=0, batch_size=4096, seed=0, progress=False):
     """Test metrics: mean ELBO, loss, reconstruction and KL per sample, with a fixed noise seed so that evaluations
-    are comparable; with n_samples = K > 0 also the importance-sampled log-likelihood (log_likelihood_report's
+    are comparable (a semi-supervised model: the bound on log p(x), labels hidden, and with labels y the accuracy
+    of its classifier q(y|x)); with n_samples = K > 0 also the importance-sampled log-likelihood (log_likelihood_report's
     keys). The test set goes through in batches of batch_size and the K samples in the model's chunks, so memory
     does not grow with K or the number of samples. progress: a progress bar of the log-likelihood (on stderr)."""
     was_training, gather = model.training, model.gather
@@ -59,6 +60,9 @@ def evaluate(model, x, y=None, *, n_samples=0, batch_size=4096, seed=0, progress
     device = x.device
     g = torch.Generator(device).manual_seed(seed)
     sums = dict(elbo=0.0, loss=0.0, recon=0.0, kl=0.0)
+    m2 = model.semi_supervised
+    if m2:
+        sums["accuracy"] = 0.0
     ll = RunningMoments()
     n = x.shape[0]
     if n == 0:
@@ -72,6 +76,10 @@ def evaluate(model, x, y=None, *, n_samples=0, batch_size=4096, seed=0, progress
         for i in range(0, n, batch_size):
             xb = x[i:i + batch_size]
             yb = None if y is None or not model.n_classes else y[i:i + batch_size]
+            if m2:      # the bound on log p(x) (labels hidden), and q(y|x)'s accuracy on the labels
+                if yb is not None:
+                    sums["accuracy"] += (model.classify(xb).argmax(-1) == yb).sum().item()
+                yb = torch.full((xb.shape[0],), -1, dtype=torch.long, device=device)
             out = model(xb, yb, generator=g, distance_generator=torch.Generator(device).manual_seed(seed + i))
             b = xb.shape[0]
             sums["elbo"] += out.elbo.sum().item()
@@ -79,7 +87,7 @@ def evaluate(model, x, y=None, *, n_samples=0, batch_size=4096, seed=0, progress
             sums["recon"] += out.recon.sum().item()
             sums["kl"] += out.kl.sum().item()
             if n_samples:
-                ll.add(model.log_likelihood(xb, yb, n_samples=n_samples, generator=g,
+                ll.add(model.log_likelihood(xb, None if m2 else yb, n_samples=n_samples, generator=g,
                                             progress=None if bar is None else bar.update))
     finally:
         if bar is not None:
@@ -87,6 +95,8 @@ def evaluate(model, x, y=None, *, n_samples=0, batch_size=4096, seed=0, progress
         model.train(was_training)
         model.gather = gather
     res = {k: v / n for k, v in sums.items()}
+    if m2 and y is None:
+        del res["accuracy"]
     if n_samples:
         res.update(log_likelihood_report(ll, model.data_dim))
     return res
@@ -158,3 +168,28 @@ def _mean_elbo(model, x, y, stats, n_draws, seed):
     """The per-input ELBO averaged over n_draws one-sample estimates drawn from seed, (B,)."""
     g = torch.Generator(x.device).manual_seed(seed)
     return sum(model.posterior_elbo(x, stats, y, generator=g) for _ in range(n_draws)) / n_draws
+
+
+def supervised_baseline(model, x, y, test_x, test_y, *, steps=2000, batch_size=100, lr=1e-3, seed=0):
+    """The test accuracy of a classifier of the same network as a semi-supervised model's q(y|x) (a fresh copy of
+    its classifier's architecture), trained on the labelled examples x, y alone: cross-entropy, Adam(lr), `steps`
+    steps of batch_size examples drawn by seed. What M2's accuracy is compared with."""
+    from ..models.networks import mlp
+    if not model.semi_supervised:
+        raise ValueError("supervised_baseline needs a semi-supervised (M2) model")
+    torch.manual_seed(seed)
+    device = x.device
+    net = mlp([model.data_dim, *model.config["hidden_dims"], model.n_classes]).to(device, model._dtype())
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed + 31)
+    flat = x.reshape(x.shape[0], -1).to(model._dtype())
+    for _ in range(steps):
+        i = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=g).to(device)
+        loss = torch.nn.functional.cross_entropy(net(flat[i]), y[i])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pred = torch.cat([net(t.reshape(t.shape[0], -1).to(model._dtype())).argmax(-1)
+                          for t in test_x.split(4096)])
+    return (pred == test_y).double().mean().item()

@@ -16,7 +16,7 @@ from ..data import load_data
 from ..models import VAE
 from .build import build_checked
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
-from .config import model_kwargs, resolve_config
+from .config import model_kwargs, resolve_config, semi_supervised_labels
 from .distributed import dist_env, from_rank0, gather_with_grad, pick_device, process_group, ranks_agree
 from .evaluation import evaluate
 from .rundir import CHECKPOINT_NAME, OutDirError, atomic_write, claim_out_dir, release_out_dir
@@ -100,8 +100,8 @@ def _run_data(cfg, data, device, world):
         data = load_data(cfg["data"], binarize=cfg["binarize"], device=device)
     elif cfg["binarize"] and data.binarize != cfg["binarize"]:
         raise ValueError(f"the data given is binarized {data.binarize!r}, the config asks {cfg['binarize']!r}")
-    if cfg["model"] == "cvae" and not data.n_classes:
-        raise ValueError(f"model cvae needs labelled data; {data.name} has no labels")
+    if cfg["model"] in ("cvae", "m2") and not data.n_classes:
+        raise ValueError(f"model {cfg['model']} needs labelled data; {data.name} has no labels")
     n_train, n_test = data.train_x.shape[0], data.test_x.shape[0]
     if n_train < world or n_test < 1:
         raise ValueError(f"data {data.name} has {n_train} training and {n_test} test samples; training needs at "
@@ -187,6 +187,11 @@ def _run(cfg, data, device, distributed, rank, world):
     bs = cfg["batch_size"]
     steps_per_epoch = math.ceil(per_rank / bs)
     use_labels = model.n_classes > 0
+    train_y, labelled = data.train_y, None
+    if model.semi_supervised:
+        # M2: the labels kept (seeded, the same on every rank); each step adds a batch of them to the data's batch
+        train_y, labelled = semi_supervised_labels(cfg, data)
+        labelled = labelled.to(data.train_x.device)
     bar = _progress(cfg, rank, total=global_step + (cfg["epochs"] - start_epoch) * steps_per_epoch,
                     initial=global_step)
     reg_name = model.regulariser.metric          # train_kl, train_mmd, train_sw
@@ -201,7 +206,12 @@ def _run(cfg, data, device, distributed, rank, world):
             for s in range(steps_per_epoch):
                 idx = perm[s * bs:(s + 1) * bs]
                 xb = data.train_x[idx].to(device, non_blocking=True)
-                yb = data.train_y[idx].to(device, non_blocking=True) if use_labels else None
+                yb = train_y[idx].to(device, non_blocking=True) if use_labels else None
+                b = xb.shape[0]
+                if labelled is not None:
+                    pick = labelled[torch.randperm(labelled.numel(), generator=data_gen)[:bs].to(labelled.device)]
+                    xb = torch.cat([xb, data.train_x[pick].to(device, non_blocking=True)])
+                    yb = torch.cat([yb, data.train_y[pick].to(device, non_blocking=True)])
                 if data.binarize == "dynamic":
                     xb = torch.bernoulli(xb.clamp(0, 1), generator=noise_gen)
                 dgen = None
@@ -213,10 +223,9 @@ def _run(cfg, data, device, distributed, rank, world):
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()
                 opt.step()
-                b = xb.shape[0]
-                with torch.no_grad():
-                    sums += torch.stack([out.loss.detach().double() * b, out.recon.detach().double().sum(),
-                                         out.kl.detach().double().sum(), out.elbo.detach().double().sum(),
+                with torch.no_grad():   # the metrics of the data's batch (not M2's added labelled batch)
+                    sums += torch.stack([out.loss.detach().double() * b, out.recon[:b].detach().double().sum(),
+                                         out.kl[:b].detach().double().sum(), out.elbo[:b].detach().double().sum(),
                                          (out.distance.detach().double() if out.distance is not None
                                           else out.loss.new_zeros((), dtype=torch.float64)) * b])
                 seen += b

@@ -10,7 +10,7 @@ import torch
 from ..distances import KERNELS
 from ..models import BACKENDS, DIVERGENCES, LIKELIHOODS, MAX_LL_SAMPLES, POSTERIORS, VARIANCES
 
-MODELS = ("vae", "beta-vae", "cvae", "iwae", "wae-mmd", "swae", "hvae")
+MODELS = ("vae", "beta-vae", "cvae", "iwae", "wae-mmd", "swae", "hvae", "m2")
 INT_MAX = 2**31 - 1      # the largest size or count a setting takes: any product of two still fits an int64
 
 
@@ -148,6 +148,9 @@ SETTINGS = {s.key: s for s in (
     Setting("kernel", str, "imq", "MMD kernel", choices=KERNELS),
     Setting("bandwidth", float, None, "MMD kernel bandwidth h (default 1; imq uses C = 2 d h^2)", lo=0, lo_open=True),
     Setting("n_projections", int, 128, "sliced-Wasserstein projections", lo=1, hi=INT_MAX),
+    Setting("labelled", int, None, "m2: training labels kept, balanced over the classes and fixed by the seed "
+            "(default: all)", lo=1, hi=INT_MAX),
+    Setting("alpha", float, 50.0, "m2: weight of the labelled inputs' classification loss -log q(y|x)", lo=0),
     Setting("binarize", str, None, "binarize the pixels: static (one fixed draw), dynamic (train set redrawn every "
             "batch) (default: dynamic for bernoulli, else none)",
             choices=("none", "static", "dynamic")),
@@ -166,6 +169,7 @@ PRESETS = {
     "vae": dict(beta=1.0, n_samples=1, divergence="kl"),
     "beta-vae": dict(beta=4.0, n_samples=1, divergence="kl"),
     "cvae": dict(beta=1.0, n_samples=1, divergence="kl"),
+    "m2": dict(beta=1.0, n_samples=1, divergence="kl"),
     "iwae": dict(beta=1.0, n_samples=5, divergence="kl"),
     "wae-mmd": dict(beta=0.0, n_samples=1, divergence="mmd", reg_weight=100.0),
     "swae": dict(beta=0.0, n_samples=1, divergence="sliced", reg_weight=10.0),

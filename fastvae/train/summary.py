@@ -5,7 +5,8 @@ import os
 import time
 
 from ..plots import save_pictures
-from .evaluation import evaluate
+from .config import semi_supervised_labels
+from .evaluation import evaluate, supervised_baseline
 from .rundir import atomic_write
 
 
@@ -49,6 +50,14 @@ def finish(cfg, model, data, metrics, out_dir, ckpt_path, world, ranks_agree=Non
         if cfg["eval_k"]:
             summary.update(test_log_likelihood=final["log_likelihood"], test_bits_per_dim=final["bits_per_dim"],
                            eval_k=cfg["eval_k"], eval_time_s=eval_time)
+        if model.semi_supervised:
+            summary.update(test_accuracy=final["accuracy"], labelled=cfg["labelled"])
+            if cfg["labelled"] is not None:     # the same network trained on the kept labels alone
+                _, kept = semi_supervised_labels(cfg, data)
+                kept = kept.to(data.train_x.device)
+                summary["baseline_accuracy"] = supervised_baseline(
+                    model, data.train_x[kept].to(device), data.train_y[kept].to(device), data.test_x.to(device),
+                    data.test_y.to(device), seed=cfg["seed"])
     atomic_write(os.path.join(out_dir, "summary.json"), lambda f: json.dump(summary, f, indent=2))
     lines = [f"fastvae: trained {cfg['model']} on {data.name} for {len(metrics)} epoch(s) "
              f"({world} process(es), {device}, backend {cfg['backend']})"]
@@ -57,6 +66,10 @@ def finish(cfg, model, data, metrics, out_dir, ckpt_path, world, ranks_agree=Non
                      + (f", log-likelihood (K={cfg['eval_k']}) {summary['test_log_likelihood']:.3f} "
                         f"({summary['test_bits_per_dim']:.4f} bits/dim)" if cfg["eval_k"] else "")
                      + f"; {summary['samples_per_s']:.0f} training samples/s")
+        if model.semi_supervised:
+            lines.append(f"  test accuracy of q(y|x) {summary['test_accuracy']:.4f}"
+                         + (f" with {cfg['labelled']} labels; the same network trained on them alone: "
+                            f"{summary['baseline_accuracy']:.4f}" if cfg["labelled"] is not None else ""))
     lines += [f"  checkpoint: {ckpt_path}", f"  metrics:    {summary['metrics'][0]} (and .json)",
               f"  pictures:   {', '.join(pictures) if pictures else '(none)'}"]
     print("\n".join(lines), flush=True)
