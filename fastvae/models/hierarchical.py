@@ -187,12 +187,7 @@ class HierarchicalVAE(VAE):
         """The loss and its terms for a batch x (B, ...): recon + beta * the summed closed-form KLs (n_samples 1),
         else the importance-weighted bound over n_samples draws; kl is the KL summed over the levels. y must be
         None (no labels); distance_generator is unused (no sample distance)."""
-        checks.generator("generator", generator)
-        checks.generator("distance_generator", distance_generator)
-        x_flat = _as_float(self._flat(x))
-        if not torch.compiler.is_compiling():
-            checks.check_fits(self.n_samples * x.shape[0] * self._activation_width() * x.element_size(), x.device,
-                              f"the activations of n_samples={self.n_samples} x a batch of {x.shape[0]}")
+        x_flat = self._forward_input(x, generator, distance_generator)
         ops = self.ops
         stats = self.encode_stats(x, y)
         k = self.n_samples

@@ -255,12 +255,7 @@ class VAE(nn.Module):
         """The loss and its terms for a batch x (B, ...) (and labels y for a CVAE). generator draws the
         posterior noise; distance_generator the projections / prior samples of MMD and SW (under DDP every rank
         passes the same one)."""
-        checks.generator("generator", generator)
-        checks.generator("distance_generator", distance_generator)
-        x_flat = _as_float(self._flat(x))
-        if not torch.compiler.is_compiling():
-            checks.check_fits(self.n_samples * x.shape[0] * self._activation_width() * x.element_size(), x.device,
-                              f"the activations of n_samples={self.n_samples} x a batch of {x.shape[0]}")
+        x_flat = self._forward_input(x, generator, distance_generator)
         if self.semi_supervised:
             return self._semi_supervised(x, x_flat, y, generator)
         loss_per_sample, elbo, recon, kl, z = self._bound(x, x_flat, y, generator)
@@ -269,6 +264,16 @@ class VAE(nn.Module):
         if distance is not None:
             loss = loss + self.reg_weight * distance
         return VAEOutput(loss=loss, elbo=elbo, recon=recon, kl=kl, z=z, distance=distance)
+
+    def _forward_input(self, x, generator, distance_generator):
+        """forward's checks of its arguments and of the memory its activations need; returns x flat (B, D)."""
+        checks.generator("generator", generator)
+        checks.generator("distance_generator", distance_generator)
+        x_flat = _as_float(self._flat(x))
+        if not torch.compiler.is_compiling():
+            checks.check_fits(self.n_samples * x.shape[0] * self._activation_width() * x.element_size(), x.device,
+                              f"the activations of n_samples={self.n_samples} x a batch of {x.shape[0]}")
+        return x_flat
 
     def _bound(self, x, x_flat, y, generator):
         """(loss per sample, elbo, recon, kl, z) of the bound for inputs x (and labels y), x_flat their flat view."""
