@@ -41,9 +41,10 @@ A new family member is a new part, not a flag on VAE:
 """
 from .backends import BACKENDS, Ops
 from .likelihoods import LIKELIHOODS, VARIANCES
+from .networks import ACTIVATIONS
 from .posteriors import POSTERIORS
 from .regularisers import DIVERGENCES
 from .vae import MAX_LL_SAMPLES, VAE, VAEOutput, build_model
 
 __all__ = ["VAE", "VAEOutput", "build_model", "MAX_LL_SAMPLES", "LIKELIHOODS", "VARIANCES", "DIVERGENCES",
-           "POSTERIORS", "BACKENDS", "Ops"]
+           "POSTERIORS", "BACKENDS", "ACTIVATIONS", "Ops"]

@@ -78,6 +78,11 @@ def _check_entries(ckpt, path):
         check_settings(ckpt["config"], where="'config'")
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its 'config' entry: {e}") from None
+    # a setting added after the format was fixed: a checkpoint without it was written with its default
+    ckpt["config"] = {**{k: s.default for k, s in SETTINGS.items() if s.later and s.resume}, **ckpt["config"]}
+    ckpt["model_config"] = {**{k: list(v) if isinstance(v, tuple) else v for k, v in VAE_DEFAULTS.items()
+                               if k in LATER_VAE_ARGS},
+                            **ckpt["model_config"]}
     missing = [k for k, s in SETTINGS.items() if s.resume and k not in ckpt["config"]]
     if missing:
         raise CheckpointError(f"{path}: its 'config' entry lacks {', '.join(missing)}")
@@ -94,3 +99,6 @@ def _check_entries(ckpt, path):
 
 
 _VAE_ARGS = [n for n in inspect.signature(VAE.__init__).parameters if n != "self"]
+VAE_DEFAULTS = {n: p.default for n, p in inspect.signature(VAE.__init__).parameters.items() if n != "self"}
+# VAE arguments added after checkpoint format 1 was fixed: a checkpoint's model_config without them had the default
+LATER_VAE_ARGS = ("kernel_scales", "activation")

@@ -53,4 +53,5 @@ def model_kwargs(cfg, data):
         variance=cfg["variance"], beta=cfg["beta"], divergence=cfg["divergence"], n_samples=cfg["n_samples"],
         posterior=cfg["posterior"], n_classes=data.n_classes if cfg["model"] == "cvae" else 0,
         reg_weight=cfg["reg_weight"], kernel=cfg["kernel"], bandwidth=cfg["bandwidth"],
-        n_projections=cfg["n_projections"], conv=cfg["conv"], backend=cfg["backend"])
+        kernel_scales=cfg["kernel_scales"], n_projections=cfg["n_projections"], conv=cfg["conv"],
+        activation=cfg["activation"], backend=cfg["backend"])
