@@ -456,3 +456,15 @@ def test_amp_auto_is_recorded_with_what_it_resolved_to(tmp_path, monkeypatch, na
     assert summary["amp"] == "auto" and summary["amp_used"] == ("bf16" if native else "none")
     assert res.summary["amp_used"] == summary["amp_used"]
     assert json.loads((out / "config.json").read_text())["amp"] == "auto"
+
+
+def test_eval_writes_the_per_image_estimates(run_dir, tmp_path, capsys):
+    path = tmp_path / "logp.npy"
+    assert main(["eval", str(run_dir), "-k", "4", "--limit", "7", "--json", "--per-image", str(path)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    logp = np.load(path)
+    assert logp.shape == (7,) and logp.dtype == np.float64
+    # the same float64 values, summed in another order: a few ulp of a sum of 7 terms
+    assert -logp.mean() == pytest.approx(res["nll"], rel=1e-12)
+    _fails(["eval", str(run_dir), "-k", "2", "--per-image", str(tmp_path / "no" / "x.npy")], capsys,
+           "--per-image")
