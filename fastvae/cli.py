@@ -2,7 +2,7 @@
 
   fastvae train [--model vae|beta-vae|cvae|iwae|wae-mmd|swae] [--data digits|fashion|mnist:DIR|fashion:DIR|npz:FILE]
                 [--config run.toml] [--latent-dim N] [--batch-size N] [--epochs N] [--lr X] [--device cpu|cuda]
-                [--amp bf16] [--compile] [--out DIR] [--resume | --overwrite] [--seed N] ...
+                [--amp none|bf16|auto] [--compile] [--out DIR] [--resume | --overwrite] [--seed N] ...
   fastvae eval CHECKPOINT [-k 5000] [--limit N] [--json] [--per-image FILE.npy] [--no-progress]
   fastvae sample CHECKPOINT -n 64 [--out samples.png]
   fastvae info
