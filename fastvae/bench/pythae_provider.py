@@ -156,7 +156,7 @@ def _fastvae_run(kind, data, args, out):
     cfg = dict(model=kind, data="fashion", binarize="static", likelihood="bernoulli", latent_dim=args.latent_dim,
                hidden_dims=list(args.hidden_dims), batch_size=args.batch_size, lr=args.lr, epochs=args.epochs,
                out=out, overwrite=True, progress=False, eval_k=0, threads=args.threads, seed=args.seed,
-               device="cpu")
+               device="cpu", amp="none")         # float32, as pythae trains
     if kind == "iwae":
         cfg["n_samples"] = args.n_samples
     if kind == "wae-mmd":     # pythae's WAE: squared error (a unit-variance Gaussian), imq over the scales
@@ -224,8 +224,8 @@ def main(argv=None):
                        nll_diff_se=diff.std().item() / math.sqrt(diff.numel()))
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    import pythae
-    env = dict(torch=torch.__version__, pythae=getattr(pythae, "__version__", "?"), threads=args.threads,
+    from importlib.metadata import version
+    env = dict(torch=torch.__version__, pythae=version("pythae"), threads=args.threads,
                argv=sys.argv[1:] if argv is None else list(argv), k=args.k, limit=args.limit, epochs=args.epochs,
                batch_size=args.batch_size, lr=args.lr, latent_dim=args.latent_dim, hidden_dims=args.hidden_dims,
                n_samples=args.n_samples, reg_weight=args.reg_weight)
