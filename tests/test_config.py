@@ -427,12 +427,14 @@ def test_kernel_scales_sum_the_mmd_over_bandwidths_h_sqrt_s():
 def test_amp_auto_resolves_by_the_devices_bf16_matmuls(tmp_path):
     from fastvae.train.loop import cpu_has_native_bf16, resolve_amp
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert tr.resolve_config({})["amp"] == "auto"                            # the default
     assert resolve_amp("auto", cpu, cpu_bf16=lambda: True) == "bf16"
     assert resolve_amp("auto", cpu, cpu_bf16=lambda: False) is None
     assert resolve_amp("auto", cuda, cuda_bf16=lambda: True) == "bf16"
     assert resolve_amp("auto", cuda, cuda_bf16=lambda: False) is None
     assert resolve_amp("bf16", cpu, cpu_bf16=lambda: False) == "bf16"       # asked for: given
-    assert resolve_amp(None, cpu, cpu_bf16=lambda: True) is None
+    assert resolve_amp("none", cpu, cpu_bf16=lambda: True) is None
+    assert resolve_amp(None, cpu, cpu_bf16=lambda: True) is None          # a run recorded before "auto"
     info = tmp_path / "cpuinfo"
     for flags, cap, want in [("fpu avx512f avx512_bf16 amx_tile", "AVX512", True),
                              ("fpu avx512f amx_bf16", "AVX512", True),

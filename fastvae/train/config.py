@@ -32,8 +32,8 @@ def resolve_config(overrides=None):
             cfg["reg_weight"] = 10.0
         if cfg["binarize"] is None and cfg["likelihood"] == "bernoulli":
             cfg["binarize"] = "dynamic"
-    if cfg["amp"] == "none":
-        cfg["amp"] = None
+    if cfg["amp"] is None:             # the runs recorded before amp "auto" existed hold None for none
+        cfg["amp"] = "none"
     return {k: SETTINGS[k].check(v) for k, v in cfg.items()}
 
 

@@ -59,10 +59,11 @@ def lr_factor(schedule, epoch):
 
 
 def resolve_amp(amp, device, cpu_bf16=None, cuda_bf16=None):
-    """The autocast dtype name a run uses: None or "bf16"; "auto" is bf16 where the device has native bf16 matmuls
-    (a CPU with AMX-BF16 or AVX512-BF16: cpu_bf16(); a GPU for which torch.cuda.is_bf16_supported()), else None."""
+    """The autocast a run uses for its amp setting: "bf16" or None (float32); "auto" is bf16 where the device has
+    native bf16 matmuls (a CPU with AMX-BF16 or AVX512-BF16: cpu_bf16(); a GPU for which
+    torch.cuda.is_bf16_supported(including_emulation=False)), else None."""
     if amp != "auto":
-        return amp
+        return "bf16" if amp == "bf16" else None
     if device.type == "cuda":
         native = (cuda_bf16 or (lambda: torch.cuda.is_bf16_supported(including_emulation=False)))()
     elif device.type == "cpu":

@@ -143,8 +143,8 @@ SETTINGS = {s.key: s for s in (
             resume="apply", later=True),
     Setting("device", str, "auto", "cpu, cuda, cuda:N or auto (cuda when available)", pattern=r"auto|cpu|cuda(:\d+)?",
             expected="auto, cpu, cuda or cuda:N", resume="apply"),
-    Setting("amp", str, None, "bf16 autocast; auto: bf16 where the device has native bf16 matmuls (a CPU with "
-            "AMX-BF16 or AVX512-BF16, a GPU that supports bf16), else none (default none)",
+    Setting("amp", str, "auto", "bf16 autocast; auto: bf16 where the device has native bf16 matmuls (a CPU with "
+            "AMX-BF16 or AVX512-BF16, a GPU that supports bf16), else none; none: float32 throughout",
             choices=("none", "bf16", "auto"), resume="apply"),
     Setting("compile", bool, False, "torch.compile the model's training step", resume="apply"),
     Setting("out", str, "out/digits", "output folder: checkpoint, metrics, pictures", resume="apply"),

@@ -37,7 +37,7 @@ def finish(cfg, model, data, metrics, out_dir, ckpt_path, world, ranks_agree=Non
     eval_time = time.perf_counter() - t0
     pictures = save_pictures(model, data, out_dir, metrics, seed=cfg["seed"])
     summary = dict(model=cfg["model"], data=data.name, epochs=len(metrics), world_size=world, device=str(device),
-                   backend=cfg["backend"], amp=cfg["amp"] or "none", amp_used=amp or "none", checkpoint=ckpt_path,
+                   backend=cfg["backend"], amp=cfg["amp"], amp_used=amp or "none", checkpoint=ckpt_path,
                    metrics=[os.path.join(out_dir, "metrics.csv"), os.path.join(out_dir, "metrics.json")],
                    pictures=pictures)
     if ranks_agree is not None:
