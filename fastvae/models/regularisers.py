@@ -57,7 +57,8 @@ class MMD(SampleDistance):
 
     def _distance(self, mmd, z, generator):
         h = 1.0 if self.bandwidth is None else self.bandwidth
-        return mmd(z, None, kernel=self.kernel, bandwidth=[h * math.sqrt(s) for s in self.scales], estimator=self.estimator, generator=generator)
+        return mmd(z, None, kernel=self.kernel, bandwidth=[h * math.sqrt(s) for s in self.scales],
+                   estimator=self.estimator, generator=generator)
 
 
 class SlicedWasserstein(SampleDistance):

@@ -152,7 +152,8 @@ class VAE(nn.Module):
         dec_hidden = hidden[::-1]
         if self.conv:
             dec_out = dec_hidden[-1] if dec_hidden else d + self.n_classes
-            self.decoder = mlp([d + self.n_classes, *dec_hidden], activation=activation) if dec_hidden else nn.Identity()
+            self.decoder = (mlp([d + self.n_classes, *dec_hidden], activation=activation) if dec_hidden
+                            else nn.Identity())
             self.conv_decoder = ConvDecoder(dec_out, shape, shape[0] * self.p_x.n_outputs, tuple(conv_channels),
                                             activation)
         else:

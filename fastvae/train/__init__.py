@@ -32,6 +32,7 @@ __all__ = [
     "train", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "VARIANCE_LR_SCALE",
     "Setting", "SETTINGS", "DEFAULTS", "PRESETS", "MODELS", "INT_MAX", "check_settings", "resolve_config",
     "model_kwargs", "CHECKPOINT_NAME", "LOCK_NAME", "RUN_FILES", "OutDirError", "claim_out_dir", "release_out_dir",
-    "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "LATER_VAE_ARGS", "CheckpointError", "save_checkpoint", "load_checkpoint",
+    "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "LATER_VAE_ARGS", "CheckpointError", "save_checkpoint",
+    "load_checkpoint",
     "build_checked", "model_from_checkpoint", "pick_device", "gather_with_grad", "evaluate", "save_pictures",
 ]

@@ -9,7 +9,8 @@ with open(os.path.join(HERE, "elbo.txt")) as f:
     for line in f:
         amp, seed, summary = line.split(" ", 2)
         runs[(amp, int(seed))] = json.loads(summary)
-lines = ["| amp | seed | test ELBO after 5 epochs | training samples/s (last epochs) | amp_used |", "|---|---|---|---|---|"]
+lines = ["| amp | seed | test ELBO after 5 epochs | training samples/s (last epochs) | amp_used |",
+         "|---|---|---|---|---|"]
 for (amp, seed), s in sorted(runs.items()):
     lines.append(f"| {amp} | {seed} | {s['test_elbo']:.3f} | {s['samples_per_s']:.0f} | {s.get('amp_used')} |")
 seeds = sorted({k[1] for k in runs})
