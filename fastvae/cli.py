@@ -2,8 +2,9 @@
 
   fastvae train [--model vae|beta-vae|cvae|iwae|wae-mmd|swae|hvae|m2] [--data digits|fashion|mnist:DIR|fashion:DIR|npz:FILE]
                 [--config run.toml] [--latent-dim N] [--batch-size N] [--epochs N] [--lr X] [--device cpu|cuda]
-                [--amp bf16] [--compile] [--out DIR] [--resume | --overwrite] [--seed N] ...
-  fastvae eval CHECKPOINT [-k 5000] [--limit N] [--refine STEPS [--refine-lr X]] [--json] [--no-progress]
+                [--amp none|bf16|auto] [--compile] [--out DIR] [--resume | --overwrite] [--seed N] ...
+  fastvae eval CHECKPOINT [-k 5000] [--limit N] [--refine STEPS [--refine-lr X]] [--json] [--per-image FILE.npy]
+                          [--no-progress]
   fastvae sample CHECKPOINT -n 64 [--out samples.png]
   fastvae info
   fastvae bench ...            (forwarded to fastvae.bench.main)
@@ -93,6 +94,8 @@ def _parser():
     _add_setting(e, s["seed"], "--seed", default=s["seed"].default)
     _add_setting(e, s["progress"], "--progress", help="a progress bar on stderr (default: when stderr is a terminal)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument("--per-image", metavar="FILE.npy", help="also write the per-image estimates log p(x_i) (float64) "
+                   "to this .npy file: models evaluated on the same images compare image by image")
 
     sm = sub.add_parser("sample", help="a PNG grid of samples from a checkpoint")
     sm.add_argument("checkpoint", help="a checkpoint.pt (or the --out folder of a run)")
@@ -170,9 +173,20 @@ def _eval(args):
     n_all = int(data.test_x.shape[0])
     test_x, test_y = data.test_x[:args.limit], None if data.test_y is None else data.test_y[:args.limit]
     progress = sys.stderr.isatty() if args.progress is None else args.progress
+    if args.per_image and not os.path.isdir(os.path.dirname(os.path.abspath(args.per_image))):
+        raise SystemExit(f"fastvae eval: --per-image {args.per_image}: the folder "
+                         f"{os.path.dirname(os.path.abspath(args.per_image))} does not exist")
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    res = tr.evaluate(model, test_x, test_y, n_samples=args.k, seed=args.seed, progress=progress)
+    per_image = [] if args.per_image else None
+    res = tr.evaluate(model, test_x, test_y, n_samples=args.k, seed=args.seed, progress=progress,
+                      per_image=per_image)
+    if per_image is not None:
+        import numpy as np
+        try:
+            np.save(args.per_image, torch.cat(per_image).numpy())
+        except OSError as e:
+            raise SystemExit(f"fastvae eval: cannot write --per-image {args.per_image} ({e.strerror or e})")
     if args.refine:
         t1 = time.perf_counter()
         res.update(tr.refine_posteriors(model, test_x, test_y, steps=args.refine, lr=args.refine_lr,

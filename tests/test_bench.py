@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import fastvae
 from fastvae import bench
 from fastvae.bench import report
 from fastvae.bench.ops import Op, Unavailable
@@ -107,3 +108,56 @@ def test_bad_arguments_are_rejected():
         bench.main(["--ops", "nonsense", "--quick"])
     with pytest.raises(SystemExit):
         bench.main(["--mode", "sideways", "--quick"])
+
+
+# ---- the bf16 step and pythae as a provider ---------------------------------------------------------------------
+
+
+def _x(n=16):
+    return torch.bernoulli(torch.rand(n, 784, generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_bf16_step_keeps_the_loss_in_float32():
+    """Under bf16 autocast the matmuls run in bf16 and the loss ops (Bernoulli NLL, reparameterisation + KL) in
+    float32: the loss and its terms come back float32."""
+    model = fastvae.VAE(784, 4, [16], likelihood="bernoulli")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(_x())
+        assert model.decoder(out.z).dtype == torch.bfloat16          # the network does run in bf16
+    assert out.loss.dtype == out.recon.dtype == out.kl.dtype == torch.float32
+
+
+def test_pythae_providers_without_pythae_get_rows_saying_so(monkeypatch):
+    from fastvae.bench import e2e, pythae_provider
+
+    def missing():
+        raise Unavailable("pythae is not installed or not importable (ImportError: No module named 'pythae'); "
+                          "pip install pythae")
+    monkeypatch.setattr(pythae_provider, "_pythae", missing)
+    rows = Runner("cpu", ("full",), quick=True, log=lambda m: None).run_op(
+        e2e.vae_amp_op(), [8], [torch.float32], providers=["pythae", "pythae-bf16"])
+    assert [r["provider"] for r in rows] == ["pythae", "pythae-bf16"]
+    assert all(r["status"].startswith("unavailable: pythae is not installed") for r in rows)
+    with pytest.raises(Unavailable, match="pip install pythae"):
+        pythae_provider.main(["--out", "unused"])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_pythae_model_is_evaluated_by_fastvaes_estimator_on_the_same_networks():
+    pytest.importorskip("pythae")
+    from fastvae.bench import pythae_provider as pp
+    torch.manual_seed(0)
+    for kind in ("vae", "iwae"):
+        py = pp.build(kind, latent_dim=3, hidden_dims=(16, 8), activation="tanh", n_samples=2)
+        fv = pp.to_fastvae(py, activation="tanh")
+        x = _x(5)
+        mu, logvar = fv.encode(x)
+        enc = py.encoder(x)
+        torch.testing.assert_close(mu, enc.embedding, rtol=0, atol=0)       # the same layers, the same weights
+        torch.testing.assert_close(logvar, enc.log_covariance, rtol=0, atol=0)
+        logits, _ = fv.decode(mu)
+        torch.testing.assert_close(torch.sigmoid(logits), py.decoder(mu).reconstruction, rtol=0, atol=0)
+        assert fv.likelihood == "bernoulli"
+    step = pp.pythae_step("wae-mmd", "cpu", latent_dim=3, hidden_dims=(16,))
+    assert torch.isfinite(step(_x()))

@@ -1,5 +1,6 @@
 """The command never misreads what it was told: one table (fastvae.train.SETTINGS) checks every flag, TOML key and
 config dict; bad values, folders and checkpoints end in one line naming the argument, never a traceback."""
+import json
 import math
 import os
 
@@ -77,7 +78,7 @@ TOML_CASES = [
     ("seed", "-1", "seed must be an int from 0"),
     ("model", '"gan"', "model must be one of vae, beta-vae, cvae, iwae, wae-mmd, swae, hvae, m2; got str 'gan'"),
     ("amp", '"fp16"', "amp must be one of none, bf16"),
-    ("amp", "false", "amp must be one of none, bf16; got bool False"),
+    ("amp", "false", "amp must be one of none, bf16, auto; got bool False"),
     ("binarize", "true", "binarize must be one of none, static, dynamic; got bool True"),
     ("likelihood", '"poisson"', "likelihood must be one of"),
     ("n_samples", "0", "n_samples must be an int from 1"),
@@ -337,3 +338,138 @@ def test_resume_reads_no_broken_optimizer_state(run_dir, tmp_path, capsys):
     _craft(run_dir, out / "checkpoint.pt", optimizer={"state": 5})
     _fails(["train", "--out", str(out), "--resume", "--epochs", "2"], capsys, "cannot resume from it")
     assert math.isfinite(tr.load_checkpoint(out)["metrics"][-1]["test_elbo"])
+
+
+# ---- the settings of the published recipes (configs/) and --amp auto ----------------------------------------------
+
+
+def test_recipe_settings_are_checked_and_parsed():
+    s = tr.SETTINGS
+    assert s["kernel_scales"].parse("0.1,0.2,0.5,1,2,5,10") == [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
+    assert type(tr.resolve_config({"kernel_scales": [1, 2]})["kernel_scales"][0]) is float
+    for value, err, message in [([0.0], ValueError, "kernel_scales must be a list of finite numbers > 0; got"),
+                                ([float("inf")], ValueError, "kernel_scales must be a list of finite numbers"),
+                                ([True], TypeError, "kernel_scales must be a list of finite numbers"),
+                                ("1,2", TypeError, "kernel_scales must be a list"),
+                                (1.0, TypeError, "kernel_scales must be a list")]:
+        with pytest.raises(err, match=message):
+            tr.resolve_config({"kernel_scales": value})
+    with pytest.raises(ValueError, match="kernel_scales must be .*; got 'x'"):
+        s["kernel_scales"].parse("x")
+    with pytest.raises(ValueError, match=r"adam_beta1 must be a finite number >= 0 and < 1; got float 1.0"):
+        tr.resolve_config({"adam_beta1": 1.0})
+    assert tr.resolve_config({"adam_beta2": 0})["adam_beta2"] == 0.0
+    with pytest.raises(ValueError, match="adam_eps must be a finite number > 0"):
+        tr.resolve_config({"adam_eps": 0.0})
+    with pytest.raises(ValueError, match="activation must be one of silu, tanh, relu; got str 'gelu'"):
+        tr.resolve_config({"activation": "gelu"})
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, iwae"):
+        tr.resolve_config({"lr_schedule": "cosine"})
+
+
+def test_every_recipe_config_resolves():
+    import tomllib
+    folder = os.path.join(os.path.dirname(fastvae.__file__), "..", "configs")
+    names = sorted(f for f in os.listdir(folder) if f.endswith(".toml"))
+    assert {"iwae-k1.toml", "iwae-k5.toml", "iwae-k50.toml", "wae-mmd.toml", "swae.toml"} <= set(names)
+    for name in names:
+        with open(os.path.join(folder, name), "rb") as f:
+            cfg = tr.resolve_config(tomllib.load(f))
+        assert cfg["data"] == "fashion" and cfg["likelihood"] == "bernoulli", name
+
+
+def test_the_iwae_schedule_is_the_papers_stages():
+    """Stage i of 3^i epochs (starting at epoch (3^i - 1) / 2) at 10^(-i/7); the last stage goes on."""
+    from fastvae.train.loop import lr_factor
+    starts = [(3**i - 1) // 2 for i in range(8)]                # 0, 1, 4, 13, 40, 121, 364, 1093
+    for i, start in enumerate(starts):
+        assert lr_factor("iwae", start) == pytest.approx(10 ** (-i / 7), rel=1e-12)
+        if start:
+            assert lr_factor("iwae", start - 1) == pytest.approx(10 ** (-(i - 1) / 7), rel=1e-12)
+    assert lr_factor("iwae", 10**6) == pytest.approx(0.1)
+    assert lr_factor("constant", 500) == 1.0
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_adam_settings_and_the_schedule_reach_the_optimizer(tmp_path):
+    out = tmp_path / "run"
+    cfg = dict(hidden_dims=[8], latent_dim=2, batch_size=512, progress=False, out=str(out), eval_k=0, threads=1,
+               epochs=2, adam_beta1=0.99, adam_beta2=0.9, adam_eps=1e-4, lr_schedule="iwae", activation="tanh")
+    res = tr.train(cfg)
+    assert any(isinstance(m, torch.nn.Tanh) for m in res.model.modules())
+    groups = tr.load_checkpoint(out)["optimizer"]["param_groups"]
+    for g, base in zip(groups, (1e-3, 1e-3 * tr.VARIANCE_LR_SCALE)):
+        assert g["betas"] == (0.99, 0.9) and g["eps"] == 1e-4
+        assert g["lr"] == pytest.approx(base * 10 ** (-1 / 7), rel=1e-12)   # epoch 2 is stage 1
+    # resume applies new optimizer settings; the schedule continues from the epoch
+    tr.train(dict(cfg, epochs=5, resume=True, adam_beta1=0.5))
+    groups = tr.load_checkpoint(out)["optimizer"]["param_groups"]
+    assert groups[0]["betas"] == (0.5, 0.9) and groups[0]["lr"] == pytest.approx(1e-3 * 10 ** (-2 / 7), rel=1e-12)
+    with pytest.raises(ValueError, match=r"activation \(the run's 'tanh', given 'relu'\)"):
+        tr.train(dict(cfg, epochs=6, resume=True, activation="relu"))
+
+
+def test_kernel_scales_sum_the_mmd_over_bandwidths_h_sqrt_s():
+    """The WAE paper's kernel: imq summed over C = 2 d h^2 s: fastvae.mmd with bandwidths h sqrt(s), which is
+    the sum of the one-scale MMDs (the same prior draw: the same generator seed)."""
+    torch.manual_seed(0)
+    scales = [0.1, 1.0, 10.0]
+    model = fastvae.VAE(12, 3, [8], divergence="mmd", beta=0.0, bandwidth=2.0, kernel_scales=scales)
+    assert model.config["kernel_scales"] == scales
+    z = torch.randn(64, 3, generator=torch.Generator().manual_seed(1))
+
+    def dist(m):
+        return m.regulariser.distance(m.ops, z, torch.Generator().manual_seed(5))
+    one = [dist(fastvae.VAE(12, 3, [8], divergence="mmd", beta=0.0, bandwidth=2.0 * s ** 0.5)) for s in scales]
+    # float32 pair sums over 64 x 64 pairs of kernel values <= 1: a few ulp of a sum of order 0.1
+    torch.testing.assert_close(dist(model), sum(one), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="kernel_scales"):
+        fastvae.VAE(12, 3, [8], kernel_scales=[0.0])
+
+
+def test_amp_auto_resolves_by_the_devices_bf16_matmuls(tmp_path):
+    from fastvae.train.loop import cpu_has_native_bf16, resolve_amp
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert tr.resolve_config({})["amp"] == "auto"                            # the default
+    assert resolve_amp("auto", cpu, cpu_bf16=lambda: True) == "bf16"
+    assert resolve_amp("auto", cpu, cpu_bf16=lambda: False) is None
+    assert resolve_amp("auto", cuda, cuda_bf16=lambda: True) == "bf16"
+    assert resolve_amp("auto", cuda, cuda_bf16=lambda: False) is None
+    assert resolve_amp("bf16", cpu, cpu_bf16=lambda: False) == "bf16"       # asked for: given
+    assert resolve_amp("none", cpu, cpu_bf16=lambda: True) is None
+    assert resolve_amp(None, cpu, cpu_bf16=lambda: True) is None          # a run recorded before "auto"
+    info = tmp_path / "cpuinfo"
+    for flags, cap, want in [("fpu avx512f avx512_bf16 amx_tile", "AVX512", True),
+                             ("fpu avx512f amx_bf16", "AVX512", True),
+                             ("fpu avx512f avx512bw", "AVX512", False),   # AVX-512 without bf16: converted
+                             ("fpu avx512_bf16", "AVX2", False),          # torch not on its AVX-512 kernels
+                             ("fpu neon bf16", "DEFAULT", False)]:
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\n")
+        assert cpu_has_native_bf16(cap, str(info)) is want, (flags, cap)
+    assert cpu_has_native_bf16("AVX512", str(tmp_path / "missing")) is False
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_is_recorded_with_what_it_resolved_to(tmp_path, monkeypatch, native):
+    from fastvae.train import loop
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: native)
+    out = tmp_path / "run"
+    res = tr.train(dict(hidden_dims=[8], latent_dim=2, batch_size=512, progress=False, out=str(out), eval_k=0,
+                        threads=1, epochs=1, amp="auto", device="cpu"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["amp"] == "auto" and summary["amp_used"] == ("bf16" if native else "none")
+    assert res.summary["amp_used"] == summary["amp_used"]
+    assert json.loads((out / "config.json").read_text())["amp"] == "auto"
+
+
+def test_eval_writes_the_per_image_estimates(run_dir, tmp_path, capsys):
+    path = tmp_path / "logp.npy"
+    assert main(["eval", str(run_dir), "-k", "4", "--limit", "7", "--json", "--per-image", str(path)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    logp = np.load(path)
+    assert logp.shape == (7,) and logp.dtype == np.float64
+    # the same float64 values, summed in another order: a few ulp of a sum of 7 terms
+    assert -logp.mean() == pytest.approx(res["nll"], rel=1e-12)
+    _fails(["eval", str(run_dir), "-k", "2", "--per-image", str(tmp_path / "no" / "x.npy")], capsys,
+           "--per-image")

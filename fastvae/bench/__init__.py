@@ -27,7 +27,7 @@ GROUPS = {
                  "kl_normal", "vae_head"],
     "distances": ["mmd", "energy_distance", "sliced_wasserstein"],
     "logistic": ["discretized_logistic_mixture_nll"],
-    "e2e": ["vae_train_step"],
+    "e2e": ["vae_train_step", "vae_train_amp"],
 }
 GROUPS["all"] = GROUPS["gaussian"] + GROUPS["logistic"] + GROUPS["distances"] + GROUPS["e2e"]
 
@@ -113,7 +113,7 @@ def main(argv=None):
 
 def _run(args, argv):
     from . import measure, report, targets
-    from .e2e import vae_train_op
+    from .e2e import vae_amp_op, vae_train_op
     from .ops import all_ops
     from .run import MODES, Runner
 
@@ -175,7 +175,7 @@ def _run(args, argv):
     _log(f"  copy {env['copy_gbps']:.1f} GB/s; matmul " +
          ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in env["matmul_gflops"].items()))
 
-    ops = {op.name: op for op in all_ops() + [vae_train_op()]}
+    ops = {op.name: op for op in all_ops() + [vae_train_op(), vae_amp_op()]}
     # --quick skips the providers that compile on first use (seconds each), unless --providers names them
     skip = args.quick and not providers
     runner = Runner(device, modes, args.quick, budget_s=args.budget, log=_log, skip_compiling=skip,

@@ -43,9 +43,10 @@ A new family member is a new part, not a flag on VAE:
 from .backends import BACKENDS, Ops
 from .hierarchical import HierarchicalVAE
 from .likelihoods import LIKELIHOODS, VARIANCES
+from .networks import ACTIVATIONS
 from .posteriors import POSTERIORS
 from .regularisers import DIVERGENCES
 from .vae import MAX_LL_SAMPLES, VAE, VAEOutput, build_model, model_class
 
 __all__ = ["VAE", "HierarchicalVAE", "VAEOutput", "build_model", "model_class", "MAX_LL_SAMPLES", "LIKELIHOODS",
-           "VARIANCES", "DIVERGENCES", "POSTERIORS", "BACKENDS", "Ops"]
+           "VARIANCES", "DIVERGENCES", "POSTERIORS", "BACKENDS", "ACTIVATIONS", "Ops"]

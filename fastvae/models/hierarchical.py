@@ -74,14 +74,15 @@ class HierarchicalVAE(VAE):
         top = dims[-1]
         n_up = len(dims) - 1
         # the bottom-up pass: the VAE's encoder up to its last hidden layer (h_1), then one layer per level above
-        self.encoder = mlp([self.encoder[0].in_features, *hidden], final_activation=True)
-        self.up = nn.ModuleList(mlp([w, w], final_activation=True) for _ in range(n_up))
+        act = self.config["activation"]
+        self.encoder = mlp([self.encoder[0].in_features, *hidden], final_activation=True, activation=act)
+        self.up = nn.ModuleList(mlp([w, w], final_activation=True, activation=act) for _ in range(n_up))
         # the top level: q(z_L | x) from h_L, p(z_L) = N(0, I)
         self.q_z = DiagonalGaussian(top)
         self.p_z = StandardNormal(top)
         self.q_top = nn.Linear(w, self.q_z.n_stats)
         # the levels below: the top-down state of z_{i+1}, the conditional prior, and the posterior beside h_i
-        self.down = nn.ModuleList(mlp([dims[i + 1], w], final_activation=True) for i in range(n_up))
+        self.down = nn.ModuleList(mlp([dims[i + 1], w], final_activation=True, activation=act) for i in range(n_up))
         self.p_heads = nn.ModuleList(nn.Linear(w, 2 * dims[i]) for i in range(n_up))
         self.q_heads = nn.ModuleList(nn.Linear(2 * w, 2 * dims[i]) for i in range(n_up))
 

@@ -7,28 +7,32 @@ import math
 
 from torch import nn
 
+# The activations between layers, by name (the IWAE paper's networks use tanh).
+ACTIVATIONS = {"silu": nn.SiLU, "tanh": nn.Tanh, "relu": nn.ReLU}
 
-def mlp(sizes, final_activation=False):
-    """Linear layers of the given widths with SiLU between them (and after the last with final_activation)."""
+
+def mlp(sizes, final_activation=False, activation="silu"):
+    """Linear layers of the given widths with `activation` between them (and after the last with final_activation)."""
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2 or final_activation:
-            layers.append(nn.SiLU())
+            layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
 
 
 class ConvEncoder(nn.Module):
     """Two stride-2 convolutions (H, W -> H/4, W/4), flattened."""
 
-    def __init__(self, shape, channels=(32, 64)):
+    def __init__(self, shape, channels=(32, 64), activation="silu"):
         super().__init__()
         c, h, w = shape
         if h % 4 or w % 4:
             raise ValueError(f"conv=True needs an image height and width divisible by 4; got shape {tuple(shape)}")
+        act = ACTIVATIONS[activation]
         self.net = nn.Sequential(
-            nn.Conv2d(c, channels[0], 4, 2, 1), nn.SiLU(),
-            nn.Conv2d(channels[0], channels[1], 4, 2, 1), nn.SiLU(),
+            nn.Conv2d(c, channels[0], 4, 2, 1), act(),
+            nn.Conv2d(channels[0], channels[1], 4, 2, 1), act(),
             nn.Flatten())
         self.out_features = channels[1] * (h // 4) * (w // 4)
 
@@ -39,14 +43,15 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """The mirror of ConvEncoder: features -> (channels[1], H/4, W/4) -> two stride-2 transposed convs."""
 
-    def __init__(self, in_features, shape, out_channels, channels=(32, 64)):
+    def __init__(self, in_features, shape, out_channels, channels=(32, 64), activation="silu"):
         super().__init__()
         c, h, w = shape
+        act = ACTIVATIONS[activation]
         self.grid = (channels[1], h // 4, w // 4)
         self.fc = nn.Linear(in_features, channels[1] * (h // 4) * (w // 4))
         self.net = nn.Sequential(
-            nn.SiLU(),
-            nn.ConvTranspose2d(channels[1], channels[0], 4, 2, 1), nn.SiLU(),
+            act(),
+            nn.ConvTranspose2d(channels[1], channels[0], 4, 2, 1), act(),
             nn.ConvTranspose2d(channels[0], out_channels, 4, 2, 1))
 
     def forward(self, h):

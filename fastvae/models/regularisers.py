@@ -1,6 +1,8 @@
 """The regulariser: what pulls the posterior towards the prior besides the bound's own KL (which VAE.beta weighs).
 A part measures a distance between the batch's latent samples and the prior (distance), which the VAE adds to the
 loss weighted by reg_weight; `metric` names it in the training metrics."""
+import math
+
 from torch import nn
 
 
@@ -43,18 +45,20 @@ class SampleDistance(Regulariser):
 
 
 class MMD(SampleDistance):
-    """WAE-MMD / InfoVAE: MMD(z, prior) with `kernel`, `bandwidth` (None: 1; for "imq" fastvae.mmd uses
-    C = 2 d h^2, the WAE paper's scale for a N(0, I_d) prior) and `estimator`."""
+    """WAE-MMD / InfoVAE: MMD(z, prior) with `kernel`, `bandwidth` h (None: 1; for "imq" fastvae.mmd uses
+    C = 2 d h^2, the WAE paper's scale for a N(0, I_d) prior) and `estimator`; the kernel is summed over `scales`
+    s of h^2 (bandwidths h sqrt(s): the WAE paper's imq sum over C = 2 d s for s in .1, .2, .5, 1, 2, 5, 10)."""
 
     name = metric = op = "mmd"
 
-    def __init__(self, kernel="imq", bandwidth=None, estimator="unbiased"):
+    def __init__(self, kernel="imq", bandwidth=None, estimator="unbiased", scales=(1.0,)):
         super().__init__()
-        self.kernel, self.bandwidth, self.estimator = kernel, bandwidth, estimator
+        self.kernel, self.bandwidth, self.estimator, self.scales = kernel, bandwidth, estimator, tuple(scales)
 
     def _distance(self, mmd, z, generator):
-        bandwidth = 1.0 if self.bandwidth is None else self.bandwidth
-        return mmd(z, None, kernel=self.kernel, bandwidth=bandwidth, estimator=self.estimator, generator=generator)
+        h = 1.0 if self.bandwidth is None else self.bandwidth
+        return mmd(z, None, kernel=self.kernel, bandwidth=[h * math.sqrt(s) for s in self.scales],
+                   estimator=self.estimator, generator=generator)
 
 
 class SlicedWasserstein(SampleDistance):

@@ -14,7 +14,7 @@ from . import checks
 from .backends import BACKENDS, Ops
 from .labels import NoLabels, OneHotLabels, SemiSupervisedLabels
 from .likelihoods import LIKELIHOODS, VARIANCES, Bernoulli, Gaussian, Logistic, LogisticMixture
-from .networks import ConvDecoder, ConvEncoder, count_parameters, mlp
+from .networks import ACTIVATIONS, ConvDecoder, ConvEncoder, count_parameters, mlp
 from .posteriors import POSTERIORS, DiagonalGaussian, FullGaussian
 from .priors import StandardNormal
 from .regularisers import DIVERGENCES, KL, MMD, Energy, SlicedWasserstein
@@ -80,13 +80,15 @@ class VAE(nn.Module):
 
     def __init__(self, input_dim, latent_dim, hidden_dims=(512, 256), likelihood="gaussian", variance="learned",
                  beta=1.0, divergence="kl", n_samples=1, posterior="diagonal", n_classes=0, *, reg_weight=10.0,
-                 kernel="imq", bandwidth=None, mmd_estimator="unbiased", n_projections=128, conv=False,
-                 conv_channels=(32, 64), backend="fastvae", n_mix=10, semi_supervised=False, alpha=50.0):
+                 kernel="imq", bandwidth=None, mmd_estimator="unbiased", kernel_scales=(1.0,), n_projections=128,
+                 conv=False, conv_channels=(32, 64), activation="silu", backend="fastvae", n_mix=10,
+                 semi_supervised=False, alpha=50.0):
         super().__init__()
         for name, value, allowed in (("likelihood", likelihood, LIKELIHOODS), ("variance", variance, VARIANCES),
                                      ("divergence", divergence, DIVERGENCES), ("posterior", posterior, POSTERIORS),
                                      ("backend", backend, BACKENDS), ("kernel", kernel, KERNELS),
-                                     ("mmd_estimator", mmd_estimator, ESTIMATORS)):
+                                     ("mmd_estimator", mmd_estimator, ESTIMATORS),
+                                     ("activation", activation, tuple(ACTIVATIONS))):
             _checks.choice(value, name, allowed)
         if checks.is_int(input_dim):
             shape = (checks.integer("input_dim", input_dim, 1),)
@@ -104,6 +106,9 @@ class VAE(nn.Module):
                                 or n_samples != 1):
             raise ValueError(f"semi_supervised=True (M2) needs n_classes >= 2, divergence='kl' and n_samples=1; got "
                              f"n_classes={n_classes!r}, divergence={divergence!r}, n_samples={n_samples!r}")
+        if not isinstance(kernel_scales, (list, tuple)) or not kernel_scales:
+            raise TypeError(f"kernel_scales must be a non-empty list of positive numbers; got {kernel_scales!r}")
+        kernel_scales = [checks.real("kernel_scales", s, positive=True) for s in kernel_scales]
         self.config = dict(
             input_dim=list(shape) if len(shape) > 1 else shape[0],
             latent_dim=checks.integer("latent_dim", latent_dim, 1), hidden_dims=hidden, likelihood=likelihood,
@@ -111,8 +116,9 @@ class VAE(nn.Module):
             divergence=divergence, n_samples=checks.integer("n_samples", n_samples, 1), posterior=posterior,
             n_classes=checks.integer("n_classes", n_classes, 0), reg_weight=checks.real("reg_weight", reg_weight),
             kernel=kernel, bandwidth=None if bandwidth is None else checks.real("bandwidth", bandwidth, positive=True),
-            mmd_estimator=mmd_estimator, n_projections=checks.integer("n_projections", n_projections, 1), conv=conv,
-            conv_channels=conv_channels, backend=backend)
+            mmd_estimator=mmd_estimator, kernel_scales=kernel_scales,
+            n_projections=checks.integer("n_projections", n_projections, 1), conv=conv,
+            conv_channels=conv_channels, activation=activation, backend=backend)
         n_mix = checks.integer("n_mix", n_mix, 1)
         if likelihood == "logistic_mixture":  # recorded where it matters (the configs of other models stay as they were)
             self.config["n_mix"] = n_mix
@@ -149,7 +155,7 @@ class VAE(nn.Module):
                     "logistic_mixture": lambda: LogisticMixture(n_mix, channels=channels)}[likelihood]()
         self.q_z = DiagonalGaussian(d) if posterior == "diagonal" else FullGaussian(d)
         self.p_z = StandardNormal(d)
-        self.regulariser = {"kl": KL, "mmd": lambda: MMD(kernel, self.bandwidth, mmd_estimator),
+        self.regulariser = {"kl": KL, "mmd": lambda: MMD(kernel, self.bandwidth, mmd_estimator, kernel_scales),
                             "sliced": lambda: SlicedWasserstein(self.n_projections),
                             "energy": lambda: Energy(mmd_estimator)}[divergence]()
         self.labels = (SemiSupervisedLabels(self.n_classes) if semi_supervised else OneHotLabels(self.n_classes)
@@ -166,20 +172,23 @@ class VAE(nn.Module):
         checks.check_fits(4 * n_params, torch.get_default_device(), f"a model of {n_params} parameters (from "
                           f"input_dim, latent_dim, hidden_dims, n_classes, conv_channels)")
         if self.conv:
-            self.conv_encoder = ConvEncoder(shape, tuple(conv_channels))
+            self.conv_encoder = ConvEncoder(shape, tuple(conv_channels), activation)
             enc_in = self.conv_encoder.out_features
         else:
             enc_in = self.data_dim
-        self.encoder = mlp([enc_in + self.n_classes, *hidden, self.q_z.n_stats])
+        self.encoder = mlp([enc_in + self.n_classes, *hidden, self.q_z.n_stats], activation=activation)
         dec_hidden = hidden[::-1]
         if self.conv:
             dec_out = dec_hidden[-1] if dec_hidden else d + self.n_classes
-            self.decoder = mlp([d + self.n_classes, *dec_hidden]) if dec_hidden else nn.Identity()
-            self.conv_decoder = ConvDecoder(dec_out, shape, shape[0] * self.p_x.n_outputs, tuple(conv_channels))
+            self.decoder = (mlp([d + self.n_classes, *dec_hidden], activation=activation) if dec_hidden
+                            else nn.Identity())
+            self.conv_decoder = ConvDecoder(dec_out, shape, shape[0] * self.p_x.n_outputs, tuple(conv_channels),
+                                            activation)
         else:
-            self.decoder = mlp([d + self.n_classes, *dec_hidden, self.data_dim * self.p_x.n_outputs])
+            self.decoder = mlp([d + self.n_classes, *dec_hidden, self.data_dim * self.p_x.n_outputs],
+                               activation=activation)
         if semi_supervised:     # q(y|x): the encoder's widths on the flat input
-            self.classifier = mlp([self.data_dim, *hidden, self.n_classes])
+            self.classifier = mlp([self.data_dim, *hidden, self.n_classes], activation=activation)
 
     # ------------------------------------------------------------------------------------------------------------
     # the pieces

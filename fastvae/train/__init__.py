@@ -19,7 +19,8 @@ a folder that holds another run is refused unless resume (continue it) or overwr
 """
 from ..plots import save_pictures
 from .build import build_checked, model_from_checkpoint
-from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LATER_VAE_ARGS, CheckpointError, load_checkpoint,
+                         save_checkpoint)
 from .config import model_kwargs, resolve_config
 from .distributed import gather_with_grad, pick_device
 from .evaluation import MAX_REFINE_STEPS, REFINE_EVAL_DRAWS, evaluate, refine_posteriors
@@ -31,7 +32,7 @@ __all__ = [
     "train", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "VARIANCE_LR_SCALE",
     "Setting", "SETTINGS", "DEFAULTS", "PRESETS", "MODELS", "INT_MAX", "check_settings", "resolve_config",
     "model_kwargs", "CHECKPOINT_NAME", "LOCK_NAME", "RUN_FILES", "OutDirError", "claim_out_dir", "release_out_dir",
-    "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint",
-    "build_checked", "model_from_checkpoint", "pick_device", "gather_with_grad", "evaluate", "refine_posteriors",
-    "MAX_REFINE_STEPS", "REFINE_EVAL_DRAWS", "save_pictures",
+    "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "LATER_VAE_ARGS", "CheckpointError", "save_checkpoint",
+    "load_checkpoint", "build_checked", "model_from_checkpoint", "pick_device", "gather_with_grad", "evaluate",
+    "refine_posteriors", "MAX_REFINE_STEPS", "REFINE_EVAL_DRAWS", "save_pictures",
 ]

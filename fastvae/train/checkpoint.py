@@ -1,19 +1,16 @@
 """Checkpoints: written atomically, read without running code from them (weights_only), and every entry that
 fastvae reads checked first (model_from_checkpoint, in build.py, builds the model one describes)."""
+import inspect
 import os
 
 import torch
 
-from ..models import model_class
+from ..models import VAE, model_class
 from .rundir import CHECKPOINT_NAME, atomic_write
 from .settings import SETTINGS, check_settings, is_kind
 
 CHECKPOINT_FORMAT = "fastvae-checkpoint"
 CHECKPOINT_VERSION = 1
-# Settings added after checkpoints of this version were first written; an older checkpoint lacks them and reads as
-# their default, which is how its run ran (n_mix: the logistic_mixture likelihood's components, latent_dims: the
-# hierarchical VAE's layers, labelled and alpha: M2's; no older run could use any of them).
-ADDED_SETTINGS = ("n_mix", "latent_dims", "labelled", "alpha")
 
 
 class CheckpointError(ValueError):
@@ -80,8 +77,11 @@ def _check_entries(ckpt, path):
         check_settings(ckpt["config"], where="'config'")
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its 'config' entry: {e}") from None
-    for k in ADDED_SETTINGS:  # a checkpoint written before the setting existed: its run used the default
-        ckpt["config"].setdefault(k, SETTINGS[k].default)
+    # a setting added after the format was fixed: a checkpoint without it was written with its default
+    ckpt["config"] = {**{k: s.default for k, s in SETTINGS.items() if s.later and s.resume}, **ckpt["config"]}
+    ckpt["model_config"] = {**{k: list(v) if isinstance(v, tuple) else v for k, v in VAE_DEFAULTS.items()
+                               if k in LATER_VAE_ARGS},
+                            **ckpt["model_config"]}
     missing = [k for k, s in SETTINGS.items() if s.resume and k not in ckpt["config"]]
     if missing:
         raise CheckpointError(f"{path}: its 'config' entry lacks {', '.join(missing)}")
@@ -95,3 +95,8 @@ def _check_entries(ckpt, path):
     if ckpt["epoch"] != len(ckpt["metrics"]) or not all(isinstance(m, dict) for m in ckpt["metrics"]):
         raise CheckpointError(f"{path}: its 'epoch' ({ckpt['epoch']}) must count its 'metrics' rows (dicts; "
                               f"{len(ckpt['metrics'])} given)")
+
+
+VAE_DEFAULTS = {n: p.default for n, p in inspect.signature(VAE.__init__).parameters.items() if n != "self"}
+# VAE arguments added after checkpoint format 1 was fixed: a checkpoint's model_config without them had the default
+LATER_VAE_ARGS = ("kernel_scales", "activation")

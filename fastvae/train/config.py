@@ -32,8 +32,8 @@ def resolve_config(overrides=None):
             cfg["reg_weight"] = 10.0
         if cfg["binarize"] is None and cfg["likelihood"] == "bernoulli":
             cfg["binarize"] = "dynamic"
-    if cfg["amp"] == "none":
-        cfg["amp"] = None
+    if cfg["amp"] is None:             # the runs recorded before amp "auto" existed hold None for none
+        cfg["amp"] = "none"
     _check_layers(cfg, given)
     return {k: SETTINGS[k].check(v) for k, v in cfg.items()}
 
@@ -91,4 +91,5 @@ def model_kwargs(cfg, data):
         posterior=cfg["posterior"], n_classes=data.n_classes if cfg["model"] in ("cvae", "m2") else 0,
         semi_supervised=cfg["model"] == "m2", alpha=cfg["alpha"],
         reg_weight=cfg["reg_weight"], kernel=cfg["kernel"], bandwidth=cfg["bandwidth"],
-        n_projections=cfg["n_projections"], conv=cfg["conv"], backend=cfg["backend"], n_mix=cfg["n_mix"])
+        kernel_scales=cfg["kernel_scales"], n_projections=cfg["n_projections"], conv=cfg["conv"],
+        activation=cfg["activation"], backend=cfg["backend"], n_mix=cfg["n_mix"])

@@ -48,12 +48,14 @@ def log_likelihood_report(moments, data_dim):
 
 
 @torch.no_grad()
-def evaluate(model, x, y=None, *, n_samples=0, batch_size=4096, seed=0, progress=False):
+def evaluate(model, x, y=None, *, n_samples=0, batch_size=4096, seed=0, progress=False, per_image=None):
     """Test metrics: mean ELBO, loss, reconstruction and KL per sample, with a fixed noise seed so that evaluations
     are comparable (a semi-supervised model: the bound on log p(x), labels hidden, and with labels y the accuracy
     of its classifier q(y|x)); with n_samples = K > 0 also the importance-sampled log-likelihood (log_likelihood_report's
     keys). The test set goes through in batches of batch_size and the K samples in the model's chunks, so memory
-    does not grow with K or the number of samples. progress: a progress bar of the log-likelihood (on stderr)."""
+    does not grow with K or the number of samples. progress: a progress bar of the log-likelihood (on stderr).
+    per_image: a list that receives the per-image estimates log p(x_i), a float64 CPU tensor per batch (to compare
+    models image by image: the paired differences on the same images have a far smaller error than each mean)."""
     was_training, gather = model.training, model.gather
     model.eval()
     model.gather = None      # rank 0 evaluates alone: no collective calls
@@ -87,8 +89,11 @@ def evaluate(model, x, y=None, *, n_samples=0, batch_size=4096, seed=0, progress
             sums["recon"] += out.recon.sum().item()
             sums["kl"] += out.kl.sum().item()
             if n_samples:
-                ll.add(model.log_likelihood(xb, None if m2 else yb, n_samples=n_samples, generator=g,
-                                            progress=None if bar is None else bar.update))
+                lp = model.log_likelihood(xb, None if m2 else yb, n_samples=n_samples, generator=g,
+                                          progress=None if bar is None else bar.update)
+                ll.add(lp)
+                if per_image is not None:
+                    per_image.append(lp.detach().double().cpu())
     finally:
         if bar is not None:
             bar.close()
@@ -179,7 +184,8 @@ def supervised_baseline(model, x, y, test_x, test_y, *, steps=2000, batch_size=1
         raise ValueError("supervised_baseline needs a semi-supervised (M2) model")
     torch.manual_seed(seed)
     device = x.device
-    net = mlp([model.data_dim, *model.config["hidden_dims"], model.n_classes]).to(device, model._dtype())
+    net = mlp([model.data_dim, *model.config["hidden_dims"], model.n_classes],
+              activation=model.config["activation"]).to(device, model._dtype())
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed + 31)
     flat = x.reshape(x.shape[0], -1).to(model._dtype())

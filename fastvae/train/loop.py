@@ -38,6 +38,58 @@ class TrainingInterrupted(KeyboardInterrupt):
 VARIANCE_LR_SCALE = 20.0
 
 
+def _adam(model, cfg):
+    return torch.optim.Adam(_param_groups(model, cfg["lr"]), lr=cfg["lr"], betas=(cfg["adam_beta1"], cfg["adam_beta2"]),
+                            eps=cfg["adam_eps"])
+
+
+# The IWAE paper's schedule (Burda et al. 2015, section 5): stage i = 0..7 runs 3^i epochs at lr * 10^(-i/7),
+# 3280 epochs in all. A run of E epochs follows its first E epochs (and stays in the last stage beyond 3280).
+IWAE_STAGES = 8
+
+
+def lr_factor(schedule, epoch):
+    """The factor of the base learning rates in the epoch (counted from 0) of a run."""
+    if schedule == "constant":
+        return 1.0
+    stage = 0
+    while stage < IWAE_STAGES - 1 and epoch >= (3 ** (stage + 1) - 1) // 2:    # stage i starts at (3^i - 1) / 2
+        stage += 1
+    return 10.0 ** (-stage / 7)
+
+
+def resolve_amp(amp, device, cpu_bf16=None, cuda_bf16=None):
+    """The autocast a run uses for its amp setting: "bf16" or None (float32); "auto" is bf16 where the device has
+    native bf16 matmuls (a CPU with AMX-BF16 or AVX512-BF16: cpu_bf16(); a GPU for which
+    torch.cuda.is_bf16_supported(including_emulation=False)), else None."""
+    if amp != "auto":
+        return "bf16" if amp == "bf16" else None
+    if device.type == "cuda":
+        native = (cuda_bf16 or (lambda: torch.cuda.is_bf16_supported(including_emulation=False)))()
+    elif device.type == "cpu":
+        native = (cpu_bf16 or cpu_has_native_bf16)()
+    else:
+        native = False
+    return "bf16" if native else None
+
+
+def cpu_has_native_bf16(capability=None, cpuinfo="/proc/cpuinfo"):
+    """Whether this CPU multiplies bf16 matrices natively: torch's CPU capability (capability: as
+    torch.backends.cpu.get_cpu_capability() says) is AVX512 or AMX, and the CPU has AMX-BF16 or AVX512-BF16 (the
+    flags of cpuinfo). Elsewhere torch converts bf16 to float32 for a matmul, which is slower than float32."""
+    cap = torch.backends.cpu.get_cpu_capability() if capability is None else capability
+    if not cap.startswith(("AVX512", "AMX")):
+        return False
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bool(set(line.split(":", 1)[1].split()) & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def _param_groups(model, lr):
     if getattr(model, "variance", None) != "learned":
         return [{"params": list(model.parameters()), "lr": lr}]
@@ -137,7 +189,8 @@ def _resume(path, cfg, model, opt, data, data_gen, noise_gen, rank, world):
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot resume from it ({type(e).__name__}: {e})") from None
     for group, fresh in zip(opt.param_groups, _param_groups(model, cfg["lr"])):
-        group["lr"] = fresh["lr"]
+        group.update(lr=fresh["lr"], initial_lr=fresh["lr"], betas=(cfg["adam_beta1"], cfg["adam_beta2"]),
+                     eps=cfg["adam_eps"])
     if len(noise) == world and isinstance(noise[rank], torch.Tensor) and (
             noise[rank].shape == noise_gen.get_state().shape):
         noise_gen.set_state(noise[rank])
@@ -157,7 +210,9 @@ def _run(cfg, data, device, distributed, rank, world):
     torch.manual_seed(cfg["seed"])
     data = _run_data(cfg, data, device, world)
     model = build_checked(model_kwargs(cfg, data), device, batch_size=cfg["batch_size"])
-    opt = torch.optim.Adam(_param_groups(model, cfg["lr"]), lr=cfg["lr"])
+    opt = _adam(model, cfg)
+    for group in opt.param_groups:
+        group["initial_lr"] = group["lr"]            # the base of the lr schedule
     noise_gen = torch.Generator(device).manual_seed(cfg["seed"] * 1_000_003 + 7919 * rank + 1)
     data_gen = torch.Generator().manual_seed(cfg["seed"] + 17)
     start_epoch, global_step, metrics = 0, 0, []
@@ -175,7 +230,10 @@ def _run(cfg, data, device, distributed, rank, world):
         step_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg["compile"]:
         step_model = torch.compile(step_model)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg["amp"] == "bf16" else nullcontext
+    amp = resolve_amp(cfg["amp"], device)
+    if cfg["amp"] == "auto":
+        _log(f"--amp auto: {amp or 'none'} on {device} (native bf16 matmuls: {'yes' if amp else 'no'})", rank)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp == "bf16" else nullcontext
 
     if not isinstance(cfg["data"], str):           # a Dataset object: recorded by name (checkpoints hold no code)
         cfg = {**cfg, "data": f"<{type(cfg['data']).__name__}>"}
@@ -199,6 +257,8 @@ def _run(cfg, data, device, distributed, rank, world):
     try:
         for epoch in range(start_epoch, cfg["epochs"]):
             model.train()
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * lr_factor(cfg["lr_schedule"], epoch)
             perm = torch.randperm(n_train, generator=data_gen)[:per_rank * world][rank::world].to(data.train_x.device)
             sums = torch.zeros(5, device=device, dtype=torch.float64)   # loss, recon, kl, elbo, distance
             t0 = time.perf_counter()
@@ -291,7 +351,7 @@ def _run(cfg, data, device, distributed, rank, world):
         agree = ranks_agree(model) if distributed else None
         summary = {}
         if rank == 0:
-            summary = finish(cfg, model, data, metrics, out_dir, ckpt_path, world, agree)
+            summary = finish(cfg, model, data, metrics, out_dir, ckpt_path, world, agree, amp=amp)
     except KeyboardInterrupt:
         kept = (f"the last checkpoint is {ckpt_path} (epoch {saved_epoch}); continue with --resume"
                 if saved_epoch else "no checkpoint was written")

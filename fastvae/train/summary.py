@@ -28,16 +28,17 @@ def fastvae_version():
     return __version__
 
 
-def finish(cfg, model, data, metrics, out_dir, ckpt_path, world, ranks_agree=None):
+def finish(cfg, model, data, metrics, out_dir, ckpt_path, world, ranks_agree=None, amp=None):
     """The end of a run (rank 0): the final test metrics (and log-likelihood with eval_k > 0), the pictures,
-    summary.json and the printed summary; returns the summary."""
+    summary.json and the printed summary; returns the summary. amp: the autocast the run used (what --amp auto
+    resolved to), None for float32."""
     device = next(model.parameters()).device
     t0 = time.perf_counter()
     final = evaluate(model, data.test_x, data.test_y, n_samples=cfg["eval_k"], seed=cfg["seed"]) if metrics else {}
     eval_time = time.perf_counter() - t0
     pictures = save_pictures(model, data, out_dir, metrics, seed=cfg["seed"])
     summary = dict(model=cfg["model"], data=data.name, epochs=len(metrics), world_size=world, device=str(device),
-                   backend=cfg["backend"], checkpoint=ckpt_path,
+                   backend=cfg["backend"], amp=cfg["amp"], amp_used=amp or "none", checkpoint=ckpt_path,
                    metrics=[os.path.join(out_dir, "metrics.csv"), os.path.join(out_dir, "metrics.json")],
                    pictures=pictures)
     if ranks_agree is not None:
@@ -60,7 +61,8 @@ def finish(cfg, model, data, metrics, out_dir, ckpt_path, world, ranks_agree=Non
                     data.test_y.to(device), seed=cfg["seed"])
     atomic_write(os.path.join(out_dir, "summary.json"), lambda f: json.dump(summary, f, indent=2))
     lines = [f"fastvae: trained {cfg['model']} on {data.name} for {len(metrics)} epoch(s) "
-             f"({world} process(es), {device}, backend {cfg['backend']})"]
+             f"({world} process(es), {device}, backend {cfg['backend']}"
+             + (f", amp {amp}" if amp else "") + ")"]
     if metrics:
         lines.append(f"  test ELBO {summary['test_elbo']:.3f} nats/sample"
                      + (f", log-likelihood (K={cfg['eval_k']}) {summary['test_log_likelihood']:.3f} "
