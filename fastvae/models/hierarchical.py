@@ -50,12 +50,12 @@ class HierarchicalVAE(VAE):
 
     hidden_dims: the encoder widths as for VAE (the decoder mirrors them); the ladder's deterministic layers (the
         bottom-up up[i], the top-down down[i]) have width hidden_dims[-1], so hidden_dims must not be empty.
-    The other arguments are VAE's (likelihood, variance, beta, n_samples, conv, conv_channels, backend); a
+    The other arguments are VAE's (likelihood, variance, beta, n_samples, conv, conv_channels, activation, backend); a
     hierarchical model has diagonal Gaussian layers, the KL bound (no MMD / SW regulariser) and no labels.
     """
 
     def __init__(self, input_dim, latent_dims, hidden_dims=(512, 256), likelihood="gaussian", variance="learned",
-                 beta=1.0, n_samples=1, *, conv=False, conv_channels=(32, 64), backend="fastvae"):
+                 beta=1.0, n_samples=1, *, conv=False, conv_channels=(32, 64), activation="silu", backend="fastvae"):
         dims = checks.integers("latent_dims", latent_dims, 1)
         if len(dims) < 2:
             raise ValueError(f"latent_dims must hold at least 2 ints (one per stochastic layer, the lowest first); "
@@ -65,10 +65,11 @@ class HierarchicalVAE(VAE):
             raise ValueError("hidden_dims must hold at least one width for a hierarchical VAE (its ladder layers "
                              "have width hidden_dims[-1]); got []")
         super().__init__(input_dim, dims[0], hidden, likelihood, variance, beta, "kl", n_samples, "diagonal", 0,
-                         conv=conv, conv_channels=conv_channels, backend=backend)
+                         conv=conv, conv_channels=conv_channels, activation=activation, backend=backend)
         self.config = dict(input_dim=self.config["input_dim"], latent_dims=dims, hidden_dims=hidden,
                            likelihood=likelihood, variance=variance, beta=self.beta, n_samples=self.n_samples,
-                           conv=conv, conv_channels=self.config["conv_channels"], backend=backend)
+                           conv=conv, conv_channels=self.config["conv_channels"], activation=activation,
+                           backend=backend)
         self.latent_dims = dims
         w = self.width = hidden[-1]
         top = dims[-1]

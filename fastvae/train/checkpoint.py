@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from ..models import VAE, model_class
+from ..models import model_class
 from .rundir import CHECKPOINT_NAME, atomic_write
 from .settings import SETTINGS, check_settings, is_kind
 
@@ -70,7 +70,7 @@ def _check_entries(ckpt, path):
     if bad:
         raise CheckpointError(f"{path}: its 'model' entry must map names to tensors; got {bad[:3]}")
     try:
-        model_class(ckpt["model_config"])
+        cls = model_class(ckpt["model_config"])
     except ValueError as e:
         raise CheckpointError(f"{path}: its 'model_config' is not a fastvae model's ({e})") from None
     try:
@@ -79,8 +79,8 @@ def _check_entries(ckpt, path):
         raise CheckpointError(f"{path}: its 'config' entry: {e}") from None
     # a setting added after the format was fixed: a checkpoint without it was written with its default
     ckpt["config"] = {**{k: s.default for k, s in SETTINGS.items() if s.later and s.resume}, **ckpt["config"]}
-    ckpt["model_config"] = {**{k: list(v) if isinstance(v, tuple) else v for k, v in VAE_DEFAULTS.items()
-                               if k in LATER_VAE_ARGS},
+    defaults = {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items() if n in LATER_VAE_ARGS}
+    ckpt["model_config"] = {**{k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()},
                             **ckpt["model_config"]}
     missing = [k for k, s in SETTINGS.items() if s.resume and k not in ckpt["config"]]
     if missing:
@@ -97,6 +97,6 @@ def _check_entries(ckpt, path):
                               f"{len(ckpt['metrics'])} given)")
 
 
-VAE_DEFAULTS = {n: p.default for n, p in inspect.signature(VAE.__init__).parameters.items() if n != "self"}
-# VAE arguments added after checkpoint format 1 was fixed: a checkpoint's model_config without them had the default
+# model arguments added after checkpoint format 1 was fixed: a checkpoint's model_config without them had the
+# default (of its class: a HierarchicalVAE takes activation, not kernel_scales)
 LATER_VAE_ARGS = ("kernel_scales", "activation")
