@@ -43,6 +43,13 @@ constexpr int kPad = kTile + 1;
 
 inline size_t align_up(size_t n) { return (n + 255) / 256 * 256; }
 
+// A launcher returns the error of a failed runtime call after reading it with cudaGetLastError(): left pending, it
+// would fail the next launch check of the binding, which would blame another op.
+inline cudaError_t consumed(cudaError_t e) {
+  cudaGetLastError();
+  return e;
+}
+
 inline dim3 grid1d(index_t n, int threads) { return dim3(static_cast<unsigned>((n + threads - 1) / threads)); }
 
 // Batches are the grid's y dimension, which CUDA caps at 65535: the launchers loop over groups of batches, b0 the
@@ -536,9 +543,11 @@ template <class T, DistKernel K, int DC>
 int launch_grad_dc(const Dev<T>& p, const GradRole& role, index_t B, index_t nrows, const T* g, T* grad,
                    cudaStream_t st) {
   const size_t smem = 2 * sizeof(T) * kTile * kPad + sizeof(double) * kTile * 16;
-  cudaError_t e = cudaFuncSetAttribute(mmd_grad_kernel<T, K, DC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem));
-  if (e != cudaSuccess) return e;
+  // float64: 74,752 B, above the opt-in maximum of sm_75 (64 KiB; the build targets sm_80 and later): a device that
+  // refuses it fails the op with this error
+  const cudaError_t e = cudaFuncSetAttribute(mmd_grad_kernel<T, K, DC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(smem));
+  if (e != cudaSuccess) return consumed(e);
   const unsigned blocks = static_cast<unsigned>((nrows + kTile - 1) / kTile);
   for (index_t b0 = 0; b0 < B; b0 += kMaxGridY)
     fv_launch(mmd_grad_kernel<T, K, DC>, dim3(blocks, grid_y(B, b0)), kThreads, smem, st, p, role, g, grad, b0);
@@ -728,12 +737,12 @@ cudaError_t sort_rows(const T* v, int32_t* perm, T* sorted, index_t rows, index_
   // pass 1: by value (its order-preserving key)
   cudaError_t e = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, key, key2, idx, idx2, static_cast<int>(n), 0,
                                                   static_cast<int>(sizeof(K) * 8), st);
-  if (e != cudaSuccess) return e;
+  if (e != cudaSuccess) return consumed(e);
   // pass 2: by row, stable, on the bits row numbers use
   fv_launch(row_of_kernel, grid1d(n, 256), 256, 0, st, idx2, row, n, N);
   e = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, row, row2, idx2, perm, static_cast<int>(n), 0,
                                       row_bits(rows), st);
-  if (e != cudaSuccess) return e;
+  if (e != cudaSuccess) return consumed(e);
   fv_launch(gather_sorted_kernel<T>, grid1d(n, 256), 256, 0, st, v, perm, sorted, n, N);
   return cudaGetLastError();
 }

@@ -107,6 +107,17 @@ std::string fmt(const char* f, ...) {
   return buf;
 }
 
+// The opt-in maximum of static + dynamic shared memory per block: sm_90's, or CUDASIM_SMEM_OPTIN_KB (a smaller
+// device's: 64 on sm_75, 163 on sm_80), never above sm_90's.
+size_t smem_optin() {
+  static const size_t v = [] {
+    const char* e = getenv("CUDASIM_SMEM_OPTIN_KB");
+    const size_t kb = e && *e ? strtoull(e, nullptr, 0) : kSmemOptin / 1024;
+    return std::min(std::max<size_t>(kb * 1024, kSmemDefault), kSmemOptin);
+  }();
+  return v;
+}
+
 bool env_flag(const char* name) {
   const char* v = getenv(name);
   return v && *v && strcmp(v, "0") != 0;
@@ -806,10 +817,10 @@ std::string smem_problem(const KernelInfo& k, size_t dyn, const Module* m) {
   if (dyn > static_cast<size_t>(k.max_dyn))
     return fmt("%zu B of dynamic shared memory exceeds the %ld B set with cudaFuncAttributeMaxDynamicSharedMemorySize",
                dyn, k.max_dyn);
-  if (st + dyn > kSmemOptin)
-    return fmt("%zu B static + %zu B dynamic shared memory exceeds the %zu B opt-in maximum of sm_90 (static "
+  if (st + dyn > smem_optin())
+    return fmt("%zu B static + %zu B dynamic shared memory exceeds the %zu B opt-in maximum of the device (static "
                "variables touched: %s)",
-               st, dyn, kSmemOptin, touched_list(k, m).c_str());
+               st, dyn, smem_optin(), touched_list(k, m).c_str());
   return "";
 }
 
@@ -1297,12 +1308,12 @@ cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute attr, 
   auto& s = S();
   auto& k = s.kernels[func];
   if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
-    if (value < 0 || k.static_bytes + static_cast<size_t>(value) > cudasim::detail::kSmemOptin) {
+    if (value < 0 || k.static_bytes + static_cast<size_t>(value) > cudasim::detail::smem_optin()) {
       cudasim::detail::record(
           cudaErrorInvalidValue,
           cudasim::detail::fmt("cudaFuncSetAttribute(MaxDynamicSharedMemorySize, %d): more than the %zu B opt-in "
-                               "maximum of sm_90 less %zu B static",
-                               value, cudasim::detail::kSmemOptin, k.static_bytes),
+                               "maximum of the device less %zu B static",
+                               value, cudasim::detail::smem_optin(), k.static_bytes),
           false);
       return cudaErrorInvalidValue;
     }
@@ -1384,7 +1395,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int) {
     case cudaDevAttrMaxGridDimY: *value = 65535; break;
     case cudaDevAttrMaxGridDimZ: *value = 65535; break;
     case cudaDevAttrMaxSharedMemoryPerBlock: *value = 48 * 1024; break;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = 227 * 1024; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(cudasim::detail::smem_optin()); break;
     case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = 228 * 1024; break;
     case cudaDevAttrWarpSize: *value = 32; break;
     case cudaDevAttrMultiProcessorCount: *value = 132; break;

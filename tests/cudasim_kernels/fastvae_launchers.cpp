@@ -9,7 +9,10 @@
 // page (an access past it kills the process with the model's report), or, with `offset 1` in params, the data
 // starts one element later than a 16-byte aligned address would (a misaligned pointer, as a tensor view offset
 // by one element; then an overrun of one element is not caught, one of two is). Outputs start as 0xFF bytes (NaN)
-// and are written to DIR/out_NAME.bin. Prints "OK" or "error ..." and exits 0 / 1.
+// and are written to DIR/out_NAME.bin; an optional output (`need_NAME 0` in params) is passed as null, as the
+// bindings pass an output the op does not compute. A launcher returns its errors and leaves none pending (a pending
+// error would be reported by the next, unrelated, launch check of the binding): the driver checks that too. Prints
+// "OK" or "error ..." and exits 0 / 1.
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -142,40 +145,115 @@ int sw_forward_t() {
   return cuda::sw_forward<T>(px, py, out, perm_x, perm_y, B, L, N, dp("p"), workspace(bytes, false), bytes, nullptr);
 }
 
+// A parameter with a default (the optional ones: x_rows, need_*).
+int64_t ip_or(const std::string& k, int64_t v) { return params.count(k) ? ip(k) : v; }
+
+// An output that the launcher writes only when the op asks for it (need_NAME, default 1); null otherwise.
+void* opt_output(const std::string& name, size_t n, size_t esz) {
+  return ip_or("need_" + name, 1) != 0 ? output(name, n, esz) : nullptr;
+}
+
 int run(const std::string& op) {
   const DType t = static_cast<DType>(ip("dtype"));
-  const size_t e = esz_of(t);
+  const size_t e = esz_of(t), a = acc_of(t);
+  if (op == "normals") {
+    const int64_t n = ip("n");
+    return cuda::normals(static_cast<float*>(output("eps", n, 4)), ip("start"), n, seed_ptr(), nullptr);
+  }
   if (op == "reparam_fwd") {
     const int64_t numel = ip("numel"), k = ip("n_samples");
     const void* mu = input("mu", numel, e);
     const void* lv = input("lv", numel, e);
     return cuda::reparam_fwd(t, mu, lv, output("z", numel * k, e), numel, k, seed_ptr(), nullptr);
   }
-  const int64_t rows = ip("rows"), D = ip("D");
+  if (op == "reparam_bwd") {  // need_grad_mu 0: the op without n_samples (no gradient of mu)
+    const int64_t numel = ip("numel"), k = ip("n_samples");
+    const void* gz = input("gz", numel * k, e);
+    const void* lv = input("lv", numel, e);
+    void* grad_mu = opt_output("grad_mu", numel, e);
+    return cuda::reparam_bwd(t, gz, lv, grad_mu, output("grad_lv", numel, e), numel, k, seed_ptr(), nullptr);
+  }
+  if (op == "tril_fwd" || op == "tril_bwd") {  // per-sample outputs and gradients in the accumulation type
+    const int64_t R = ip("R"), d = ip("d"), k = ip("n_samples");
+    if (op == "tril_fwd") {
+      const void* mu = input("mu", R * d, e);
+      const void* L = input("L", R * d * d, e);
+      void* z = output("z", k * R * d, e);
+      return cuda::tril_fwd(t, mu, L, z, output("log_q", k * R, a), R, d, k, seed_ptr(), nullptr);
+    }
+    const void* gz = input("gz", k * R * d, e);
+    const void* glogq = input("glogq", k * R, a);
+    const void* L = input("L", R * d * d, e);
+    void* grad_mu = output("grad_mu", R * d, a);
+    return cuda::tril_bwd(t, gz, glogq, L, grad_mu, output("grad_L", R * d * d, a), R, d, k, seed_ptr(), nullptr);
+  }
+  // row ops: rows of D elements; x (likelihoods) has x_rows rows, broadcast over rows = k x_rows
+  const int64_t rows = ip("rows"), D = ip("D"), x_rows = ip_or("x_rows", rows);
   if (op == "reparam_kl_fwd") {
     const void* mu = input("mu", rows * D, e);
     const void* lv = input("lv", rows * D, e);
     void* z = output("z", rows * D, e);
-    void* kl = output("kl", rows, acc_of(t));
+    void* kl = output("kl", rows, a);
     return cuda::reparam_kl_fwd(t, mu, lv, z, kl, rows, D, seed_ptr(),
                                 workspace(cuda::reduce_workspace_bytes(rows, D), true), nullptr);
   }
-  if (op == "gaussian_nll_fwd") {
-    const void* x = input("x", rows * D, e);
-    const void* mean = input("mean", rows * D, e);
-    const void* lv = opt_input("lv", layout("lv_layout"), rows, D, e);
-    void* out = output("out", rows, acc_of(t));
-    return cuda::gaussian_nll_fwd(t, x, mean, lv, layout("lv_layout"), out, rows, D, rows,
-                                  workspace(cuda::reduce_workspace_bytes(rows, D), true), nullptr);
-  }
-  if (op == "kl_normal_fwd") {
+  if (op == "reparam_kl_bwd") {
+    const void* gz = input("gz", rows * D, e);
+    const void* gkl = input("gkl", rows, a);
     const void* mu = input("mu", rows * D, e);
     const void* lv = input("lv", rows * D, e);
-    const void* mp = opt_input("mp", layout("mp_layout"), rows, D, e);
-    const void* lp = opt_input("lp", layout("lp_layout"), rows, D, e);
-    void* out = output("out", rows, acc_of(t));
-    return cuda::kl_normal_fwd(t, mu, lv, mp, layout("mp_layout"), lp, layout("lp_layout"), out, rows, D,
-                               workspace(cuda::reduce_workspace_bytes(rows, D), true), nullptr);
+    void* grad_mu = output("grad_mu", rows * D, e);
+    return cuda::reparam_kl_bwd(t, gz, gkl, mu, lv, grad_mu, output("grad_lv", rows * D, e), rows, D, seed_ptr(),
+                                nullptr);
+  }
+  if (op == "gaussian_nll_fwd") {
+    const void* x = input("x", x_rows * D, e);
+    const void* mean = input("mean", rows * D, e);
+    const void* lv = opt_input("lv", layout("lv_layout"), rows, D, e);
+    void* out = output("out", rows, a);
+    return cuda::gaussian_nll_fwd(t, x, mean, lv, layout("lv_layout"), out, rows, D, x_rows,
+                                  workspace(cuda::reduce_workspace_bytes(rows, D), true), nullptr);
+  }
+  if (op == "gaussian_nll_bwd") {  // the column workspace needs no initialisation: it starts as NaN
+    const Layout l = layout("lv_layout");
+    const void* g = input("g", rows, a);
+    const void* x = input("x", x_rows * D, e);
+    const void* mean = input("mean", rows * D, e);
+    const void* lv = opt_input("lv", l, rows, D, e);
+    void* grad_mean = opt_output("grad_mean", rows * D, e);
+    void* grad_lv = l == Layout::None ? nullptr : opt_output("grad_lv", n_of(l, rows, D), e);
+    return cuda::gaussian_nll_bwd(t, g, x, mean, lv, l, grad_mean, grad_lv, rows, D, x_rows,
+                                  workspace(cuda::col_workspace_bytes(rows, D, 1, t), false), nullptr);
+  }
+  if (op == "bernoulli_nll_fwd") {
+    const void* logits = input("logits", rows * D, e);
+    const void* x = input("x", x_rows * D, e);
+    void* out = output("out", rows, a);
+    return cuda::bernoulli_nll_fwd(t, logits, x, out, rows, D, x_rows,
+                                   workspace(cuda::reduce_workspace_bytes(rows, D), true), nullptr);
+  }
+  if (op == "bernoulli_nll_bwd") {
+    const void* g = input("g", rows, a);
+    const void* logits = input("logits", rows * D, e);
+    const void* x = input("x", x_rows * D, e);
+    return cuda::bernoulli_nll_bwd(t, g, logits, x, output("grad", rows * D, e), rows, D, x_rows, nullptr);
+  }
+  if (op == "kl_normal_fwd" || op == "kl_normal_bwd") {
+    const Layout lm = layout("mp_layout"), ll = layout("lp_layout");
+    const void* g = op == "kl_normal_bwd" ? input("g", rows, a) : nullptr;
+    const void* mu = input("mu", rows * D, e);
+    const void* lv = input("lv", rows * D, e);
+    const void* mp = opt_input("mp", lm, rows, D, e);
+    const void* lp = opt_input("lp", ll, rows, D, e);
+    if (op == "kl_normal_fwd")
+      return cuda::kl_normal_fwd(t, mu, lv, mp, lm, lp, ll, output("out", rows, a), rows, D,
+                                 workspace(cuda::reduce_workspace_bytes(rows, D), true), nullptr);
+    void* grad_mu = opt_output("grad_mu", rows * D, e);
+    void* grad_lv = opt_output("grad_lv", rows * D, e);
+    void* grad_mp = lm == Layout::None ? nullptr : opt_output("grad_mp", n_of(lm, rows, D), e);
+    void* grad_lp = ll == Layout::None ? nullptr : opt_output("grad_lp", n_of(ll, rows, D), e);
+    return cuda::kl_normal_bwd(t, g, mu, lv, mp, lm, lp, ll, grad_mu, grad_lv, grad_mp, grad_lp, rows, D,
+                               workspace(cuda::col_workspace_bytes(rows, D, 2, t), false), nullptr);
   }
   printf("error unknown op %s\n", op.c_str());
   exit(2);
@@ -201,10 +279,11 @@ int main(int argc, char** argv) {
   std::ifstream pf(dir + "/params");
   for (std::string k, v; pf >> k >> v;) params[k] = v;
   const int err = op.rfind("mmd_", 0) == 0 || op.rfind("sw_", 0) == 0 ? run_distance(op) : run(op);
+  const cudaError_t pending = cudaGetLastError();
   const cudaError_t sync = cudaDeviceSynchronize();
-  if (err != 0 || sync != cudaSuccess) {
-    printf("error launcher %d (%s), sync %s: %s\n", err, cuda::error_string(err), cudaGetErrorName(sync),
-           cudasim::last_error_message());
+  if (err != 0 || pending != cudaSuccess || sync != cudaSuccess) {
+    printf("error launcher %d (%s), pending %s, sync %s: %s\n", err, cuda::error_string(err),
+           cudaGetErrorName(pending), cudaGetErrorName(sync), cudasim::last_error_message());
     return 1;
   }
   for (auto& o : outputs) {
