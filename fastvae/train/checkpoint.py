@@ -12,8 +12,8 @@ CHECKPOINT_FORMAT = "fastvae-checkpoint"
 CHECKPOINT_VERSION = 1
 # Settings added after checkpoints of this version were first written; an older checkpoint lacks them and reads as
 # their default, which is how its run ran (n_mix: the logistic_mixture likelihood's components, latent_dims: the
-# hierarchical VAE's layers, labelled and alpha: M2's; no older run could use any of them).
-ADDED_SETTINGS = ("n_mix", "latent_dims", "labelled", "alpha")
+# hierarchical VAE's layers, labelled and alpha: M2's, gamma: the VAE-GAN's; no older run could use any of them).
+ADDED_SETTINGS = ("n_mix", "latent_dims", "labelled", "alpha", "gamma")
 
 
 class CheckpointError(ValueError):

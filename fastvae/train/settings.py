@@ -10,7 +10,7 @@ import torch
 from ..distances import KERNELS
 from ..models import BACKENDS, DIVERGENCES, LIKELIHOODS, MAX_LL_SAMPLES, POSTERIORS, VARIANCES
 
-MODELS = ("vae", "beta-vae", "cvae", "iwae", "wae-mmd", "swae", "hvae", "m2")
+MODELS = ("vae", "beta-vae", "cvae", "iwae", "wae-mmd", "swae", "hvae", "m2", "vaegan")
 INT_MAX = 2**31 - 1      # the largest size or count a setting takes: any product of two still fits an int64
 
 
@@ -126,7 +126,7 @@ SETTINGS = {s.key: s for s in (
     Setting("epochs", int, 100, "passes over the training set, in all (a resumed run counts its past ones)",
             lo=0, hi=INT_MAX, resume="apply"),
     # (at most 1e30: Adam's first step, lr / (1 - beta1), and the variance group's 20 lr stay finite in float32)
-    Setting("lr", float, 1e-3, "Adam learning rate", lo=0, lo_open=True, hi=1e30, resume="apply"),
+    Setting("lr", float, 1e-3, "learning rate (Adam; vaegan: its three RMSProp optimisers, preset 3e-4)", lo=0, lo_open=True, hi=1e30, resume="apply"),
     Setting("device", str, "auto", "cpu, cuda, cuda:N or auto (cuda when available)", pattern=r"auto|cpu|cuda(:\d+)?",
             expected="auto, cpu, cuda or cuda:N", resume="apply"),
     Setting("amp", str, None, "bf16 autocast, or none (default none)", choices=("none", "bf16"), resume="apply"),
@@ -151,6 +151,8 @@ SETTINGS = {s.key: s for s in (
     Setting("labelled", int, None, "m2: training labels kept, balanced over the classes and fixed by the seed "
             "(default: all)", lo=1, hi=INT_MAX),
     Setting("alpha", float, 50.0, "m2: weight of the labelled inputs' classification loss -log q(y|x)", lo=0),
+    Setting("gamma", float, 1e-2, "vaegan: weight of the discriminator-feature reconstruction term against the GAN "
+            "loss in the decoder's objective", lo=0),
     Setting("binarize", str, None, "binarize the pixels: static (one fixed draw), dynamic (train set redrawn every "
             "batch) (default: dynamic for bernoulli, else none)",
             choices=("none", "static", "dynamic")),
@@ -174,6 +176,7 @@ PRESETS = {
     "wae-mmd": dict(beta=0.0, n_samples=1, divergence="mmd", reg_weight=100.0),
     "swae": dict(beta=0.0, n_samples=1, divergence="sliced", reg_weight=10.0),
     "hvae": dict(beta=1.0, n_samples=1, divergence="kl", latent_dims=[32, 16]),
+    "vaegan": dict(beta=1.0, n_samples=1, divergence="kl", lr=3e-4),
 }
 
 
