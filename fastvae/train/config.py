@@ -62,7 +62,7 @@ def _check_layers(cfg, given):
 
 def _check_vaegan(cfg):
     """--model vaegan: a diagonal posterior, one sample, the KL, a Gaussian (learned or fixed variance) or
-    Bernoulli likelihood and at least one hidden width (its discriminator's features)."""
+    Bernoulli likelihood, at least one hidden width (its discriminator's features) and no compile."""
     if cfg["model"] != "vaegan":
         return
     problems = [f"{k} {cfg[k]!r} (it takes {want})" for k, want, ok in (
@@ -72,7 +72,8 @@ def _check_vaegan(cfg):
         ("divergence", "kl", cfg["divergence"] == "kl"),
         ("n_samples", "1", cfg["n_samples"] == 1),
         ("likelihood", "gaussian or bernoulli", cfg["likelihood"] in ("gaussian", "bernoulli")),
-        ("variance", "learned or fixed", cfg["likelihood"] != "gaussian" or cfg["variance"] != "network"))
+        ("variance", "learned or fixed", cfg["likelihood"] != "gaussian" or cfg["variance"] != "network"),
+        ("compile", "false: its step is three optimisers' steps, not one compiled loss", not cfg["compile"]))
         if not ok]
     if problems:
         raise ValueError(f"--model vaegan cannot take {'; '.join(problems)}")
