@@ -37,14 +37,22 @@ CFG = dict(lr=3e-4)
 # ---- the terms ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", ["fastvae", "reference"])
-def test_feature_reconstruction_is_a_unit_normal_log_prob_on_the_features(backend):
-    model = _make(backend=backend).double()
+@pytest.mark.parametrize("feature_variance", ["learned", "fixed"])
+def test_feature_reconstruction_is_a_normal_log_prob_on_the_features(backend, feature_variance):
+    model = _make(backend=backend, feature_variance=feature_variance).double()
+    sd = 1.0
+    if feature_variance == "learned":
+        with torch.no_grad():
+            model.feature_log_variance.fill_(-1.3)
+        sd = math.exp(-0.65)
+    else:
+        assert not hasattr(model, "feature_log_variance")
     g = torch.Generator().manual_seed(1)
     f_x, f_rec = torch.randn(5, 16, generator=g, dtype=torch.float64), torch.randn(5, 16, generator=g,
                                                                                  dtype=torch.float64)
     f_rec.requires_grad_(True)
     got = model.feature_nll(f_x, f_rec)
-    want = -Normal(f_rec, torch.ones_like(f_rec)).log_prob(f_x).sum(-1)
+    want = -Normal(f_rec, torch.full_like(f_rec, sd)).log_prob(f_x).sum(-1)
     # float64 throughout: the two differ by float64 rounding over 16 terms (each O(1))
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(torch.autograd.grad(got.sum(), f_rec)[0], torch.autograd.grad(want.sum(), f_rec)[0],
@@ -55,6 +63,9 @@ def test_losses_are_the_papers_on_one_batch(digits):
     """The encoder's, decoder's and discriminator's losses recomputed from the model's own networks in float64
     (the same draws: the generator replayed)."""
     model = _make().double()
+    with torch.no_grad():
+        model.feature_log_variance.fill_(0.7)
+        model.log_variance.fill_(-2.0)
     x = digits[:8].double()
     out, losses = model.losses(x, generator=torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)
@@ -63,7 +74,7 @@ def test_losses_are_the_papers_on_one_batch(digits):
     x_rec = model.decode(z)[0]
     x_p = model.decode(model._prior_sample(8, g))[0]
     (f_x, d_x), (f_r, d_r), (_, d_p) = (model.discriminator(t) for t in (x, x_rec, x_p))
-    llike = -Normal(f_r, 1.0).log_prob(f_x).sum(-1)
+    llike = -Normal(f_r, math.exp(0.35)).log_prob(f_x).sum(-1)
     gan = -(F.logsigmoid(d_x) + F.logsigmoid(-d_r) + F.logsigmoid(-d_p)).mean()
     lv = model.log_variance
     pixel = -Normal(x_rec, (0.5 * lv).exp()).log_prob(x).sum(-1)
@@ -79,7 +90,7 @@ def test_losses_are_the_papers_on_one_batch(digits):
 # ---- the three optimisers ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw", [dict(), dict(conv=True, hidden_dims=(16,)), dict(likelihood="bernoulli"),
-                                dict(variance="fixed")])
+                                dict(variance="fixed"), dict(feature_variance="fixed")])
 def test_the_optimisers_are_disjoint_and_cover_the_model(kw):
     model = _make(**kw)
     opts = model.make_optimizers(CFG)
@@ -155,6 +166,7 @@ def test_build_model_rebuilds_it_from_its_config():
     (dict(hidden_dims=()), r"hidden_dims must hold at least one width for a VAE-GAN"),
     (dict(gamma=float("nan")), "gamma"),
     (dict(gamma="1"), "gamma"),
+    (dict(feature_variance="network"), "feature_variance"),
 ])
 def test_bad_models_are_refused_by_name(kw, match):
     with pytest.raises((TypeError, ValueError), match=match):
@@ -215,6 +227,7 @@ def test_a_vae_checkpoint_keeps_its_single_optimizer_entry(bernoulli_digits_run,
     (["--variance", "network"], r"variance 'network' \(it takes learned or fixed\)"),
     (["--gamma", "-1"], r"gamma must be a finite number >= 0; got float -1.0"),
     (["--gamma", "x"], r"gamma must be a finite number >= 0; got 'x'"),
+    (["--feature-variance", "unit"], r"feature_variance must be one of learned, fixed; got str 'unit'"),
     (["--compile"], r"compile True \(it takes false: its step is three optimisers' steps"),
 ])
 def test_bad_settings_are_refused_by_name(tmp_path, capsys, args, match):

@@ -6,7 +6,7 @@ part. Dis_l(x) are the discriminator's features at its last hidden layer (the pa
 layer and the real/fake logit follow it). The losses of one batch (section 2 and Algorithm 1 of the paper):
 
     L_prior    = KL(q(z|x) || N(0, I))                                     (closed form, fused with the draw of z)
-    L_llike    = -log N(Dis_l(x) | Dis_l(Dec(z)), I)                        (fastvae.gaussian_nll on the features)
+    L_llike    = -log N(Dis_l(x) | Dis_l(Dec(z)), s^2 I)                    (fastvae.gaussian_nll on the features)
     L_GAN      = BCE(D(x), real) + BCE(D(Dec(z)), fake) + BCE(D(Dec(z_p)), fake),  z_p ~ p(z)
                = -[log D(x) + log(1 - D(Dec(z))) + log(1 - D(Dec(z_p)))]
 
@@ -14,6 +14,12 @@ and three optimisers, each stepping only its own network on its own loss (the pa
 the encoder on beta * L_prior + L_llike, the decoder on gamma * L_llike - L_GAN (the paper's minimax sign), the
 discriminator on L_GAN. Dec(z) is the decoder's mean (the probabilities of a Bernoulli likelihood). The target
 features Dis_l(x) are constants of L_llike (the discriminator does not learn from it).
+
+The feature variance s^2: the paper's identity (feature_variance="fixed"), or by default one learned log-variance
+(feature_variance="learned", the decoder's optimiser on its gradient of gamma * L_llike; RMSProp's step does not
+depend on gamma's scale). Why learned: the scale of an MLP discriminator's features is arbitrary and small (SiLU of
+small activations), so under unit variance L_llike barely depends on z and the KL wins: on Fashion-MNIST the
+posterior carried 2-3 nats (KL) after 3 epochs with unit variance, about 30 with the learned one (see docs/vae.md).
 
 The pixel likelihood is not part of this objective. Its one free parameter (the learned log-variance) is fitted to
 the pixel reconstruction error of the detached decoder means, so that the ELBO and the importance-sampled
@@ -26,12 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _checks
 from . import checks
 from .networks import ConvEncoder, mlp
 from .vae import VARIANCE_LR_SCALE, VAE, VAEOutput, _as_float
 
 # the optimisers, in the order Algorithm 1 updates them (the names of the checkpoint's `optimizers` entry)
 OPTIMIZERS = ("encoder", "decoder", "discriminator")
+FEATURE_VARIANCES = ("learned", "fixed")
 
 
 class Discriminator(nn.Module):
@@ -63,7 +71,8 @@ class VAEGAN(VAE):
     """VAE-GAN (Larsen et al. 2016): VAE's encoder and decoder with a Discriminator part whose features carry the
     reconstruction term; trained by train_step with three optimisers (make_optimizers).
 
-    gamma: the weight of L_llike against the GAN loss in the decoder's objective. hidden_dims: as VAE's (the
+    gamma: the weight of L_llike against the GAN loss in the decoder's objective. feature_variance: "learned" (one
+    log-variance s^2 of the features) or "fixed" (the paper's identity). hidden_dims: as VAE's (the
     discriminator takes the encoder's widths; at least one). likelihood: "gaussian" (variance "learned" or "fixed")
     or "bernoulli": the decoder's mean goes to the discriminator. beta weights L_prior. The posterior is diagonal,
     one sample, no labels."""
@@ -71,13 +80,15 @@ class VAEGAN(VAE):
     own_step = True         # trains by its own train_step (not the one loss of VAE.forward): no DDP, no compile
 
     def __init__(self, input_dim, latent_dim, hidden_dims=(512, 256), likelihood="gaussian", variance="learned",
-                 beta=1.0, *, gamma=1e-2, conv=False, conv_channels=(32, 64), backend="fastvae"):
+                 beta=1.0, *, gamma=1e-2, feature_variance="learned", conv=False, conv_channels=(32, 64),
+                 backend="fastvae"):
         if likelihood not in ("gaussian", "bernoulli"):
             raise ValueError(f"likelihood must be 'gaussian' or 'bernoulli' for a VAE-GAN (its decoder's mean goes "
                              f"to the discriminator); got {likelihood!r}")
         if likelihood == "gaussian" and variance == "network":
             raise ValueError("variance must be 'learned' or 'fixed' for a VAE-GAN (a decoder variance network would "
                              "train the decoder on the pixel likelihood); got 'network'")
+        _checks.choice(feature_variance, "feature_variance", FEATURE_VARIANCES)
         hidden = checks.integers("hidden_dims", hidden_dims, 1)
         if not hidden:
             raise ValueError("hidden_dims must hold at least one width for a VAE-GAN (its discriminator's features "
@@ -86,15 +97,20 @@ class VAEGAN(VAE):
                          conv_channels=conv_channels, backend=backend)
         self.gamma = checks.real("gamma", gamma)
         self.config = dict(input_dim=self.config["input_dim"], latent_dim=self.latent_dim, hidden_dims=hidden,
-                           likelihood=likelihood, variance=variance, beta=self.beta, gamma=self.gamma, conv=conv,
-                           conv_channels=self.config["conv_channels"], backend=backend)
+                           likelihood=likelihood, variance=variance, beta=self.beta, gamma=self.gamma,
+                           feature_variance=feature_variance, conv=conv, conv_channels=self.config["conv_channels"],
+                           backend=backend)
+        self.feature_variance = feature_variance
         self.discriminator = Discriminator(self.input_shape, hidden, conv, self.config["conv_channels"])
+        if feature_variance == "learned":       # the log of s^2, held like the pixel likelihood's log_variance
+            self.feature_log_variance = nn.Parameter(torch.zeros(()))
 
     # ------------------------------------------------------------------------------------------------------------
 
     def parameter_groups(self):
         """{optimiser name: its parameters (name -> parameter)}: the encoder (conv front, encoder MLP), the
-        discriminator, the decoder (decoder MLP, conv back, and the pixel likelihood's free log-variance).
+        discriminator, the decoder (decoder MLP, conv back, the learned feature log-variance and the pixel
+        likelihood's free log-variance).
         Disjoint, and together every parameter of the model."""
         groups = {name: {} for name in OPTIMIZERS}
         for n, p in self.named_parameters():
@@ -105,12 +121,13 @@ class VAEGAN(VAE):
 
     def make_optimizers(self, cfg):
         """The paper's three RMSProp optimisers (lr cfg["lr"]; the preset's is the paper's 3e-4); the learned
-        pixel log-variance has its own step size as in VAE.make_optimizers."""
+        log-variances (features, pixels) have their own step size as in VAE.make_optimizers."""
         lr, opts = cfg["lr"], {}
+        variances = (*self._free, "feature_log_variance")
         for name, params in self.parameter_groups().items():
-            rest = [p for n, p in params.items() if n not in self._free]
+            rest = [p for n, p in params.items() if n not in variances]
             groups = [{"params": rest, "lr": lr}]
-            free = [p for n, p in params.items() if n in self._free]
+            free = [p for n, p in params.items() if n in variances]
             if free:
                 groups.append({"params": free, "lr": lr * VARIANCE_LR_SCALE})
             opts[name] = torch.optim.RMSprop(groups, lr=lr)
@@ -146,9 +163,11 @@ class VAEGAN(VAE):
         return out, losses
 
     def feature_nll(self, f_x, f_rec):
-        """L_llike per sample, (B,): -log N(Dis_l(x) | Dis_l(x~), I) summed over the features (0.5 log 2 pi each
-        included), the fused gaussian_nll with unit variance; Dis_l(x) is the target (no gradient)."""
-        return self.ops.get("gaussian_nll", "a VAE-GAN")(f_x.detach(), f_rec, None, reduction="none")
+        """L_llike per sample, (B,): -log N(Dis_l(x) | Dis_l(x~), s^2 I) summed over the features (0.5 log 2 pi
+        each included), the fused gaussian_nll with the scalar learned log-variance (or unit variance, "fixed");
+        Dis_l(x) is the target (no gradient)."""
+        return self.ops.get("gaussian_nll", "a VAE-GAN")(f_x.detach(), f_rec, getattr(self, "feature_log_variance",
+                                                                                      None), reduction="none")
 
     def train_step(self, step_model, x, y, optimizers, *, generator=None, distance_generator=None,
                    autocast=nullcontext):

@@ -12,8 +12,9 @@ CHECKPOINT_FORMAT = "fastvae-checkpoint"
 CHECKPOINT_VERSION = 1
 # Settings added after checkpoints of this version were first written; an older checkpoint lacks them and reads as
 # their default, which is how its run ran (n_mix: the logistic_mixture likelihood's components, latent_dims: the
-# hierarchical VAE's layers, labelled and alpha: M2's, gamma: the VAE-GAN's; no older run could use any of them).
-ADDED_SETTINGS = ("n_mix", "latent_dims", "labelled", "alpha", "gamma")
+# hierarchical VAE's layers, labelled and alpha: M2's, gamma and feature_variance: the VAE-GAN's; no older run could
+# use any of them).
+ADDED_SETTINGS = ("n_mix", "latent_dims", "labelled", "alpha", "gamma", "feature_variance")
 
 
 class CheckpointError(ValueError):

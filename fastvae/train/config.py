@@ -108,7 +108,7 @@ def model_kwargs(cfg, data):
     if cfg["model"] == "vaegan":
         return dict(input_dim=input_dim, latent_dim=cfg["latent_dim"], hidden_dims=cfg["hidden_dims"],
                     likelihood=cfg["likelihood"], variance=cfg["variance"], beta=cfg["beta"], gamma=cfg["gamma"],
-                    conv=cfg["conv"], backend=cfg["backend"])
+                    feature_variance=cfg["feature_variance"], conv=cfg["conv"], backend=cfg["backend"])
     return dict(
         input_dim=input_dim,
         latent_dim=cfg["latent_dim"], hidden_dims=cfg["hidden_dims"], likelihood=cfg["likelihood"],

@@ -153,6 +153,8 @@ SETTINGS = {s.key: s for s in (
     Setting("alpha", float, 50.0, "m2: weight of the labelled inputs' classification loss -log q(y|x)", lo=0),
     Setting("gamma", float, 1e-2, "vaegan: weight of the discriminator-feature reconstruction term against the GAN "
             "loss in the decoder's objective", lo=0),
+    Setting("feature_variance", str, "learned", "vaegan: the variance of the Gaussian on the discriminator's "
+            "features: learned (one log-variance) or fixed (the paper's identity)", choices=("learned", "fixed")),
     Setting("binarize", str, None, "binarize the pixels: static (one fixed draw), dynamic (train set redrawn every "
             "batch) (default: dynamic for bernoulli, else none)",
             choices=("none", "static", "dynamic")),
