@@ -236,3 +236,15 @@ def test_bad_settings_are_refused_by_name(tmp_path, capsys, args, match):
               "--hidden-dims", "16", "--threads", "1", *args])
     said = f"{e.value.code} {capsys.readouterr().err}"
     assert re.search(match, said), said
+
+
+def test_resume_refuses_a_checkpoint_without_all_three_optimisers(tmp_path):
+    tr.train(_cfg(tmp_path, epochs=1))
+    path = tmp_path / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["optimizers"]["discriminator"]
+    torch.save(ckpt, path)
+    with pytest.raises(tr.CheckpointError, match=r"cannot resume from it \(ValueError: it holds the optimizers "
+                                                 r"\['decoder', 'encoder'\], the model trains with \['decoder', "
+                                                 r"'discriminator', 'encoder'\]\)"):
+        tr.train(_cfg(tmp_path, epochs=2, resume=True))
