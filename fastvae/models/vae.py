@@ -511,8 +511,8 @@ def _as_float(x):
 
 def model_class(config):
     """The class of the family that a model config (`config` of a model, a checkpoint's model_config) describes:
-    HierarchicalVAE when it holds latent_dims, VAEGAN when it holds gamma, else VAE. An unknown key is refused, naming it, as is a missing
-    input_dim or latent_dim (latent_dims); the class checks each value."""
+    HierarchicalVAE when it holds latent_dims, VAEGAN when it holds gamma, else VAE. An unknown key is refused,
+    naming it, as is a missing input_dim or latent_dim (latent_dims); the class checks each value."""
     from .hierarchical import HierarchicalVAE
     from .vaegan import VAEGAN
     if not isinstance(config, dict):
@@ -530,6 +530,6 @@ def model_class(config):
 
 
 def build_model(config):
-    """The model (a VAE, a HierarchicalVAE or a VAEGAN) from the dict that its `config` (and a checkpoint) holds: every key
-    is an argument of its class (model_class)."""
+    """The model (a VAE, a HierarchicalVAE or a VAEGAN) from the dict that its `config` (and a checkpoint) holds:
+    every key is an argument of its class (model_class)."""
     return model_class(config)(**config)

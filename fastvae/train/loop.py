@@ -98,8 +98,9 @@ def _run_data(cfg, data, device, world):
 
 
 def _resume(path, cfg, model, opts, data, data_gen, noise_gen, rank, world):
-    """Restores a run from its checkpoint into model, its optimizers opts and the generators; applies the settings that may
-    change (Setting.resume "apply"; the others were refused by resolve_config). Returns (epoch, step, metrics)."""
+    """Restores a run from its checkpoint into model, its optimizers opts (name -> optimizer) and the generators;
+    applies the settings that may change (Setting.resume "apply"; the others were refused by resolve_config).
+    Returns (epoch, step, metrics)."""
     ckpt = load_checkpoint(path)
     # the op backend may change between runs (same model, same parameters); nothing else may
     diff = {k: (ckpt["model_config"].get(k), v) for k, v in model.config.items()

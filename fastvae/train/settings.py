@@ -126,7 +126,8 @@ SETTINGS = {s.key: s for s in (
     Setting("epochs", int, 100, "passes over the training set, in all (a resumed run counts its past ones)",
             lo=0, hi=INT_MAX, resume="apply"),
     # (at most 1e30: Adam's first step, lr / (1 - beta1), and the variance group's 20 lr stay finite in float32)
-    Setting("lr", float, 1e-3, "learning rate (Adam; vaegan: its three RMSProp optimisers, preset 3e-4)", lo=0, lo_open=True, hi=1e30, resume="apply"),
+    Setting("lr", float, 1e-3, "learning rate (Adam; vaegan: its three RMSProp optimisers, preset 3e-4)", lo=0,
+            lo_open=True, hi=1e30, resume="apply"),
     Setting("device", str, "auto", "cpu, cuda, cuda:N or auto (cuda when available)", pattern=r"auto|cpu|cuda(:\d+)?",
             expected="auto, cpu, cuda or cuda:N", resume="apply"),
     Setting("amp", str, None, "bf16 autocast, or none (default none)", choices=("none", "bf16"), resume="apply"),
