@@ -76,7 +76,7 @@ TOML_CASES = [
     ("out", "7", "out must be a non-empty string; got int 7"),
     ("seed", str(2**63 - 1), f"seed must be an int from 0 to 4294967295; got int {2**63 - 1}"),
     ("seed", "-1", "seed must be an int from 0"),
-    ("model", '"gan"', "model must be one of vae, beta-vae, cvae, iwae, wae-mmd, swae, hvae, m2; got str 'gan'"),
+    ("model", '"gan"', "model must be one of vae, beta-vae, cvae, iwae, wae-mmd, swae, hvae, m2, vaegan; got str 'gan'"),
     ("amp", '"fp16"', "amp must be one of none, bf16"),
     ("amp", "false", "amp must be one of none, bf16, auto; got bool False"),
     ("binarize", "true", "binarize must be one of none, static, dynamic; got bool True"),

@@ -37,6 +37,9 @@ A new family member is a new part, not a flag on VAE:
     depends on the prior's top-down state, which the independent q_z / p_z parts cannot express with a closed-form
     KL per level, so it subclasses VAE keeping every other part and replaces the latent path (encode_stats,
     forward, posterior_elbo, _log_weights, _prior_sample); build_model picks it for a config with latent_dims;
+  - VAE-GAN (VAEGAN, vaegan.py): a Discriminator part whose features carry the reconstruction term, and the
+    trainer's hook: a model's make_optimizers(cfg) (VAE: one Adam) and train_step(...) (VAE: backward and step);
+    VAEGAN's are the paper's three optimisers, each on its own loss; build_model picks it for a config with gamma;
   - semi-supervised: a Labels part that, for unlabelled inputs, adds a classifier network q(y|x) and marginalises
     the bound over y (its one_hot returns the soft labels and its term joins the loss).
 """
@@ -47,6 +50,7 @@ from .networks import ACTIVATIONS
 from .posteriors import POSTERIORS
 from .regularisers import DIVERGENCES
 from .vae import MAX_LL_SAMPLES, VAE, VAEOutput, build_model, model_class
+from .vaegan import VAEGAN
 
-__all__ = ["VAE", "HierarchicalVAE", "VAEOutput", "build_model", "model_class", "MAX_LL_SAMPLES", "LIKELIHOODS",
-           "VARIANCES", "DIVERGENCES", "POSTERIORS", "BACKENDS", "ACTIVATIONS", "Ops"]
+__all__ = ["VAE", "HierarchicalVAE", "VAEGAN", "VAEOutput", "build_model", "model_class", "MAX_LL_SAMPLES",
+           "LIKELIHOODS", "VARIANCES", "DIVERGENCES", "POSTERIORS", "BACKENDS", "ACTIVATIONS", "Ops"]

@@ -2,6 +2,7 @@
 distance), the importance-sampled log-likelihood, generation; and build_model, which rebuilds one from its config."""
 import inspect
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
@@ -24,6 +25,10 @@ _LL_CHUNK_ELEMENTS = 1 << 24
 # The most importance samples log_likelihood takes per input (200 times the K = 5000 of the IWAE paper): its cost
 # grows linearly with K, and a K of 2^63 would loop for ever.
 MAX_LL_SAMPLES = 10**6
+# Adam moves a parameter by about lr per step: the one learned log-variance of the Gaussian likelihood has to
+# travel from 0 to about -5 on [0, 1] pixel data, which at lr 1e-3 takes thousands of steps and holds the whole
+# model back (a straight-line loss curve). Its own, larger step size lets it follow the reconstruction error.
+VARIANCE_LR_SCALE = 20.0
 
 
 @dataclass
@@ -35,6 +40,8 @@ class VAEOutput:
     (closed form for a diagonal posterior, a one-sample estimate for a full one); distance: the batch MMD or
     sliced-Wasserstein term of WAE/SWAE (None for divergence="kl"); z: the latent sample(s), (B, d) or (k, B, d).
     classification: semi-supervised (M2) only: -log q(y|x) of the labelled inputs, (L,) (None for the others).
+    terms: further scalar batch means a model's own train_step reports (VAE-GAN: llike, gan, decoder), which the
+    trainer records as train_<name> (None for the others).
     For M2, elbo is the bound on log p(x, y) of a labelled input and on log p(x) of an unlabelled one, recon and kl
     are averaged over q(y|x) for an unlabelled input, and z is the sample under its given or most probable class.
     """
@@ -45,6 +52,7 @@ class VAEOutput:
     z: torch.Tensor
     distance: Optional[torch.Tensor] = None
     classification: Optional[torch.Tensor] = None
+    terms: Optional[dict] = None
 
     @property
     def regulariser(self):
@@ -256,6 +264,37 @@ class VAE(nn.Module):
         if self.conv:
             out = self.conv_decoder(out)
         return self.p_x.params(out.reshape(*lead, -1), {name: getattr(self, name) for name in self._free})
+
+    # ------------------------------------------------------------------------------------------------------------
+    # training: the trainer's hook (a model with other optimisers or another step overrides both)
+
+    own_step = False        # True: train_step does not run forward through step_model (no DDP, no compile)
+
+    def make_optimizers(self, cfg):
+        """{name: optimizer} of a run with settings cfg: one Adam (lr, adam_beta1, adam_beta2, adam_eps) over every
+        parameter, the learned log-variance with VARIANCE_LR_SCALE times the step size. A checkpoint stores a single
+        one as `optimizer`."""
+        lr = cfg["lr"]
+        if self._free:
+            rest = [p for n, p in self.named_parameters() if n not in self._free]
+            groups = [{"params": rest, "lr": lr},
+                      {"params": [getattr(self, n) for n in self._free], "lr": lr * VARIANCE_LR_SCALE}]
+        else:
+            groups = [{"params": list(self.parameters()), "lr": lr}]
+        return {"optimizer": torch.optim.Adam(groups, lr=lr, betas=(cfg["adam_beta1"], cfg["adam_beta2"]),
+                                              eps=cfg["adam_eps"])}
+
+    def train_step(self, step_model, x, y, optimizers, *, generator=None, distance_generator=None,
+                   autocast=nullcontext):
+        """One training step on a batch: the loss of step_model (this model, or it wrapped by DDP / compile)
+        backpropagated and the one optimizer stepped; returns the VAEOutput."""
+        opt = optimizers["optimizer"]
+        with autocast():
+            out = step_model(x, y, generator=generator, distance_generator=distance_generator)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        return out
 
     # ------------------------------------------------------------------------------------------------------------
     # the objective
@@ -488,12 +527,14 @@ def _as_float(x):
 
 def model_class(config):
     """The class of the family that a model config (`config` of a model, a checkpoint's model_config) describes:
-    HierarchicalVAE when it holds latent_dims, else VAE. An unknown key is refused, naming it, as is a missing
-    input_dim or latent_dim (latent_dims); the class checks each value."""
+    HierarchicalVAE when it holds latent_dims, VAEGAN when it holds gamma, else VAE. An unknown key is refused,
+    naming it, as is a missing input_dim or latent_dim (latent_dims); the class checks each value."""
     from .hierarchical import HierarchicalVAE
+    from .vaegan import VAEGAN
     if not isinstance(config, dict):
         raise TypeError(f"the model config must be a dict of VAE arguments; got {type(config).__name__}")
-    cls, size = (HierarchicalVAE, "latent_dims") if "latent_dims" in config else (VAE, "latent_dim")
+    cls, size = (HierarchicalVAE, "latent_dims") if "latent_dims" in config else (
+        (VAEGAN if "gamma" in config else VAE), "latent_dim")
     known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(str(k) for k in config if k not in known)
     if unknown:
@@ -505,6 +546,6 @@ def model_class(config):
 
 
 def build_model(config):
-    """The model (a VAE, or a HierarchicalVAE) from the dict that its `config` (and a checkpoint) holds: every key
-    is an argument of its class (model_class)."""
+    """The model (a VAE, a HierarchicalVAE or a VAEGAN) from the dict that its `config` (and a checkpoint) holds:
+    every key is an argument of its class (model_class)."""
     return model_class(config)(**config)

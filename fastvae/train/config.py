@@ -35,6 +35,7 @@ def resolve_config(overrides=None):
     if cfg["amp"] is None:             # the runs recorded before amp "auto" existed hold None for none
         cfg["amp"] = "none"
     _check_layers(cfg, given)
+    _check_vaegan(cfg)
     return {k: SETTINGS[k].check(v) for k, v in cfg.items()}
 
 
@@ -59,6 +60,25 @@ def _check_layers(cfg, given):
     cfg["latent_dim"] = lowest
 
 
+def _check_vaegan(cfg):
+    """--model vaegan: a diagonal posterior, one sample, the KL, a Gaussian (learned or fixed variance) or
+    Bernoulli likelihood, at least one hidden width (its discriminator's features) and no compile."""
+    if cfg["model"] != "vaegan":
+        return
+    problems = [f"{k} {cfg[k]!r} (it takes {want})" for k, want, ok in (
+        ("hidden_dims", "at least one width: its discriminator's features are the last hidden layer",
+         cfg["hidden_dims"]),
+        ("posterior", "diagonal", cfg["posterior"] == "diagonal"),
+        ("divergence", "kl", cfg["divergence"] == "kl"),
+        ("n_samples", "1", cfg["n_samples"] == 1),
+        ("likelihood", "gaussian or bernoulli", cfg["likelihood"] in ("gaussian", "bernoulli")),
+        ("variance", "learned or fixed", cfg["likelihood"] != "gaussian" or cfg["variance"] != "network"),
+        ("compile", "false: its step is three optimisers' steps, not one compiled loss", not cfg["compile"]))
+        if not ok]
+    if problems:
+        raise ValueError(f"--model vaegan cannot take {'; '.join(problems)}")
+
+
 def _run_config(out):
     """The recorded settings of the run whose checkpoint is in out (None without one)."""
     path = os.path.join(out, CHECKPOINT_NAME)
@@ -78,12 +98,17 @@ def semi_supervised_labels(cfg, data):
 
 
 def model_kwargs(cfg, data):
-    """The model arguments (VAE's, or HierarchicalVAE's for hvae) of a run configuration on its data."""
+    """The model arguments (VAE's, HierarchicalVAE's for hvae, VAEGAN's for vaegan) of a run configuration on its
+    data."""
     input_dim = data.shape if cfg["conv"] else (data.shape[0] if len(data.shape) == 1 else list(data.shape))
     if cfg["model"] == "hvae":
         return dict(input_dim=input_dim, latent_dims=cfg["latent_dims"], hidden_dims=cfg["hidden_dims"],
                     likelihood=cfg["likelihood"], variance=cfg["variance"], beta=cfg["beta"],
                     n_samples=cfg["n_samples"], conv=cfg["conv"], backend=cfg["backend"])
+    if cfg["model"] == "vaegan":
+        return dict(input_dim=input_dim, latent_dim=cfg["latent_dim"], hidden_dims=cfg["hidden_dims"],
+                    likelihood=cfg["likelihood"], variance=cfg["variance"], beta=cfg["beta"], gamma=cfg["gamma"],
+                    feature_variance=cfg["feature_variance"], conv=cfg["conv"], backend=cfg["backend"])
     return dict(
         input_dim=input_dim,
         latent_dim=cfg["latent_dim"], hidden_dims=cfg["hidden_dims"], likelihood=cfg["likelihood"],

@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from ..data import load_data
 from ..models import VAE
+from ..models.vae import VARIANCE_LR_SCALE  # noqa: F401 (fastvae.train exports it)
 from .build import build_checked
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
 from .config import model_kwargs, resolve_config, semi_supervised_labels
@@ -30,17 +31,6 @@ class TrainingDiverged(RuntimeError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says where the last checkpoint is."""
-
-
-# Adam moves a parameter by about lr per step: the one learned log-variance of the Gaussian likelihood has to
-# travel from 0 to about -5 on [0, 1] pixel data, which at lr 1e-3 takes thousands of steps and holds the whole
-# model back (a straight-line loss curve). Its own, larger step size lets it follow the reconstruction error.
-VARIANCE_LR_SCALE = 20.0
-
-
-def _adam(model, cfg):
-    return torch.optim.Adam(_param_groups(model, cfg["lr"]), lr=cfg["lr"], betas=(cfg["adam_beta1"], cfg["adam_beta2"]),
-                            eps=cfg["adam_eps"])
 
 
 # The IWAE paper's schedule (Burda et al. 2015, section 5): stage i = 0..7 runs 3^i epochs at lr * 10^(-i/7),
@@ -88,13 +78,6 @@ def cpu_has_native_bf16(capability=None, cpuinfo="/proc/cpuinfo"):
     except OSError:
         pass
     return False
-
-
-def _param_groups(model, lr):
-    if getattr(model, "variance", None) != "learned":
-        return [{"params": list(model.parameters()), "lr": lr}]
-    rest = [p for n, p in model.named_parameters() if n != "log_variance"]
-    return [{"params": rest, "lr": lr}, {"params": [model.log_variance], "lr": lr * VARIANCE_LR_SCALE}]
 
 
 @dataclass
@@ -161,9 +144,10 @@ def _run_data(cfg, data, device, world):
     return data
 
 
-def _resume(path, cfg, model, opt, data, data_gen, noise_gen, rank, world):
-    """Restores a run from its checkpoint into model, opt and the generators; applies the settings that may
-    change (Setting.resume "apply"; the others were refused by resolve_config). Returns (epoch, step, metrics)."""
+def _resume(path, cfg, model, opts, data, data_gen, noise_gen, rank, world):
+    """Restores a run from its checkpoint into model, its optimizers opts (name -> optimizer) and the generators;
+    applies the settings that may change (Setting.resume "apply"; the others were refused by resolve_config).
+    Returns (epoch, step, metrics)."""
     ckpt = load_checkpoint(path)
     # the op backend may change between runs (same model, same parameters); nothing else may
     diff = {k: (ckpt["model_config"].get(k), v) for k, v in model.config.items()
@@ -179,7 +163,11 @@ def _resume(path, cfg, model, opt, data, data_gen, noise_gen, rank, world):
                          f"resume with the run's data")
     try:
         model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        saved = ckpt["optimizers"] if "optimizers" in ckpt else {"optimizer": ckpt["optimizer"]}
+        if set(saved) != set(opts):
+            raise ValueError(f"it holds the optimizers {sorted(saved)}, the model trains with {sorted(opts)}")
+        for name, opt in opts.items():
+            opt.load_state_dict(saved[name])
         rng, step = ckpt["rng"], ckpt["step"]
         torch.set_rng_state(rng["torch"])
         data_gen.set_state(rng["data"])
@@ -188,9 +176,10 @@ def _resume(path, cfg, model, opt, data, data_gen, noise_gen, rank, world):
             raise TypeError(f"its step must be an int >= 0; got {step!r}")
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot resume from it ({type(e).__name__}: {e})") from None
-    for group, fresh in zip(opt.param_groups, _param_groups(model, cfg["lr"])):
-        group.update(lr=fresh["lr"], initial_lr=fresh["lr"], betas=(cfg["adam_beta1"], cfg["adam_beta2"]),
-                     eps=cfg["adam_eps"])
+    for name, fresh in model.make_optimizers(cfg).items():
+        for group, new in zip(opts[name].param_groups, fresh.param_groups):
+            # the run's optimizer settings now (lr, Adam's betas and eps: "apply" on resume); the schedule's base
+            group.update({k: v for k, v in new.items() if k != "params"}, initial_lr=new["lr"])
     if len(noise) == world and isinstance(noise[rank], torch.Tensor) and (
             noise[rank].shape == noise_gen.get_state().shape):
         noise_gen.set_state(noise[rank])
@@ -210,20 +199,24 @@ def _run(cfg, data, device, distributed, rank, world):
     torch.manual_seed(cfg["seed"])
     data = _run_data(cfg, data, device, world)
     model = build_checked(model_kwargs(cfg, data), device, batch_size=cfg["batch_size"])
-    opt = _adam(model, cfg)
-    for group in opt.param_groups:
-        group["initial_lr"] = group["lr"]            # the base of the lr schedule
+    opts = model.make_optimizers(cfg)
+    for opt in opts.values():
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]        # the base of the lr schedule
     noise_gen = torch.Generator(device).manual_seed(cfg["seed"] * 1_000_003 + 7919 * rank + 1)
     data_gen = torch.Generator().manual_seed(cfg["seed"] + 17)
     start_epoch, global_step, metrics = 0, 0, []
     if cfg["resume"] and os.path.isfile(ckpt_path):
-        start_epoch, global_step, metrics = _resume(ckpt_path, cfg, model, opt, data, data_gen, noise_gen, rank,
+        start_epoch, global_step, metrics = _resume(ckpt_path, cfg, model, opts, data, data_gen, noise_gen, rank,
                                                     world)
     elif cfg["resume"]:
         _log(f"note: --resume given but {ckpt_path} does not exist; starting from scratch", rank)
     saved_epoch = start_epoch        # the epoch of the checkpoint on disk (0: none)
 
     step_model = model
+    if model.own_step and (distributed or cfg["compile"]):
+        raise ValueError(f"--model {cfg['model']} trains by its own step in one process: it takes neither torchrun "
+                         f"(DDP) nor compile")
     if distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model.gather = gather_with_grad
@@ -257,10 +250,12 @@ def _run(cfg, data, device, distributed, rank, world):
     try:
         for epoch in range(start_epoch, cfg["epochs"]):
             model.train()
-            for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] * lr_factor(cfg["lr_schedule"], epoch)
+            for opt in opts.values():
+                for group in opt.param_groups:
+                    group["lr"] = group["initial_lr"] * lr_factor(cfg["lr_schedule"], epoch)
             perm = torch.randperm(n_train, generator=data_gen)[:per_rank * world][rank::world].to(data.train_x.device)
             sums = torch.zeros(5, device=device, dtype=torch.float64)   # loss, recon, kl, elbo, distance
+            terms = {}
             t0 = time.perf_counter()
             seen = 0
             for s in range(steps_per_epoch):
@@ -278,11 +273,11 @@ def _run(cfg, data, device, distributed, rank, world):
                 if model.divergence != "kl":
                     # the same projections / prior samples on every rank (seeded by the global step only)
                     dgen = torch.Generator(device).manual_seed(cfg["seed"] * 1_000_003 + global_step)
-                with autocast():
-                    out = step_model(xb, yb, generator=noise_gen, distance_generator=dgen)
-                opt.zero_grad(set_to_none=True)
-                out.loss.backward()
-                opt.step()
+                out = model.train_step(step_model, xb, yb, opts, generator=noise_gen, distance_generator=dgen,
+                                       autocast=autocast)
+                if out.terms:           # a model's own terms (VAE-GAN's), recorded as train_<name>
+                    for k, v in out.terms.items():
+                        terms[k] = terms.get(k, 0.0) + v.detach().double() * b
                 with torch.no_grad():   # the metrics of the data's batch (not M2's added labelled batch)
                     sums += torch.stack([out.loss.detach().double() * b, out.recon[:b].detach().double().sum(),
                                          out.kl[:b].detach().double().sum(), out.elbo[:b].detach().double().sum(),
@@ -312,6 +307,7 @@ def _run(cfg, data, device, distributed, rank, world):
                        train_elbo=sums[3].item() / n_seen)
             if model.divergence != "kl":
                 row[f"train_{reg_name}"] = sums[4].item() / n_seen
+            row.update({f"train_{k}": v.item() / n_seen for k, v in terms.items()})
             row["samples_per_s"] = n_seen / train_time
             row["epoch_time_s"] = train_time
             rng_noise = [noise_gen.get_state()]
@@ -330,7 +326,7 @@ def _run(cfg, data, device, distributed, rank, world):
                 metrics.append(row)
                 save_checkpoint(ckpt_path, dict(
                     format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, fastvae_version=fastvae_version(),
-                    model_config=model.config, model=model.state_dict(), optimizer=opt.state_dict(),
+                    model_config=model.config, model=model.state_dict(), **_optimizer_states(opts),
                     epoch=epoch + 1, step=global_step, config=recorded(cfg), data_info=data.info(),
                     metrics=metrics, rng=dict(torch=torch.get_rng_state(), data=data_gen.get_state(),
                                               noise=[t.cpu() for t in rng_noise])))
@@ -362,6 +358,14 @@ def _run(cfg, data, device, distributed, rank, world):
     if distributed:
         dist.barrier()
     return TrainResult(model=model, config=cfg, metrics=metrics, out=out_dir, summary=summary)
+
+
+def _optimizer_states(opts):
+    """The checkpoint entries of the optimizers: `optimizer` for the one of most models (as every checkpoint so
+    far), `optimizers` (name -> state) for a model with several (VAE-GAN)."""
+    if list(opts) == ["optimizer"]:
+        return dict(optimizer=opts["optimizer"].state_dict())
+    return dict(optimizers={name: opt.state_dict() for name, opt in opts.items()})
 
 
 def _progress(cfg, rank, total, initial):

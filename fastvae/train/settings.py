@@ -10,7 +10,7 @@ import torch
 from ..distances import KERNELS
 from ..models import ACTIVATIONS, BACKENDS, DIVERGENCES, LIKELIHOODS, MAX_LL_SAMPLES, POSTERIORS, VARIANCES
 
-MODELS = ("vae", "beta-vae", "cvae", "iwae", "wae-mmd", "swae", "hvae", "m2")
+MODELS = ("vae", "beta-vae", "cvae", "iwae", "wae-mmd", "swae", "hvae", "m2", "vaegan")
 LR_SCHEDULES = ("constant", "iwae")
 INT_MAX = 2**31 - 1      # the largest size or count a setting takes: any product of two still fits an int64
 
@@ -134,7 +134,8 @@ SETTINGS = {s.key: s for s in (
     Setting("epochs", int, 100, "passes over the training set, in all (a resumed run counts its past ones)",
             lo=0, hi=INT_MAX, resume="apply"),
     # (at most 1e30: Adam's first step, lr / (1 - beta1), and the variance group's 20 lr stay finite in float32)
-    Setting("lr", float, 1e-3, "Adam learning rate", lo=0, lo_open=True, hi=1e30, resume="apply"),
+    Setting("lr", float, 1e-3, "learning rate (Adam; vaegan: its three RMSProp optimisers, preset 3e-4)", lo=0,
+            lo_open=True, hi=1e30, resume="apply"),
     Setting("adam_beta1", float, 0.9, "Adam's beta1 (the IWAE paper 0.99, WAE 0.5)", lo=0, hi=1, hi_open=True,
             resume="apply", later=True),
     Setting("adam_beta2", float, 0.999, "Adam's beta2", lo=0, hi=1, hi_open=True, resume="apply", later=True),
@@ -173,6 +174,11 @@ SETTINGS = {s.key: s for s in (
             "(default: all)", lo=1, hi=INT_MAX, later=True),
     Setting("alpha", float, 50.0, "m2: weight of the labelled inputs' classification loss -log q(y|x)", lo=0,
             later=True),
+    Setting("gamma", float, 1e-2, "vaegan: weight of the discriminator-feature reconstruction term against the GAN "
+            "loss in the decoder's objective", lo=0, later=True),
+    Setting("feature_variance", str, "learned", "vaegan: the variance of the Gaussian on the discriminator's "
+            "features: learned (one log-variance) or fixed (the paper's identity)", choices=("learned", "fixed"),
+            later=True),
     Setting("binarize", str, None, "binarize the pixels: static (one fixed draw), dynamic (train set redrawn every "
             "batch) (default: dynamic for bernoulli, else none)",
             choices=("none", "static", "dynamic")),
@@ -197,6 +203,7 @@ PRESETS = {
     "wae-mmd": dict(beta=0.0, n_samples=1, divergence="mmd", reg_weight=100.0),
     "swae": dict(beta=0.0, n_samples=1, divergence="sliced", reg_weight=10.0),
     "hvae": dict(beta=1.0, n_samples=1, divergence="kl", latent_dims=[32, 16]),
+    "vaegan": dict(beta=1.0, n_samples=1, divergence="kl", lr=3e-4),
 }
 
 
