@@ -2,18 +2,17 @@
 
 logistic.cu is compiled unchanged with g++ against the CUDA execution model (csrc/cudasim, see its README), linked
 with the driver tests/cudasim_kernels/logistic_launchers.cpp, once per test run in a temporary directory (with
-UBSan's alignment check), as tests/test_cuda_kernels_on_cpu.py does for gaussian.cu and distances.cu (whose `run`,
-`close`, orders and flags this file reuses). Each case runs under the three thread/block orders, every buffer
-guarded, and compares with torch.ops.fastvae.discretized_logistic_nll(_backward) on CPU tensors."""
+UBSan's alignment check), by the `build_driver` of tests/test_cuda_kernels_on_cpu.py (whose `run`, `close` and
+orders this file reuses too). Each case runs under the three thread/block orders, every buffer guarded, and compares
+with torch.ops.fastvae.discretized_logistic_nll(_backward) on CPU tensors."""
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 import fastvae  # noqa: F401  (registers torch.ops.fastvae)
-from test_cudasim_core import CUDA_INCLUDE, CXX, ROOT, SIM, _check
-from test_cuda_kernels_on_cpu import FLAGS, HALF_DTYPES, ORDERS, UBSAN, close, run
+from test_cudasim_core import CUDA_INCLUDE, CXX, ROOT
+from test_cuda_kernels_on_cpu import HALF_DTYPES, ORDERS, build_driver, close, run
 
 pytestmark = pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
                                 reason="needs g++ and the CUDA toolkit headers")
@@ -23,29 +22,9 @@ DTYPES = {torch.float32: 0, torch.float64: 1}
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
-    """The driver linked with logistic.cu and the model (the compile steps of test_cuda_kernels_on_cpu.driver, for
-    one .cu: that fixture builds gaussian.cu and distances.cu into its own driver)."""
-    out = tmp_path_factory.mktemp("logistic_on_cpu")
-    includes = ["-I", ROOT / "csrc", "-I", ROOT / "csrc" / "include", "-I", SIM / "shim", "-I", CUDA_INCLUDE]
-    sources = {"logistic": ROOT / "csrc" / "cuda" / "logistic.cu",
-               "driver": ROOT / "tests" / "cudasim_kernels" / "logistic_launchers.cpp"}
-
-    def compile_model(name, src):
-        obj = out / f"{name}.o"
-        _check([CXX, *FLAGS, *UBSAN, *includes, "-include", SIM / "cuda_sim.h", "-x", "c++", "-c", src, "-o", obj])
-        return obj
-
-    def compile_runtime():
-        obj = out / "cudasim.o"
-        _check([CXX, *FLAGS, "-I", CUDA_INCLUDE, "-c", SIM / "cudasim.cpp", "-o", obj])
-        return obj
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        jobs = [pool.submit(compile_model, n, s) for n, s in sources.items()] + [pool.submit(compile_runtime)]
-        objs = [j.result() for j in jobs]
-    exe = out / "logistic_launchers"
-    _check([CXX, *UBSAN, *objs, "-o", exe])
-    return exe
+    """The driver linked with logistic.cu and the model."""
+    return build_driver(tmp_path_factory.mktemp("logistic_on_cpu"), [ROOT / "csrc" / "cuda" / "logistic.cu"],
+                        ROOT / "tests" / "cudasim_kernels" / "logistic_launchers.cpp", "logistic_launchers")
 
 
 def inputs(rows, x_rows, D, K, n_bits, dtype, seed):

@@ -19,6 +19,7 @@
 
 #include "cpu/kernels.h"  // declarations only
 #include "cpu/isa.h"
+#include "cpu/drivers.h"
 #include "fastvae/gaussian_math.h"
 #include "fastvae/philox.h"
 
@@ -169,44 +170,6 @@ void normals(float* out, index_t start, index_t n, uint64_t key) {
 
 // ---------------------------------------------------------------------------------------------------------
 // drivers
-
-// fn(r, i0, i1) handles row r, columns [i0, i1) (at most kChunk), and returns that segment's sum.
-// out[r] = sum over the row's segments, in order.
-template <class T, class F>
-void row_reduce(index_t rows, index_t D, T* out, const F& fn) {
-  if (D > kChunk) {
-    const index_t nc = (D + kChunk - 1) / kChunk;
-    std::vector<T> part(static_cast<size_t>(rows * nc));
-    parallel_for(0, rows * nc, 1, [&](index_t b, index_t e) {
-      for (index_t t = b; t < e; ++t) {
-        const index_t r = t / nc, c = t % nc;
-        part[t] = fn(r, c * kChunk, std::min(D, (c + 1) * kChunk));
-      }
-    });
-    for (index_t r = 0; r < rows; ++r) {
-      T s = 0;
-      for (index_t c = 0; c < nc; ++c) s += part[r * nc + c];
-      out[r] = s;
-    }
-  } else {
-    parallel_for(0, rows, std::max<index_t>(1, kChunk / std::max<index_t>(D, 1)), [&](index_t b, index_t e) {
-      for (index_t r = b; r < e; ++r) out[r] = fn(r, 0, D);
-    });
-  }
-}
-
-// Elementwise work over segments of at most kChunk columns: fn(r, i0, i1).
-template <class F>
-void for_segments(index_t rows, index_t D, const F& fn) {
-  const index_t nc = (D + kChunk - 1) / kChunk;
-  const index_t seg = std::min(D, kChunk);
-  parallel_for(0, rows * nc, std::max<index_t>(1, kChunk / std::max<index_t>(seg, 1)), [&](index_t b, index_t e) {
-    for (index_t t = b; t < e; ++t) {
-      const index_t r = t / nc, c = t % nc;
-      fn(r, c * kChunk, std::min(D, (c + 1) * kChunk));
-    }
-  });
-}
 
 // Elementwise work that also sums per-column contributions over rows (the gradients of per-feature
 // parameters): fn(r, i0, i1, acc) adds to acc[a * D + i] for accumulator a < n_acc and i in [i0, i1).
@@ -407,7 +370,7 @@ const T* operand_at(const T* p, Layout layout, index_t r, index_t D, index_t b) 
 
 template <class T>
 void reparam_fwd(const T* mu, const T* lv, T* z, index_t numel, index_t n_samples, uint64_t key) {
-  for_segments(n_samples, numel, [&](index_t s, index_t i0, index_t i1) {
+  for_segments(n_samples, numel, kChunk, [&](index_t s, index_t i0, index_t i1) {
     for_blocks(i0, i1, [&](index_t b, index_t n) {
       float eps[kBlock];
       fill_normals(key, s * numel + b, n, eps);
@@ -418,7 +381,7 @@ void reparam_fwd(const T* mu, const T* lv, T* z, index_t numel, index_t n_sample
 
 template <class T>
 void reparam_bwd(const T* gz, const T* lv, T* grad_mu, T* grad_lv, index_t numel, index_t n_samples, uint64_t key) {
-  for_segments(1, numel, [&](index_t, index_t i0, index_t i1) {
+  for_segments(1, numel, kChunk, [&](index_t, index_t i0, index_t i1) {
     for_blocks(i0, i1, [&](index_t b, index_t n) {
       T acc_lv[kBlock] = {}, acc_mu[kBlock] = {};
       for (index_t s = 0; s < n_samples; ++s) {
@@ -434,7 +397,7 @@ void reparam_bwd(const T* gz, const T* lv, T* grad_mu, T* grad_lv, index_t numel
 
 template <class T>
 void reparam_kl_fwd(const T* mu, const T* lv, T* z, T* kl, index_t rows, index_t D, uint64_t key) {
-  row_reduce(rows, D, kl, [&](index_t r, index_t i0, index_t i1) {
+  row_reduce(rows, D, kChunk, kl, [&](index_t r, index_t i0, index_t i1) {
     T acc = 0;
     for_blocks(i0, i1, [&](index_t b, index_t n) {
       const index_t o = r * D + b;
@@ -449,7 +412,7 @@ void reparam_kl_fwd(const T* mu, const T* lv, T* z, T* kl, index_t rows, index_t
 template <class T>
 void reparam_kl_bwd(const T* gz, const T* gkl, const T* mu, const T* lv, T* grad_mu, T* grad_lv, index_t rows, index_t D,
                     uint64_t key) {
-  for_segments(rows, D, [&](index_t r, index_t i0, index_t i1) {
+  for_segments(rows, D, kChunk, [&](index_t r, index_t i0, index_t i1) {
     for_blocks(i0, i1, [&](index_t b, index_t n) {
       const index_t o = r * D + b;
       float eps[kBlock];
@@ -465,7 +428,7 @@ void reparam_kl_bwd(const T* gz, const T* gkl, const T* mu, const T* lv, T* grad
 template <class T>
 void gaussian_nll_fwd(const T* x, const T* mean, const T* lv, Layout lv_layout, T* out, index_t rows, index_t D,
                       index_t x_rows) {
-  row_reduce(rows, D, out, [&](index_t r, index_t i0, index_t i1) {
+  row_reduce(rows, D, kChunk, out, [&](index_t r, index_t i0, index_t i1) {
     const T* xr = x + (r % x_rows) * D;
     const T* mr = mean + r * D;
     T acc = 0;
@@ -505,13 +468,13 @@ void gaussian_nll_bwd(const T* g, const T* x, const T* mean, const T* lv, Layout
     T* outs[1] = {grad_lv};
     col_reduce(rows, D, 1, outs, body);
   } else {
-    for_segments(rows, D, [&](index_t r, index_t i0, index_t i1) { body(r, i0, i1, nullptr); });
+    for_segments(rows, D, kChunk, [&](index_t r, index_t i0, index_t i1) { body(r, i0, i1, nullptr); });
   }
 }
 
 template <class T>
 void bernoulli_nll_fwd(const T* logits, const T* x, T* out, index_t rows, index_t D, index_t x_rows) {
-  row_reduce(rows, D, out, [&](index_t r, index_t i0, index_t i1) {
+  row_reduce(rows, D, kChunk, out, [&](index_t r, index_t i0, index_t i1) {
     const T* xr = x + (r % x_rows) * D;
     const T* lr = logits + r * D;
     T acc = 0;
@@ -523,7 +486,7 @@ void bernoulli_nll_fwd(const T* logits, const T* x, T* out, index_t rows, index_
 template <class T>
 void bernoulli_nll_bwd(const T* g, const T* logits, const T* x, T* grad_logits, index_t rows, index_t D,
                        index_t x_rows) {
-  for_segments(rows, D, [&](index_t r, index_t i0, index_t i1) {
+  for_segments(rows, D, kChunk, [&](index_t r, index_t i0, index_t i1) {
     bernoulli_nll_bwd_block(g[r], logits + r * D + i0, x + (r % x_rows) * D + i0, grad_logits + r * D + i0, i1 - i0);
   });
 }
@@ -535,7 +498,7 @@ template <class T>
 void kl_normal_fwd(const T* mu, const T* lv, const T* mp, Layout mp_layout, const T* lp, Layout lp_layout, T* out,
                    index_t rows, index_t D) {
   const bool standard = mp_layout == Layout::None && lp_layout == Layout::None;
-  row_reduce(rows, D, out, [&](index_t r, index_t i0, index_t i1) {
+  row_reduce(rows, D, kChunk, out, [&](index_t r, index_t i0, index_t i1) {
     T acc = 0;
     for_blocks(i0, i1, [&](index_t b, index_t n) {
       const index_t o = r * D + b;
@@ -578,7 +541,7 @@ void kl_normal_bwd(const T* g, const T* mu, const T* lv, const T* mp, Layout mp_
       body(r, i0, i1, feat_mp ? acc : nullptr, feat_lp ? acc + (n_acc - 1) * D : nullptr);
     });
   } else {
-    for_segments(rows, D, [&](index_t r, index_t i0, index_t i1) { body(r, i0, i1, nullptr, nullptr); });
+    for_segments(rows, D, kChunk, [&](index_t r, index_t i0, index_t i1) { body(r, i0, i1, nullptr, nullptr); });
   }
 }
 

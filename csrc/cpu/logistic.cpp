@@ -7,8 +7,9 @@
 // vectorised over pixels with contiguous loads; the gradients are transposed back. Nothing is stored between the
 // forward and the backward: the backward recomputes the log masses from the inputs.
 //
-// Work split (deterministic for any thread count): a row is cut into chunks of at most chunk_pixels(K) pixels;
-// each chunk is one task, and a row's loss is the sum of its chunks' sums in chunk order.
+// Work split (deterministic for any thread count, cpu/drivers.h): a row is cut into chunks of at most
+// chunk_pixels(K) pixels, and a row's loss is the sum of its chunks' sums in chunk order; rows of one chunk are
+// grouped into tasks of about chunk_pixels(K) pixels.
 // Every standard header before isa.h (see there).
 #include <algorithm>
 #include <cmath>
@@ -20,6 +21,7 @@
 
 #include "cpu/kernels.h"  // declarations only
 #include "cpu/isa.h"
+#include "cpu/drivers.h"
 #include "fastvae/logistic_math.h"
 
 namespace fastvae {
@@ -218,33 +220,7 @@ void mix_bwd_block(MixBuffers<T>& b, T gr, const T* x, const T* logits, const T*
   from_soa(b.ds, gls, n, K);
 }
 
-// ---- drivers ----------------------------------------------------------------------------------------------------
-
-// fn(r, p0, p1) handles pixels [p0, p1) of row r; out[r] = the sum of its chunks' results in chunk order.
-template <class T, class F>
-void row_reduce(index_t rows, index_t D, index_t chunk, T* out, const F& fn) {
-  const index_t nc = std::max<index_t>(1, (D + chunk - 1) / chunk);
-  std::vector<T> part(static_cast<size_t>(rows * nc));
-  parallel_for(0, rows * nc, 1, [&](index_t b, index_t e) {
-    for (index_t t = b; t < e; ++t) {
-      const index_t r = t / nc, c = t % nc;
-      part[t] = fn(r, c * chunk, std::min(D, (c + 1) * chunk));
-    }
-  });
-  for (index_t r = 0; r < rows; ++r) {
-    T s = 0;
-    for (index_t c = 0; c < nc; ++c) s += part[r * nc + c];
-    out[r] = s;
-  }
-}
-
-template <class F>
-void for_chunks(index_t rows, index_t D, index_t chunk, const F& fn) {
-  const index_t nc = std::max<index_t>(1, (D + chunk - 1) / chunk);
-  parallel_for(0, rows * nc, 1, [&](index_t b, index_t e) {
-    for (index_t t = b; t < e; ++t) fn(t / nc, (t % nc) * chunk, std::min(D, (t % nc + 1) * chunk));
-  });
-}
+// ---- the ops (their work split: cpu/drivers.h) -----------------------------------------------------------------
 
 template <class T>
 void logistic_fwd(const T* x, const T* logits, const T* means, const T* ls, T* out, index_t rows, index_t D,
@@ -279,7 +255,7 @@ void logistic_bwd(const T* gout, const T* x, const T* logits, const T* means, co
   const LogisticGrid<T> g = logistic_grid<T>(n_bits);
   const index_t chunk = chunk_pixels(K);
   if (!logits) {
-    for_chunks(rows, D, chunk, [&](index_t r, index_t p0, index_t p1) {
+    for_segments(rows, D, chunk, [&](index_t r, index_t p0, index_t p1) {
       alignas(64) T gv[kPix];
       fill(gout[r], gv, std::min(kPix, p1 - p0));
       const T* xr = x + (r % x_rows) * D;
@@ -290,7 +266,7 @@ void logistic_bwd(const T* gout, const T* x, const T* logits, const T* means, co
     });
     return;
   }
-  for_chunks(rows, D, chunk, [&](index_t r, index_t p0, index_t p1) {
+  for_segments(rows, D, chunk, [&](index_t r, index_t p0, index_t p1) {
     MixBuffers<T> b(K);
     const T* xr = x + (r % x_rows) * D;
     for (index_t p = p0; p < p1; p += kPix) {

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 
+#include "cuda/common.cuh"
 #include "cuda/kernels.h"
 #include "cudasim/launch.h"
 #include "fastvae/gaussian_math.h"
@@ -28,26 +29,7 @@ constexpr index_t kSmallRow = 2048;  // rows up to this length use lanes-per-row
 constexpr index_t kChunk = 8192;     // elements per block on longer rows (a multiple of 4)
 constexpr int kColGroups = 64;       // row groups of the per-feature gradient reduction
 
-// ---- element types ----------------------------------------------------------------------------------------
-
-template <class S>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(double* p, double v) { *p = v; }
-__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+// ---- element types (AccOf, to_acc, store: cuda/common.cuh) ----------------------------------------------------
 
 // One aligned load/store of 4 elements (none for double: the float64 path is for checks, not speed).
 template <class S>
@@ -633,20 +615,6 @@ __global__ void normals_kernel(float* out, index_t start, index_t n, const int64
        k += static_cast<index_t>(gridDim.x) * kThreads)
     out[k] = normal_at(static_cast<uint64_t>(start + k), key);
 }
-
-// ---- dtype dispatch ---------------------------------------------------------------------------------------
-
-template <class F>
-void dispatch(DType t, const F& f) {
-  switch (t) {
-    case DType::Float32: f(float{}); break;
-    case DType::Float64: f(double{}); break;
-    case DType::Float16: f(__half{}); break;
-    case DType::BFloat16: f(__nv_bfloat16{}); break;
-  }
-}
-
-cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
 }  // namespace
 

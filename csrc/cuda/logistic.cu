@@ -14,6 +14,7 @@
 
 #include <cstdint>
 
+#include "cuda/common.cuh"
 #include "cuda/kernels.h"
 #include "cudasim/launch.h"
 #include "fastvae/logistic_math.h"
@@ -24,27 +25,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr index_t kChunk = kThreads;  // pixels per forward block, one per thread (B = 64 x 3 x 32 x 32: 768 blocks)
-
-// ---- element types (the same conversions as gaussian.cu) ----------------------------------------------------
-
-template <class S>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(double* p, double v) { *p = v; }
-__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 // ---- per pixel ------------------------------------------------------------------------------------------------
 
@@ -163,20 +143,6 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 }
-
-// ---- dtype dispatch ---------------------------------------------------------------------------------------
-
-template <class F>
-void dispatch(DType t, const F& f) {
-  switch (t) {
-    case DType::Float32: f(float{}); break;
-    case DType::Float64: f(double{}); break;
-    case DType::Float16: f(__half{}); break;
-    case DType::BFloat16: f(__nv_bfloat16{}); break;
-  }
-}
-
-cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
 index_t chunks_of(index_t D) { return (D + kChunk - 1) / kChunk; }
 

@@ -4,90 +4,18 @@
 //
 //   fastvae_launchers OP DIR
 //
-// DIR/params holds "name value" lines (sizes, dtype, seed, p, ...); DIR/NAME.bin the raw bytes of each input.
-// Every input, output, workspace and the seed lives in its own guarded buffer: its end lies against a PROT_NONE
-// page (an access past it kills the process with the model's report), or, with `offset 1` in params, the data
-// starts one element later than a 16-byte aligned address would (a misaligned pointer, as a tensor view offset
-// by one element; then an overrun of one element is not caught, one of two is). Outputs start as 0xFF bytes (NaN)
-// and are written to DIR/out_NAME.bin; an optional output (`need_NAME 0` in params) is passed as null, as the
-// bindings pass an output the op does not compute. A launcher returns its errors and leaves none pending (a pending
-// error would be reported by the next, unrelated, launch check of the binding): the driver checks that too. Prints
-// "OK" or "error ..." and exits 0 / 1.
-#include <cuda_runtime.h>
-
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <fstream>
-#include <map>
+// The params, the guarded buffers, the outputs and the checks after the launch: driver.h; this file has the ops.
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include "cuda/kernels.h"
+#include "driver.h"
 
 using namespace fastvae;
+using namespace driver;
 
 namespace {
 
-std::string dir;
-std::map<std::string, std::string> params;
-std::vector<std::pair<std::string, std::pair<void*, size_t>>> outputs;
-
-std::string param(const std::string& k) {
-  auto it = params.find(k);
-  if (it == params.end()) {
-    printf("error missing param %s\n", k.c_str());
-    exit(2);
-  }
-  return it->second;
-}
-int64_t ip(const std::string& k) { return std::stoll(param(k)); }
-double dp(const std::string& k) { return std::stod(param(k)); }
-
-// A guarded buffer of n elements of esz bytes, ending at a page boundary (see the header comment for `offset`:
-// one element more, the data at its start, so with n esz a multiple of 16 the data starts 16 - esz past an
-// aligned address).
-void* alloc(const std::string& name, size_t n, size_t esz) {
-  const bool off = params.count("offset") && ip("offset") != 0;
-  const size_t bytes = (n + (off ? 1 : 0)) * esz;
-  return cudasim::guarded_alloc(bytes ? bytes : esz, name.c_str(), cudasim::Placement::End, esz);
-}
-
-void* input(const std::string& name, size_t n, size_t esz) {
-  std::ifstream f(dir + "/" + name + ".bin", std::ios::binary);
-  std::vector<char> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (b.size() != n * esz) {
-    printf("error input %s has %zu bytes, expected %zu\n", name.c_str(), b.size(), n * esz);
-    exit(2);
-  }
-  void* p = alloc(name, n, esz);
-  memcpy(p, b.data(), b.size());
-  return p;
-}
-
-void* output(const std::string& name, size_t n, size_t esz) {
-  void* p = alloc(name, n, esz);
-  memset(p, 0xFF, n * esz);
-  outputs.push_back({name, {p, n * esz}});
-  return p;
-}
-
-void* workspace(size_t bytes, bool zero) {
-  if (bytes == 0) return nullptr;
-  void* p = cudasim::guarded_alloc(bytes, "workspace");
-  memset(p, zero ? 0 : 0xFF, bytes);
-  return p;
-}
-
-const int64_t* seed_ptr() {
-  int64_t* s = static_cast<int64_t*>(cudasim::guarded_alloc(sizeof(int64_t), "seed"));
-  *s = ip("seed");
-  return s;
-}
-
-size_t esz_of(DType t) { return t == DType::Float64 ? 8 : t == DType::Float32 ? 4 : 2; }
-size_t acc_of(DType t) { return t == DType::Float64 ? 8 : 4; }  // per-row outputs: float32 or float64
 Layout layout(const std::string& k) { return static_cast<Layout>(ip(k)); }
 // elements of a secondary operand of the given layout against (rows, D)
 size_t n_of(Layout l, int64_t rows, int64_t D) {
@@ -145,15 +73,7 @@ int sw_forward_t() {
   return cuda::sw_forward<T>(px, py, out, perm_x, perm_y, B, L, N, dp("p"), workspace(bytes, false), bytes, nullptr);
 }
 
-// A parameter with a default (the optional ones: x_rows, need_*).
-int64_t ip_or(const std::string& k, int64_t v) { return params.count(k) ? ip(k) : v; }
-
-// An output that the launcher writes only when the op asks for it (need_NAME, default 1); null otherwise.
-void* opt_output(const std::string& name, size_t n, size_t esz) {
-  return ip_or("need_" + name, 1) != 0 ? output(name, n, esz) : nullptr;
-}
-
-int run(const std::string& op) {
+int run_gaussian(const std::string& op) {
   const DType t = static_cast<DType>(ip("dtype"));
   const size_t e = esz_of(t), a = acc_of(t);
   if (op == "normals") {
@@ -267,29 +187,10 @@ int run_distance(const std::string& op) {
   return f64 ? sw_forward_t<double>() : sw_forward_t<float>();
 }
 
+int run(const std::string& op) {
+  return op.rfind("mmd_", 0) == 0 || op.rfind("sw_", 0) == 0 ? run_distance(op) : run_gaussian(op);
+}
+
 }  // namespace
 
-int main(int argc, char** argv) {
-  if (argc != 3) {
-    printf("usage: %s OP DIR\n", argv[0]);
-    return 2;
-  }
-  const std::string op = argv[1];
-  dir = argv[2];
-  std::ifstream pf(dir + "/params");
-  for (std::string k, v; pf >> k >> v;) params[k] = v;
-  const int err = op.rfind("mmd_", 0) == 0 || op.rfind("sw_", 0) == 0 ? run_distance(op) : run(op);
-  const cudaError_t pending = cudaGetLastError();
-  const cudaError_t sync = cudaDeviceSynchronize();
-  if (err != 0 || pending != cudaSuccess || sync != cudaSuccess) {
-    printf("error launcher %d (%s), pending %s, sync %s: %s\n", err, cuda::error_string(err),
-           cudaGetErrorName(pending), cudaGetErrorName(sync), cudasim::last_error_message());
-    return 1;
-  }
-  for (auto& o : outputs) {
-    std::ofstream f(dir + "/out_" + o.first + ".bin", std::ios::binary);
-    f.write(static_cast<const char*>(o.second.first), static_cast<std::streamsize>(o.second.second));
-  }
-  printf("OK\n");
-  return 0;
-}
+int main(int argc, char** argv) { return driver_main(argc, argv, run); }
