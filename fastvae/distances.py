@@ -188,7 +188,9 @@ def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, g
     B, L = xb.shape[0], theta.shape[1]
 
     def project(s):  # (B, L, N), one row per direction, from one 2-D matmul (contiguous as it is when B = 1)
-        return (theta.mT @ s.to(dt).reshape(B * N, d).mT).view(L, B, N).permute(1, 0, 2)
+        # in dt whatever autocast says: bf16 projections would round away the order the sort depends on
+        with torch.autocast(s.device.type, enabled=False):
+            return (theta.mT @ s.to(dt).reshape(B * N, d).mT).view(L, B, N).permute(1, 0, 2)
 
     px = project(xb)
     py = None if yb is None else project(yb)

@@ -472,3 +472,21 @@ def test_mmd_error_does_not_grow_with_the_number_of_bandwidths(kernel, prior):
         for g32, g64 in zip(grads, grads64):
             err = (g32.double() / per_copy - g64).abs().max().item()
             assert err <= 24 * eps * g64.abs().max().item(), (n, err / (eps * g64.abs().max().item()))
+
+
+@pytest.mark.parametrize("with_y", [False, True])
+def test_distances_compute_in_float32_under_bf16_autocast(with_y):
+    """A model under bf16 autocast (`--amp bf16`/`auto`) hands the distances bf16 codes: they compute in float32
+    as without autocast. The sliced-Wasserstein projection is a matmul, which autocast would run in bf16 (the
+    fused op then refused it: DDP training of swae failed under `--amp auto`)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=g).bfloat16()
+    y = torch.randn(64, 5, generator=g).bfloat16() if with_y else None
+    for fn in (lambda a, b, s: fastvae.sliced_wasserstein(a, b, generator=torch.Generator().manual_seed(s)),
+               lambda a, b, s: fastvae.mmd(a, b, generator=torch.Generator().manual_seed(s)),
+               lambda a, b, s: fastvae.energy_distance(a, b, generator=torch.Generator().manual_seed(s))):
+        plain = fn(x, y, 3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = fn(x, y, 3)
+        assert auto.dtype == plain.dtype == torch.float32
+        assert torch.equal(auto, plain)
