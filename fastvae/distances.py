@@ -12,6 +12,7 @@ differentiable form; MMD's tiled backward has none, so differentiating its gradi
 import collections.abc
 import math
 import numbers
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -188,8 +189,10 @@ def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, g
     B, L = xb.shape[0], theta.shape[1]
 
     def project(s):  # (B, L, N), one row per direction, from one 2-D matmul (contiguous as it is when B = 1)
-        # in dt whatever autocast says: bf16 projections would round away the order the sort depends on
-        with torch.autocast(s.device.type, enabled=False):
+        # in dt whatever autocast says: bf16 projections would round away the order the sort depends on (the
+        # devices without autocast, meta, have nothing to turn off)
+        off = torch.autocast(s.device.type, enabled=False) if s.device.type in ("cpu", "cuda") else nullcontext()
+        with off:
             return (theta.mT @ s.to(dt).reshape(B * N, d).mT).view(L, B, N).permute(1, 0, 2)
 
     px = project(xb)
