@@ -3,6 +3,7 @@ with what papers report of it: the negative log-likelihood in nats per image, in
 estimator's standard error over the images."""
 import math
 import sys
+from contextlib import contextmanager
 
 import torch
 
@@ -47,18 +48,29 @@ def log_likelihood_report(moments, data_dim):
                 bits_per_dim_se=None if se is None else se / per_dim)
 
 
+@contextmanager
+def _evaluating(model):
+    """The model in eval mode and without its DDP gather (rank 0 evaluates alone: no collective calls), both
+    restored afterwards."""
+    was_training, gather = model.training, model.gather
+    model.eval()
+    model.gather = None
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        model.gather = gather
+
+
 @torch.no_grad()
 def evaluate(model, x, y=None, *, n_samples=0, batch_size=4096, seed=0, progress=False, per_image=None):
     """Test metrics: mean ELBO, loss, reconstruction and KL per sample, with a fixed noise seed so that evaluations
     are comparable (a semi-supervised model: the bound on log p(x), labels hidden, and with labels y the accuracy
-    of its classifier q(y|x)); with n_samples = K > 0 also the importance-sampled log-likelihood (log_likelihood_report's
-    keys). The test set goes through in batches of batch_size and the K samples in the model's chunks, so memory
+    of its classifier q(y|x)); with n_samples = K > 0 also the importance-sampled log-likelihood
+    (log_likelihood_report's keys). The test set goes through in batches of batch_size and the K samples in the model's chunks, so memory
     does not grow with K or the number of samples. progress: a progress bar of the log-likelihood (on stderr).
     per_image: a list that receives the per-image estimates log p(x_i), a float64 CPU tensor per batch (to compare
     models image by image: the paired differences on the same images have a far smaller error than each mean)."""
-    was_training, gather = model.training, model.gather
-    model.eval()
-    model.gather = None      # rank 0 evaluates alone: no collective calls
     device = x.device
     g = torch.Generator(device).manual_seed(seed)
     sums = dict(elbo=0.0, loss=0.0, recon=0.0, kl=0.0)
@@ -75,30 +87,29 @@ def evaluate(model, x, y=None, *, n_samples=0, batch_size=4096, seed=0, progress
         bar = tqdm(total=n * n_samples, desc=f"log-likelihood (K={n_samples})", unit="sample", unit_scale=True,
                    dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
     try:
-        for i in range(0, n, batch_size):
-            xb = x[i:i + batch_size]
-            yb = None if y is None or not model.n_classes else y[i:i + batch_size]
-            if m2:      # the bound on log p(x) (labels hidden), and q(y|x)'s accuracy on the labels
-                if yb is not None:
-                    sums["accuracy"] += (model.classify(xb).argmax(-1) == yb).sum().item()
-                yb = torch.full((xb.shape[0],), -1, dtype=torch.long, device=device)
-            out = model(xb, yb, generator=g, distance_generator=torch.Generator(device).manual_seed(seed + i))
-            b = xb.shape[0]
-            sums["elbo"] += out.elbo.sum().item()
-            sums["loss"] += out.loss.item() * b
-            sums["recon"] += out.recon.sum().item()
-            sums["kl"] += out.kl.sum().item()
-            if n_samples:
-                lp = model.log_likelihood(xb, None if m2 else yb, n_samples=n_samples, generator=g,
-                                          progress=None if bar is None else bar.update)
-                ll.add(lp)
-                if per_image is not None:
-                    per_image.append(lp.detach().double().cpu())
+        with _evaluating(model):
+            for i in range(0, n, batch_size):
+                xb = x[i:i + batch_size]
+                yb = None if y is None or not model.n_classes else y[i:i + batch_size]
+                if m2:      # the bound on log p(x) (labels hidden), and q(y|x)'s accuracy on the labels
+                    if yb is not None:
+                        sums["accuracy"] += (model.classify(xb).argmax(-1) == yb).sum().item()
+                    yb = torch.full((xb.shape[0],), -1, dtype=torch.long, device=device)
+                out = model(xb, yb, generator=g, distance_generator=torch.Generator(device).manual_seed(seed + i))
+                b = xb.shape[0]
+                sums["elbo"] += out.elbo.sum().item()
+                sums["loss"] += out.loss.item() * b
+                sums["recon"] += out.recon.sum().item()
+                sums["kl"] += out.kl.sum().item()
+                if n_samples:
+                    lp = model.log_likelihood(xb, None if m2 else yb, n_samples=n_samples, generator=g,
+                                              progress=None if bar is None else bar.update)
+                    ll.add(lp)
+                    if per_image is not None:
+                        per_image.append(lp.detach().double().cpu())
     finally:
         if bar is not None:
             bar.close()
-        model.train(was_training)
-        model.gather = gather
     res = {k: v / n for k, v in sums.items()}
     if m2 and y is None:
         del res["accuracy"]
@@ -136,12 +147,9 @@ def refine_posteriors(model, x, y=None, *, steps, lr=1e-2, n_eval=REFINE_EVAL_DR
         raise ValueError("refine_posteriors: x holds no samples")
     if model.n_classes and y is None:
         raise ValueError(f"refine_posteriors: the model is a cvae of {model.n_classes} classes; give the labels y")
-    was_training, gather = model.training, model.gather
-    model.eval()
-    model.gather = None
     device = x.device
     sums = dict(amortised_elbo=0.0, refined_elbo=0.0)
-    try:
+    with _evaluating(model):
         for i in range(0, n, batch_size):
             xb = x[i:i + batch_size]
             yb = None if y is None or not model.n_classes else y[i:i + batch_size]
@@ -160,9 +168,6 @@ def refine_posteriors(model, x, y=None, *, steps, lr=1e-2, n_eval=REFINE_EVAL_DR
             sums["refined_elbo"] += _mean_elbo(model, xb, yb, stats.detach(), n_eval, seed + i).sum().item()
             if progress is not None:
                 progress(xb.shape[0])
-    finally:
-        model.train(was_training)
-        model.gather = gather
     res = {k: v / n for k, v in sums.items()}
     res["amortisation_gap"] = res["refined_elbo"] - res["amortised_elbo"]
     return res
