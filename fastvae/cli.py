@@ -1,6 +1,7 @@
 """The `fastvae` command (also `python -m fastvae`): train, eval, sample, info, bench.
 
-  fastvae train [--model vae|beta-vae|cvae|iwae|wae-mmd|swae|hvae|m2] [--data digits|fashion|mnist:DIR|fashion:DIR|npz:FILE]
+  fastvae train [--model vae|beta-vae|cvae|iwae|wae-mmd|swae|hvae|m2|vaegan]
+                [--data digits|fashion|mnist:DIR|fashion:DIR|npz:FILE]
                 [--config run.toml] [--latent-dim N] [--batch-size N] [--epochs N] [--lr X] [--device cpu|cuda]
                 [--amp none|bf16|auto] [--compile] [--out DIR] [--resume | --overwrite] [--seed N] ...
   fastvae eval CHECKPOINT [-k 5000] [--limit N] [--refine STEPS [--refine-lr X]] [--json] [--per-image FILE.npy]

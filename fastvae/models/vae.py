@@ -128,7 +128,7 @@ class VAE(nn.Module):
             n_projections=checks.integer("n_projections", n_projections, 1), conv=conv,
             conv_channels=conv_channels, activation=activation, backend=backend)
         n_mix = checks.integer("n_mix", n_mix, 1)
-        if likelihood == "logistic_mixture":  # recorded where it matters (the configs of other models stay as they were)
+        if likelihood == "logistic_mixture":  # recorded where it matters (other models' configs stay as they were)
             self.config["n_mix"] = n_mix
         alpha = checks.real("alpha", alpha)
         if semi_supervised:     # (only then: the configs of every other model stay those of older checkpoints)
