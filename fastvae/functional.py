@@ -15,6 +15,8 @@ Each op's public function, fake (meta) implementation and autograd formula stand
 implementations let torch.compile(fullgraph=True) trace the ops; the autograd formulas call the fused backward
 ops, which regenerate eps from the saved seed instead of storing it (double backward: see _custom_ops.py).
 """
+import warnings
+
 import torch
 
 from . import _checks
@@ -347,14 +349,50 @@ not_differentiable("gaussian_nll_backward", "fastvae.gaussian_nll")
 
 # ---- bernoulli_nll -----------------------------------------------------------------------------------------------
 
-def bernoulli_nll(logits, x, *, reduction="mean"):
+def bernoulli_nll(x, logits, *, reduction="mean", validate_args=True):
     """-log Bernoulli(x | sigmoid(logits)) = softplus(logits) - x * logits, stable for any logit; x in [0, 1]
-    (binarized data, or probabilities). logits may carry a leading sample dim (k, *x.shape)."""
+    (binarized data, or probabilities). logits may carry a leading sample dim (k, *x.shape).
+
+    The data comes first, as in every fastvae likelihood (gaussian_nll(x, mean), discretized_logistic_nll(x, ...)).
+    validate_args (default True) checks that x lies in [0, 1] (one read of x): a call in the order of fastvae 0.1,
+    bernoulli_nll(logits, x), is recognised (the first operand outside [0, 1], the second inside it), answered with
+    a FutureWarning and run as meant; any other x outside [0, 1] is refused. validate_args=False skips the check."""
     _checks.reduction(reduction)
+    x_range = None
+    if _checks.flag(validate_args, "validate_args"):
+        x, logits, x_range = _bernoulli_order(x, logits)
     _likelihood_operands(x, logits, "logits")
+    if x_range is not None:
+        raise ValueError(f"fastvae.bernoulli_nll: x must lie in [0, 1] (binary data or probabilities); got values in "
+                         f"[{x_range[0]:g}, {x_range[1]:g}]. The arguments are (x, logits): the data first")
     dt = _compute_dtype(logits.device, x, logits)
     per_sample = ops.bernoulli_nll(logits.to(dt), x.to(dt))
     return _reduce(per_sample, reduction)
+
+
+def _in_unit_interval(t):
+    lo, hi = torch.aminmax(t.detach())
+    return not (lo < 0 or hi > 1), (float(lo), float(hi))
+
+
+def _bernoulli_order(x, logits):
+    """(x, logits, None) as meant: the arguments themselves, or swapped (with a FutureWarning) for a call written in
+    fastvae 0.1's order bernoulli_nll(logits, x); (x, logits, (min, max)) when x has values outside [0, 1]."""
+    _checks.tensor(x, "x", min_dim=1)
+    _checks.tensor(logits, "logits", min_dim=1)
+    if not _checks.has_values(x) or not _checks.has_values(logits) or x.numel() == 0:
+        return x, logits, None
+    x_ok, x_range = _in_unit_interval(x)
+    if x_ok:
+        return x, logits, None
+    sampled_swap = x.dim() == logits.dim() + 1  # (logits (k, B, ...), x (B, ...)) in the old order
+    if logits.numel() and (sampled_swap or x.shape == logits.shape) and _in_unit_interval(logits)[0]:
+        warnings.warn(
+            "fastvae.bernoulli_nll takes (x, logits) (the data first, like gaussian_nll(x, mean)); this call passed "
+            "(logits, x) in fastvae 0.1's order and was run as bernoulli_nll(x=second, logits=first). Write "
+            "bernoulli_nll(x, logits): the old order will be refused in a later version", FutureWarning, stacklevel=3)
+        return logits, x, None
+    return x, logits, x_range
 
 
 @torch.library.register_fake(LIB + "bernoulli_nll")

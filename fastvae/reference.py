@@ -84,7 +84,7 @@ def _softplus(l):
     return torch.where(l > 0, l + torch.log1p(torch.exp(-l.clamp_min(0))), torch.log1p(torch.exp(l.clamp_max(0))))
 
 
-def bernoulli_nll(logits, x, *, reduction="mean"):
+def bernoulli_nll(x, logits, *, reduction="mean", validate_args=True):
     elem = _softplus(logits) - x * logits
     # an infinite logit: softplus(l) - x l = w |l| + log(1 + e^-|l|) -> w * inf, with w = 1 - x for l > 0 and x
     # otherwise, and 0 when w = 0 (x in {0, 1} on the likely side): the limit, not inf - inf

@@ -14,7 +14,7 @@ def vae_loss(x, mu, lv, w, lvx, mp, lp):
     zk = fastvae.reparameterize(mu, lv, n_samples=2)
     zt, log_q = fastvae.reparameterize_tril(mu, torch.diag_embed(torch.exp(0.5 * lv)), validate_args=False)
     return (fastvae.gaussian_nll(x, mean, lvx) + kl.mean() + fastvae.kl_normal(mu, lv, mp, lp, reduction="sum")
-            + fastvae.bernoulli_nll(zk @ w, torch.sigmoid(x), reduction="mean") + zt.square().mean() - log_q.mean())
+            + fastvae.bernoulli_nll(torch.sigmoid(x), zk @ w, reduction="mean") + zt.square().mean() - log_q.mean())
 
 
 def _inputs():

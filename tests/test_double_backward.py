@@ -39,8 +39,8 @@ def _gaussian(lv_shape, k):
 
 def _bernoulli(k):
     logits_shape = (3, 4) if k is None else (k, 3, 4)
-    return (lambda l, x: fastvae.bernoulli_nll(l, x, reduction="none"),
-            lambda l, x: ref.bernoulli_nll(l, x, reduction="none"),
+    return (lambda l, x: fastvae.bernoulli_nll(x, l, reduction="none"),
+            lambda l, x: ref.bernoulli_nll(x, l, reduction="none"),
             (2 * f64(*logits_shape, seed=1), torch.rand(3, 4, dtype=torch.float64, generator=gen(2))))
 
 
@@ -188,7 +188,7 @@ def test_gradient_penalty_through_gaussian_nll_reaches_the_mean():
 
 def test_bernoulli_nll_second_derivative_in_x():
     logits, x = f64(3, 4, seed=1).requires_grad_(), torch.rand(3, 4, dtype=torch.float64).requires_grad_()
-    g, = torch.autograd.grad(fastvae.bernoulli_nll(logits, x, reduction="sum"), logits, create_graph=True)
+    g, = torch.autograd.grad(fastvae.bernoulli_nll(x, logits, reduction="sum"), logits, create_graph=True)
     gx, = torch.autograd.grad(g.sum(), x)  # d/dx sum(sigmoid(l) - x) = -1
     torch.testing.assert_close(gx, -torch.ones_like(x), rtol=0, atol=0)
 

@@ -252,7 +252,7 @@ def test_bernoulli_nll_with_huge_logits():
     x = torch.tensor([[0.0, 1.0, 0.5, 0.25, 1.0, 0.0, 1.0]])
     for j in range(logits.shape[1]):
         lj = logits[:, j:j + 1].detach().clone().requires_grad_()
-        out = fastvae.bernoulli_nll(lj, x[:, j:j + 1], reduction="sum")
+        out = fastvae.bernoulli_nll(x[:, j:j + 1], lj, reduction="sum")
         out.backward()
         l_, x_ = mpf(lj), mpf(x[0, j])
         exact = mp.log1p(mp.exp(-abs(l_))) + (1 - x_ if l_ > 0 else x_) * abs(l_)  # softplus(l) - x l

@@ -95,11 +95,11 @@ def test_likelihoods_and_kl_match_cpu(k):
     xb = torch.rand((B, *Fs), generator=gen(8))
     logits = rand(mean.shape, 9, 4.0)
     (xc, lc), (xg, lg) = both(xb, logits)
-    close(fastvae.bernoulli_nll(lg, xg, reduction="none"), fastvae.bernoulli_nll(lc, xc, reduction="none"),
+    close(fastvae.bernoulli_nll(xg, lg, reduction="none"), fastvae.bernoulli_nll(xc, lc, reduction="none"),
           rtol=1e-5, atol=1e-3)
     lgr, lcr = lg.clone().requires_grad_(), lc.clone().requires_grad_()
-    fastvae.bernoulli_nll(lgr, xg).backward()
-    fastvae.bernoulli_nll(lcr, xc).backward()
+    fastvae.bernoulli_nll(xg, lgr).backward()
+    fastvae.bernoulli_nll(xc, lcr).backward()
     close(lgr.grad, lcr.grad, rtol=1e-5, atol=1e-9)
     mu, lv2 = rand((B, *Fs), 10), rand((B, *Fs), 11)
     for mp, lp in ((None, None), (rand(Fs, 12), rand((B, *Fs), 13)), (rand((), 14), rand((3, 1, 1), 15))):
@@ -198,13 +198,13 @@ def test_cuda_graph_capture_and_replay():
     g2 = torch.cuda.CUDAGraph()
     xb = torch.rand(16, 32, device=DEV)
     with torch.cuda.stream(s):
-        fastvae.bernoulli_nll(x, xb)
+        fastvae.bernoulli_nll(xb, x)
     torch.cuda.current_stream().wait_stream(s)
     with torch.cuda.graph(g2):
-        out = fastvae.bernoulli_nll(x, xb, reduction="none") + fastvae.kl_normal(mu.detach(), lv, reduction="none")
+        out = fastvae.bernoulli_nll(xb, x, reduction="none") + fastvae.kl_normal(mu.detach(), lv, reduction="none")
     g2.replay()
     torch.cuda.synchronize()
-    torch.testing.assert_close(out, fastvae.bernoulli_nll(x, xb, reduction="none") +
+    torch.testing.assert_close(out, fastvae.bernoulli_nll(xb, x, reduction="none") +
                                fastvae.kl_normal(mu.detach(), lv, reduction="none"))
 
 
@@ -271,7 +271,7 @@ def test_cuda_autocast_network(dtype):
         assert h.dtype == dtype
         mu, lv = h[:, :8], h[:, 8:]
         z, kl = fastvae.reparameterize_kl(mu, lv)
-        loss = fastvae.gaussian_nll(target, z) + kl.mean() + fastvae.bernoulli_nll(h, torch.sigmoid(x.repeat(1, 2)))
+        loss = fastvae.gaussian_nll(target, z) + kl.mean() + fastvae.bernoulli_nll(torch.sigmoid(x.repeat(1, 2)), h)
     assert kl.dtype == torch.float32 and loss.dtype == torch.float32
     loss.backward()
     assert lin.weight.grad.isfinite().all()

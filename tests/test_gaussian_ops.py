@@ -177,8 +177,8 @@ def test_bernoulli_nll_matches_reference(case, data):
     x = torch.rand((B, *F), generator=g, dtype=torch.float64)
     x = (x if probs else (x > 0.5).double()).to(dtype)
     logits = randn(((k,) if k else ()) + (B, *F), g, dtype, scale=6.0)
-    out = fastvae.bernoulli_nll(logits, x, reduction=reduction)
-    expected = ref.bernoulli_nll(logits.double(), x.double(), reduction="none")
+    out = fastvae.bernoulli_nll(x, logits, reduction=reduction)
+    expected = ref.bernoulli_nll(x.double(), logits.double(), reduction="none")
     check_reduced(out, expected, bern_scale(logits, x), 2 if k else 1, reduction, dtype,
                   f"bernoulli_nll {reduction}")
 
@@ -189,7 +189,7 @@ def test_bernoulli_nll_matches_bernoulli_log_prob(dtype):
     x = (torch.rand((7, 4, 9), generator=g) > 0.4).to(dtype)
     logits = randn((7, 4, 9), g, dtype, scale=30.0)  # includes |l| > 20 (softplus' linear branch)
     expected = -D.Bernoulli(logits=logits.double()).log_prob(x.double()).sum((1, 2))
-    out = fastvae.bernoulli_nll(logits, x, reduction="none")
+    out = fastvae.bernoulli_nll(x, logits, reduction="none")
     assert_within(out, expected, sum_tol(dtype, 36, per_sample(bern_scale(logits, x), 1)), "vs Bernoulli")
 
 
@@ -328,8 +328,9 @@ def test_bernoulli_nll_gradients(case, data):
     logits = randn(((k,) if k else ()) + (B, *F), g, dtype, scale=4.0)
     out_shape = ((k,) if k else ()) + (B,)
     w = randn(out_shape if reduction == "none" else (), g, torch.float64) + 0.5
-    got = grads_of(fastvae.bernoulli_nll, [logits, x], w.to(dtype), reduction)
-    exp = grads_of(ref.bernoulli_nll, [logits.double(), x.double()], w.to(dtype).double(), reduction)
+    got = grads_of(lambda l, x_, **kw: fastvae.bernoulli_nll(x_, l, **kw), [logits, x], w.to(dtype), reduction)
+    exp = grads_of(lambda l, x_, **kw: ref.bernoulli_nll(x_, l, **kw), [logits.double(), x.double()],
+                   w.to(dtype).double(), reduction)
     mags = bern_grad_mags(logits, x, abs_weight(w.to(dtype).double(), out_shape, logits, reduction))
     check_grads(got, exp, mags, logits.numel(), dtype, ("logits", "x"), reduction)
 
@@ -391,7 +392,7 @@ def test_bernoulli_nll_gradcheck(k):
     g = torch.Generator().manual_seed(6)
     x = torch.rand((4, 5), generator=g, dtype=torch.float64).requires_grad_()
     logits = randn(((k,) if k else ()) + (4, 5), g, torch.float64, 3.0).requires_grad_()
-    assert torch.autograd.gradcheck(lambda l, x_: fastvae.bernoulli_nll(l, x_, reduction="none"), (logits, x))
+    assert torch.autograd.gradcheck(lambda l, x_: fastvae.bernoulli_nll(x_, l, reduction="none"), (logits, x))
 
 
 @pytest.mark.parametrize("priors", [("none", "none"), ("full", "full"), ("feature", "scalar"), ("none", "feature"),
@@ -467,7 +468,7 @@ def test_nan_inf_propagate_like_torch():
     # softplus(l) - x l with infinite logits at x in {0, 1} takes its limits (0 or inf), as the reference does
     # (torch's fused BCE-with-logits gives NaN at (l, x) = (-inf, 1), the plain formula NaN at (inf, 0) and
     # (inf, 1): inf - inf)
-    _same_pattern(fastvae.bernoulli_nll(l, xb, reduction="none"), ref.bernoulli_nll(l, xb, reduction="none"),
+    _same_pattern(fastvae.bernoulli_nll(xb, l, reduction="none"), ref.bernoulli_nll(xb, l, reduction="none"),
                   "bernoulli_nll")
     mu, lv2 = _special_grid(2)
     _same_pattern(fastvae.kl_normal(mu, lv2, reduction="none"), ref.kl_normal(mu, lv2, reduction="none"), "kl std")
@@ -482,7 +483,7 @@ def test_nan_in_one_sample_stays_in_that_sample():
     m[2, 1234] = math.nan
     out = fastvae.gaussian_nll(x, m, reduction="none")
     assert out.isnan().tolist() == [False, False, True, False]
-    out = fastvae.bernoulli_nll(m, x.sigmoid(), reduction="none")
+    out = fastvae.bernoulli_nll(x.sigmoid(), m, reduction="none")
     assert out.isnan().tolist() == [False, False, True, False]
 
 
@@ -527,14 +528,14 @@ def test_bernoulli_extreme_logits(dtype):
     logits = torch.tensor([[-1e4, -100.0, -30.0, -1e-8, 0.0, 1e-8, 30.0, 100.0, 1e4]], dtype=dtype)
     for xv in (0.0, 1.0, 0.3):
         x = torch.full_like(logits, xv)
-        got = fastvae.bernoulli_nll(logits.expand(2, -1), x.expand(2, -1), reduction="none")
-        exp = ref.bernoulli_nll(logits.double().expand(2, -1), x.double().expand(2, -1), reduction="none")
+        got = fastvae.bernoulli_nll(x.expand(2, -1), logits.expand(2, -1), reduction="none")
+        exp = ref.bernoulli_nll(x.double().expand(2, -1), logits.double().expand(2, -1), reduction="none")
         assert got.isfinite().all()
         torch.testing.assert_close(got.double(), exp, rtol=1e-6, atol=0)
         lg = logits.clone().requires_grad_()
-        fastvae.bernoulli_nll(lg, x).backward()
+        fastvae.bernoulli_nll(x, lg).backward()
         lr = logits.double().clone().requires_grad_()
-        ref.bernoulli_nll(lr, x.double()).backward()
+        ref.bernoulli_nll(x.double(), lr).backward()
         torch.testing.assert_close(lg.grad.double(), lr.grad, rtol=1e-6, atol=1e-12)
 
 
@@ -591,7 +592,7 @@ def test_every_cpu_build_agrees(isa_runner):
     def run():
         leaves = [t.clone().requires_grad_() for t in (x, mean, lv, mp)]
         a = fastvae.gaussian_nll(leaves[0], leaves[1], leaves[2], reduction="none")
-        b = fastvae.bernoulli_nll(leaves[1], leaves[0].sigmoid(), reduction="none")
+        b = fastvae.bernoulli_nll(leaves[0].sigmoid(), leaves[1], reduction="none")
         c = fastvae.kl_normal(leaves[1], leaves[3], leaves[0], leaves[2], reduction="none")
         (a.sum() + b.sum() * 0.3 + c.sum() * 0.7).backward()
         return [a, b, c] + [t.grad for t in leaves]
@@ -633,13 +634,13 @@ def test_bernoulli_accuracy_sweep(isa_runner):
     l = torch.linspace(-87, 87, 100001).reshape(-1, 1)
     for xv in (0.0, 1.0, 0.25):
         x = torch.full_like(l, xv)
-        exp = ref.bernoulli_nll(l.double(), x.double(), reduction="none")
+        exp = ref.bernoulli_nll(x.double(), l.double(), reduction="none")
         scale = (torch.nn.functional.softplus(l.double()) + (x.double() * l.double()).abs()).squeeze(1)
         sig = torch.sigmoid(l.double())
 
         def run():
             lg = l.clone().requires_grad_()
-            out = fastvae.bernoulli_nll(lg, x, reduction="none")
+            out = fastvae.bernoulli_nll(x, lg, reduction="none")
             out.sum().backward()
             return out, lg.grad
         for isa, (out, grad) in isa_runner(run).items():
@@ -660,7 +661,7 @@ def test_cpu_autocast_bfloat16_network():
         assert h.dtype == torch.bfloat16
         mu, lv = h[:, :8], h[:, 8:]
         z, kl = fastvae.reparameterize_kl(mu, lv)
-        loss = fastvae.gaussian_nll(target, z) + kl.mean() + fastvae.bernoulli_nll(h, torch.sigmoid(x.repeat(1, 2)))
+        loss = fastvae.gaussian_nll(target, z) + kl.mean() + fastvae.bernoulli_nll(torch.sigmoid(x.repeat(1, 2)), h)
     assert z.dtype == torch.bfloat16 and kl.dtype == torch.float32 and loss.dtype == torch.float32
     loss.backward()
     assert lin.weight.grad.dtype == torch.float32 and lin.weight.grad.isfinite().all()

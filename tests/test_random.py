@@ -554,13 +554,13 @@ def test_each_cpu_build_matches_reference(each_isa, shape, dtype):
             *fastvae.reparameterize_kl(m, l, generator=gen(22)),
             fastvae.gaussian_nll(xx, m, l, reduction="none"),
             fastvae.gaussian_nll(xx, m, l[0], reduction="none"),
-            fastvae.bernoulli_nll(m, torch.sigmoid(xx), reduction="none"),
+            fastvae.bernoulli_nll(torch.sigmoid(xx), m, reduction="none"),
             fastvae.kl_normal(m, l, xx, l[0], reduction="none")]
     routs = [ref.reparameterize(mr, lr, n_samples=2, eps=eps_k),
              *ref.reparameterize_kl(mr, lr, eps=eps_k[0]),
              ref.gaussian_nll(xr, mr, lr, reduction="none"),
              ref.gaussian_nll(xr, mr, lr[0], reduction="none"),
-             ref.bernoulli_nll(mr, torch.sigmoid(xr), reduction="none"),
+             ref.bernoulli_nll(torch.sigmoid(xr), mr, reduction="none"),
              ref.kl_normal(mr, lr, xr, lr[0], reduction="none")]
     n = mu[0].numel()
     for i, (a, b) in enumerate(zip(outs, routs)):

@@ -214,7 +214,7 @@ def _likelihood_ops():
 
     def bern(ns):
         f = _need_fastvae("bernoulli_nll", ns) if ns is fastvae else ns.bernoulli_nll
-        return lambda logits, x: f(logits, x, reduction="none")
+        return lambda logits, x: f(x, logits, reduction="none")
 
     def bern_dist(logits, x):
         return -_dist().Bernoulli(logits=logits, validate_args=False).log_prob(x).sum(-1)

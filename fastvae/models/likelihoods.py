@@ -83,7 +83,7 @@ class Bernoulli(Likelihood):
         return out, None
 
     def nll(self, ops, x, params):
-        return ops.get("bernoulli_nll")(params[0], x, reduction="none")
+        return ops.get("bernoulli_nll")(x, params[0], reduction="none", validate_args=False)
 
     def mean(self, params):
         return torch.sigmoid(params[0])
