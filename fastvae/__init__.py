@@ -16,6 +16,8 @@ from .functional import (  # noqa: E402
 from .distances import energy_distance, mmd, sliced_wasserstein  # noqa: E402
 from .logistic import discretized_logistic_mixture_nll, discretized_logistic_nll  # noqa: E402
 from .nn import MMDLoss, SlicedWassersteinLoss  # noqa: E402
+from . import distributions  # noqa: E402,F401
+from ._patching import is_patched, patch, unpatch  # noqa: E402
 from . import reference  # noqa: E402,F401
 from .models import VAE, VAEOutput  # noqa: E402
 
@@ -34,6 +36,10 @@ __all__ = [
     "energy_distance",
     "sliced_wasserstein",
     "MMDLoss",
+    "distributions",
+    "patch",
+    "unpatch",
+    "is_patched",
     "SlicedWassersteinLoss",
     "reference",
     "VAE",

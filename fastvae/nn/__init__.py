@@ -1,8 +1,26 @@
-"""nn.Module wrappers of the fused losses, with the arguments of the functions they call (checked when the module
-is built, and again at each call: an attribute set later is checked too)."""
+"""nn.Module wrappers of the fused losses. MMDLoss and SlicedWassersteinLoss take the arguments of the functions
+they call (checked when the module is built, and again at each call: an attribute set later is checked too).
+BCEWithLogitsLoss and GaussianNLLLoss are torch's modules (subclasses: the same constructor, attributes, state dict
+and repr) whose forward runs fastvae.nn.functional's drop-ins."""
 import torch
 
-from . import _checks, distances
+from .. import _checks, distances
+from . import functional
+
+
+class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
+    __doc__ = torch.nn.BCEWithLogitsLoss.__doc__
+
+    def forward(self, input, target):
+        return functional.binary_cross_entropy_with_logits(input, target, self.weight, pos_weight=self.pos_weight,
+                                                           reduction=self.reduction)
+
+
+class GaussianNLLLoss(torch.nn.GaussianNLLLoss):
+    __doc__ = torch.nn.GaussianNLLLoss.__doc__
+
+    def forward(self, input, target, var):
+        return functional.gaussian_nll_loss(input, target, var, full=self.full, eps=self.eps, reduction=self.reduction)
 
 
 class MMDLoss(torch.nn.Module):
