@@ -145,7 +145,7 @@ def _bernoulli_log_prob(self, value, event_dims):
     if self._validate_args:
         self._validate_sample(value)
     logits = self.logits
-    if not fusable(logits, value):
+    if not fusable(logits, value) or value.dtype != logits.dtype:  # torch's BCE has its own rule for mixed dtypes
         out = TORCH["Bernoulli.log_prob"](self, value)
         return out if event_dims == 0 else out.sum(tuple(range(-event_dims, 0)))
     l, x = compact(_shape(logits, value), logits, value)

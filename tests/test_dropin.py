@@ -238,13 +238,16 @@ def test_validate_args_behaves_as_torchs():
 
 
 def test_what_has_no_kernel_runs_torchs_code():
-    # a Python number as the value and a complex-free but integer value: torch's own code, torch's result
+    # a Python number as the value, mixed dtypes, an integer value: torch's own code, torch's result or error
     q = D.Normal(torch.zeros(3), torch.ones(3), validate_args=False)
     r = td.Normal(torch.zeros(3), torch.ones(3), validate_args=False)
     torch.testing.assert_close(q.log_prob(0.5), r.log_prob(0.5))
     b = D.Bernoulli(logits=torch.zeros(3, dtype=torch.float64), validate_args=False)
-    torch.testing.assert_close(b.log_prob(torch.ones(3, dtype=torch.int64)), td.Bernoulli(
-        logits=torch.zeros(3, dtype=torch.float64)).log_prob(torch.ones(3, dtype=torch.int64)))
+    tb = td.Bernoulli(logits=torch.zeros(3, dtype=torch.float64), validate_args=False)
+    v = torch.ones(3, dtype=torch.float32)
+    torch.testing.assert_close(b.log_prob(v), tb.log_prob(v))  # torch's own dtype rule (float32 here)
+    with pytest.raises(RuntimeError, match="can't be cast"):
+        b.log_prob(torch.ones(3, dtype=torch.int64))
 
 
 # ---- nn.functional ----------------------------------------------------------------------------------------------
