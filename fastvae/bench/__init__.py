@@ -28,15 +28,16 @@ GROUPS = {
     "distances": ["mmd", "energy_distance", "sliced_wasserstein"],
     "logistic": ["discretized_logistic_mixture_nll"],
     "e2e": ["vae_train_step", "vae_train_amp"],
+    "dropin": ["td_vae_loss", "gaussian_nll_loss", "bce_with_logits"],
 }
-GROUPS["all"] = GROUPS["gaussian"] + GROUPS["logistic"] + GROUPS["distances"] + GROUPS["e2e"]
+GROUPS["all"] = GROUPS["gaussian"] + GROUPS["logistic"] + GROUPS["distances"] + GROUPS["dropin"] + GROUPS["e2e"]
 
 
 def _parser():
     p = argparse.ArgumentParser(prog="fastvae bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", default="all",
-                   help="comma list of ops or groups (gaussian, logistic, distances, e2e, all); ops: " + ", ".join(GROUPS["all"]))
+                   help="comma list of ops or groups (gaussian, logistic, distances, dropin, e2e, all); ops: " + ", ".join(GROUPS["all"]))
     p.add_argument("--sizes", default=None,
                    help="comma list of sizes for every selected op (batch rows for the Gaussian ops, N for the "
                         "distances, batch for vae_train_step); default: each op's own sweep")
@@ -115,6 +116,7 @@ def _run(args, argv):
     from . import measure, report, targets
     from .e2e import vae_amp_op, vae_train_op
     from .ops import all_ops
+    from .dropin import dropin_ops, speedup_targets as dropin_targets
     from .run import MODES, Runner
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -175,7 +177,7 @@ def _run(args, argv):
     _log(f"  copy {env['copy_gbps']:.1f} GB/s; matmul " +
          ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in env["matmul_gflops"].items()))
 
-    ops = {op.name: op for op in all_ops() + [vae_train_op(), vae_amp_op()]}
+    ops = {op.name: op for op in all_ops() + dropin_ops() + [vae_train_op(), vae_amp_op()]}
     # --quick skips the providers that compile on first use (seconds each), unless --providers names them
     skip = args.quick and not providers
     runner = Runner(device, modes, args.quick, budget_s=args.budget, log=_log, skip_compiling=skip,
@@ -190,7 +192,9 @@ def _run(args, argv):
         env["seconds"] = time.perf_counter() - t_run
         if cuda:
             md2 += "\n\n" + targets.copy_bandwidth_fraction(rows)
-        md = report.markdown(rows, env, list(ops.values()), targets_md=md2 + "\n\n" + md4 + "\n\n" + md3)
+        md5 = dropin_targets(rows)
+        md = report.markdown(rows, env, list(ops.values()),
+                             targets_md=md2 + "\n\n" + md4 + "\n\n" + md3 + "\n\n" + md5)
         report.write_csv(rows, os.path.join(out_dir, "results.csv"))
         with open(os.path.join(out_dir, "results.md"), "w") as f:
             f.write(md + "\n")
