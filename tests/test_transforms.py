@@ -109,18 +109,18 @@ def _sw(th, p=2, with_y=True, given=True, batched=False):
     lead = (2,) if batched else ()
     x, *rest = _split(th, (*lead, 5, 3), *([(*lead, 5, 3)] if with_y else []), *([(3, 4)] if given else []))
     y = rest.pop(0) if with_y else None
-    kw = dict(projections=rest[0] + PROJ) if given else dict(n_projections=6, generator=_gen())
+    kw = dict(projections=rest[0] + PROJ.to(th.dtype)) if given else dict(n_projections=6, generator=_gen())
     return fastvae.sliced_wasserstein(x, y, p=p, **kw).reshape(-1)
 
 
 def _logistic(th, per_feature=False):
     mean, ls = _split(th, (2, 3), (3,) if per_feature else (2, 3))
-    return fastvae.discretized_logistic_nll(X_LOGISTIC, 0.3 * mean, 0.5 * ls - 2, reduction="none")
+    return fastvae.discretized_logistic_nll(X_LOGISTIC.to(th.dtype), 0.3 * mean, 0.5 * ls - 2, reduction="none")
 
 
 def _mixture(th):
     lg, m, ls = _split(th, (2, 3, 4), (2, 3, 4), (2, 3, 4))
-    return fastvae.discretized_logistic_mixture_nll(X_MIX, lg, 0.3 * m, 0.5 * ls - 2, reduction="none")
+    return fastvae.discretized_logistic_mixture_nll(X_MIX.to(th.dtype), lg, 0.3 * m, 0.5 * ls - 2, reduction="none")
 
 
 def _mmd_module(th):
@@ -130,7 +130,7 @@ def _mmd_module(th):
 
 def _sw_module(th):
     x, y = _split(th, (5, 3), (5, 3))
-    return fastvae.SlicedWassersteinLoss(projections=PROJ, p=1.5)(x, y).reshape(-1)
+    return fastvae.SlicedWassersteinLoss(projections=PROJ.to(th.dtype), p=1.5)(x, y).reshape(-1)
 
 
 CASES = {
@@ -281,3 +281,172 @@ def test_vmap(name):
         grads.append(torch.autograd.grad(F(th) @ w, th)[0])
     per_sample = torch.func.vmap(torch.func.grad(lambda th: F(th) @ w), randomness="same")(thetas)
     _close(per_sample, torch.stack(grads), rtol=1e-10, atol=1e-10)
+
+
+# ---- the two paths: fused outside transforms, the composite (same values, same generator use) under one ----------
+
+class _OpLog(TorchDispatchMode):
+    """Records the names of the ops that reach the dispatcher's backends."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+FUSED = {"reparameterize": "reparameterize", "reparameterize_kl": "reparameterize_kl",
+         "reparameterize_tril": "reparameterize_tril", "gaussian_nll": "gaussian_nll", "bernoulli_nll": "bernoulli_nll",
+         "kl_normal": "kl_normal", "mmd_imq": "mmd", "energy_distance": "mmd",
+         "sliced_wasserstein": "sliced_wasserstein_projected", "discretized_logistic_nll": "discretized_logistic_nll",
+         "discretized_logistic_mixture_nll": "discretized_logistic_nll", "MMDLoss": "mmd",
+         "SlicedWassersteinLoss": "sliced_wasserstein_projected"}
+
+
+@pytest.mark.parametrize("name", list(FUSED))
+def test_ordinary_call_runs_the_fused_op_and_a_transform_does_not(name):
+    op = f"fastvae.{FUSED[name]}"
+    theta = _theta(name)
+    with _OpLog() as log:
+        CASES[name][1](theta)
+    assert op in log.names
+    with _OpLog() as log:
+        torch.func.jvp(CASES[name][1], (theta,), (torch.ones_like(theta),))
+    assert op not in log.names and log.names
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_composite_values_equal_the_fused_float32(name):
+    """The composite (here under forward AD) computes what the kernel computes, in float32: sums of at most 72
+    terms of size ~1-30, rounded differently (measured: at most 1e-6 apart), within rtol 1e-5, atol 5e-6."""
+    theta = _theta(name, dtype=torch.float32)
+    expected = CASES[name][1](theta)
+    out, tangent = torch.func.jvp(CASES[name][1], (theta,), (torch.ones_like(theta),))
+    assert out.dtype == expected.dtype == torch.float32
+    _close(out, expected, rtol=1e-5, atol=5e-6)
+
+
+@pytest.mark.parametrize("transform", ["jvp", "grad", "vmap", "dual"])
+def test_random_ops_draw_the_fused_noise_and_consume_the_generator_alike(transform):
+    mu, lv = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
+    torch.manual_seed(11)
+    expected = [fastvae.reparameterize(mu, lv, n_samples=2), fastvae.reparameterize_kl(mu, lv)[0],
+                fastvae.reparameterize_tril(mu, torch.diag_embed(lv.exp()))[0]]
+    after = torch.randn(4)  # what the default generator gives next
+
+    def draws(m):
+        return torch.cat([fastvae.reparameterize(m, lv, n_samples=2).reshape(-1),
+                          fastvae.reparameterize_kl(m, lv)[0].reshape(-1),
+                          fastvae.reparameterize_tril(m, torch.diag_embed(lv.exp()))[0].reshape(-1)])
+    torch.manual_seed(11)
+    if transform == "jvp":
+        out = torch.func.jvp(draws, (mu,), (mu,))[0]
+    elif transform == "grad":
+        out = torch.func.grad(lambda m: (lambda d: (d.sum(), d))(draws(m)), has_aux=True)(mu)[1]
+    elif transform == "vmap":
+        out = torch.func.vmap(draws, randomness="same")(mu.unsqueeze(0))[0]
+    else:
+        with fwAD.dual_level():
+            out = fwAD.unpack_dual(draws(fwAD.make_dual(mu, mu))).primal
+    torch.testing.assert_close(torch.randn(4), after, rtol=0, atol=0)  # one draw per op, as on the fused path
+    torch.testing.assert_close(out, torch.cat([e.reshape(-1) for e in expected]), rtol=1e-14, atol=1e-14)
+
+
+# ---- what is refused, with an error that names fastvae, the function and the transform ----------------------------
+
+@pytest.mark.parametrize("call, public", [
+    (lambda m: fastvae.reparameterize(m, m), "fastvae.reparameterize"),
+    (lambda m: fastvae.reparameterize_kl(m, m)[0], "fastvae.reparameterize_kl"),
+    (lambda m: fastvae.reparameterize_tril(m, torch.diag_embed(m.exp()))[0], "fastvae.reparameterize_tril"),
+    (lambda m: fastvae.mmd(m, kernel="imq"), "fastvae.mmd"),
+    (lambda m: fastvae.sliced_wasserstein(m, n_projections=3), "fastvae.sliced_wasserstein"),
+])
+@pytest.mark.parametrize("transform", ["vmap", "jacfwd", "hessian"])
+def test_random_op_under_vmap_asks_for_a_randomness_mode(call, public, transform):
+    m = torch.randn(3, 2, dtype=torch.float64)
+    f = {"vmap": lambda: torch.func.vmap(call)(m.unsqueeze(0)),
+         "jacfwd": lambda: torch.func.jacfwd(call)(m),
+         "hessian": lambda: torch.func.hessian(lambda t: call(t).sum())(m)}[transform]
+    with pytest.raises(RuntimeError, match=f"{public} draws random numbers.*vmap.*randomness='same'"):
+        f()
+
+
+def test_vmap_randomness_different_draws_per_element():
+    mu, lv = torch.zeros(4, 2, 3), torch.zeros(2, 3)
+    z = torch.func.vmap(lambda m: fastvae.reparameterize(m, lv), randomness="different")(mu)
+    same = torch.func.vmap(lambda m: fastvae.reparameterize(m, lv), randomness="same")(mu)
+    assert all(not torch.equal(z[0], z[i]) for i in range(1, 4))
+    assert all(torch.equal(same[0], same[i]) for i in range(1, 4))
+
+
+def test_value_checks_read_the_values_under_vmap():
+    x = torch.stack([X_LOGISTIC, X_LOGISTIC]).clone()
+    x[1, 0, 1] += 0.8 / 255  # off the grid (0.4 of a level), in the second vmapped element only
+    mean = torch.zeros(2, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="grid"):
+        torch.func.vmap(lambda xx: fastvae.discretized_logistic_nll(xx, mean, mean))(x)
+    L = torch.eye(3, dtype=torch.float64).repeat(2, 2, 1, 1)
+    L[1, 0, 0, 2] = 1.0  # above the diagonal, in the second element
+    with pytest.raises(ValueError, match="lower triangular"):
+        torch.func.vmap(lambda ll: fastvae.reparameterize_tril(torch.zeros(2, 3, dtype=torch.float64), ll),
+                        randomness="same")(L)
+    L[1, 0, 0, 2] = 0.0
+    L[0, 1, 2, 2] = 0.0  # singular, in the first element
+    with pytest.raises(ValueError, match="singular"):
+        torch.func.vmap(lambda ll: fastvae.reparameterize_tril(torch.zeros(2, 3, dtype=torch.float64), ll),
+                        randomness="same")(L)
+
+
+def _under(transform, f, x):
+    if transform == "dual":
+        with fwAD.dual_level():
+            return f(fwAD.make_dual(x, x))
+    return {"jvp": lambda: torch.func.jvp(f, (x,), (x,)), "grad": lambda: torch.func.grad(lambda t: f(t).sum())(x),
+            "vmap": lambda: torch.func.vmap(f)(x.unsqueeze(0))}[transform]()
+
+
+@pytest.mark.parametrize("transform, words", [("jvp", "torch.func.jvp"), ("grad", "torch.func.grad"),
+                                              ("vmap", "torch.func.vmap"), ("dual", "forward-mode AD")])
+def test_route_helper(transform, words):
+    """_transforms.route: the op outside transforms, the composite under one, and an op without a composite
+    refused naming the function and the transform; active() says which applies."""
+    op = torch.ops.fastvae.kl_normal
+    calls = []
+    routed = _transforms.route(op, lambda *args: calls.append(args) or fastvae.reference.kl_normal(
+        *args, reduction="none"))
+    refused = _transforms.route(op, None, "fastvae.some_op")
+    mu = torch.randn(2, 3, dtype=torch.float64)
+    assert not _transforms.active()
+    torch.testing.assert_close(routed(mu, mu, None, None), op(mu, mu, None, None))
+    torch.testing.assert_close(refused(mu, mu, None, None), op(mu, mu, None, None))
+    assert not calls
+    seen = []
+    _under(transform, lambda t: (seen.append(_transforms.active()), routed(t, t, None, None))[1], mu)
+    assert seen == [True] and len(calls) == 1
+    with pytest.raises(RuntimeError, match=f"fastvae.some_op does not support {words}"):
+        _under(transform, lambda t: refused(t, t, None, None), mu)
+
+
+def test_plain_removes_every_wrapper():
+    x = torch.randn(2, 3, 4)
+
+    def f(t):
+        assert torch.equal(_transforms.plain(t), x) and not _transforms.plain(t).requires_grad
+        return t.sum()
+    torch.func.vmap(torch.func.grad(f))(x)
+
+
+def test_compiled_transforms():
+    """torch.compile over a transform takes the composite too: never the fused op's zero tangent (had the check been
+    skipped while compiling, compile(jvp) would trace the fused op and give 0). compile(grad, fullgraph=True) is not
+    supported: dynamo cannot trace the level read under grad (a graph break; without fullgraph it is right)."""
+    mu, lv, t = (torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(s)) for s in range(3))
+    torch._dynamo.reset()
+    jvp = torch.compile(lambda m, tt: torch.func.jvp(lambda a: fastvae.kl_normal(a, lv), (m,), (tt,)),
+                        backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(jvp(mu, t)[1], (mu * t).sum() / 3)
+    torch._dynamo.reset()
+    grad = torch.compile(torch.func.grad(lambda m: fastvae.kl_normal(m, lv)), backend="aot_eager")
+    torch.testing.assert_close(grad(mu), mu / 3)
