@@ -6,7 +6,12 @@ fastvae.reference, in float32 for 16-bit operands as the kernels compute. Random
 from the seed (`_eps`), so a composite's value equals the fused op's for the same seed.
 
 `routed` is the namespace the public functions call: routed.<op>(...) is torch.ops.fastvae.<op>(...) outside
-transforms and the composite under one."""
+transforms and the composite under one.
+
+Random ops under vmap: the seed is drawn by torch.randint, which vmap refuses unless randomness="same" (one seed,
+the noise of one unbatched call) or "different" (one seed per element); draw_seed turns the refusal into an error
+naming the fastvae function. The ops of a seed (_normals, random_directions) get vmap rules below: one call per
+seed, so "different" gives each element its own noise."""
 import torch
 
 from . import reference

@@ -12,7 +12,10 @@ generator state, and the generator is consumed exactly as on the fused path.
 
 "Active" is two cheap reads, taken on every call: a torch.func transform level (vmap, grad, jvp, ... and
 functionalize) or a forward-AD dual level. Outside transforms the fused op runs as before (an extra Python call,
-~0.2 us). torch.compile without a transform folds both reads to constants: the fused ops trace with no graph break.
+~0.3 us). torch.compile without a transform folds both reads to constants: the fused ops trace with no graph break.
+The reads are deliberately not skipped while torch.compile traces: compile(torch.func.jvp(f)) then takes the
+composite (skipping them would trace the fused op and give a zero tangent). compile(torch.func.grad(f)) works
+with a graph break (dynamo cannot trace the level read under grad), so not with fullgraph=True.
 
 Use (how fastvae/functional.py, distances.py and logistic.py call their ops):
 
