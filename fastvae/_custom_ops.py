@@ -7,6 +7,7 @@ differentiable form, made of torch ops and the fused forward ops, so its result 
 otherwise it calls the fused backward op (`fused_backward`, the first-order path). The fused backward ops have no
 derivative of their own: differentiating one raises (`not_differentiable`)."""
 import functools
+import sys
 
 import torch
 
@@ -33,7 +34,17 @@ def draw_seed(device, generator):
     `device` when None), on `device`. The kernels derive every random number from it (Philox, counter = index)."""
     _checks.generator(generator, device)
     gen_device = device if generator is None else generator.device
-    seed = torch.randint(0, 2**62, (1,), device=gen_device, generator=generator, dtype=torch.int64)
+    try:
+        seed = torch.randint(0, 2**62, (1,), device=gen_device, generator=generator, dtype=torch.int64)
+    except RuntimeError as e:
+        if "randomness" not in str(e):
+            raise
+        public = sys._getframe(1).f_code.co_name  # the public function that draws (read only on this error)
+        raise RuntimeError(
+            f"fastvae.{public} draws random numbers, which torch.func.vmap refuses by default (vmap runs inside "
+            f"jacfwd and hessian too): pass randomness='same' (one draw for the whole batch) or 'different' (one "
+            f"per element), e.g. vmap(f, randomness='same'), jacfwd(f, randomness='same'), and for the Hessian "
+            f"jacfwd(jacrev(f), randomness='same')") from e
     return seed if seed.device == device else seed.to(device)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import _checks
+from ._composites import routed
 from ._custom_ops import LIB, compute_dtype, create_graph, draw_seed, fused_backward, not_differentiable, ops
 
 KERNELS = ("rbf", "imq", "laplacian", "energy")
@@ -123,7 +124,7 @@ def mmd(x, y=None, *, kernel="imq", bandwidth=1.0, estimator="unbiased", generat
         raise ValueError(f"y needs at least 2 samples for the unbiased estimator; got M = {yb.shape[1]}")
     dt = _compute_dtype(xb, yb)
     seed = draw_seed(xb.device, generator) if yb is None and kernel != "rbf" else None
-    out = ops.mmd(xb.to(dt), None if yb is None else yb.to(dt), seed, kernel, bws, unbiased)
+    out = routed.mmd(xb.to(dt), None if yb is None else yb.to(dt), seed, kernel, bws, unbiased)
     return out if batched else out[0]
 
 
@@ -197,7 +198,7 @@ def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, g
 
     px = project(xb)
     py = None if yb is None else project(yb)
-    out, _, _ = ops.sliced_wasserstein_projected(px, py, p)
+    out, _, _ = routed.sliced_wasserstein_projected(px, py, p)
     return out if batched else out[0]
 
 

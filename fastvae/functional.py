@@ -20,7 +20,9 @@ import warnings
 import torch
 
 from . import _checks
+from ._composites import routed
 from ._custom_ops import LIB, compute_dtype, create_graph, draw_seed, fused_backward, not_differentiable, ops
+from ._transforms import plain
 
 
 def _compute_dtype(device, *tensors):
@@ -115,7 +117,7 @@ def reparameterize(mu, logvar, *, n_samples=None, generator=None):
     out_dtype = torch.promote_types(mu.dtype, logvar.dtype)
     dt = _compute_dtype(mu.device, mu, logvar)
     seed = draw_seed(mu.device, generator)
-    z = ops.reparameterize(mu.to(dt), logvar.to(dt), seed, k)
+    z = routed.reparameterize(mu.to(dt), logvar.to(dt), seed, k)
     return z.to(out_dtype)
 
 
@@ -172,7 +174,7 @@ def reparameterize_kl(mu, logvar, *, generator=None):
     out_dtype = torch.promote_types(mu.dtype, logvar.dtype)
     dt = _compute_dtype(mu.device, mu, logvar)
     seed = draw_seed(mu.device, generator)
-    z, kl = ops.reparameterize_kl(mu.to(dt), logvar.to(dt), seed)
+    z, kl = routed.reparameterize_kl(mu.to(dt), logvar.to(dt), seed)
     return z.to(out_dtype), kl
 
 
@@ -231,15 +233,15 @@ def reparameterize_tril(mu, scale_tril, *, n_samples=None, generator=None, valid
     _checks.nonempty_batch(mu, "mu")
     k = _checks.n_samples(n_samples)
     if _checks.flag(validate_args, "validate_args") and _checks.has_values(scale_tril):
-        if torch.any(torch.triu(scale_tril.detach(), diagonal=1) != 0):
+        if torch.any(plain(torch.triu(scale_tril.detach(), diagonal=1) != 0)):  # plain: the values, under vmap too
             raise ValueError("scale_tril must be lower triangular: it has non-zero entries above the diagonal")
-        if torch.any(torch.diagonal(scale_tril.detach(), dim1=-2, dim2=-1) == 0):
+        if torch.any(plain(torch.diagonal(scale_tril.detach(), dim1=-2, dim2=-1) == 0)):
             raise ValueError("scale_tril is singular: its diagonal has zero entries")
     out_dtype = torch.promote_types(mu.dtype, scale_tril.dtype)
     dt = _compute_dtype(mu.device, mu, scale_tril)
     batch = mu.shape[:-1]
     seed = draw_seed(mu.device, generator)
-    z, log_q = ops.reparameterize_tril(mu.to(dt).reshape(-1, d), scale_tril.to(dt).reshape(-1, d, d), seed, k)
+    z, log_q = routed.reparameterize_tril(mu.to(dt).reshape(-1, d), scale_tril.to(dt).reshape(-1, d, d), seed, k)
     lead = () if k is None else (k,)
     return z.reshape(*lead, *batch, d).to(out_dtype), log_q.reshape((*lead, *batch))
 
@@ -297,7 +299,7 @@ def gaussian_nll(x, mean, logvar=None, *, reduction="mean"):
     _likelihood_operands(x, mean, "mean")
     lv = _feature_operand(logvar, "logvar", mean, x.shape[1:])
     dt = _compute_dtype(mean.device, x, mean, lv)
-    per_sample = ops.gaussian_nll(x.to(dt), mean.to(dt), _cast(lv, dt))
+    per_sample = routed.gaussian_nll(x.to(dt), mean.to(dt), _cast(lv, dt))
     return _reduce(per_sample, reduction)
 
 
@@ -366,7 +368,7 @@ def bernoulli_nll(x, logits, *, reduction="mean", validate_args=True):
         raise ValueError(f"fastvae.bernoulli_nll: x must lie in [0, 1] (binary data or probabilities); got values in "
                          f"[{x_range[0]:g}, {x_range[1]:g}]. The arguments are (x, logits): the data first")
     dt = _compute_dtype(logits.device, x, logits)
-    per_sample = ops.bernoulli_nll(logits.to(dt), x.to(dt))
+    per_sample = routed.bernoulli_nll(logits.to(dt), x.to(dt))
     return _reduce(per_sample, reduction)
 
 
@@ -443,7 +445,7 @@ def kl_normal(mu, logvar, mu_prior=None, logvar_prior=None, *, reduction="mean")
     mp = _feature_operand(mu_prior, "mu_prior", mu, mu.shape[1:])
     lp = _feature_operand(logvar_prior, "logvar_prior", mu, mu.shape[1:])
     dt = _compute_dtype(mu.device, mu, logvar, mp, lp)
-    per_sample = ops.kl_normal(mu.to(dt), logvar.to(dt), _cast(mp, dt), _cast(lp, dt))
+    per_sample = routed.kl_normal(mu.to(dt), logvar.to(dt), _cast(mp, dt), _cast(lp, dt))
     return _reduce(per_sample, reduction)
 
 

@@ -20,7 +20,9 @@ float32. torch.compile(fullgraph=True) traces the ops (the value check of x is s
 import torch
 
 from . import _checks
+from ._composites import routed
 from ._custom_ops import LIB, fused_backward, not_differentiable, ops
+from ._transforms import plain
 from .functional import _acc, _compute_dtype, _feature_operand, _reduce
 
 MAX_BITS = 16
@@ -36,7 +38,7 @@ def _n_bits(n_bits):
 def _check_grid(x, n_bits, op):
     """x in [-1, 1] and within a quarter bin of a level of the 2^n_bits grid (NaN refused too)."""
     levels = 2**n_bits - 1
-    xd = x.detach()
+    xd = plain(x)  # the values, under vmap too
     t = (xd + 1) * (levels / 2)
     bad = (xd < -1) | (xd > 1) | ((t - torch.round(t)).abs() > 0.25) | xd.isnan()
     if bool(bad.any()):
@@ -77,7 +79,7 @@ def discretized_logistic_nll(x, mean, log_scale, *, n_bits=8, reduction="mean", 
     ls = _feature_operand(log_scale, "log_scale", mean, x.shape[1:])
     dt = _compute_dtype(mean.device, x, mean, ls)
     ls = ls.to(dt).expand(mean.shape)  # a per-feature scale: the op takes one per element
-    per_sample = ops.discretized_logistic_nll(x.to(dt), None, mean.to(dt).unsqueeze(-1), ls.unsqueeze(-1), n)
+    per_sample = routed.discretized_logistic_nll(x.to(dt), None, mean.to(dt).unsqueeze(-1), ls.unsqueeze(-1), n)
     return _reduce(per_sample, reduction)
 
 
@@ -98,7 +100,7 @@ def discretized_logistic_mixture_nll(x, logit_probs, means, log_scales, *, n_bit
         _checks.same_device(means, "means", t, name)
         _checks.same_shape(means, "means", t, name)
     dt = _compute_dtype(means.device, x, logit_probs, means, log_scales)
-    per_sample = ops.discretized_logistic_nll(x.to(dt), logit_probs.to(dt), means.to(dt), log_scales.to(dt), n)
+    per_sample = routed.discretized_logistic_nll(x.to(dt), logit_probs.to(dt), means.to(dt), log_scales.to(dt), n)
     return _reduce(per_sample, reduction)
 
 
