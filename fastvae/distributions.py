@@ -25,10 +25,9 @@ import math
 
 import torch
 import torch.distributions as td
-from torch.autograd import forward_ad
 from torch.distributions.kl import register_kl
 
-from . import dropin_ops
+from . import _transforms, dropin_ops
 from .functional import reparameterize_tril
 
 __all__ = ["Normal", "Bernoulli", "MultivariateNormal", "Independent", "kl_divergence"]
@@ -64,12 +63,10 @@ TORCH = {
 def fusable(*tensors):
     """Whether the fused kernels take these operands: tensors of a float dtype on a device the extension serves, and
     no forward-mode AD or torch.func transform in progress (those run torch's own code, which carries their rules)."""
-    if forward_ad._current_level >= 0 and not torch.compiler.is_compiling():
+    if _transforms.active():
         return False
     for t in tensors:
         if not isinstance(t, torch.Tensor) or t.dtype not in _FLOATS or t.device.type not in _DEVICES:
-            return False
-        if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(t):
             return False
     return True
 

@@ -373,7 +373,7 @@ def bernoulli_nll(x, logits, *, reduction="mean", validate_args=True):
 
 
 def _in_unit_interval(t):
-    lo, hi = torch.aminmax(t.detach())
+    lo, hi = torch.aminmax(plain(t))  # every element (under vmap too), detached
     return not (lo < 0 or hi > 1), (float(lo), float(hi))
 
 

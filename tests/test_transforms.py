@@ -85,7 +85,7 @@ def _gaussian(th, lv_shape=(2, 3), k=None, reduction="none"):
 
 def _bernoulli(th, k=None):
     x, logits = _split(th, (2, 3), (2, 3) if k is None else (k, 2, 3))
-    return fastvae.bernoulli_nll(logits, torch.sigmoid(x), reduction="none").reshape(-1)
+    return fastvae.bernoulli_nll(torch.sigmoid(x), logits, reduction="none").reshape(-1)
 
 
 def _kl(th, prior=False, reduction="none"):
