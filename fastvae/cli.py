@@ -15,8 +15,11 @@ TOML); every value is checked against it; flags given on the command line win.
 Under `torchrun --nproc_per_node N -m fastvae train ...` training runs data-parallel (DDP).
 """
 import argparse
+import difflib
+import errno
 import json
 import os
+import signal
 import sys
 
 from . import train as tr
@@ -111,6 +114,25 @@ def _parser():
     return p
 
 
+def _parse(argv):
+    """The command line -> args; unknown arguments are refused with the closest flag of the command (difflib:
+    --latent_dim -> --latent-dim)."""
+    p = _parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        command = p._subparsers._group_actions[0].choices[args.command]
+        flags = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+        hints = []
+        for arg in extra:
+            if arg.startswith("-"):
+                name = arg.split("=", 1)[0]
+                match = difflib.get_close_matches("--" + name.lstrip("-").replace("_", "-"), flags, n=1, cutoff=0.6)
+                if match:
+                    hints.append(f"{name}: did you mean {match[0]}?")
+        command.error(f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else ""))
+    return args
+
+
 def read_config_file(path):
     """A TOML file -> dict of checked run settings (keys with dashes or underscores; a [train] table also works)."""
     import tomllib
@@ -140,8 +162,8 @@ def _train(args):
         raise SystemExit(f"fastvae train: {e}")
     try:
         tr.train(cfg)
-    except (tr.TrainingDiverged, ValueError, NotImplementedError) as e:
-        # bad data files, checkpoints, devices or folders, and a diverged run: a message, not a traceback
+    except (tr.TrainingStopped, ValueError, NotImplementedError) as e:
+        # bad data files, checkpoints, devices or folders, a diverged run, a failed write: a message, no traceback
         print(f"fastvae train: {e}", file=sys.stderr)
         return 1
     return 0
@@ -152,7 +174,22 @@ def _load(args):
         device = tr.pick_device(args.device)
         return (*tr.model_from_checkpoint(args.checkpoint, device), device)
     except ValueError as e:
-        raise SystemExit(f"fastvae {args.command}: {e}")
+        raise SystemExit(f"fastvae {args.command}: {e}{_previous_hint(args.checkpoint, e)}")
+
+
+def _previous_hint(path, error):
+    """Where a run's refused checkpoint has the previous one beside it: say so (and that it loads)."""
+    if not isinstance(error, tr.CheckpointError):
+        return ""
+    path = os.path.join(path, tr.CHECKPOINT_NAME) if os.path.isdir(path) else path
+    previous = tr.previous_path(path)
+    if os.path.abspath(previous) == os.path.abspath(path) or not os.path.isfile(previous):
+        return ""
+    try:
+        epoch = tr.load_checkpoint(previous)["epoch"]
+    except tr.CheckpointError:
+        return ""
+    return f"; the previous checkpoint beside it, {previous} (epoch {epoch}), is intact: use that one"
 
 
 def _eval(args):
@@ -215,6 +252,8 @@ def _eval(args):
               f"(amortised {res['amortised_elbo']:.4f} by the same {tr.REFINE_EVAL_DRAWS}-draw estimate: "
               f"amortisation gap {res['amortisation_gap']:.4f})")
     print(f"  time            {res['time_s']:.1f} s")
+    if model.config.get("likelihood") == "gaussian":
+        print(f"  {tr.GAUSSIAN_NOTE}")
     return 0
 
 
@@ -297,18 +336,25 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "bench":       # everything after `bench` belongs to the suite, --help included
         return _bench(argparse.Namespace(args=argv[1:])) or 0
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     if args.command == "info":
         print("\n".join(info_lines()))
         return 0
     command = {"train": _train, "eval": _eval, "sample": _sample}.get(args.command)
     if command is None:
         return _bench(args) or 0
+    terminated = []
+    installed, previous = _on_sigterm(terminated)
     try:
         return command(args)
-    except KeyboardInterrupt as e:        # Ctrl-C: where things stand, not a traceback (130: killed by SIGINT)
+    except KeyboardInterrupt as e:        # Ctrl-C or SIGTERM: where things stand, not a traceback (128 + signal)
         print(f"fastvae {args.command}: {e or 'interrupted'}", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    except OSError as e:                  # a file the command reads or writes: its name and the reason, one line
+        where = f"{e.filename}: " if e.filename and str(e.filename) not in str(e.strerror) else ""
+        name = f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else ""
+        print(f"fastvae {args.command}: {where}{e.strerror or e}{name}", file=sys.stderr)
+        return 1
     except RuntimeError as e:
         import torch
         if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
@@ -316,6 +362,22 @@ def main(argv=None):
         print(f"fastvae {args.command}: out of memory ({str(e).splitlines()[0]}); lower --batch-size, --n-samples, "
               f"--hidden-dims or -n", file=sys.stderr)
         return 1
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _on_sigterm(terminated):
+    """SIGTERM (a scheduler's or `kill`'s stop) is handled as Ctrl-C is: a KeyboardInterrupt("terminated by
+    SIGTERM"), so that training says where its last checkpoint is and frees its folder. Returns (whether it was
+    installed: not outside the main thread, the handler it replaced)."""
+    def handler(signum, frame):
+        terminated.append(signum)
+        raise KeyboardInterrupt("terminated by SIGTERM")
+    try:
+        return True, signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return False, None
 
 
 if __name__ == "__main__":
