@@ -32,6 +32,8 @@ SAMPLE_N = tr.Setting("n", int, 64, f"number of samples, at most {MAX_SAMPLES}",
 # 5000: the time grows linearly with K), and the first N test images
 EVAL_K = tr.Setting("k", int, 1000, f"importance samples per test image of the log-likelihood, at most "
                     f"{MAX_LL_SAMPLES}", lo=1, hi=MAX_LL_SAMPLES)
+# image-samples of the log-likelihood from which eval says what it does when it shows no bar (a few seconds)
+LONG_EVAL = 10**6
 EVAL_LIMIT = tr.Setting("limit", int, None, "evaluate the first N test images only (default: all)", lo=1,
                         hi=tr.INT_MAX)
 
@@ -217,6 +219,10 @@ def _eval(args):
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     per_image = [] if args.per_image else None
+    n_eval = int(test_x.shape[0])
+    if not progress and n_eval * args.k >= LONG_EVAL:        # minutes, perhaps: say so, on stderr (--json reads stdout)
+        print(f"fastvae eval: the log-likelihood of {n_eval} test samples with K={args.k} importance samples each "
+              f"(--progress shows a bar)", file=sys.stderr, flush=True)
     res = tr.evaluate(model, test_x, test_y, n_samples=args.k, seed=args.seed, progress=progress,
                       per_image=per_image)
     if per_image is not None:
@@ -227,8 +233,7 @@ def _eval(args):
             raise SystemExit(f"fastvae eval: cannot write --per-image {args.per_image} ({e.strerror or e})")
     if args.refine:
         t1 = time.perf_counter()
-        res.update(tr.refine_posteriors(model, test_x, test_y, steps=args.refine, lr=args.refine_lr,
-                                        seed=args.seed),
+        res.update(_refine(model, test_x, test_y, args, progress),
                    refine_steps=args.refine, refine_lr=args.refine_lr, refine_time_s=time.perf_counter() - t1)
     res.update(time_s=time.perf_counter() - t0, checkpoint=args.checkpoint, data=data.name,
                n_test=int(test_x.shape[0]), n_test_all=n_all, dim=model.data_dim, binarize=data.binarize,
@@ -255,6 +260,25 @@ def _eval(args):
     if model.config.get("likelihood") == "gaussian":
         print(f"  {tr.GAUSSIAN_NOTE}")
     return 0
+
+
+def _refine(model, x, y, args, progress):
+    """refine_posteriors with a progress bar of the images refined (or, without one, a line saying what runs)."""
+    n = int(x.shape[0])
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n, desc=f"refining ({args.refine} steps)", unit="sample", dynamic_ncols=True,
+                   mininterval=0.5, file=sys.stderr)
+    else:
+        print(f"fastvae eval: refining the posteriors of {n} test samples, {args.refine} steps each "
+              f"(--progress shows a bar)", file=sys.stderr, flush=True)
+    try:
+        return tr.refine_posteriors(model, x, y, steps=args.refine, lr=args.refine_lr, seed=args.seed,
+                                    progress=None if bar is None else bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _check_eval_data(data, info, model, checkpoint):
@@ -370,10 +394,12 @@ def main(argv=None):
 def _on_sigterm(terminated):
     """SIGTERM (a scheduler's or `kill`'s stop) is handled as Ctrl-C is: a KeyboardInterrupt("terminated by
     SIGTERM"), so that training says where its last checkpoint is and frees its folder. Returns (whether it was
-    installed: not outside the main thread, the handler it replaced)."""
+    installed: not outside the main thread nor under torchrun, the handler it replaced)."""
     def handler(signum, frame):
         terminated.append(signum)
         raise KeyboardInterrupt("terminated by SIGTERM")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return False, None          # under torchrun its agent stops the workers; a handler would only delay them
     try:
         return True, signal.signal(signal.SIGTERM, handler)
     except ValueError:

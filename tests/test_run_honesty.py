@@ -221,3 +221,12 @@ def test_the_loss_curve_of_one_epoch_shows_its_points_and_a_title(tmp_path, monk
         assert lines[1].get_ydata()[0] != lines[2].get_ydata()[0]
     title = drawn["samples.png"].axes[0].get_title()
     assert title.startswith("64 samples of vae on digits, epoch 1") and "prior" in title
+
+
+def test_eval_says_what_runs_or_shows_a_bar(bernoulli_digits_run, capsys):
+    """Posterior refinement (--refine) ran without a word or a bar, whatever --progress said."""
+    argv = ["eval", str(bernoulli_digits_run), "-k", "1", "--refine", "2", "--device", "cpu"]
+    assert main([*argv, "--no-progress"]) == 0
+    assert "refining the posteriors of 359 test samples, 2 steps each" in capsys.readouterr().err
+    assert main([*argv, "--progress"]) == 0
+    assert "refining (2 steps)" in capsys.readouterr().err

@@ -44,9 +44,8 @@ def final_eval_k(eval_k, n_test):
 
 
 # What the summary says under the numbers of a density on continuous data.
-GAUSSIAN_NOTE = ("note: the Gaussian likelihood is a density on continuous pixels, not a probability of discrete "
-                 "ones: its loss, NLL and bits/dim can be negative, and compare only with other continuous-density "
-                 "results")
+GAUSSIAN_NOTE = ("note: the Gaussian likelihood is a density on continuous pixels: its loss, NLL and bits/dim can "
+                 "be negative, and compare only with other continuous-density results")
 
 
 def finish(cfg, model, data, metrics, out_dir, ckpt_path, world, ranks_agree=None, amp=None):
