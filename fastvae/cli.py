@@ -16,7 +16,6 @@ Under `torchrun --nproc_per_node N -m fastvae train ...` training runs data-para
 """
 import argparse
 import difflib
-import errno
 import json
 import os
 import signal
@@ -124,13 +123,9 @@ def _parse(argv):
     if extra:
         command = p._subparsers._group_actions[0].choices[args.command]
         flags = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
-        hints = []
-        for arg in extra:
-            if arg.startswith("-"):
-                name = arg.split("=", 1)[0]
-                match = difflib.get_close_matches("--" + name.lstrip("-").replace("_", "-"), flags, n=1, cutoff=0.6)
-                if match:
-                    hints.append(f"{name}: did you mean {match[0]}?")
+        names = [arg.split("=", 1)[0] for arg in extra if arg.startswith("-")]
+        hints = [f"{name}: did you mean {match[0]}?" for name in names for match in [difflib.get_close_matches(
+            "--" + name.lstrip("-").replace("_", "-"), flags, n=1, cutoff=0.6)] if match]
         command.error(f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else ""))
     return args
 
@@ -180,18 +175,13 @@ def _load(args):
 
 
 def _previous_hint(path, error):
-    """Where a run's refused checkpoint has the previous one beside it: say so (and that it loads)."""
-    if not isinstance(error, tr.CheckpointError):
-        return ""
-    path = os.path.join(path, tr.CHECKPOINT_NAME) if os.path.isdir(path) else path
-    previous = tr.previous_path(path)
-    if os.path.abspath(previous) == os.path.abspath(path) or not os.path.isfile(previous):
-        return ""
+    """A run's refused checkpoint with an intact previous one beside it: say so."""
+    previous = tr.previous_path(os.path.join(path, tr.CHECKPOINT_NAME) if os.path.isdir(path) else path)
     try:
-        epoch = tr.load_checkpoint(previous)["epoch"]
+        epoch = tr.load_checkpoint(previous)["epoch"] if isinstance(error, tr.CheckpointError) else None
     except tr.CheckpointError:
-        return ""
-    return f"; the previous checkpoint beside it, {previous} (epoch {epoch}), is intact: use that one"
+        epoch = None
+    return "" if epoch is None else f"; the previous checkpoint beside it, {previous} (epoch {epoch}), is intact"
 
 
 def _eval(args):
@@ -375,9 +365,7 @@ def main(argv=None):
         print(f"fastvae {args.command}: {e or 'interrupted'}", file=sys.stderr)
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except OSError as e:                  # a file the command reads or writes: its name and the reason, one line
-        where = f"{e.filename}: " if e.filename and str(e.filename) not in str(e.strerror) else ""
-        name = f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else ""
-        print(f"fastvae {args.command}: {where}{e.strerror or e}{name}", file=sys.stderr)
+        print(f"fastvae {args.command}: {tr.describe_os_error(e)}", file=sys.stderr)
         return 1
     except RuntimeError as e:
         import torch

@@ -27,17 +27,17 @@ from .evaluation import MAX_REFINE_STEPS, REFINE_EVAL_DRAWS, evaluate, refine_po
 from .loop import (VARIANCE_LR_SCALE, TrainingDiverged, TrainingInterrupted, TrainingStopped, TrainResult, WriteFailed,
                    train)
 from .rundir import (CHECKPOINT_NAME, LOCK_NAME, PREVIOUS_CHECKPOINT_NAME, RUN_FILES, OutDirError, WriteError,
-                     claim_out_dir, release_out_dir)
+                     claim_out_dir, describe_os_error, release_out_dir)
 from .settings import DEFAULTS, INT_MAX, MODELS, PRESETS, SETTINGS, Setting, check_settings
 from .summary import GAUSSIAN_NOTE, PAPER_EVAL_K, final_eval_k
 
 __all__ = [
     "train", "TrainResult", "TrainingStopped", "TrainingDiverged", "WriteFailed", "TrainingInterrupted",
-    "VARIANCE_LR_SCALE",
-    "Setting", "SETTINGS", "DEFAULTS", "PRESETS", "MODELS", "INT_MAX", "check_settings", "resolve_config",
-    "model_kwargs", "default_out", "CHECKPOINT_NAME", "PREVIOUS_CHECKPOINT_NAME", "LOCK_NAME", "RUN_FILES",
-    "OutDirError", "WriteError", "claim_out_dir", "release_out_dir", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION",
-    "LATER_VAE_ARGS", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_run_checkpoint",
-    "verify_checkpoint", "previous_path", "GAUSSIAN_NOTE", "PAPER_EVAL_K", "final_eval_k", "build_checked", "model_from_checkpoint", "pick_device", "gather_with_grad", "evaluate",
+    "VARIANCE_LR_SCALE", "Setting", "SETTINGS", "DEFAULTS", "PRESETS", "MODELS", "INT_MAX", "check_settings",
+    "resolve_config", "model_kwargs", "default_out", "CHECKPOINT_NAME", "PREVIOUS_CHECKPOINT_NAME", "LOCK_NAME",
+    "RUN_FILES", "OutDirError", "WriteError", "describe_os_error", "claim_out_dir", "release_out_dir",
+    "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "LATER_VAE_ARGS", "CheckpointError", "save_checkpoint",
+    "load_checkpoint", "load_run_checkpoint", "verify_checkpoint", "previous_path", "GAUSSIAN_NOTE", "PAPER_EVAL_K",
+    "final_eval_k", "build_checked", "model_from_checkpoint", "pick_device", "gather_with_grad", "evaluate",
     "refine_posteriors", "MAX_REFINE_STEPS", "REFINE_EVAL_DRAWS", "save_pictures",
 ]

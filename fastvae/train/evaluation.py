@@ -68,7 +68,9 @@ def evaluate(model, x, y=None, *, n_samples=0, batch_size=4096, seed=0, progress
     are comparable (a semi-supervised model: the bound on log p(x), labels hidden, and with labels y the accuracy
     of its classifier q(y|x)); with n_samples = K > 0 also the importance-sampled log-likelihood
     (log_likelihood_report's keys). The test set goes through in batches of batch_size and the K samples in the
-    model's chunks, so memory does not grow with K or the number of samples. progress: a progress bar of the log-likelihood (on stderr).
+    model's chunks, so memory does not grow with K or the number of samples. progress: a progress bar of the
+    log-likelihood (on stderr). The bound's pass over the batches comes first, then the log-likelihood's: the ELBO
+    is the same number whatever n_samples.
     per_image: a list that receives the per-image estimates log p(x_i), a float64 CPU tensor per batch (to compare
     models image by image: the paired differences on the same images have a far smaller error than each mean)."""
     device = x.device

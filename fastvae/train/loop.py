@@ -2,7 +2,6 @@
 kept beside it; resume continues exactly: model, optimizer, epoch and every RNG stream), a NaN/inf stop and a
 failed write (a full disk, a read-only folder) that keep the last good checkpoint, Ctrl-C or SIGTERM that say
 where it is, and DistributedDataParallel when launched by torchrun."""
-import errno
 import json
 import math
 import os
@@ -22,7 +21,7 @@ from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, 
 from .config import model_kwargs, resolve_config, semi_supervised_labels
 from .distributed import dist_env, from_rank0, gather_with_grad, pick_device, process_group, ranks_agree
 from .evaluation import evaluate
-from .rundir import CHECKPOINT_NAME, OutDirError, WriteError, atomic_write, claim_out_dir, release_out_dir
+from .rundir import CHECKPOINT_NAME, OutDirError, atomic_write, claim_out_dir, describe_os_error, release_out_dir
 from .settings import SETTINGS, is_kind, recorded
 from .summary import fastvae_version, finish, write_metrics
 
@@ -361,14 +360,14 @@ def _run(cfg, data, device, distributed, rank, world):
         summary = {}
         if rank == 0:
             summary = finish(cfg, model, data, metrics, out_dir, saved_path, world, agree, amp=amp)
-    except KeyboardInterrupt as e:      # Ctrl-C, or SIGTERM as fastvae.cli raises it: KeyboardInterrupt("terminated ...")
+    except KeyboardInterrupt as e:      # Ctrl-C, or SIGTERM as fastvae.cli raises it (KeyboardInterrupt("terminated"))
         kept = (f"the last checkpoint is {saved_path} (epoch {saved_epoch}); continue with --resume"
                 if saved_epoch else "no checkpoint was written")
         raise TrainingInterrupted(f"{e.args[0] if e.args else 'interrupted'} in epoch {epoch + 1}; {kept}") from None
     except OSError as e:                # a full disk, a read-only folder: the file and the reason, and what is kept
         kept = (f"the last good checkpoint, {saved_path} (epoch {saved_epoch}), is kept" if saved_epoch
                 else "no checkpoint was written")
-        raise WriteFailed(f"{e if isinstance(e, WriteError) else _os_error(e)}; training stopped in epoch "
+        raise WriteFailed(f"{describe_os_error(e)}; training stopped in epoch "
                           f"{epoch + 1} and {kept}") from None
     finally:
         if bar is not None:
@@ -406,12 +405,6 @@ def _nonfinite(model, test):
     bad = [f"the test {k} ({v})" for k, v in test.items() if not math.isfinite(v)]
     bad += [f"parameter {n}" for n, p in model.named_parameters() if not torch.isfinite(p).all()]
     return ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "") if bad else None
-
-
-def _os_error(e):
-    """An OSError that is not a WriteError in one line: the file and the reason."""
-    where = f"{e.filename}: " if e.filename else ""
-    return f"{where}{e.strerror or e}" + (f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else "")
 
 
 def _diverged(what, epoch, step, ckpt_path, saved_epoch):

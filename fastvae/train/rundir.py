@@ -40,6 +40,13 @@ def _reason(e):
     return f"{e.strerror or e}" + (f" ({name})" if name else "")
 
 
+def describe_os_error(e):
+    """An OSError in one line: the file it names, and the reason ('/x/y: Permission denied (EACCES)')."""
+    if isinstance(e, WriteError):
+        return str(e)
+    return (f"{e.filename}: " if e.filename else "") + _reason(e)
+
+
 def _missing_parents(out):
     """The folders os.makedirs(out) creates, deepest first."""
     created, d = [], os.path.abspath(out)
