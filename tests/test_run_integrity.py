@@ -219,3 +219,22 @@ def test_an_unreadable_data_file_is_one_line(tmp_path, capsys, monkeypatch):
     err = _one_line_error(capsys)
     assert f"fastvae train: {folder}" in err and "Permission denied (EACCES)" in err
     assert not out.exists()                                     # the failed start leaves no folder behind
+
+
+def test_a_full_disk_after_the_last_epoch_says_training_finished(tmp_path, capsys, monkeypatch):
+    from fastvae.train import summary
+    write = summary.atomic_write
+
+    def disk_full(path, *a, **k):
+        if path.endswith("summary.json"):
+            def full(f):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return write(path, full)
+        return write(path, *a, **k)
+    monkeypatch.setattr(summary, "atomic_write", disk_full)
+    out = tmp_path / "run"
+    assert _train(out, epochs=2) == 1
+    err = _one_line_error(capsys)
+    assert (f"cannot write {out / 'summary.json'}: No space left on device (ENOSPC); training stopped after the last "
+            f"epoch and the last good checkpoint, {out / tr.CHECKPOINT_NAME} (epoch 2), is kept") in err
+    assert not (out / "summary.json").exists() and tr.load_checkpoint(out)["epoch"] == 2

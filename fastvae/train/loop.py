@@ -257,6 +257,7 @@ def _run(cfg, data, device, distributed, rank, world):
                     initial=global_step)
     reg_name = model.regulariser.metric          # train_kl, train_mmd, train_sw
     epoch = start_epoch
+    when = None                                   # where a stop happens: in epoch N, or after the last one
     try:
         if rank == 0 and (metrics or cfg["epochs"] > start_epoch):      # (--epochs 0 of a new run writes nothing)
             atomic_write(os.path.join(out_dir, "config.json"), lambda f: json.dump(recorded(cfg), f, indent=2))
@@ -356,6 +357,7 @@ def _run(cfg, data, device, distributed, rank, world):
         if bar is not None:
             bar.close()
             bar = None
+        when = "after the last epoch"              # the final evaluation, pictures and summary
         agree = ranks_agree(model) if distributed else None
         summary = {}
         if rank == 0:
@@ -363,12 +365,13 @@ def _run(cfg, data, device, distributed, rank, world):
     except KeyboardInterrupt as e:      # Ctrl-C, or SIGTERM as fastvae.cli raises it (KeyboardInterrupt("terminated"))
         kept = (f"the last checkpoint is {saved_path} (epoch {saved_epoch}); continue with --resume"
                 if saved_epoch else "no checkpoint was written")
-        raise TrainingInterrupted(f"{e.args[0] if e.args else 'interrupted'} in epoch {epoch + 1}; {kept}") from None
+        raise TrainingInterrupted(f"{e.args[0] if e.args else 'interrupted'} {when or f'in epoch {epoch + 1}'}; "
+                                  f"{kept}") from None
     except OSError as e:                # a full disk, a read-only folder: the file and the reason, and what is kept
         kept = (f"the last good checkpoint, {saved_path} (epoch {saved_epoch}), is kept" if saved_epoch
                 else "no checkpoint was written")
-        raise WriteFailed(f"{describe_os_error(e)}; training stopped in epoch "
-                          f"{epoch + 1} and {kept}") from None
+        raise WriteFailed(f"{describe_os_error(e)}; training stopped {when or f'in epoch {epoch + 1}'} and {kept}") \
+            from None
     finally:
         if bar is not None:
             bar.close()
