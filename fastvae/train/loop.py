@@ -39,8 +39,8 @@ class WriteFailed(TrainingStopped):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM: fastvae.cli turns it into a Terminated) during training; the message says where the last
-    checkpoint is."""
+    """Ctrl-C (or SIGTERM, which fastvae.cli raises as KeyboardInterrupt("terminated by SIGTERM")) during training;
+    the message says where the last checkpoint is."""
 
 
 # The IWAE paper's schedule (Burda et al. 2015, section 5): stage i = 0..7 runs 3^i epochs at lr * 10^(-i/7),

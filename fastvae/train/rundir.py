@@ -134,7 +134,10 @@ def release_out_dir(lock):
     try:
         os.remove(lock.path)
     except OSError:
-        pass
+        try:
+            lock.file.truncate(0)         # at least no stale pid is ever reported
+        except OSError:
+            pass
     lock.file.close()
     _remove_empty(lock.created)
 
