@@ -15,8 +15,10 @@ TOML); every value is checked against it; flags given on the command line win.
 Under `torchrun --nproc_per_node N -m fastvae train ...` training runs data-parallel (DDP).
 """
 import argparse
+import difflib
 import json
 import os
+import signal
 import sys
 
 from . import train as tr
@@ -29,6 +31,8 @@ SAMPLE_N = tr.Setting("n", int, 64, f"number of samples, at most {MAX_SAMPLES}",
 # 5000: the time grows linearly with K), and the first N test images
 EVAL_K = tr.Setting("k", int, 1000, f"importance samples per test image of the log-likelihood, at most "
                     f"{MAX_LL_SAMPLES}", lo=1, hi=MAX_LL_SAMPLES)
+# image-samples of the log-likelihood from which eval says what it does when it shows no bar (a few seconds)
+LONG_EVAL = 10**6
 EVAL_LIMIT = tr.Setting("limit", int, None, "evaluate the first N test images only (default: all)", lo=1,
                         hi=tr.INT_MAX)
 
@@ -111,6 +115,21 @@ def _parser():
     return p
 
 
+def _parse(argv):
+    """The command line -> args; unknown arguments are refused with the closest flag of the command (difflib:
+    --latent_dim -> --latent-dim)."""
+    p = _parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        command = p._subparsers._group_actions[0].choices[args.command]
+        flags = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+        names = [arg.split("=", 1)[0] for arg in extra if arg.startswith("-")]
+        hints = [f"{name}: did you mean {match[0]}?" for name in names for match in [difflib.get_close_matches(
+            "--" + name.lstrip("-").replace("_", "-"), flags, n=1, cutoff=0.6)] if match]
+        command.error(f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else ""))
+    return args
+
+
 def read_config_file(path):
     """A TOML file -> dict of checked run settings (keys with dashes or underscores; a [train] table also works)."""
     import tomllib
@@ -140,8 +159,8 @@ def _train(args):
         raise SystemExit(f"fastvae train: {e}")
     try:
         tr.train(cfg)
-    except (tr.TrainingDiverged, ValueError, NotImplementedError) as e:
-        # bad data files, checkpoints, devices or folders, and a diverged run: a message, not a traceback
+    except (tr.TrainingStopped, ValueError, NotImplementedError) as e:
+        # bad data files, checkpoints, devices or folders, a diverged run, a failed write: a message, no traceback
         print(f"fastvae train: {e}", file=sys.stderr)
         return 1
     return 0
@@ -152,7 +171,17 @@ def _load(args):
         device = tr.pick_device(args.device)
         return (*tr.model_from_checkpoint(args.checkpoint, device), device)
     except ValueError as e:
-        raise SystemExit(f"fastvae {args.command}: {e}")
+        raise SystemExit(f"fastvae {args.command}: {e}{_previous_hint(args.checkpoint, e)}")
+
+
+def _previous_hint(path, error):
+    """A run's refused checkpoint with an intact previous one beside it: say so."""
+    previous = tr.previous_path(os.path.join(path, tr.CHECKPOINT_NAME) if os.path.isdir(path) else path)
+    try:
+        epoch = tr.load_checkpoint(previous)["epoch"] if isinstance(error, tr.CheckpointError) else None
+    except tr.CheckpointError:
+        epoch = None
+    return "" if epoch is None else f"; the previous checkpoint beside it, {previous} (epoch {epoch}), is intact"
 
 
 def _eval(args):
@@ -180,6 +209,10 @@ def _eval(args):
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     per_image = [] if args.per_image else None
+    n_eval = int(test_x.shape[0])
+    if not progress and n_eval * args.k >= LONG_EVAL:        # minutes, perhaps: say so, on stderr (--json reads stdout)
+        print(f"fastvae eval: the log-likelihood of {n_eval} test samples with K={args.k} importance samples each "
+              f"(--progress shows a bar)", file=sys.stderr, flush=True)
     res = tr.evaluate(model, test_x, test_y, n_samples=args.k, seed=args.seed, progress=progress,
                       per_image=per_image)
     if per_image is not None:
@@ -190,8 +223,7 @@ def _eval(args):
             raise SystemExit(f"fastvae eval: cannot write --per-image {args.per_image} ({e.strerror or e})")
     if args.refine:
         t1 = time.perf_counter()
-        res.update(tr.refine_posteriors(model, test_x, test_y, steps=args.refine, lr=args.refine_lr,
-                                        seed=args.seed),
+        res.update(_refine(model, test_x, test_y, args, progress),
                    refine_steps=args.refine, refine_lr=args.refine_lr, refine_time_s=time.perf_counter() - t1)
     res.update(time_s=time.perf_counter() - t0, checkpoint=args.checkpoint, data=data.name,
                n_test=int(test_x.shape[0]), n_test_all=n_all, dim=model.data_dim, binarize=data.binarize,
@@ -215,7 +247,28 @@ def _eval(args):
               f"(amortised {res['amortised_elbo']:.4f} by the same {tr.REFINE_EVAL_DRAWS}-draw estimate: "
               f"amortisation gap {res['amortisation_gap']:.4f})")
     print(f"  time            {res['time_s']:.1f} s")
+    if model.config.get("likelihood") == "gaussian":
+        print(f"  {tr.GAUSSIAN_NOTE}")
     return 0
+
+
+def _refine(model, x, y, args, progress):
+    """refine_posteriors with a progress bar of the images refined (or, without one, a line saying what runs)."""
+    n = int(x.shape[0])
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n, desc=f"refining ({args.refine} steps)", unit="sample", dynamic_ncols=True,
+                   mininterval=0.5, file=sys.stderr)
+    else:
+        print(f"fastvae eval: refining the posteriors of {n} test samples, {args.refine} steps each "
+              f"(--progress shows a bar)", file=sys.stderr, flush=True)
+    try:
+        return tr.refine_posteriors(model, x, y, steps=args.refine, lr=args.refine_lr, seed=args.seed,
+                                    progress=None if bar is None else bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _check_eval_data(data, info, model, checkpoint):
@@ -297,18 +350,23 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "bench":       # everything after `bench` belongs to the suite, --help included
         return _bench(argparse.Namespace(args=argv[1:])) or 0
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     if args.command == "info":
         print("\n".join(info_lines()))
         return 0
     command = {"train": _train, "eval": _eval, "sample": _sample}.get(args.command)
     if command is None:
         return _bench(args) or 0
+    terminated = []
+    installed, previous = _on_sigterm(terminated)
     try:
         return command(args)
-    except KeyboardInterrupt as e:        # Ctrl-C: where things stand, not a traceback (130: killed by SIGINT)
+    except KeyboardInterrupt as e:        # Ctrl-C or SIGTERM: where things stand, not a traceback (128 + signal)
         print(f"fastvae {args.command}: {e or 'interrupted'}", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    except OSError as e:                  # a file the command reads or writes: its name and the reason, one line
+        print(f"fastvae {args.command}: {tr.describe_os_error(e)}", file=sys.stderr)
+        return 1
     except RuntimeError as e:
         import torch
         if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
@@ -316,6 +374,24 @@ def main(argv=None):
         print(f"fastvae {args.command}: out of memory ({str(e).splitlines()[0]}); lower --batch-size, --n-samples, "
               f"--hidden-dims or -n", file=sys.stderr)
         return 1
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _on_sigterm(terminated):
+    """SIGTERM (a scheduler's or `kill`'s stop) is handled as Ctrl-C is: a KeyboardInterrupt("terminated by
+    SIGTERM"), so that training says where its last checkpoint is and frees its folder. Returns (whether it was
+    installed: not outside the main thread nor under torchrun, the handler it replaced)."""
+    def handler(signum, frame):
+        terminated.append(signum)
+        raise KeyboardInterrupt("terminated by SIGTERM")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return False, None          # under torchrun its agent stops the workers; a handler would only delay them
+    try:
+        return True, signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return False, None
 
 
 if __name__ == "__main__":

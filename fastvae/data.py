@@ -469,6 +469,31 @@ def keep_labels(y, n_labelled, n_classes, seed):
     return hidden, kept
 
 
+_PATH_KINDS = ("mnist", "fashion", "npz", "npy")      # the spec kinds KIND:PATH that name a file or folder
+
+
+def resolve_spec(spec):
+    """A data spec with its file or folder made absolute (npz:x.npz -> npz:/where/it/was/x.npz; ~ expanded), so
+    that a run records data that a command run from another folder finds; other specs (and Datasets) as they are."""
+    if not isinstance(spec, str):
+        return spec
+    kind, _, arg = spec.partition(":")
+    if kind not in _PATH_KINDS or not arg:
+        return spec
+    return f"{kind}:{os.path.abspath(os.path.expanduser(arg))}"
+
+
+def spec_name(spec):
+    """A short name of what a spec (or a Dataset) holds, for a default folder: digits, fashion, mnist, the stem of
+    an npz/npy file, a Dataset's class name."""
+    if not isinstance(spec, str):
+        return type(spec).__name__.lower()
+    kind, _, arg = spec.partition(":")
+    if kind in ("npz", "npy") and arg:
+        return os.path.splitext(os.path.basename(arg.rstrip("/")))[0] or kind
+    return kind
+
+
 def load_data(spec="digits", *, binarize=None, device=None):
     """spec (a string as in the module doc, or a Dataset) -> Data, binarized ("static": once, with a fixed
     seed; "dynamic": the test set once, the train set per batch by the trainer) and moved to device when it fits

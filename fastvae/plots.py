@@ -14,10 +14,15 @@ def _plt():
 
 
 def _save(fig, path):
-    """Writes next to path and renames, so a reader never sees half a PNG."""
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    os.replace(tmp, path)
+    """Writes next to path and renames, so a reader never sees half a PNG (and a failed write leaves none)."""
+    tmp = f"{path}.{os.getpid()}.tmp.png"
+    try:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def image_grid(images, ncol=None):
@@ -56,15 +61,26 @@ def save_reconstructions(x, x_hat, path, n=16):
     save_grid(torch.cat(rows), path, "originals (odd rows) / reconstructions (even rows)", ncol=ncol)
 
 
-def save_loss_curve(metrics, path):
+def save_loss_curve(metrics, path, title=None):
+    """The train and test loss per epoch, and the test -ELBO where it is not the test loss (a plain VAE's loss is
+    its -ELBO: one line, labelled so); markers on every point, so that a one-epoch run shows its point."""
     plt = _plt()
     epochs = [m["epoch"] for m in metrics]
+    marker = dict(marker="o", markersize=4 if len(metrics) <= 50 else 0)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [m["train_loss"] for m in metrics], label="train loss")
-    if all("test_loss" in m for m in metrics):
-        ax.plot(epochs, [m["test_loss"] for m in metrics], label="test loss")
-    if all("test_elbo" in m for m in metrics):
-        ax.plot(epochs, [-m["test_elbo"] for m in metrics], "--", label="test -ELBO")
+    ax.plot(epochs, [m["train_loss"] for m in metrics], label="train loss", **marker)
+    test_loss = [m["test_loss"] for m in metrics] if all("test_loss" in m for m in metrics) else None
+    neg_elbo = [-m["test_elbo"] for m in metrics] if all("test_elbo" in m for m in metrics) else None
+    same = test_loss is not None and neg_elbo is not None and all(
+        math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) for a, b in zip(test_loss, neg_elbo))
+    if test_loss is not None:
+        ax.plot(epochs, test_loss, label="test loss (= test -ELBO)" if same else "test loss", **marker)
+    if neg_elbo is not None and not same:
+        ax.plot(epochs, neg_elbo, "--", label="test -ELBO", **marker)
+    ax.set_title(f"{title + ': ' if title else ''}loss per epoch ({len(metrics)} epoch{'s' * (len(metrics) != 1)})",
+                 fontsize=10)
+    if len(metrics) == 1:
+        ax.set_xticks(epochs)
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per sample")
     ax.grid(alpha=0.3)
@@ -88,13 +104,15 @@ def save_latent_scatter(z, labels, path):
     plt.close(fig)
 
 
-def save_pictures(model, data, out_dir, metrics=None, seed=0):
+def save_pictures(model, data, out_dir, metrics=None, seed=0, run=None):
     """loss_curve.png, samples.png, reconstructions.png (pictures only) and latent.png (latent_dim 2); returns
-    the paths written."""
+    the paths written. run: what was trained, for the titles ("vae on digits")."""
     written = []
+    run = run or f"{type(model).__name__} on {data.name}"
+    epochs = f", epoch {metrics[-1]['epoch']}" if metrics else ""
     if metrics:
         p = os.path.join(out_dir, "loss_curve.png")
-        save_loss_curve(metrics, p)
+        save_loss_curve(metrics, p, title=run)
         written.append(p)
     shape = data.image_shape
     device = next(model.parameters()).device
@@ -103,7 +121,8 @@ def save_pictures(model, data, out_dir, metrics=None, seed=0):
         n = 100 if model.n_classes else 64
         s = model.sample(n, generator=g).reshape(n, *shape)
         p = os.path.join(out_dir, "samples.png")
-        save_grid(s, p, ncol=10 if model.n_classes else 8)
+        save_grid(s, p, f"{n} samples of {run}{epochs}\n(the decoder's means at z drawn from the prior)",
+                  ncol=10 if model.n_classes else 8)
         written.append(p)
         x = data.test_x[:16].to(device)
         y = data.test_y[:16].to(device) if model.n_classes else None

@@ -1,12 +1,16 @@
-"""Checkpoints: written atomically, read without running code from them (weights_only), and every entry that
-fastvae reads checked first (model_from_checkpoint, in build.py, builds the model one describes)."""
+"""Checkpoints: written atomically with the previous one kept beside them, verified on every load (the CRC-32 of
+every record of torch.save's zip archive: a flipped byte is refused, not read as a weight), read without running
+code from them (weights_only), and every entry that fastvae reads checked first (model_from_checkpoint, in
+build.py, builds the model one describes)."""
 import inspect
 import os
+import zipfile
+import zlib
 
 import torch
 
 from ..models import model_class
-from .rundir import CHECKPOINT_NAME, atomic_write
+from .rundir import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, atomic_write
 from .settings import SETTINGS, check_settings, is_kind
 
 CHECKPOINT_FORMAT = "fastvae-checkpoint"
@@ -17,19 +21,76 @@ class CheckpointError(ValueError):
     """A file is not a fastvae checkpoint, is from a newer format, or belongs to another model."""
 
 
+def previous_path(path):
+    """Where save_checkpoint keeps the checkpoint that path held before (checkpoint.pt: checkpoint.prev.pt)."""
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    if name == CHECKPOINT_NAME:
+        return os.path.join(folder, PREVIOUS_CHECKPOINT_NAME)
+    root, ext = os.path.splitext(path)
+    return f"{root}.prev{ext}"
+
+
 def save_checkpoint(path, state):
-    """Writes state to path atomically: a temporary file of this process in the same folder, fsync, rename."""
-    atomic_write(path, lambda f: torch.save(state, f), binary=True)
+    """Writes state to path atomically (a temporary file of this process in the same folder, fsync, rename); the
+    checkpoint path held before is kept as previous_path(path) when it verifies (a damaged one is not kept over
+    the good one there)."""
+    path = os.fspath(path)
+    keep = None
+    if os.path.isfile(path):
+        try:
+            verify_checkpoint(path)
+            keep = previous_path(path)
+        except CheckpointError:
+            pass
+    atomic_write(path, lambda f: torch.save(state, f), binary=True, keep_previous=keep)
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def verify_checkpoint(path):
+    """A CheckpointError naming path and the damage unless it is an intact torch.save zip archive: its structure
+    reads and every record's stored bytes (the pickle and each tensor's data) match their CRC-32. A file in
+    torch's legacy format (a pickle, before torch 1.6) has no checksums and passes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read ({e.strerror or e})") from None
+    if not head.startswith(_ZIP_MAGIC):
+        if head[:1] == b"\x80":          # a pickle: torch's legacy format
+            return
+        text = head.decode("utf-8", "replace")[:-3]       # (the last bytes may cut a character in two)
+        if not head:
+            what = "an empty file"
+        elif "\ufffd" not in text and all(c.isprintable() or c.isspace() for c in text):
+            what = f"a text file beginning {text.splitlines()[0][:40]!r}"
+        else:
+            what = f"a file beginning with the bytes {head[:8].hex()}"
+        raise CheckpointError(f"{path} is not a fastvae checkpoint: a checkpoint is the zip archive torch.save "
+                              f"writes; this is {what}")
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is damaged: its zip archive is broken ({e}); truncated or overwritten "
+                              f"since it was written") from None
+    if bad is not None:
+        raise CheckpointError(f"{path} is damaged: the stored bytes of its record {bad!r} do not match their CRC-32 "
+                              f"(the file changed since it was written)")
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """Reads a fastvae checkpoint without running code from it (weights_only=True) and checks every entry that
-    fastvae reads (a CheckpointError naming the file and the entry otherwise)."""
+    """Reads a fastvae checkpoint without running code from it (weights_only=True), after verifying its integrity
+    (verify_checkpoint: a CheckpointError naming the file and the damage), and checks every entry that fastvae
+    reads (a CheckpointError naming the file and the entry otherwise)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, CHECKPOINT_NAME)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
+    verify_checkpoint(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -47,6 +108,31 @@ def load_checkpoint(path, map_location="cpu"):
                               f"{type(version).__name__} {version!r}")
     _check_entries(ckpt, path)
     return ckpt
+
+
+def load_run_checkpoint(out, map_location="cpu"):
+    """The checkpoint of the run in the folder out: (path, checkpoint, note). Its checkpoint.pt, or, when that is
+    missing or refused (damaged, unreadable), the previous one kept beside it, with a note that says so (None
+    otherwise). None when out holds neither; a CheckpointError naming both when neither loads."""
+    current, previous = os.path.join(out, CHECKPOINT_NAME), os.path.join(out, PREVIOUS_CHECKPOINT_NAME)
+    error = None
+    if os.path.isfile(current):
+        try:
+            return current, load_checkpoint(current, map_location), None
+        except CheckpointError as e:
+            error = e
+    if not os.path.isfile(previous):
+        if error is not None:
+            raise error
+        return None
+    try:
+        ckpt = load_checkpoint(previous, map_location)
+    except CheckpointError as e:
+        if error is None:
+            raise
+        raise CheckpointError(f"{error}; and the previous checkpoint beside it: {e}") from None
+    why = f"{error}" if error is not None else f"{current} is missing"
+    return previous, ckpt, f"{why}; using the previous checkpoint, {previous} (epoch {ckpt['epoch']})"
 
 
 # The entries of a checkpoint that eval, sample and resume read, and their types (optimizer, rng and step are

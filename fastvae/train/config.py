@@ -2,8 +2,8 @@
 settings <- what was given (checked against the run's); and the VAE arguments it describes."""
 import os
 
-from .checkpoint import load_checkpoint
-from .rundir import CHECKPOINT_NAME
+from ..data import resolve_spec, spec_name
+from .checkpoint import load_run_checkpoint
 from .settings import DEFAULTS, PRESETS, SETTINGS, check_settings, recorded
 
 
@@ -16,7 +16,10 @@ def resolve_config(overrides=None):
     if given.get("resume") and given.get("overwrite"):
         raise ValueError("resume and overwrite exclude each other: resume continues the run in out, overwrite "
                          "replaces it")
-    out = given.get("out", DEFAULTS["out"])
+    if "data" in given:
+        given["data"] = resolve_spec(given["data"])      # recorded as found, so that eval finds it from anywhere
+    out = given["out"] = given.get("out") or default_out(given.get("model", DEFAULTS["model"]),
+                                                          given.get("data", DEFAULTS["data"]))
     run = _run_config(out) if given.get("resume") else None
     if run is not None:
         refused = [f"{k} (the run's {run[k]!r}, given {v!r})" for k, v in given.items()
@@ -37,6 +40,13 @@ def resolve_config(overrides=None):
     _check_layers(cfg, given)
     _check_vaegan(cfg)
     return {k: SETTINGS[k].check(v) for k, v in cfg.items()}
+
+
+def default_out(model, data):
+    """The folder a run writes into when out is not given, named after what it trains: out/DATA for the default
+    model (out/digits), out/DATA-MODEL for the others (out/fashion-iwae)."""
+    name = spec_name(data)
+    return os.path.join("out", name if model == DEFAULTS["model"] else f"{name}-{model}")
 
 
 def _check_layers(cfg, given):
@@ -80,11 +90,10 @@ def _check_vaegan(cfg):
 
 
 def _run_config(out):
-    """The recorded settings of the run whose checkpoint is in out (None without one)."""
-    path = os.path.join(out, CHECKPOINT_NAME)
-    if not os.path.isfile(path):
-        return None
-    return recorded(load_checkpoint(path)["config"])
+    """The recorded settings of the run whose checkpoint is in out (None without one; its previous checkpoint where
+    the last is missing or damaged)."""
+    found = load_run_checkpoint(out)
+    return None if found is None else recorded(found[1]["config"])
 
 
 def semi_supervised_labels(cfg, data):

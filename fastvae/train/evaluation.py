@@ -68,7 +68,9 @@ def evaluate(model, x, y=None, *, n_samples=0, batch_size=4096, seed=0, progress
     are comparable (a semi-supervised model: the bound on log p(x), labels hidden, and with labels y the accuracy
     of its classifier q(y|x)); with n_samples = K > 0 also the importance-sampled log-likelihood
     (log_likelihood_report's keys). The test set goes through in batches of batch_size and the K samples in the
-    model's chunks, so memory does not grow with K or the number of samples. progress: a progress bar of the log-likelihood (on stderr).
+    model's chunks, so memory does not grow with K or the number of samples. progress: a progress bar of the
+    log-likelihood (on stderr). The bound's pass over the batches comes first, then the log-likelihood's: the ELBO
+    is the same number whatever n_samples.
     per_image: a list that receives the per-image estimates log p(x_i), a float64 CPU tensor per batch (to compare
     models image by image: the paired differences on the same images have a far smaller error than each mean)."""
     device = x.device
@@ -88,6 +90,9 @@ def evaluate(model, x, y=None, *, n_samples=0, batch_size=4096, seed=0, progress
                    dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
     try:
         with _evaluating(model):
+            # two passes, the bound's then the log-likelihood's, both drawing from g: the ELBO of every batch is
+            # drawn alike whether or not the log-likelihood follows (one stream interleaving both gave the ELBO of
+            # a second batch other noise with K > 0, so that a run's final ELBO differed from its last epoch's)
             for i in range(0, n, batch_size):
                 xb = x[i:i + batch_size]
                 yb = None if y is None or not model.n_classes else y[i:i + batch_size]
@@ -101,12 +106,14 @@ def evaluate(model, x, y=None, *, n_samples=0, batch_size=4096, seed=0, progress
                 sums["loss"] += out.loss.item() * b
                 sums["recon"] += out.recon.sum().item()
                 sums["kl"] += out.kl.sum().item()
-                if n_samples:
-                    lp = model.log_likelihood(xb, None if m2 else yb, n_samples=n_samples, generator=g,
-                                              progress=None if bar is None else bar.update)
-                    ll.add(lp)
-                    if per_image is not None:
-                        per_image.append(lp.detach().double().cpu())
+            for i in range(0, n if n_samples else 0, batch_size):
+                xb = x[i:i + batch_size]
+                yb = None if y is None or not model.n_classes or m2 else y[i:i + batch_size]
+                lp = model.log_likelihood(xb, yb, n_samples=n_samples, generator=g,
+                                          progress=None if bar is None else bar.update)
+                ll.add(lp)
+                if per_image is not None:
+                    per_image.append(lp.detach().double().cpu())
     finally:
         if bar is not None:
             bar.close()

@@ -1,6 +1,7 @@
-"""The training loop: the whole data set on the device, an atomic checkpoint after every good epoch (resume
-continues exactly: model, optimizer, epoch and every RNG stream), a NaN/inf stop that keeps the last good
-checkpoint, Ctrl-C that says where it is, and DistributedDataParallel when launched by torchrun."""
+"""The training loop: the whole data set on the device, an atomic checkpoint after every good epoch (the one before
+kept beside it; resume continues exactly: model, optimizer, epoch and every RNG stream), a NaN/inf stop and a
+failed write (a full disk, a read-only folder) that keep the last good checkpoint, Ctrl-C or SIGTERM that say
+where it is, and DistributedDataParallel when launched by torchrun."""
 import json
 import math
 import os
@@ -16,21 +17,30 @@ from ..data import load_data
 from ..models import VAE
 from ..models.vae import VARIANCE_LR_SCALE  # noqa: F401 (fastvae.train exports it)
 from .build import build_checked
-from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, load_run_checkpoint, save_checkpoint
 from .config import model_kwargs, resolve_config, semi_supervised_labels
 from .distributed import dist_env, from_rank0, gather_with_grad, pick_device, process_group, ranks_agree
 from .evaluation import evaluate
-from .rundir import CHECKPOINT_NAME, OutDirError, atomic_write, claim_out_dir, release_out_dir
+from .rundir import CHECKPOINT_NAME, OutDirError, atomic_write, claim_out_dir, describe_os_error, release_out_dir
 from .settings import SETTINGS, is_kind, recorded
 from .summary import fastvae_version, finish, write_metrics
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingStopped(RuntimeError):
+    """Training could not go on; the message (one line) says why and where the last good checkpoint is."""
+
+
+class TrainingDiverged(TrainingStopped):
     """The loss, the test metrics or the parameters became NaN or inf; the last good checkpoint is kept."""
 
 
+class WriteFailed(TrainingStopped):
+    """A file of the run could not be written (a full disk, a read-only folder); the last good checkpoint is kept."""
+
+
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training; the message says where the last checkpoint is."""
+    """Ctrl-C (or SIGTERM, which fastvae.cli raises as KeyboardInterrupt("terminated by SIGTERM")) during training;
+    the message says where the last checkpoint is."""
 
 
 # The IWAE paper's schedule (Burda et al. 2015, section 5): stage i = 0..7 runs 3^i epochs at lr * 10^(-i/7),
@@ -144,11 +154,13 @@ def _run_data(cfg, data, device, world):
     return data
 
 
-def _resume(path, cfg, model, opts, data, data_gen, noise_gen, rank, world):
-    """Restores a run from its checkpoint into model, its optimizers opts (name -> optimizer) and the generators;
-    applies the settings that may change (Setting.resume "apply"; the others were refused by resolve_config).
-    Returns (epoch, step, metrics)."""
-    ckpt = load_checkpoint(path)
+def _resume(found, cfg, model, opts, data, data_gen, noise_gen, rank, world):
+    """Restores a run from its checkpoint (load_run_checkpoint's (path, checkpoint, note)) into model, its
+    optimizers opts (name -> optimizer) and the generators; applies the settings that may change (Setting.resume
+    "apply"; the others were refused by resolve_config). Returns (epoch, step, metrics)."""
+    path, ckpt, note = found
+    if note:
+        _log(f"note: {note}", rank)
     # the op backend may change between runs (same model, same parameters); nothing else may
     diff = {k: (ckpt["model_config"].get(k), v) for k, v in model.config.items()
             if k != "backend" and ckpt["model_config"].get(k) != v}
@@ -206,12 +218,13 @@ def _run(cfg, data, device, distributed, rank, world):
     noise_gen = torch.Generator(device).manual_seed(cfg["seed"] * 1_000_003 + 7919 * rank + 1)
     data_gen = torch.Generator().manual_seed(cfg["seed"] + 17)
     start_epoch, global_step, metrics = 0, 0, []
-    if cfg["resume"] and os.path.isfile(ckpt_path):
-        start_epoch, global_step, metrics = _resume(ckpt_path, cfg, model, opts, data, data_gen, noise_gen, rank,
-                                                    world)
+    found = load_run_checkpoint(out_dir) if cfg["resume"] else None
+    if found is not None:
+        start_epoch, global_step, metrics = _resume(found, cfg, model, opts, data, data_gen, noise_gen, rank, world)
     elif cfg["resume"]:
         _log(f"note: --resume given but {ckpt_path} does not exist; starting from scratch", rank)
-    saved_epoch = start_epoch        # the epoch of the checkpoint on disk (0: none)
+    saved_epoch = start_epoch        # the epoch of the checkpoint on disk (0: none), and its file
+    saved_path = found[0] if found is not None else ckpt_path
 
     step_model = model
     if model.own_step and (distributed or cfg["compile"]):
@@ -230,9 +243,6 @@ def _run(cfg, data, device, distributed, rank, world):
 
     if not isinstance(cfg["data"], str):           # a Dataset object: recorded by name (checkpoints hold no code)
         cfg = {**cfg, "data": f"<{type(cfg['data']).__name__}>"}
-    if rank == 0:
-        atomic_write(os.path.join(out_dir, "config.json"), lambda f: json.dump(recorded(cfg), f, indent=2))
-
     n_train = data.train_x.shape[0]
     per_rank = n_train // world
     bs = cfg["batch_size"]
@@ -247,7 +257,10 @@ def _run(cfg, data, device, distributed, rank, world):
                     initial=global_step)
     reg_name = model.regulariser.metric          # train_kl, train_mmd, train_sw
     epoch = start_epoch
+    when = None                                   # where a stop happens: in epoch N, or after the last one
     try:
+        if rank == 0 and (metrics or cfg["epochs"] > start_epoch):      # (--epochs 0 of a new run writes nothing)
+            atomic_write(os.path.join(out_dir, "config.json"), lambda f: json.dump(recorded(cfg), f, indent=2))
         for epoch in range(start_epoch, cfg["epochs"]):
             model.train()
             for opt in opts.values():
@@ -295,7 +308,7 @@ def _run(cfg, data, device, distributed, rank, world):
                         bar.set_postfix(post, refresh=False)
                 if s % 50 == 49 or s == steps_per_epoch - 1:
                     if not _finite_everywhere(sums, distributed):
-                        raise _diverged("the loss", epoch, global_step, ckpt_path, saved_epoch)
+                        raise _diverged("the loss", epoch, global_step, saved_path, saved_epoch)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_time = time.perf_counter() - t0
@@ -320,7 +333,7 @@ def _run(cfg, data, device, distributed, rank, world):
                 bad = _nonfinite(model, test)
             bad = from_rank0(bad, distributed)      # only a finite state is ever saved
             if bad:
-                raise _diverged(bad, epoch, global_step, ckpt_path, saved_epoch)
+                raise _diverged(bad, epoch, global_step, saved_path, saved_epoch)
             if rank == 0:
                 row.update({f"test_{k}": v for k, v in test.items()})
                 metrics.append(row)
@@ -330,7 +343,7 @@ def _run(cfg, data, device, distributed, rank, world):
                     epoch=epoch + 1, step=global_step, config=recorded(cfg), data_info=data.info(),
                     metrics=metrics, rng=dict(torch=torch.get_rng_state(), data=data_gen.get_state(),
                                               noise=[t.cpu() for t in rng_noise])))
-                saved_epoch = epoch + 1
+                saved_epoch, saved_path = epoch + 1, ckpt_path
                 write_metrics(out_dir, metrics)
                 if bar is None:
                     every = max(1, cfg["epochs"] // 10)
@@ -344,14 +357,21 @@ def _run(cfg, data, device, distributed, rank, world):
         if bar is not None:
             bar.close()
             bar = None
+        when = "after the last epoch"              # the final evaluation, pictures and summary
         agree = ranks_agree(model) if distributed else None
         summary = {}
         if rank == 0:
-            summary = finish(cfg, model, data, metrics, out_dir, ckpt_path, world, agree, amp=amp)
-    except KeyboardInterrupt:
-        kept = (f"the last checkpoint is {ckpt_path} (epoch {saved_epoch}); continue with --resume"
+            summary = finish(cfg, model, data, metrics, out_dir, saved_path, world, agree, amp=amp)
+    except KeyboardInterrupt as e:      # Ctrl-C, or SIGTERM as fastvae.cli raises it (KeyboardInterrupt("terminated"))
+        kept = (f"the last checkpoint is {saved_path} (epoch {saved_epoch}); continue with --resume"
                 if saved_epoch else "no checkpoint was written")
-        raise TrainingInterrupted(f"interrupted in epoch {epoch + 1}; {kept}") from None
+        raise TrainingInterrupted(f"{e.args[0] if e.args else 'interrupted'} {when or f'in epoch {epoch + 1}'}; "
+                                  f"{kept}") from None
+    except OSError as e:                # a full disk, a read-only folder: the file and the reason, and what is kept
+        kept = (f"the last good checkpoint, {saved_path} (epoch {saved_epoch}), is kept" if saved_epoch
+                else "no checkpoint was written")
+        raise WriteFailed(f"{describe_os_error(e)}; training stopped {when or f'in epoch {epoch + 1}'} and {kept}") \
+            from None
     finally:
         if bar is not None:
             bar.close()

@@ -1,5 +1,6 @@
 """The settings of a run: one table (SETTINGS) for the `fastvae train` flags, the TOML keys and the Python config
 dict; each Setting checks a value from TOML or Python and parses one from the command line."""
+import difflib
 import math
 import numbers
 import re
@@ -150,7 +151,8 @@ SETTINGS = {s.key: s for s in (
             "AMX-BF16 or AVX512-BF16, a GPU that supports bf16), else none; none: float32 throughout",
             choices=("none", "bf16", "auto"), resume="apply"),
     Setting("compile", bool, False, "torch.compile the model's training step", resume="apply"),
-    Setting("out", str, "out/digits", "output folder: checkpoint, metrics, pictures", resume="apply"),
+    Setting("out", str, None, "output folder: checkpoint, metrics, pictures (default: out/DATA for --model vae, "
+            "out/DATA-MODEL otherwise: out/digits, out/fashion-iwae)", resume="apply"),
     Setting("resume", bool, False, "continue the run in --out where it stopped (settings not given are the run's)",
             resume=""),
     Setting("overwrite", bool, False, "replace the run in --out (its checkpoint, metrics and pictures)", resume=""),
@@ -188,8 +190,10 @@ SETTINGS = {s.key: s for s in (
             resume="apply"),
     Setting("threads", int, None, "CPU threads of torch (default: torch's choice; 1 is fastest for small models "
             "on a busy box)", lo=1, hi=1024, resume="apply"),
-    Setting("eval_k", int, 1000, f"importance samples of the final test log-likelihood, at most {MAX_LL_SAMPLES}; "
-            f"0 skips it", lo=0, hi=MAX_LL_SAMPLES, resume="apply"),
+    Setting("eval_k", int, None, f"importance samples per test image of the final log-likelihood, at most "
+            f"{MAX_LL_SAMPLES}; 0 skips it (default: 1000, and at most 10^6 over the test set: 100 for 10,000 "
+            f"images; `fastvae eval -k 5000` gives the paper-grade estimate)", lo=0, hi=MAX_LL_SAMPLES,
+            resume="apply"),
     Setting("progress", bool, True, "a progress bar (--no-progress: a line every few epochs instead)",
             resume="apply"),
 )}
@@ -213,10 +217,16 @@ def check_settings(values, where="configuration"):
     for key, value in values.items():
         key = key.replace("-", "_")
         if key not in SETTINGS:
-            raise ValueError(f"unknown {where} key {key!r}; known: {', '.join(SETTINGS)}")
+            raise ValueError(f"unknown {where} key {key!r}; {closest(key, SETTINGS)}")
         if value is not None:
             given[key] = SETTINGS[key].check(value)
     return given
+
+
+def closest(name, known):
+    """A hint for a misspelt key: the closest of known (difflib), or where to find them all."""
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"did you mean {match[0]!r}?" if match else "the keys are the flags of `fastvae train --help` (_ for -)"
 
 
 def recorded(cfg):
