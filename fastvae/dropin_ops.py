@@ -36,12 +36,14 @@ def _prepare(tensors):
 
 
 def _periodic(t, shape, dt):
+    """t as the op reads it: its trailing block when t repeats it over leading dims of size 1 or of stride 0 (an
+    expanded view, such as torch.distributions' broadcast_all makes), else t expanded to shape and materialised."""
     s = t.shape
     i = 0
-    while i < len(s) and s[i] == 1:
+    while i < len(s) and (s[i] == 1 or t.stride(i) == 0):
         i += 1
     if s[i:] == shape[len(shape) - (len(s) - i):]:
-        return t.to(dt)
+        return (t[(0,) * i] if i else t).to(dt)
     return t.expand(shape).to(dt).contiguous()
 
 

@@ -150,6 +150,24 @@ def test_gradcheck_float64(op):
         assert torch.autograd.gradgradcheck(lambda *a: fn(*a, factor=1.3, event_dims=event_dims), args)
 
 
+def test_expanded_views_are_read_periodically():
+    """torch.distributions broadcasts its parameters to expanded views (stride 0): the wrapper reads their trailing
+    block instead of materialising them, and their gradients still reach the unexpanded tensors."""
+    x = torch.randn(4, 3, 5, dtype=torch.float64, generator=gen(17))
+    m = torch.randn(5, dtype=torch.float64, generator=gen(18)).requires_grad_()
+    s = torch.tensor(1.7, dtype=torch.float64).requires_grad_()
+    me, se = torch.broadcast_tensors(m, s)
+    me, se = me.expand(4, 3, 5), se.expand(4, 3, 5)
+    assert dr._periodic(se, x.shape, torch.float64).numel() == 1 and dr._periodic(me, x.shape, torch.float64).numel() == 5
+    got = dr.normal_nll(x, me, se, "scale", event_dims=1)
+    gm, gs = torch.autograd.grad(got.sum(), (m, s))
+    want = -Normal(me, se).log_prob(x).sum(-1) - 5 * HALF_LOG_2PI
+    wm, ws = torch.autograd.grad(want.sum(), (m, s))
+    assert_within(got, want, 1e-13, "values")
+    assert_within(gm, wm, 1e-13, "grad loc")
+    assert_within(gs, ws, 1e-12, "grad scale")
+
+
 def test_bce_weight_gradients():
     l, y, w, pw = [t.requires_grad_() for t in case("bce", "feature", torch.float64, B=2, C=3, D=4, seed=4)]
     assert torch.autograd.gradcheck(lambda *a: dr.bce_with_logits(*a, event_dims=1), (l, y, w, pw))

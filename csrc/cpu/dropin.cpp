@@ -94,15 +94,15 @@ void bce_fwd_block(const T* FV_R l, const T* FV_R y, const T* FV_R w, const T* F
   for (index_t t = 0; t < n; ++t) dst[t] = f * bce_logits_term(l[t], y[t], w[t], pw[t]);
 }
 
-template <class T>
+template <class T, bool kWantY>
 void bce_bwd_block(const T* FV_R gv, T f, const T* FV_R l, const T* FV_R y, const T* FV_R w, const T* FV_R pw,
                    T* FV_R dl, T* FV_R dy, index_t n) {
 #pragma omp simd
   for (index_t t = 0; t < n; ++t) {
-    T a, b;
-    bce_logits_grad(f * gv[t], l[t], y[t], w[t], pw[t], &a, &b);
+    T a, b = 0;
+    bce_logits_grad<kWantY>(f * gv[t], l[t], y[t], w[t], pw[t], &a, &b);
     dl[t] = a;
-    dy[t] = b;
+    if (kWantY) dy[t] = b;
   }
 }
 
@@ -146,9 +146,11 @@ struct KlOp {
 template <class T>
 struct BceOp {
   static constexpr int K = 4;
+  bool want_y;  // d/dtarget wanted (else not computed)
   void fwd(const T* const* p, T f, T* dst, index_t n) const { bce_fwd_block(p[0], p[1], p[2], p[3], f, dst, n); }
   void bwd(const T* gv, T f, const T* const* p, T* const* d, index_t n) const {
-    bce_bwd_block(gv, f, p[0], p[1], p[2], p[3], d[0], d[1], n);
+    if (want_y) bce_bwd_block<T, true>(gv, f, p[0], p[1], p[2], p[3], d[0], d[1], n);
+    else bce_bwd_block<T, false>(gv, f, p[0], p[1], p[2], p[3], d[0], d[1], n);
   }
 };
 
@@ -322,7 +324,7 @@ void normal_kl_bwd(const T* g, Periodic<T> lp, Periodic<T> sp, Periodic<T> lq, P
 template <class T>
 void bce_fwd(Periodic<T> l, Periodic<T> y, Periodic<T> w, Periodic<T> pw, T factor, index_t N, index_t R, T* out) {
   const Periodic<T> in[4] = {l, y, or_one(w), or_one(pw)};
-  fwd_driver(BceOp<T>{}, in, factor, N, R, out);
+  fwd_driver(BceOp<T>{false}, in, factor, N, R, out);
 }
 
 template <class T>
@@ -330,7 +332,7 @@ void bce_bwd(const T* g, Periodic<T> l, Periodic<T> y, Periodic<T> w, Periodic<T
              T* gl, T* gy) {
   const Periodic<T> in[4] = {l, y, or_one(w), or_one(pw)};
   T* const grads[4] = {gl, gy, nullptr, nullptr};
-  bwd_driver(BceOp<T>{}, g, in, factor, N, R, grads);
+  bwd_driver(BceOp<T>{gy != nullptr}, g, in, factor, N, R, grads);
 }
 
 // ---- rsample: the stream of reparameterize ------------------------------------------------------------------------

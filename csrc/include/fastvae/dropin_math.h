@@ -27,10 +27,21 @@ FV_HD float dropin_log(float x) {
 }
 FV_HD double dropin_log(double x) { return log(x); }
 
-// log(1 + e^-a), a >= 0 (the softplus tail; vmath.h)
+// log(1 + t) for t = e^-a in [0, 1] (the softplus tail), given t: fv_log1p_exp_neg of vmath.h with the exponential
+// shared (the gradients need it for the sigmoid too).
+FV_HD float dropin_log1p_small(float t) {
+  const float u = 1.0f + t;
+  const float den = u - 1.0f;
+  const float safe_den = den == 0.0f ? 1.0f : den;
+  return den == 0.0f ? t : fv_logf_pos(u) * (t / safe_den);
+}
+FV_HD double dropin_log1p_small(double t) { return log1p(t); }
+
+// sigmoid(l) from t = e^-|l|
 template <class T>
-FV_HD T dropin_softplus_tail(T a) {
-  return fv_log1p_exp_neg(a);
+FV_HD T dropin_sigmoid_given(T l, T t) {
+  const T inv = T(1) / (T(1) + t);
+  return l >= T(0) ? inv : t * inv;
 }
 
 // ---- Normal negative log density: three parameterizations of the spread ----------------------------------------
@@ -133,19 +144,23 @@ FV_HD T bce_logits_term(T l, T y, T w, T pw) {
   const T c = l > T(0) ? T(1) - y : pw * y;
   const T lin = c == T(0) ? T(0) : c * a;
   const T A = T(1) + (pw - T(1)) * y;
-  return w * (lin + A * dropin_softplus_tail(a));
+  return w * (lin + A * dropin_log1p_small(fv_exp(-a)));
 }
 
 // g d/d(l, y): g w (A sigmoid(l) - pw y) and g w ((pw - 1) softplus(-l) - l), the latter as
-// (l < 0 ? -pw l : -l) + (pw - 1) log(1 + e^-|l|).
-template <class T>
+// (l < 0 ? -pw l : -l) + (pw - 1) log(1 + e^-|l|); one exponential for both. kWantY false: d/dy is not computed
+// (the common case, a target without gradient: one log less).
+template <bool kWantY, class T>
 FV_HD void bce_logits_grad(T g, T l, T y, T w, T pw, T* dl, T* dy) {
   const T gw = g * w;
   const T A = T(1) + (pw - T(1)) * y;
   const T a = l < T(0) ? -l : l;
-  *dl = gw * (A * sigmoid(l) - pw * y);
-  const T lin = mul0(l < T(0) ? pw : T(1), -l);
-  *dy = mul0(gw, lin + (pw - T(1)) * dropin_softplus_tail(a));
+  const T t = fv_exp(-a);
+  *dl = gw * (A * dropin_sigmoid_given(l, t) - pw * y);
+  if (kWantY) {
+    const T lin = mul0(l < T(0) ? pw : T(1), -l);
+    *dy = mul0(gw, lin + (pw - T(1)) * dropin_log1p_small(t));
+  }
 }
 
 }  // namespace fastvae
