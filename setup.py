@@ -28,10 +28,12 @@ BINDING = [
     "csrc/torch/distances/cpu.cpp",
     "csrc/torch/logistic/schema.cpp",
     "csrc/torch/logistic/cpu.cpp",
+    "csrc/torch/dropin/schema.cpp",
+    "csrc/torch/dropin/cpu.cpp",
 ]
 # The CPU kernel files, each compiled once per instruction set of CPU_ISAS (-DFV_ISA=<name>, see csrc/cpu/isa.h)
 # into objects of their own, and the one run-time dispatch between them (csrc/cpu/isa.cpp).
-CPU_KERNELS = ["csrc/cpu/gaussian.cpp", "csrc/cpu/distances.cpp", "csrc/cpu/logistic.cpp"]
+CPU_KERNELS = ["csrc/cpu/gaussian.cpp", "csrc/cpu/distances.cpp", "csrc/cpu/logistic.cpp", "csrc/cpu/dropin.cpp"]
 CPU_ISAS = ["avx512", "avx2", "baseline"]
 CPU_DISPATCH = ["csrc/cpu/isa.cpp"]
 # With CUDA: the CUDA backends of the binding, and the kernels with their launchers.

@@ -105,6 +105,35 @@ def _logistic_args(G):
     return out, [x, lg, G.t(*main, K), G.t(*main, K), G.r.choice([8, 8, 1, 5, 16])]
 
 
+def _dropin_args(G, n):
+    """n operands in the period layout (the first (B, *F), the others a scalar, per-feature or full; an optional
+    one None sometimes), the rows' count and a row_len dividing the output."""
+    S = [G.size(), *G.feats()]
+    ts = [G.t(*S)] + [G.t(*G.r.choice([[], S[1:], S])) for _ in range(n - 1)]
+    N = math.prod(S)
+    row_len = G.r.choice([1, max(N, 1), max(S[-1], 1)])
+    return ts, max(N, 1) // row_len if N else 0, row_len
+
+
+def _dropin(G, n, extra, backward, n_grads, optional=0):
+    ts, rows, row_len = _dropin_args(G, n)
+    for j in range(n - optional, n):
+        ts[j] = G.r.choice([None, ts[j]])
+    head = [G.t(rows, dtype=torch.float64 if G.dtype == torch.float64 else torch.float32)] if backward else []
+    tail = [[G.r.random() < 0.7 for _ in range(n_grads)]] if backward else []
+    return [*head, *ts, *extra, row_len, *tail]
+
+
+def _nll_extra(G):
+    return [G.r.choice([0, 1, 2]), G.r.choice([0.0, 1e-6, 0.5]), 0.9, G.r.choice([1.0, -1.0, 1e-3])]
+
+
+def _rsample(G, backward):
+    S, k = [G.size() for _ in range(G.r.randint(0, 3))], G.k()
+    head = [G.t(*([k] if k else []), *S)] if backward else [G.t(*S)]
+    return [*head, G.t(*S), G.seed(), k] + ([[G.r.random() < 0.7, G.r.random() < 0.7]] if backward else [])
+
+
 # op -> valid arguments (a list) for random sizes
 TEMPLATES = {
     "reparameterize": lambda G: (lambda S, k: [G.t(*S), G.t(*S), G.seed(), k])(
@@ -143,6 +172,14 @@ TEMPLATES = {
     "random_directions": lambda G: [G.seed(), G.size(1, 6), G.size(1, 6)],
     "discretized_logistic_nll": lambda G: _logistic_args(G)[1],
     "discretized_logistic_nll_backward": lambda G: (lambda out, a: [G.t(*out), *a])(*_logistic_args(G)),
+    "dropin_normal_nll": lambda G: _dropin(G, 3, _nll_extra(G), False, 3),
+    "dropin_normal_nll_backward": lambda G: _dropin(G, 3, _nll_extra(G), True, 3),
+    "dropin_normal_kl": lambda G: _dropin(G, 4, [0.5], False, 4),
+    "dropin_normal_kl_backward": lambda G: _dropin(G, 4, [0.5], True, 4),
+    "dropin_bce_with_logits": lambda G: _dropin(G, 4, [1.0], False, 2, optional=2),
+    "dropin_bce_with_logits_backward": lambda G: _dropin(G, 4, [1.0], True, 2, optional=2),
+    "dropin_normal_rsample": lambda G: _rsample(G, False),
+    "dropin_normal_rsample_backward": lambda G: _rsample(G, True),
 }
 INDEX_ARGS = {"sliced_wasserstein_projected_backward": (3, 4)}  # perm_x, perm_y
 KNOWN = {f"{op}.default" for op in TEMPLATES}

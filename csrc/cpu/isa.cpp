@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cpu/dropin_kernels.h"
 #include "cpu/kernels.h"
 
 namespace fastvae {
@@ -18,6 +19,8 @@ namespace cpu {
   extern const DistanceKernels<double> distances_f64;   \
   extern const LogisticKernels<float> logistic_f32;     \
   extern const LogisticKernels<double> logistic_f64;    \
+  extern const DropinKernels<float> dropin_f32;         \
+  extern const DropinKernels<double> dropin_f64;        \
   }
 FV_DECLARE_ISA(avx512)
 FV_DECLARE_ISA(avx2)
@@ -81,6 +84,15 @@ const LogisticKernels<float>& logistic_kernels<float>() {
 template <>
 const LogisticKernels<double>& logistic_kernels<double>() {
   return pick(avx512::logistic_f64, avx2::logistic_f64, baseline::logistic_f64);
+}
+
+template <>
+const DropinKernels<float>& dropin_kernels<float>() {
+  return pick(avx512::dropin_f32, avx2::dropin_f32, baseline::dropin_f32);
+}
+template <>
+const DropinKernels<double>& dropin_kernels<double>() {
+  return pick(avx512::dropin_f64, avx2::dropin_f64, baseline::dropin_f64);
 }
 
 std::string active_isa() { return isa_name(current()); }
