@@ -24,12 +24,12 @@ env: $(BIN)/.ready
 
 # The extension is built once and rebuilt only when a file it is built from changed (a stamp file: `make demo` after
 # `make test` does not rebuild). `make clean` forgets it. The ninja of the virtualenv (DEPS) compiles, into build/obj,
-# recompiling only what changed since the last build (setup.py's BuildExt).
+# only what changed since the last build (setup.py's BuildExt), so `wheel-check` after `build` only links.
 BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 # (The distribution was called fastvae before it became torch-fastvae: an old editable install of it goes first.)
 $(BIN)/.built: $(BIN)/.ready $(BUILD_INPUTS)
 	$(BIN)/python -m pip uninstall -q -y fastvae 2>/dev/null || true
-	PATH="$(CURDIR)/$(BIN):$$PATH" MAX_JOBS=$(MAX_JOBS) $(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
+	MAX_JOBS=$(MAX_JOBS) $(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
 build: $(BIN)/.built
@@ -38,7 +38,7 @@ build: $(BIN)/.built
 # metadata, and fastvae imported from it in a virtualenv that holds only torch and numpy, outside the checkout:
 # scripts/wheel_smoke.sh.
 wheel-check: build
-	PATH="$(CURDIR)/$(BIN):$$PATH" BUILD_PY=$(BIN)/python BASE_PY=$(PYTHON) MAX_JOBS=$(MAX_JOBS) bash scripts/wheel_smoke.sh
+	BUILD_PY=$(BIN)/python BASE_PY=$(PYTHON) MAX_JOBS=$(MAX_JOBS) bash scripts/wheel_smoke.sh
 
 # Every CUDA kernel file must compile for sm_80 and sm_90 (the kernels are torch-free: CUDA runtime + CCCL only), and
 # the CUDA backends of the binding must pass a syntax check against torch's headers (a CPU torch ships the c10/cuda

@@ -11,6 +11,7 @@ the Makefile's cuda-check reads the lists.
 """
 import os
 import shutil
+import sysconfig
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -101,6 +102,11 @@ def extension(with_cuda):
                                       extra_link_args=["-fopenmp"])
 
 if __name__ == "__main__":
+    # torch runs the `ninja` it finds on PATH: the one installed beside this Python (pip's ninja) goes first, so that
+    # every build of the checkout (editable, wheel, build_ext) uses one ninja, whose log build/obj keeps
+    bindir = sysconfig.get_path("scripts")
+    if os.path.isfile(os.path.join(bindir, "ninja")):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     with_cuda = want_cuda()
     if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
