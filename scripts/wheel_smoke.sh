@@ -29,7 +29,9 @@ t_build=$((SECONDS - t0))
 # base interpreter's own site (a system CUDA build, say) is seen through --system-site-packages, provided that site
 # has no fastvae; otherwise the same version is installed from the package index (a CPU build stays one).
 torch_version=$("$BUILD_PY" -c 'import torch; print(torch.__version__)')
-base_torch=$(cd /tmp && "$BASE_PY" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
+# (only a base interpreter's site: a virtualenv made from a virtualenv's Python sees the base's, not that one's)
+base_torch=$(cd /tmp && "$BASE_PY" -c 'import sys, torch; print(torch.__version__ if sys.prefix == sys.base_prefix else "")' \
+  2>/dev/null || true)
 if [ "$base_torch" = "$torch_version" ]; then
   if (cd /tmp && "$BASE_PY" -c 'import fastvae' 2>/dev/null); then
     echo "wheel-check: $BASE_PY can import a fastvae of its own; the test needs a site without one"; exit 1
@@ -51,7 +53,8 @@ fi
 "$VENV/bin/python" -m pip uninstall -q -y torch-fastvae 2>/dev/null || true
 # --no-index: the requirements must already be there (torch, numpy); nothing else may be needed
 "$VENV/bin/python" -m pip install -q --no-index "$wheel"
-"$VENV/bin/python" -m pip check
+got=$(cd /tmp && "$VENV/bin/python" -c 'import torch; print(torch.__version__)')
+[ "$got" = "$torch_version" ] || { echo "wheel-check: $VENV has torch $got, the wheel was built with $torch_version"; exit 1; }
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
