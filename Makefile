@@ -10,7 +10,7 @@ NVCC ?= nvcc
 CUDA_ARCHS ?= 80 90
 DEPS := "setuptools>=70" wheel pybind11 ninja numpy pytest hypothesis scipy matplotlib tqdm scikit-learn POT geomloss pykeops
 
-.PHONY: all env build test cuda-check data demo bench clean
+.PHONY: all env build wheel-check test cuda-check data demo bench clean
 
 all: test
 
@@ -23,13 +23,22 @@ $(BIN)/.ready:
 env: $(BIN)/.ready
 
 # The extension is built once and rebuilt only when a file it is built from changed (a stamp file: `make demo` after
-# `make test` does not rebuild). `make clean` forgets it.
+# `make test` does not rebuild). `make clean` forgets it. The ninja of the virtualenv (DEPS) compiles, into build/obj,
+# only what changed since the last build (setup.py's BuildExt), so `wheel-check` after `build` only links.
 BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
+# (The distribution was called fastvae before it became torch-fastvae: an old editable install of it goes first.)
 $(BIN)/.built: $(BIN)/.ready $(BUILD_INPUTS)
+	$(BIN)/python -m pip uninstall -q -y fastvae 2>/dev/null || true
 	MAX_JOBS=$(MAX_JOBS) $(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
 build: $(BIN)/.built
+
+# The wheel as `pip wheel .` builds it (reusing build/obj: only the link runs after `build`), its contents and
+# metadata, and fastvae imported from it in a virtualenv that holds only torch and numpy, outside the checkout:
+# scripts/wheel_smoke.sh.
+wheel-check: build
+	BUILD_PY=$(BIN)/python BASE_PY=$(PYTHON) MAX_JOBS=$(MAX_JOBS) bash scripts/wheel_smoke.sh
 
 # Every CUDA kernel file must compile for sm_80 and sm_90 (the kernels are torch-free: CUDA runtime + CCCL only), and
 # the CUDA backends of the binding must pass a syntax check against torch's headers (a CPU torch ships the c10/cuda
@@ -62,7 +71,7 @@ data:
 	      || { echo "data: could not install $(FASHION_PKG)"; exit 1; }; \
 	  else echo "data: $(FASHION_PKG) is not installed (apt-get install $(FASHION_PKG)); its tests are skipped"; fi; }
 
-test: build cuda-check data
+test: build cuda-check data wheel-check
 	$(BIN)/python -m pytest -q tests
 
 # The default VAE on the bundled 8x8 digits (no download): ~1 minute on 2 CPU cores; a rerun replaces out/digits

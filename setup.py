@@ -11,6 +11,7 @@ the Makefile's cuda-check reads the lists.
 """
 import os
 import shutil
+import sysconfig
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -60,22 +61,31 @@ def want_cuda():
 
 class BuildExt(cpp_extension.BuildExtension):
     """torch's build, plus the per-instruction-set objects of CPU_KERNELS (the same source compiled once per ISA,
-    as ATen builds its CPU kernels), linked in as extra objects."""
+    as ATen builds its CPU kernels), linked in as extra objects.
 
-    def build_extensions(self):
-        ext = self.extensions[0]
-        jobs = [(src, isa) for isa in CPU_ISAS for src in CPU_KERNELS]
+    Every build, editable or wheel, keeps its objects in one folder, build/obj, and compiles them through torch's
+    ninja (header dependencies included), so a second build (`pip wheel .` after `pip install -e .`) recompiles
+    only what changed, and then always relinks (force: distutils' own up-to-date test knows no headers)."""
 
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = os.path.join(ROOT, "build", "obj")
+        self.force = True
+
+    def build_extension(self, ext):
+        # here self.compiler.compile is torch's ninja compile (set by BuildExtension.build_extensions)
         def compile_one(job):
             src, isa = job
             return self.compiler.compile(
-                [src], output_dir=os.path.join(self.build_temp, "isa", isa), macros=[("FV_ISA", isa)],
-                include_dirs=[os.path.join(ROOT, d) for d in INCLUDE_DIRS], extra_postargs=CXX_FLAGS)
+                [src], output_dir=os.path.join(self.build_temp, "isa", isa, os.path.basename(src)),
+                macros=[("FV_ISA", isa)], include_dirs=[os.path.join(ROOT, d) for d in INCLUDE_DIRS],
+                extra_postargs=CXX_FLAGS)
 
+        jobs = [(src, isa) for isa in CPU_ISAS for src in CPU_KERNELS]
         with ThreadPoolExecutor(max(1, int(os.environ.get("MAX_JOBS", "2")))) as pool:
             objects = [o for objs in pool.map(compile_one, jobs) for o in objs]
-        ext.extra_objects = list(ext.extra_objects or []) + objects
-        super().build_extensions()
+        ext.extra_objects = [o for o in ext.extra_objects or [] if o not in objects] + objects
+        super().build_extension(ext)
 
 
 def extension(with_cuda):
@@ -94,6 +104,11 @@ def extension(with_cuda):
                                       extra_link_args=["-fopenmp"])
 
 if __name__ == "__main__":
+    # torch runs the `ninja` it finds on PATH: the one installed beside this Python (pip's ninja) goes first, so that
+    # every build of the checkout (editable, wheel, build_ext) uses one ninja, whose log build/obj keeps
+    bindir = sysconfig.get_path("scripts")
+    if os.path.isfile(os.path.join(bindir, "ninja")):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     with_cuda = want_cuda()
     if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"

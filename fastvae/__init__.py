@@ -23,6 +23,7 @@ from . import reference  # noqa: E402,F401
 from .models import VAE, VAEOutput  # noqa: E402
 
 __version__ = "0.1.0"
+DIST_NAME = "torch-fastvae"  # the name pip knows it by (pyproject.toml); `fastvae` on PyPI is another project
 
 __all__ = [
     "reparameterize",

@@ -314,11 +314,35 @@ def _sample(args):
     return 0
 
 
+# What a command imports beyond torch and numpy: the `train` extra of the distribution (pyproject.toml)
+_EXTRAS = {"train": ("matplotlib", "tqdm"), "sample": ("matplotlib",)}
+
+
+def _need_extras(command):
+    """Refuses a command at once, not after training, where a module of the `train` extra is missing."""
+    import importlib.util
+    from . import DIST_NAME
+    missing = [m for m in _EXTRAS.get(command, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"fastvae {command}: needs {', '.join(missing)}, not installed; "
+                         f"pip install '{DIST_NAME}[train]' installs them")
+
+
+def _distribution(name):
+    """'<name> <version>' as installed, or a note that this fastvae is not an installed distribution."""
+    from importlib import metadata
+    try:
+        return f"{name} {metadata.version(name)}"
+    except metadata.PackageNotFoundError:
+        return f"{name} not installed (a source checkout)"
+
+
 def info_lines():
     import torch
     import fastvae
     bi = fastvae._C.build_info()
     lines = [f"fastvae {fastvae.__version__} ({os.path.dirname(fastvae.__file__)})",
+             f"distribution: {_distribution(fastvae.DIST_NAME)}",
              f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'})",
              f"kernels: CPU ({fastvae._C.cpu_isa()} in use; built {bi.get('cpu_isa')}), "
              + (f"CUDA for archs {bi.get('cuda_archs') or '?'}" if bi.get("cuda") else "CUDA not built")]
@@ -354,6 +378,7 @@ def main(argv=None):
     if args.command == "info":
         print("\n".join(info_lines()))
         return 0
+    _need_extras(args.command)
     command = {"train": _train, "eval": _eval, "sample": _sample}.get(args.command)
     if command is None:
         return _bench(args) or 0

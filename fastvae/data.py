@@ -302,7 +302,11 @@ def _split(x, y, name, shape, n_classes):
 
 def load_digits():
     """scikit-learn's bundled 8x8 digits, (N, 1, 8, 8) in [0, 1], with the fixed seeded split."""
-    from sklearn.datasets import load_digits as sk_digits
+    try:
+        from sklearn.datasets import load_digits as sk_digits
+    except ImportError as e:
+        raise ImportError(f"the digits data set comes with scikit-learn, which could not be imported ({e}); "
+                          "pip install 'torch-fastvae[train]' installs it") from e
     d = sk_digits()
     x = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]
     y = torch.from_numpy(d.target.astype(np.int64))
