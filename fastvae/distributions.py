@@ -132,6 +132,9 @@ class Normal(td.Normal):
     log_prob = normal_log_prob
 
 
+_NORMALS = (td.Normal, Normal)  # exactly these types: a subclass may have a KL of its own
+
+
 # ---- Bernoulli --------------------------------------------------------------------------------------------------
 
 def bernoulli_log_prob(self, value):
@@ -210,9 +213,8 @@ def independent_log_prob(self, value):
 
 def kl_independent_independent(p, q):
     n = p.reinterpreted_batch_ndims
-    if n == q.reinterpreted_batch_ndims and isinstance(p.base_dist, td.Normal) and isinstance(q.base_dist, td.Normal):
-        if td.kl._dispatch_kl(type(p.base_dist), type(q.base_dist)) in (kl_normal_normal, TORCH["kl.Normal.Normal"]):
-            return kl_normal_normal(p.base_dist, q.base_dist, event_dims=n)
+    if n == q.reinterpreted_batch_ndims and type(p.base_dist) in _NORMALS and type(q.base_dist) in _NORMALS:
+        return kl_normal_normal(p.base_dist, q.base_dist, event_dims=n)
     return TORCH["kl.Independent.Independent"](p, q)
 
 

@@ -395,3 +395,21 @@ def test_patched_code_under_forward_ad_and_torch_func_runs_torchs_rules():
     assert got[1].abs().sum() > 0
     close(g, (v - mu) / s ** 2)
     close(vm, torch.stack([F.gaussian_nll_loss(m, v[0], s[0]) for m in mu]))
+
+
+def test_patched_code_and_the_functional_drop_ins_compile_without_graph_breaks():
+    mu, lv = randn(4, 3, dtype=torch.float32, grad=True), randn(4, 3, dtype=torch.float32, seed=1, grad=True)
+    logits = randn(4, 6, dtype=torch.float32, seed=2, grad=True)
+    x = (torch.rand(4, 6, generator=gen(3)) < 0.5).float()
+    with fastvae.patch():
+        loss = torch.compile(lambda *a: _vae_loss(*a)[0], fullgraph=True)
+        torch.manual_seed(0)
+        got = loss(mu, lv, logits, x)
+        torch.manual_seed(0)
+        want = _vae_loss(mu, lv, logits, x)[0]
+    torch.testing.assert_close(got, want)
+    v = pos(4, 6, dtype=torch.float32)
+    f = torch.compile(lambda a, b, c: FF.gaussian_nll_loss(a, b, c) + FF.binary_cross_entropy_with_logits(a, b.sigmoid()),
+                      fullgraph=True)
+    torch.testing.assert_close(f(logits, x, v), F.gaussian_nll_loss(logits, x, v) +
+                               F.binary_cross_entropy_with_logits(logits, x.sigmoid()))
