@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.overrides import has_torch_function_variadic
 
 from .. import dropin_ops
+from .._checks import has_values
 from ..distributions import fusable
 
 __all__ = ["binary_cross_entropy_with_logits", "gaussian_nll_loss"]
@@ -99,8 +100,8 @@ def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"
                              f">= 0; got {var}")
         var_t = torch.tensor(var, dtype=input.dtype, device=input.device)
     else:
-        if torch.compiler.is_compiling() or var_t.is_meta:
-            pass  # no values to read (torch's own check would break the graph)
+        if not has_values(var_t):
+            pass  # no values to read while tracing (meta, fake, torch.compile): torch's own check breaks the graph
         elif torch.any(var_t < 0):
             raise ValueError("fastvae.nn.functional.gaussian_nll_loss: var has negative entry/entries: var must be "
                              f">= 0; got a minimum of {var_t.min().item():g}")
