@@ -36,17 +36,23 @@ RUN_TIMEOUT = 60
 FLAGS = ["-std=c++17", "-O1", "-Wall"]
 # a misaligned vector load (float4 from an address not a multiple of 16) would not fault on x86: UBSan reports it
 UBSAN = ["-fsanitize=alignment", "-fno-sanitize-recover=alignment"]
+# the model's race and init checks (csrc/cudasim/README.md): every access of the .cu calls the model's __tsan_*
+# callbacks (libtsan is not linked); -g for the source lines of its reports
+RACECHECK = ["-fsanitize=thread", "-g"]
 
 
-def build_driver(out, cu_sources, driver_source, name="driver"):
+def build_driver(out, cu_sources, driver_source, name="driver", cu_flags=()):
     """An executable of `driver_source` linked with the .cu files `cu_sources` (compiled unchanged against the
-    model, with UBSan's alignment check) and the model's runtime, in the folder `out`; two compilers at a time."""
+    model, with UBSan's alignment check, and `cu_flags`: RACECHECK for the race-checking build) and the model's
+    runtime, in the folder `out`; two compilers at a time."""
     includes = ["-I", ROOT / "csrc", "-I", ROOT / "csrc" / "include", "-I", SIM / "shim", "-I", CUDA_INCLUDE]
 
     def compile_model(src):
         # -I csrc/cudasim/shim before the toolkit: <cub/cub.cuh> is the host implementation
         obj = out / f"{Path(src).stem}.o"
-        _check([CXX, *FLAGS, *UBSAN, *includes, "-include", SIM / "cuda_sim.h", "-x", "c++", "-c", src, "-o", obj])
+        extra = list(cu_flags) if Path(src).suffix == ".cu" else []
+        _check([CXX, *FLAGS, *UBSAN, *extra, *includes, "-include", SIM / "cuda_sim.h", "-x", "c++", "-c", src,
+                "-o", obj])
         return obj
 
     def compile_runtime():

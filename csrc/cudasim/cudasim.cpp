@@ -4,6 +4,7 @@
 #include "cuda_sim.h"
 
 #include <cxxabi.h>
+#include <dlfcn.h>
 #include <elf.h>
 #include <fcntl.h>
 #include <link.h>
@@ -217,6 +218,13 @@ inline State& S() {
   if (__builtin_expect(g_state == nullptr, 0)) g_state = new State();
   return *g_state;
 }
+
+// the race and init checks (racecheck.inc, included below): hooks of the scheduler
+namespace race {
+void block_begin(unsigned n);
+void barrier_done(unsigned n);
+void warp_sync(unsigned base, unsigned mask);
+}  // namespace race
 
 void init_order() {
   State& s = S();
@@ -490,6 +498,7 @@ void complete_barrier() {
     }
   }
   s.n_bar = 0;
+  race::barrier_done(s.n);
 }
 
 // ---- warp collectives ----------------------------------------------------------------------------------------------
@@ -544,6 +553,7 @@ void complete_warp(unsigned base, unsigned mask) {
       rmax = std::max(rmax, v);
     }
   }
+  if (op == WOp::SyncWarp) race::warp_sync(base, mask);  // the one collective that orders memory
   for (unsigned j = 0; j < 32; ++j) {
     Fiber* f = lanes[j];
     if (!f) continue;
@@ -647,6 +657,7 @@ bool run_block(uint64_t block_seed) {
     f.line = 0;
     init_context(&f, i, mxcsr, fpucw);
   }
+  race::block_begin(n);
   std::vector<unsigned>& order = s.order_buf;
   order.resize(n);
   for (unsigned i = 0; i < n; ++i) order[i] = s.order == Order::Reverse ? n - 1 - i : i;
@@ -857,6 +868,7 @@ void set_dynamic(size_t bytes) {
   char* end = s.dyn_map + pg + round_up(kSmemOptin, pg);
   s.dyn_ptr = end - round_up(bytes, 16);
   s.dyn_bytes = bytes;
+  std::memset(s.dyn_ptr + bytes, kPoison, round_up(bytes, 16) - bytes);  // the slack: checked after every block
   Guarded& g = s.bufs.front();  // the first buffer registered is the dynamic shared memory
   g.lo = reinterpret_cast<uintptr_t>(s.dyn_ptr);
   g.name = fmt("the dynamic shared memory (%zu B of this launch)", bytes);
@@ -939,6 +951,10 @@ void on_sanitizer_death() {
   if (s.launch.kernel) write_err("cudasim: sanitizer report above [" + where() + "]\n");
 }
 
+#define CUDASIM_RACECHECK_PART 1
+#include "racecheck.inc"
+#undef CUDASIM_RACECHECK_PART
+
 }  // namespace
 }  // namespace detail
 }  // namespace cudasim
@@ -1005,6 +1021,10 @@ std::string kernel_name(const char* text, const char* pretty) {
 }  // namespace
 
 // ---- the public detail API -------------------------------------------------------------------------------------
+#define CUDASIM_RACECHECK_PART 2
+#include "racecheck.inc"
+#undef CUDASIM_RACECHECK_PART
+
 void warp_collective(const WarpArgs& a, WarpResult* r) {
   State& s = S();
   Fiber* f = s.cur;
@@ -1098,6 +1118,26 @@ unsigned lanes_alive() {
 
 void* dynamic_shared() { return S().dyn_ptr; }
 
+// The bytes between the end of the dynamic shared memory a launch asked for and its 16-byte rounding: still poison
+// after a block, or the launch fails (a write past the end that the guard page does not catch; the race-checking
+// build reports reads there too, with the source line).
+bool slack_intact() {
+  State& s = S();
+  const size_t slack = round_up(s.dyn_bytes, 16) - s.dyn_bytes;
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(s.dyn_ptr + s.dyn_bytes);
+  for (size_t i = 0; i < slack; ++i)
+    if (p[i] != kPoison) {
+      s.cur = nullptr;
+      record(cudaErrorLaunchFailure,
+             fmt("write past the end of the dynamic shared memory: byte %zu of the launch's %zu B was written (the "
+                 "16-byte rounding the model maps is not the kernel's) [%s]",
+                 s.dyn_bytes + i, s.dyn_bytes, where().c_str()),
+             true);
+      return false;
+    }
+  return true;
+}
+
 cudaError_t launch(const char* text, const void* key, dim3 grid, dim3 block, size_t smem, cudaStream_t,
                    Invoker invoke, const void* call, const char* signature) {
   State& s = S();
@@ -1146,6 +1186,7 @@ cudaError_t launch(const char* text, const void* key, dim3 grid, dim3 block, siz
             dim_str(block).c_str(), smem, order_name(s.order));
   set_dynamic(smem);
   if (mod && tls) poison_vars(*mod, tls, nullptr);
+  race::launch_begin(key, mod, tls);
   gridDim = grid;
   blockDim = block;
   s.launch = Launch{&k, invoke, call, static_cast<unsigned>(threads), uint3{}, false};
@@ -1178,12 +1219,13 @@ cudaError_t launch(const char* text, const void* key, dim3 grid, dim3 block, siz
                            static_cast<unsigned>(b / (gx * gy))};
     blockIdx = s.launch.block;
     if (i > 0 && mod && tls) poison_vars(*mod, tls, &k.touched);
-    if (smem) std::memset(s.dyn_ptr, kPoison, smem);
-    ok = run_block(s.seed * 0x100000001B3ull + b);
+    if (smem) std::memset(s.dyn_ptr, kPoison, round_up(smem, 16));
+    ok = run_block(s.seed * 0x100000001B3ull + b) && slack_intact();
     if (!ok) break;
     if (i == 0 && mod && tls && scan_touched(k, *mod, tls)) {
       smem_bad = smem_problem(k, smem, mod);
       if (!smem_bad.empty()) {  // first launch: the static size became known with the first block
+        race::launch_end();
         record(cudaErrorInvalidValue,
                fmt("launch of kernel %s: %s (found after its first block ran: static shared memory is measured by "
                    "what the kernel touches)",
@@ -1195,6 +1237,12 @@ cudaError_t launch(const char* text, const void* key, dim3 grid, dim3 block, siz
     }
   }
   if (ok && mod && tls) scan_touched(k, *mod, tls);
+  const std::string hazard = race::launch_end();
+  if (ok && !hazard.empty()) {  // a race, an uninitialised read or a shared-memory overrun: the launch failed
+    s.cur = nullptr;
+    record(cudaErrorLaunchFailure, hazard, true);
+    ok = false;
+  }
   s.stats = LaunchStats{k.static_bytes, smem, s.switches - sw0};
   s.launch = Launch{};
   s.cur = nullptr;
@@ -1224,6 +1272,7 @@ void reset() {
   s.last = cudaSuccess;
 }
 LaunchStats last_launch_stats() { return detail::S().stats; }
+void mark_uninitialised(const void* p, size_t bytes) { detail::race::mark(p, bytes, false); }
 
 void* guarded_alloc(size_t bytes, const char* name, Placement placement, size_t align) {
   detail::State& s = detail::S();
@@ -1343,6 +1392,7 @@ cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes* attr, const void* f
 cudaError_t cudaMemsetAsync(void* devPtr, int value, size_t count, cudaStream_t) {
   if (S().sticky != cudaSuccess) return S().sticky;
   if (count) std::memset(devPtr, value, count);
+  cudasim::detail::race::mark(devPtr, count, true);
   return cudaSuccess;
 }
 cudaError_t cudaMemset(void* devPtr, int value, size_t count) { return cudaMemsetAsync(devPtr, value, count, nullptr); }
@@ -1350,6 +1400,7 @@ cudaError_t cudaMemset(void* devPtr, int value, size_t count) { return cudaMemse
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind, cudaStream_t) {
   if (S().sticky != cudaSuccess) return S().sticky;
   if (count) std::memmove(dst, src, count);
+  cudasim::detail::race::mark(dst, count, true);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind) {
@@ -1364,6 +1415,7 @@ cudaError_t cudaMalloc(void** devPtr, size_t size) {
   const auto placement = pl && !strcmp(pl, "start") ? cudasim::Placement::Start : cudasim::Placement::End;
   const std::string name = cudasim::detail::fmt("cudaMalloc #%u (%zu B)", ++s.mallocs, size);
   *devPtr = cudasim::guarded_alloc(size, name.c_str(), placement, 0);
+  if (*devPtr) cudasim::detail::race::mark(*devPtr, size, false);  // uninitialised device memory (initcheck)
   return *devPtr ? cudaSuccess : (s.last = cudaErrorMemoryAllocation);
 }
 
@@ -1408,3 +1460,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int) {
 }
 
 }  // extern "C"
+
+#define CUDASIM_RACECHECK_PART 3
+#include "racecheck.inc"
+#undef CUDASIM_RACECHECK_PART

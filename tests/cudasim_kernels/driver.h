@@ -68,12 +68,16 @@ inline void* input(const std::string& name, size_t n, size_t esz) {
   }
   void* p = alloc(name, n, esz);
   memcpy(p, b.data(), b.size());
+  // `uninit NAME` in params: the input counts as never written (a probe that the race-checking build's initcheck
+  // is live: a kernel reading it fails)
+  if (params.count("uninit") && param("uninit") == name) cudasim::mark_uninitialised(p, b.size());
   return p;
 }
 
 inline void* output(const std::string& name, size_t n, size_t esz) {
   void* p = alloc(name, n, esz);
   memset(p, 0xFF, n * esz);
+  cudasim::mark_uninitialised(p, n * esz);  // the race-checking build's initcheck: a kernel must write, not read it
   outputs.push_back({name, {p, n * esz}});
   return p;
 }
@@ -89,6 +93,7 @@ inline void* workspace(size_t bytes, bool zero) {
   if (bytes == 0) return nullptr;
   void* p = cudasim::guarded_alloc(bytes, "workspace");
   memset(p, zero ? 0 : 0xFF, bytes);
+  if (!zero) cudasim::mark_uninitialised(p, bytes);
   return p;
 }
 
