@@ -39,6 +39,9 @@ UBSAN = ["-fsanitize=alignment", "-fno-sanitize-recover=alignment"]
 # the model's race and init checks (csrc/cudasim/README.md): every access of the .cu calls the model's __tsan_*
 # callbacks (libtsan is not linked); -g for the source lines of its reports
 RACECHECK = ["-fsanitize=thread", "-g"]
+# the .cu files build warning-free with -Wconversion (a 64-bit index or size narrowed implicitly), as an error; the
+# same under nvcc: tests/test_cudasim_core.py::test_cuda_sources_have_no_conversion_warnings_under_nvcc
+CU_WARNINGS = ["-Wconversion", "-Werror=conversion"]
 
 
 def build_driver(out, cu_sources, driver_source, name="driver", cu_flags=()):
@@ -50,7 +53,7 @@ def build_driver(out, cu_sources, driver_source, name="driver", cu_flags=()):
     def compile_model(src):
         # -I csrc/cudasim/shim before the toolkit: <cub/cub.cuh> is the host implementation
         obj = out / f"{Path(src).stem}.o"
-        extra = list(cu_flags) if Path(src).suffix == ".cu" else []
+        extra = [*CU_WARNINGS, *cu_flags] if Path(src).suffix == ".cu" else []
         _check([CXX, *FLAGS, *UBSAN, *extra, *includes, "-include", SIM / "cuda_sim.h", "-x", "c++", "-c", src,
                 "-o", obj])
         return obj
@@ -710,3 +713,31 @@ def test_mmd_backward_float64_on_a_smaller_device(driver, tmp_path):
     assert "invalid argument" in msg and "pending cudaSuccess" in msg and "MaxDynamicSharedMemorySize" in msg, msg
     _mmd(driver, tmp_path / "f32", "forward", "rbf", torch.float32, x.float(), y.float(), [1.0], False, g.float(),
          env=sm75)
+
+
+# ---- scale without the memory: a window of a launch over more than 2^31 elements --------------------------------
+
+def test_reparam_fwd_beyond_2_31_elements_and_2_32_counters(driver, tmp_path):
+    """numel = 2^31 + 5 float32 elements and k = 9 samples: flat indices up to 1.9e10 (past 2^31, 2^32 and 2^34)
+    and Philox counters j / 4 past 2^32, in sparse guarded buffers (77 GiB of z mapped, zeros, a few pages touched)
+    of which only the first two blocks of the launch run (the driver's `block_window`). The grid is capped at
+    2^19 blocks, so their grid-stride loops visit every round of 2^29 elements, up to the last 13 elements, which
+    wrap across the end of mu. With mu = lv = 0, z = eps: each visited range must be the normals of the same
+    counters (computed by the normals launcher at that start). A 32-bit flat index, element or Philox counter, or a
+    wrong wrap gives other values (or an access outside the buffers)."""
+    numel, k, threads, cap = 2 ** 31 + 5, 9, 256, 65536 * 8  # gaussian.cu's kThreads and grid_for's cap
+    total = numel * k
+    blocks = min(-(-(-(-total // 4)) // threads), cap)
+    stride = blocks * threads * 4
+    ranges = [(r * stride, min(2 * threads * 4, total - r * stride)) for r in range(-(-total // stride))]
+    checked = [ranges[i] for i in (0, len(ranges) // 2, -3, -2, -1)]  # includes j = 2^32 .. and the tail
+    assert checked[-1][0] + checked[-1][1] == total and any(a >= 2 ** 34 for a, _ in checked)
+    got = run(driver, tmp_path, "reparam_fwd", "forward", {}, {"z": (torch.float32, (sum(n for _, n in checked),))},
+              dtype=0, numel=numel, n_samples=k, seed=SEED, sparse=1, block_window="0:2",
+              out_ranges=",".join(f"{a}:{n}" for a, n in checked))["z"]
+    at = 0
+    for a, n in checked:
+        eps = run(driver, tmp_path / str(a), "normals", "forward", {}, {"eps": (torch.float32, (n,))},
+                  dtype=0, start=a, n=n, seed=SEED)["eps"]
+        torch.testing.assert_close(got[at:at + n], eps, rtol=0, atol=0, msg=lambda m: f"z[{a}:{a + n}]: {m}")
+        at += n

@@ -7,7 +7,7 @@ a GPU may run at once), for a read of memory nothing wrote (outputs and garbage 
 by the driver), and against the bounds of static __shared__ arrays and of the dynamic shared memory. A finding
 fails the launch (cudaErrorLaunchFailure, with the source lines of both accesses), so the driver's run fails.
 
-A chosen subset: every launcher once, in the forward order, at sizes that take each of its code paths (the
+The grid caps are shrunk in this build (FLAGS). A chosen subset: every launcher once, in the forward order, at sizes that take each of its code paths (the
 lanes-per-row and the chunked "last block" row reductions, the column reduction, tiles and partial tiles, ...),
 reusing the checks of tests/test_cuda_kernels_on_cpu.py and tests/test_logistic_cuda_on_cpu.py, whose outputs are
 compared with the CPU ops as there.
@@ -25,6 +25,9 @@ pytestmark = pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is Non
                                 reason="needs g++ and the CUDA toolkit headers")
 
 F32, F64, F16, BF16 = torch.float32, torch.float64, torch.float16, torch.bfloat16
+# The grid caps shrunk (csrc/cuda/common.cuh, distances.cu): 3 blocks at most for the grid-stride kernels and 1
+# batch per launch group, so that their loops iterate at these sizes (and overlapping strides would race).
+FLAGS = [*K.RACECHECK, "-DFV_MAX_GRID=3", "-DFV_MAX_GRID_Y=1"]
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +36,22 @@ def driver(tmp_path_factory):
     return K.build_driver(tmp_path_factory.mktemp("race_on_cpu"),
                           [ROOT / "csrc" / "cuda" / "gaussian.cu", ROOT / "csrc" / "cuda" / "distances.cu"],
                           ROOT / "tests" / "cudasim_kernels" / "fastvae_launchers.cpp", "fastvae_launchers_race",
-                          cu_flags=K.RACECHECK)
+                          cu_flags=FLAGS)
 
 
 @pytest.fixture(scope="module")
 def logistic_driver(tmp_path_factory):
     return K.build_driver(tmp_path_factory.mktemp("race_logistic"), [ROOT / "csrc" / "cuda" / "logistic.cu"],
                           ROOT / "tests" / "cudasim_kernels" / "logistic_launchers.cpp", "logistic_launchers_race",
-                          cu_flags=K.RACECHECK)
+                          cu_flags=FLAGS)
 
 
 CHUNKED = 2 * 8192 + 13  # three chunks per row: the "last block" ticket reduction
 
 GAUSSIAN = {
     "reparam_fwd": lambda d, p: K.test_reparam_fwd(d, p, "forward", F16, 1, (4, 7), 3),
+    "reparam_fwd_grid_stride": lambda d, p: K.test_reparam_fwd(d, p, "forward", F32, 0, (40, 101), 3),
+    "reparam_bwd_grid_stride": lambda d, p: K.test_reparam_bwd(d, p, "forward", F32, (40, 101), 0, 3),
     "reparam_kl_fwd": lambda d, p: K.test_reparam_kl_fwd(d, p, "forward", F32, 4, 7, 0),
     "reparam_kl_fwd_chunked": lambda d, p: K.test_reparam_kl_fwd(d, p, "forward", BF16, 2, CHUNKED, 0),
     "gaussian_nll_fwd": lambda d, p: K.test_gaussian_nll_fwd(d, p, "forward", "full", 6, 5, 2, 0, F64),

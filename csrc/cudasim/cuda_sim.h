@@ -107,6 +107,12 @@ void reset();
 enum class Placement : int { End = 0, Start = 1 };
 void* guarded_alloc(size_t bytes, const char* name = nullptr, Placement placement = Placement::End, size_t align = 0);
 void guarded_free(void* p);
+// A guarded buffer for a problem larger than the memory (scale mode): mapped without reserving memory and not
+// filled (it reads as zeros; only the pages a kernel touches use memory). Pair with set_block_window.
+void* sparse_alloc(size_t bytes, const char* name = nullptr);
+// Scale mode: every following launch runs only the blocks of linear index [first, first + count) of its grid
+// (first < 0: counted from the end; count < 0: all blocks, the default). Env: CUDASIM_BLOCKS=first:count.
+void set_block_window(int64_t first, int64_t count);
 template <class T>
 T* guarded(size_t n, const char* name = nullptr, Placement placement = Placement::End) {
   return static_cast<T*>(guarded_alloc(n * sizeof(T), name, placement, alignof(T)));
@@ -149,6 +155,7 @@ struct WarpResult {
   int pred;
 };
 void warp_collective(const WarpArgs& a, WarpResult* r);
+void* guarded_map(size_t bytes, const char* name, Placement placement, size_t align, bool fill);
 
 // ---- barriers ------------------------------------------------------------------------------------------------
 enum class BOp : int { Sync = 0, Count = 1, And = 2, Or = 3 };

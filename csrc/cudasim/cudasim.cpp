@@ -185,6 +185,9 @@ struct State {
   bool order_init = false;
   Order order = Order::Forward;
   uint64_t seed = 0;
+  // the window of blocks each launch runs (scale mode): linear block indices [first, first + count) of the grid,
+  // first < 0 counting from the end; count < 0: all
+  int64_t win_first = 0, win_count = -1;
   // fibers
   char* stacks = nullptr;
   size_t stack_bytes = 0;  // usable bytes per fiber (a guard page lies below each)
@@ -242,6 +245,15 @@ void init_order() {
     }
   }
   if (const char* v = getenv("CUDASIM_SEED")) s.seed = strtoull(v, nullptr, 0);
+  if (const char* w = getenv("CUDASIM_BLOCKS")) {  // "first:count"
+    char* end = nullptr;
+    s.win_first = strtoll(w, &end, 0);
+    if (!end || *end != ':') {
+      fprintf(stderr, "cudasim: CUDASIM_BLOCKS must be FIRST:COUNT (FIRST < 0 counts from the end); got '%s'\n", w);
+      abort();
+    }
+    s.win_count = strtoll(end + 1, nullptr, 0);
+  }
 }
 
 // ---- errors ----------------------------------------------------------------------------------------------------------
@@ -1190,7 +1202,14 @@ cudaError_t launch(const char* text, const void* key, dim3 grid, dim3 block, siz
   gridDim = grid;
   blockDim = block;
   s.launch = Launch{&k, invoke, call, static_cast<unsigned>(threads), uint3{}, false};
-  const uint64_t gx = grid.x, gy = grid.y, nblocks = gx * gy * grid.z;
+  const uint64_t gx = grid.x, gy = grid.y, nblocks_all = gx * gy * grid.z;
+  // scale mode: only the window's blocks run (in the launch's order among themselves)
+  uint64_t win_lo = 0, nblocks = nblocks_all;
+  if (s.win_count >= 0) {
+    const int64_t first = s.win_first < 0 ? static_cast<int64_t>(nblocks_all) + s.win_first : s.win_first;
+    win_lo = static_cast<uint64_t>(std::min<int64_t>(std::max<int64_t>(first, 0), static_cast<int64_t>(nblocks_all)));
+    nblocks = std::min<uint64_t>(static_cast<uint64_t>(s.win_count), nblocks_all - win_lo);
+  }
   // block order: forward, reverse, or random: a shuffled list up to 2^20 blocks, above that an affine bijection
   // i -> (a i + c) mod n
   uint64_t mul = 1, add = 0;
@@ -1215,6 +1234,7 @@ cudaError_t launch(const char* text, const void* key, dim3 grid, dim3 block, siz
     if (!shuffled.empty()) b = shuffled[i];
     else if (s.order == Order::Random && nblocks > 1)
       b = static_cast<uint64_t>((static_cast<unsigned __int128>(mul) * i + add) % nblocks);
+    b += win_lo;
     s.launch.block = uint3{static_cast<unsigned>(b % gx), static_cast<unsigned>((b / gx) % gy),
                            static_cast<unsigned>(b / (gx * gy))};
     blockIdx = s.launch.block;
@@ -1237,6 +1257,7 @@ cudaError_t launch(const char* text, const void* key, dim3 grid, dim3 block, siz
     }
   }
   if (ok && mod && tls) scan_touched(k, *mod, tls);
+  if (nblocks == 0 && s.verbose) fprintf(stderr, "cudasim: no block of the launch lies in the window\n");
   const std::string hazard = race::launch_end();
   if (ok && !hazard.empty()) {  // a race, an uninitialised read or a shared-memory overrun: the launch failed
     s.cur = nullptr;
@@ -1273,8 +1294,21 @@ void reset() {
 }
 LaunchStats last_launch_stats() { return detail::S().stats; }
 void mark_uninitialised(const void* p, size_t bytes) { detail::race::mark(p, bytes, false); }
+void set_block_window(int64_t first, int64_t count) {
+  detail::init_order();
+  detail::S().win_first = first;
+  detail::S().win_count = count;
+}
 
 void* guarded_alloc(size_t bytes, const char* name, Placement placement, size_t align) {
+  return detail::guarded_map(bytes, name, placement, align, true);
+}
+void* sparse_alloc(size_t bytes, const char* name) {
+  return detail::guarded_map(bytes, name, Placement::End, 0, false);
+}
+
+namespace detail {
+void* guarded_map(size_t bytes, const char* name, Placement placement, size_t align, bool fill) {
   detail::State& s = detail::S();
   detail::install_handlers();
   detail::ensure_dynamic_map();  // keeps it the first registered buffer
@@ -1297,9 +1331,10 @@ void* guarded_alloc(size_t bytes, const char* name, Placement placement, size_t 
   const uintptr_t ml = reinterpret_cast<uintptr_t>(map);
   s.bufs.push_back({ml, ml + data + 2 * pg, lo, lo + bytes,
                     name ? std::string(name) : detail::fmt("buffer #%zu", s.bufs.size()), false});
-  std::memset(reinterpret_cast<void*>(lo), detail::kPoison, bytes);  // uninitialised device memory
+  if (fill) std::memset(reinterpret_cast<void*>(lo), detail::kPoison, bytes);  // uninitialised device memory
   return reinterpret_cast<void*>(lo);
 }
+}  // namespace detail
 
 void guarded_free(void* p) {
   detail::State& s = detail::S();
