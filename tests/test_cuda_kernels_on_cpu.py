@@ -741,3 +741,38 @@ def test_reparam_fwd_beyond_2_31_elements_and_2_32_counters(driver, tmp_path):
                   dtype=0, start=a, n=n, seed=SEED)["eps"]
         torch.testing.assert_close(got[at:at + n], eps, rtol=0, atol=0, msg=lambda m: f"z[{a}:{a + n}]: {m}")
         at += n
+
+
+# ---- precision: the reductions against float64 references, on inputs where a lost compensation or a float
+# accumulator shows (the comparisons with the CPU ops above allow the CPU's own float32 error) --------------------
+
+def test_chunk_totals_are_added_in_double(driver, tmp_path):
+    """One row of 64 chunks of 8192: the first chunk's KL terms are 0.5 * 64^2 (its sum 2^24 exactly), every other
+    term is 0.5 * 2^-12 (each later chunk sums to 1 exactly): every partial is exact in float32, and the row's sum
+    2^24 + 63 needs the double total of the chunk partials; a float32 total rounds each + 1 away (2^24, 3.8e-6
+    relative). Against the float64 sum: rtol 1.2e-7, two float32 ulps (the output is float32; measured 6e-8)."""
+    D = 64 * 8192
+    mu = torch.full((1, D), 2.0 ** -6)
+    mu[0, :8192] = 64.0
+    lv = torch.zeros(1, D)
+    got = run(driver, tmp_path, "reparam_kl_fwd", "forward", {"mu": mu, "lv": lv},
+              {"z": (torch.float32, (1, D)), "kl": (torch.float32, (1,))}, dtype=0, rows=1, D=D, seed=SEED)
+    want = (0.5 * mu.double() ** 2).sum().reshape(1)
+    close(got["kl"], want, rtol=1.2e-7, atol=0, what="kl of 64 chunks")
+
+
+@pytest.mark.parametrize("N,bw0", [(64, 8.0), (128, 4.0)])
+def test_mmd_sums_are_compensated(driver, tmp_path, N, bw0):
+    """x and y from one distribution with 16 large bandwidths: kernel values near 1, MMD^2 (~3e-3) a difference of
+    means of ~1, so the float32 tile sums' rounding is amplified ~300 times. Against the float64 reference on the
+    same float32 inputs: rtol 2e-6 (measured 1.4e-7 and 4e-7); without the Neumaier compensation of the tiles' float
+    sums the error is 2e-4 and 5e-5 (the CPU's float32 op: 4e-5 and 4e-6)."""
+    g = torch.Generator().manual_seed(5 + N)
+    d, bws = 5, [bw0 * 1.5 ** i for i in range(16)]
+    x = torch.randn(1, N, d, generator=g, dtype=torch.float64).float()
+    y = torch.randn(1, N, d, generator=g, dtype=torch.float64).float()
+    got = run(driver, tmp_path, "mmd_forward", "forward", {"x": x, "y": y}, {"out": (torch.float32, (1,))},
+              dtype=0, B=1, N=N, M=N, d=d, with_y=1, kernel=KERNELS["rbf"], bandwidths=",".join(map(repr, bws)),
+              unbiased=0)["out"]
+    want = reference.mmd(x.double(), y.double(), kernel="rbf", bandwidth=bws, estimator="biased").reshape(1)
+    close(got, want, rtol=2e-6, atol=0, what="mmd^2 of one distribution")
