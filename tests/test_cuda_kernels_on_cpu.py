@@ -722,9 +722,9 @@ def test_reparam_fwd_beyond_2_31_elements_and_2_32_counters(driver, tmp_path):
     and Philox counters j / 4 past 2^32, in sparse guarded buffers (77 GiB of z mapped, zeros, a few pages touched)
     of which only the first two blocks of the launch run (the driver's `block_window`). The grid is capped at
     2^19 blocks, so their grid-stride loops visit every round of 2^29 elements, up to the last 13 elements, which
-    wrap across the end of mu. With mu = lv = 0, z = eps: each visited range must be the normals of the same
-    counters (computed by the normals launcher at that start). A 32-bit flat index, element or Philox counter, or a
-    wrong wrap gives other values (or an access outside the buffers)."""
+    wrap across the end of mu (elements 2^31 .. 2^31 + 4 of it). lv = 0 and mu = (i % 4093) / 1024 at the elements
+    read (the driver's `ramp`), so z = mu[j mod numel] + eps[j]: eps from the normals launcher at the same counters.
+    A 32-bit flat index, element or Philox counter, or a wrong wrap reads or computes other values."""
     numel, k, threads, cap = 2 ** 31 + 5, 9, 256, 65536 * 8  # gaussian.cu's kThreads and grid_for's cap
     total = numel * k
     blocks = min(-(-(-(-total // 4)) // threads), cap)
@@ -732,14 +732,19 @@ def test_reparam_fwd_beyond_2_31_elements_and_2_32_counters(driver, tmp_path):
     ranges = [(r * stride, min(2 * threads * 4, total - r * stride)) for r in range(-(-total // stride))]
     checked = [ranges[i] for i in (0, len(ranges) // 2, -3, -2, -1)]  # includes j = 2^32 .. and the tail
     assert checked[-1][0] + checked[-1][1] == total and any(a >= 2 ** 34 for a, _ in checked)
-    got = run(driver, tmp_path, "reparam_fwd", "forward", {}, {"z": (torch.float32, (sum(n for _, n in checked),))},
-              dtype=0, numel=numel, n_samples=k, seed=SEED, sparse=1, block_window="0:2",
-              out_ranges=",".join(f"{a}:{n}" for a, n in checked))["z"]
+    js = torch.cat([torch.arange(a, a + n, dtype=torch.int64) for a, n in checked])
+    i0 = js % numel
+    mu = (i0 % 4093).float() / 1024
+    ramp = ",".join(f"{int(i)}:1" for i in i0)  # every element read, one by one (a few thousand)
+    got = run(driver, tmp_path, "reparam_fwd", "forward", {}, {"z": (torch.float32, (len(js),))},
+              dtype=0, numel=numel, n_samples=k, seed=SEED, sparse=1, block_window="0:2", ramp="mu",
+              ramp_ranges=ramp, out_ranges=",".join(f"{a}:{n}" for a, n in checked))["z"]
     at = 0
     for a, n in checked:
         eps = run(driver, tmp_path / str(a), "normals", "forward", {}, {"eps": (torch.float32, (n,))},
                   dtype=0, start=a, n=n, seed=SEED)["eps"]
-        torch.testing.assert_close(got[at:at + n], eps, rtol=0, atol=0, msg=lambda m: f"z[{a}:{a + n}]: {m}")
+        torch.testing.assert_close(got[at:at + n], mu[at:at + n] + eps, rtol=0, atol=0,
+                                   msg=lambda m: f"z[{a}:{a + n}]: {m}")
         at += n
 
 

@@ -66,8 +66,19 @@ inline void* alloc(const std::string& name, size_t n, size_t esz) {
 // each launch run (cudasim::set_block_window).
 inline bool sparse() { return params.count("sparse") && ip("sparse") != 0; }
 
+// In scale mode, `ramp NAME` and `ramp_ranges START:COUNT,...` give the float32 input NAME the values
+// (i % 4093) / 1024 at those elements (zeros elsewhere): reading a wrong element then reads a wrong value.
 inline void* input(const std::string& name, size_t n, size_t esz) {
-  if (sparse()) return cudasim::sparse_alloc(n * esz, name.c_str());
+  if (sparse()) {
+    void* p = cudasim::sparse_alloc(n * esz, name.c_str());
+    if (esz == 4 && params.count("ramp") && param("ramp") == name) {
+      std::istringstream ranges(param("ramp_ranges"));
+      for (std::string r; std::getline(ranges, r, ',');)
+        for (size_t i = std::stoull(r), e = i + std::stoull(r.substr(r.find(':') + 1)); i < e; ++i)
+          static_cast<float*>(p)[i] = static_cast<float>(i % 4093) / 1024.0f;
+    }
+    return p;
+  }
   std::ifstream f(dir + "/" + name + ".bin", std::ios::binary);
   std::vector<char> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   if (b.size() != n * esz) {
