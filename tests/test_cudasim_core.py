@@ -379,15 +379,3 @@ def test_sources_also_compile_with_nvcc_for_sm90(builds, program):
     r = builds.nvcc[program].result()
     assert r.returncode == 0, r.stdout + r.stderr
 
-
-@pytest.mark.skipif(NVCC is None, reason="needs nvcc")
-@pytest.mark.parametrize("source", sorted(p.name for p in (ROOT / "csrc" / "cuda").glob("*.cu")))
-def test_cuda_sources_have_no_conversion_warnings_under_nvcc(source):
-    """csrc/cuda/*.cu with nvcc and -Wconversion for its host compiler, warnings as errors (under the model the
-    driver builds of tests/test_cuda_kernels_on_cpu.py use -Wconversion -Werror=conversion): an implicit narrowing
-    of a 64-bit index or size is an error. PTX only, unoptimised: the host pass is what this checks."""
-    r = subprocess.run([NVCC, "-std=c++17", "-O0", "-I", ROOT / "csrc", "-I", ROOT / "csrc" / "include",
-                        "-gencode", "arch=compute_90,code=compute_90", "-Xcompiler=-Wconversion,-O0",
-                        "-Werror", "all-warnings", "-c", ROOT / "csrc" / "cuda" / source, "-o", "/dev/null"],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
