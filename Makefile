@@ -40,7 +40,9 @@ build: $(BIN)/.built
 wheel-check: build
 	BUILD_PY=$(BIN)/python BASE_PY=$(PYTHON) MAX_JOBS=$(MAX_JOBS) bash scripts/wheel_smoke.sh
 
-# Every CUDA kernel file must compile for sm_80 and sm_90 (the kernels are torch-free: CUDA runtime + CCCL only), and
+# Every CUDA kernel file must compile for sm_80 and sm_90 (the kernels are torch-free: CUDA runtime + CCCL only), with
+# no implicit narrowing conversion in its host code (-Wconversion as an error; the device code is checked so by the
+# g++ builds against csrc/cudasim in tests/test_cuda_kernels_on_cpu.py), and
 # the CUDA backends of the binding must pass a syntax check against torch's headers (a CPU torch ships the c10/cuda
 # headers but not their generated macro file, which build/stub provides). The file lists are setup.py's.
 SETUP_LIST = $(BIN)/python -c 'import setup; print(" ".join(setup.$(1)))'
@@ -48,7 +50,8 @@ cuda-check: $(BIN)/.ready
 	@if command -v $(NVCC) >/dev/null 2>&1; then \
 	  for f in $$($(call SETUP_LIST,CUDA_KERNELS)); do for a in $(CUDA_ARCHS); do \
 	    echo "nvcc sm_$$a $$f"; \
-	    $(NVCC) -std=c++17 -O3 -Icsrc/include -Icsrc -gencode arch=compute_$$a,code=sm_$$a -c $$f -o /dev/null || exit 1; \
+	    $(NVCC) -std=c++17 -O3 -Icsrc/include -Icsrc -gencode arch=compute_$$a,code=sm_$$a \
+	      -Xcompiler=-Wconversion,-Werror=conversion -c $$f -o /dev/null || exit 1; \
 	  done; done; \
 	  mkdir -p build/stub/c10/cuda/impl; \
 	  printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > build/stub/c10/cuda/impl/cuda_cmake_macros.h; \

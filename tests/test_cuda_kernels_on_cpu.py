@@ -36,17 +36,26 @@ RUN_TIMEOUT = 60
 FLAGS = ["-std=c++17", "-O1", "-Wall"]
 # a misaligned vector load (float4 from an address not a multiple of 16) would not fault on x86: UBSan reports it
 UBSAN = ["-fsanitize=alignment", "-fno-sanitize-recover=alignment"]
+# the model's race and init checks (csrc/cudasim/README.md): every access of the .cu calls the model's __tsan_*
+# callbacks (libtsan is not linked); -g for the source lines of its reports
+RACECHECK = ["-fsanitize=thread", "-g"]
+# the .cu files build warning-free with -Wconversion (a 64-bit index or size narrowed implicitly), as an error, kernels
+# included; nvcc's host pass is checked the same way by `make cuda-check`
+CU_WARNINGS = ["-Wconversion", "-Werror=conversion"]
 
 
-def build_driver(out, cu_sources, driver_source, name="driver"):
+def build_driver(out, cu_sources, driver_source, name="driver", cu_flags=()):
     """An executable of `driver_source` linked with the .cu files `cu_sources` (compiled unchanged against the
-    model, with UBSan's alignment check) and the model's runtime, in the folder `out`; two compilers at a time."""
+    model, with UBSan's alignment check, and `cu_flags`: RACECHECK for the race-checking build) and the model's
+    runtime, in the folder `out`; two compilers at a time."""
     includes = ["-I", ROOT / "csrc", "-I", ROOT / "csrc" / "include", "-I", SIM / "shim", "-I", CUDA_INCLUDE]
 
     def compile_model(src):
         # -I csrc/cudasim/shim before the toolkit: <cub/cub.cuh> is the host implementation
         obj = out / f"{Path(src).stem}.o"
-        _check([CXX, *FLAGS, *UBSAN, *includes, "-include", SIM / "cuda_sim.h", "-x", "c++", "-c", src, "-o", obj])
+        extra = [*CU_WARNINGS, *cu_flags] if Path(src).suffix == ".cu" else []
+        _check([CXX, *FLAGS, *UBSAN, *extra, *includes, "-include", SIM / "cuda_sim.h", "-x", "c++", "-c", src,
+                "-o", obj])
         return obj
 
     def compile_runtime():
@@ -704,3 +713,71 @@ def test_mmd_backward_float64_on_a_smaller_device(driver, tmp_path):
     assert "invalid argument" in msg and "pending cudaSuccess" in msg and "MaxDynamicSharedMemorySize" in msg, msg
     _mmd(driver, tmp_path / "f32", "forward", "rbf", torch.float32, x.float(), y.float(), [1.0], False, g.float(),
          env=sm75)
+
+
+# ---- scale without the memory: a window of a launch over more than 2^31 elements --------------------------------
+
+def test_reparam_fwd_beyond_2_31_elements_and_2_32_counters(driver, tmp_path):
+    """numel = 2^31 + 5 float32 elements and k = 9 samples: flat indices up to 1.9e10 (past 2^31, 2^32 and 2^34)
+    and Philox counters j / 4 past 2^32, in sparse guarded buffers (77 GiB of z mapped, zeros, a few pages touched)
+    of which only the first two blocks of the launch run (the driver's `block_window`). The grid is capped at
+    2^19 blocks, so their grid-stride loops visit every round of 2^29 elements, up to the last 13 elements, which
+    wrap across the end of mu (elements 2^31 .. 2^31 + 4 of it). lv = 0 and mu = (i % 4093) / 1024 at the elements
+    read (the driver's `ramp`), so z = mu[j mod numel] + eps[j]: eps from the normals launcher at the same counters.
+    A 32-bit flat index, element or Philox counter, or a wrong wrap reads or computes other values."""
+    numel, k, threads, cap = 2 ** 31 + 5, 9, 256, 65536 * 8  # gaussian.cu's kThreads and grid_for's cap
+    total = numel * k
+    blocks = min(-(-(-(-total // 4)) // threads), cap)
+    stride = blocks * threads * 4
+    ranges = [(r * stride, min(2 * threads * 4, total - r * stride)) for r in range(-(-total // stride))]
+    checked = [ranges[i] for i in (0, len(ranges) // 2, -3, -2, -1)]  # includes j = 2^32 .. and the tail
+    assert checked[-1][0] + checked[-1][1] == total and any(a >= 2 ** 34 for a, _ in checked)
+    js = torch.cat([torch.arange(a, a + n, dtype=torch.int64) for a, n in checked])
+    i0 = js % numel
+    mu = (i0 % 4093).float() / 1024
+    ramp = ",".join(f"{int(i)}:1" for i in i0)  # every element read, one by one (a few thousand)
+    got = run(driver, tmp_path, "reparam_fwd", "forward", {}, {"z": (torch.float32, (len(js),))},
+              dtype=0, numel=numel, n_samples=k, seed=SEED, sparse=1, block_window="0:2", ramp="mu",
+              ramp_ranges=ramp, out_ranges=",".join(f"{a}:{n}" for a, n in checked))["z"]
+    at = 0
+    for a, n in checked:
+        eps = run(driver, tmp_path / str(a), "normals", "forward", {}, {"eps": (torch.float32, (n,))},
+                  dtype=0, start=a, n=n, seed=SEED)["eps"]
+        torch.testing.assert_close(got[at:at + n], mu[at:at + n] + eps, rtol=0, atol=0,
+                                   msg=lambda m: f"z[{a}:{a + n}]: {m}")
+        at += n
+
+
+# ---- precision: the reductions against float64 references, on inputs where a lost compensation or a float
+# accumulator shows (the comparisons with the CPU ops above allow the CPU's own float32 error) --------------------
+
+def test_chunk_totals_are_added_in_double(driver, tmp_path):
+    """One row of 64 chunks of 8192: the first chunk's KL terms are 0.5 * 64^2 (its sum 2^24 exactly), every other
+    term is 0.5 * 2^-12 (each later chunk sums to 1 exactly): every partial is exact in float32, and the row's sum
+    2^24 + 63 needs the double total of the chunk partials; a float32 total rounds each + 1 away (2^24, 3.8e-6
+    relative). Against the float64 sum: rtol 1.2e-7, two float32 ulps (the output is float32; measured 6e-8)."""
+    D = 64 * 8192
+    mu = torch.full((1, D), 2.0 ** -6)
+    mu[0, :8192] = 64.0
+    lv = torch.zeros(1, D)
+    got = run(driver, tmp_path, "reparam_kl_fwd", "forward", {"mu": mu, "lv": lv},
+              {"z": (torch.float32, (1, D)), "kl": (torch.float32, (1,))}, dtype=0, rows=1, D=D, seed=SEED)
+    want = (0.5 * mu.double() ** 2).sum().reshape(1)
+    close(got["kl"], want, rtol=1.2e-7, atol=0, what="kl of 64 chunks")
+
+
+@pytest.mark.parametrize("N,bw0", [(64, 8.0), (128, 4.0)])
+def test_mmd_sums_are_compensated(driver, tmp_path, N, bw0):
+    """x and y from one distribution with 16 large bandwidths: kernel values near 1, MMD^2 (~3e-3) a difference of
+    means of ~1, so the float32 tile sums' rounding is amplified ~300 times. Against the float64 reference on the
+    same float32 inputs: rtol 2e-6 (measured 1.4e-7 and 4e-7); without the Neumaier compensation of the tiles' float
+    sums the error is 2e-4 and 5e-5 (the CPU's float32 op: 4e-5 and 4e-6)."""
+    g = torch.Generator().manual_seed(5 + N)
+    d, bws = 5, [bw0 * 1.5 ** i for i in range(16)]
+    x = torch.randn(1, N, d, generator=g, dtype=torch.float64).float()
+    y = torch.randn(1, N, d, generator=g, dtype=torch.float64).float()
+    got = run(driver, tmp_path, "mmd_forward", "forward", {"x": x, "y": y}, {"out": (torch.float32, (1,))},
+              dtype=0, B=1, N=N, M=N, d=d, with_y=1, kernel=KERNELS["rbf"], bandwidths=",".join(map(repr, bws)),
+              unbiased=0)["out"]
+    want = reference.mmd(x.double(), y.double(), kernel="rbf", bandwidth=bws, estimator="biased").reshape(1)
+    close(got, want, rtol=2e-6, atol=0, what="mmd^2 of one distribution")

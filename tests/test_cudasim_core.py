@@ -20,11 +20,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SIM = ROOT / "csrc" / "cudasim"
 KERNELS = ROOT / "tests" / "cudasim_kernels"
-PROGRAMS = ("sync", "warp", "limits", "memory", "sort")
+PROGRAMS = ("sync", "warp", "limits", "memory", "sort", "race")
 ORDERS = ("forward", "reverse", "random")
 CXX = os.environ.get("CXX", "g++")
 NVCC = shutil.which("nvcc")
 CXXFLAGS = ["-std=c++17", "-O1", "-Wall"]
+# the race-checking build (csrc/cudasim/README.md): compiled with these, linked without (the model implements the
+# __tsan_* callbacks; libtsan is not linked)
+RACECHECK = ["-fsanitize=thread", "-g"]
 RUN_TIMEOUT = 60
 
 
@@ -66,6 +69,7 @@ class Builds:
         self.sim = {p: self.pool.submit(self._program, p, []) for p in PROGRAMS}
         self.sim["memory_ubsan"] = self.pool.submit(
             self._program, "memory", ["-fsanitize=alignment", "-fno-sanitize-recover=alignment"], "memory_ubsan")
+        self.sim["race_check"] = self.pool.submit(self._program, "race", RACECHECK, "race_check", False)
         if NVCC:
             self.nvcc.update({p: self.pool.submit(self._nvcc, p) for p in PROGRAMS if p != "sort"})
 
@@ -74,13 +78,13 @@ class Builds:
         _check([CXX, *CXXFLAGS, "-I", CUDA_INCLUDE, "-c", SIM / "cudasim.cpp", "-o", obj])
         return obj
 
-    def _program(self, name, extra, exe_name=None):
+    def _program(self, name, extra, exe_name=None, link_extra=True):
         exe = self.out / (exe_name or name)
         obj = self.out / f"{exe.name}.o"
         # -I csrc/cudasim/shim first: <cub/cub.cuh> is the host implementation
         _check([CXX, *CXXFLAGS, *extra, "-I", ROOT / "csrc", "-I", SIM / "shim", "-I", CUDA_INCLUDE,
                 "-include", SIM / "cuda_sim.h", "-x", "c++", "-c", KERNELS / f"{name}.cu", "-o", obj])
-        _check([CXX, *extra, obj, self.runtime.result(), "-o", exe])
+        _check([CXX, *(extra if link_extra else []), obj, self.runtime.result(), "-o", exe])
         return exe
 
     def _nvcc(self, name):
@@ -291,6 +295,82 @@ def test_cub_shim_block_and_warp_reduce(builds, order):
     ok(run(builds, "sort", "reductions", order))
 
 
+# ---- race and init checks (-fsanitize=thread instrumentation, the model's own callbacks) -----------------------
+
+def _line(snippet):
+    """The line of tests/cudasim_kernels/race.cu that holds `snippet` (reports name the source line)."""
+    lines = (KERNELS / "race.cu").read_text().splitlines()
+    hits = [i + 1 for i, text in enumerate(lines) if snippet in text]
+    assert len(hits) == 1, (snippet, hits)
+    return hits[0]
+
+
+# case -> (the report's kind and memory, the kernel, the source line of the access that completes the hazard)
+RACES = {
+    "shared_tree_race": ("race on __shared__ shared_tree(float const*, float*, bool)::sh", "shared_tree",
+                         "sh[threadIdx.x] += sh[threadIdx.x + o]"),
+    "warp_tail_race": ("write-after-read race on __shared__ warp_tail(float const*, float*, bool)::sh", "warp_tail",
+                       "sh[threadIdx.x] = v;"),
+    "global_same_element": ("write-after-write race on global buffer 'cudaMalloc #2 (2048 B)' at byte offset 0: "
+                            "block (0,0,0) thread (1,0,0) writes", "global_same_element", "out[threadIdx.x / 2] ="),
+    "blocks_add_plain": ("read-after-write race on global buffer 'cudaMalloc #2 (2048 B)' at byte offset 0: block "
+                         "(1,0,0) thread (0,0,0) reads", "blocks_add", "else out[0] += in[blockIdx.x]"),
+    "stride_overlap": ("write-after-write race on global buffer 'cudaMalloc #2 (2048 B)' at byte offset 512: block "
+                       "(2,0,0)", "overlapping_stride", "out[i] = 2.0f * in[i]"),
+    "last_block_plain_ticket": ("race on global buffer 'cudaMalloc #4 (4 B)' at byte offset 0", "last_block",
+                                "variant == 1 ? (*ticket)++"),
+    "last_block_no_fence": ("read-after-write race on global buffer 'cudaMalloc #3 (32 B)' at byte offset 0: block "
+                            "(7,0,0) thread (0,0,0) reads", "last_block", "s += p[b]"),
+    "shared_unwritten": ("initcheck: read of 4 B of __shared__ shared_unwritten(float*)::sh at byte offset 508, "
+                         "which no thread of this block has written", "shared_unwritten", "out[threadIdx.x] = sh[kN"),
+    "output_unwritten": ("initcheck: read of 4 B of global buffer 'cudaMalloc #3 (512 B)' at byte offset 508, which "
+                         "nothing has written", "reverse_copy", "if (i < n) out[i] = in[n - 1 - i]"),
+    "shared_past_end": ("out-of-bounds read of 4 B of static shared memory: 512 B past the start of __shared__ "
+                        "shared_past_end(float*)::sh (512 B)", "shared_past_end", "sh[threadIdx.x + 1]"),
+    "dynamic_read_past_end": ("out-of-bounds read of 4 B at the dynamic shared memory at byte offset 1000: 4 B past "
+                              "the end of the 1000 B requested", "dynamic_past_end", "else out[0] = dyn[n]"),
+}
+CLEAN = ["shared_tree_ok", "warp_tail_ok", "blocks_add_atomic", "stride_ok", "last_block_ok", "kernel_boundary"]
+
+
+@pytest.mark.parametrize("case", RACES)
+def test_racecheck_reports_the_hazard_with_its_source_line(builds, case):
+    text, kernel, snippet = RACES[case]
+    r = run(builds, "race_check", case)
+    assert r.returncode == 1 and "error launch cudaErrorLaunchFailure" in r.stdout, r.stdout + r.stderr
+    first = r.stderr.splitlines()[0]
+    assert first.startswith("cudasim: racecheck: ") and text in first, first
+    assert f"race.cu:{_line(snippet)} ({kernel}(" in first and f"[kernel {kernel}(" in first, first
+
+
+@pytest.mark.parametrize("case", RACES)
+def test_without_the_instrumentation_the_hazards_go_unseen(builds, case):
+    """The model alone runs these to completion (what the race-checking build adds), except the overrun of the
+    dynamic shared memory, whose write the poisoned slack shows."""
+    ok(run(builds, "race", case))
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("case", CLEAN)
+def test_racecheck_passes_the_correct_patterns(builds, case, order):
+    """Barriers, __syncwarp, atomics, the "last block" ticket with __threadfence (twice: the ticket is reset), a
+    grid-stride loop, and the kernel boundary order what they should."""
+    ok(run(builds, "race_check", case, order))
+
+
+def test_a_write_into_the_slack_of_the_dynamic_shared_memory_fails_the_launch(builds):
+    r = run(builds, "race", "dynamic_write_past_end")
+    assert r.returncode == 1 and "write past the end of the dynamic shared memory: byte 1000 of the launch's " \
+        "1000 B was written" in r.stdout, r.stdout + r.stderr
+
+
+def test_racecheck_can_report_without_failing(builds):
+    r = run(builds, "race_check", "global_same_element", CUDASIM_RACECHECK="report")
+    ok(r)
+    assert "write-after-write race" in r.stderr
+    ok(run(builds, "race_check", "global_same_element", CUDASIM_RACECHECK="0"))
+
+
 # ---- the same sources with nvcc --------------------------------------------------------------------------------
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
@@ -298,3 +378,4 @@ def test_cub_shim_block_and_warp_reduce(builds, order):
 def test_sources_also_compile_with_nvcc_for_sm90(builds, program):
     r = builds.nvcc[program].result()
     assert r.returncode == 0, r.stdout + r.stderr
+

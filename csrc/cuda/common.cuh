@@ -8,6 +8,12 @@
 
 #include "cuda/kernels.h"
 
+// The largest grid of the grid-stride kernels (2^19 blocks: enough to fill any GPU). A test build may shrink it
+// (-DFV_MAX_GRID=3) so that their loops iterate at test sizes.
+#ifndef FV_MAX_GRID
+#define FV_MAX_GRID (65536 * 8)
+#endif
+
 namespace fastvae {
 namespace cuda {
 namespace {

@@ -54,7 +54,10 @@ inline dim3 grid1d(index_t n, int threads) { return dim3(static_cast<unsigned>((
 
 // Batches are the grid's y dimension, which CUDA caps at 65535: the launchers loop over groups of batches, b0 the
 // first batch of a launch.
-constexpr index_t kMaxGridY = 65535;
+#ifndef FV_MAX_GRID_Y  // a test build may shrink it (-DFV_MAX_GRID_Y=2) so that the loops over groups iterate
+#define FV_MAX_GRID_Y 65535
+#endif
+constexpr index_t kMaxGridY = FV_MAX_GRID_Y;
 inline unsigned grid_y(index_t B, index_t b0) {
   return static_cast<unsigned>(B - b0 < kMaxGridY ? B - b0 : kMaxGridY);
 }
@@ -218,7 +221,7 @@ __device__ __forceinline__ double block_sum(double v, double* red) {
 // Tiles of one batch: [0, tri_x) x-x upper triangle, [tri_x, tri_x + nbx * nby) x-y, then the y-y triangle.
 __device__ __forceinline__ void tri_decode(index_t t, index_t nb, index_t* I, index_t* J) {
   // rows I hold nb - I tiles (J = I .. nb - 1); offset(I) = I nb - I (I - 1) / 2
-  const double fb = 2.0 * nb + 1.0;
+  const double fb = 2.0 * static_cast<double>(nb) + 1.0;
   index_t i = static_cast<index_t>((fb - sqrt(fb * fb - 8.0 * static_cast<double>(t))) / 2.0);
   if (i < 0) i = 0;
   while (i > 0 && i * nb - i * (i - 1) / 2 > t) --i;

@@ -254,7 +254,7 @@ void launch_cols(const Op& op, index_t rows, index_t D, int n_acc, S* out0, S* o
 
 unsigned int grid_for(index_t groups_of_4) {
   const index_t b = (groups_of_4 + kThreads - 1) / kThreads;
-  return static_cast<unsigned int>(b < 1 ? 1 : (b > 65536 * 8 ? 65536 * 8 : b));
+  return static_cast<unsigned int>(b < 1 ? 1 : (b > FV_MAX_GRID ? FV_MAX_GRID : b));
 }
 
 // ---- reparameterize -----------------------------------------------------------------------------------

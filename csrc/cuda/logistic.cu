@@ -148,7 +148,7 @@ index_t chunks_of(index_t D) { return (D + kChunk - 1) / kChunk; }
 
 unsigned int grid_for(index_t n) {
   const index_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned int>(b < 1 ? 1 : (b > 65536 * 8 ? 65536 * 8 : b));
+  return static_cast<unsigned int>(b < 1 ? 1 : (b > FV_MAX_GRID ? FV_MAX_GRID : b));
 }
 
 }  // namespace

@@ -35,7 +35,14 @@
 #undef __grid_constant__
 #undef __launch_bounds__
 #undef __cluster_dims__
+#if defined(__SANITIZE_THREAD__)
+// The race-checking build (README.md, "Race and init checks"): every __shared__ variable starts a 64 KiB slot of
+// its own (more than the 48 KiB a static variable may have), so an index past its end or before its start lands in
+// a gap that no variable owns, which the instrumented access reports.
+#define __shared__ alignas(65536) static thread_local
+#else
 #define __shared__ static thread_local
+#endif
 #define __global__
 #define __device__
 #define __host__
@@ -100,6 +107,12 @@ void reset();
 enum class Placement : int { End = 0, Start = 1 };
 void* guarded_alloc(size_t bytes, const char* name = nullptr, Placement placement = Placement::End, size_t align = 0);
 void guarded_free(void* p);
+// A guarded buffer for a problem larger than the memory (scale mode): mapped without reserving memory and not
+// filled (it reads as zeros; only the pages a kernel touches use memory). Pair with set_block_window.
+void* sparse_alloc(size_t bytes, const char* name = nullptr);
+// Scale mode: every following launch runs only the blocks of linear index [first, first + count) of its grid
+// (first < 0: counted from the end; count < 0: all blocks, the default). Env: CUDASIM_BLOCKS=first:count.
+void set_block_window(int64_t first, int64_t count);
 template <class T>
 T* guarded(size_t n, const char* name = nullptr, Placement placement = Placement::End) {
   return static_cast<T*>(guarded_alloc(n * sizeof(T), name, placement, alignof(T)));
@@ -112,6 +125,11 @@ struct LaunchStats {
   uint64_t switches;    // fiber switches
 };
 LaunchStats last_launch_stats();
+
+// For the initcheck of the race-checking build (README.md): the bytes [p, p + bytes) of a guarded buffer hold
+// nothing a kernel may read before something writes them (as cudaMalloc'd memory: the harness's outputs, garbage
+// workspaces). cudaMemcpy / cudaMemset and kernel writes initialise. A no-op in other builds.
+void mark_uninitialised(const void* p, size_t bytes);
 
 namespace detail {
 
@@ -137,6 +155,7 @@ struct WarpResult {
   int pred;
 };
 void warp_collective(const WarpArgs& a, WarpResult* r);
+void* guarded_map(size_t bytes, const char* name, Placement placement, size_t align, bool fill);
 
 // ---- barriers ------------------------------------------------------------------------------------------------
 enum class BOp : int { Sync = 0, Count = 1, And = 2, Or = 3 };
@@ -149,6 +168,10 @@ unsigned lanes_alive();
 
 // ---- dynamic shared memory -------------------------------------------------------------------------------------
 void* dynamic_shared();
+
+// ---- the race-checking build (-fsanitize=thread: the runtime implements the __tsan_* callbacks itself) -------
+void race_fence();
+void race_atomic(void* address, unsigned size, void* pc);
 
 // ---- launch -------------------------------------------------------------------------------------------------------
 using Invoker = void (*)(const void* call);
@@ -214,10 +237,18 @@ inline int __syncthreads_or(int pred, CUDASIM_SITE) {
   return cudasim::detail::barrier(cudasim::detail::BOp::Or, pred != 0, cudasim_file_, cudasim_line_);
 }
 
-// Memory fences order a thread's memory operations; fibers of one OS thread see each other's writes at once.
+// Memory fences order a thread's memory operations; fibers of one OS thread see each other's writes at once. In the
+// race-checking build a fence is an event of the happens-before model: a later atomic of the thread releases what
+// preceded the fence (README.md).
+#if defined(__SANITIZE_THREAD__)
+inline void __threadfence() { cudasim::detail::race_fence(); }
+inline void __threadfence_block() { cudasim::detail::race_fence(); }
+inline void __threadfence_system() { cudasim::detail::race_fence(); }
+#else
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_system() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+#endif
 
 // ---- warp collectives ------------------------------------------------------------------------------------------
 namespace cudasim {
@@ -339,8 +370,19 @@ inline int __reduce_max_sync(unsigned mask, int value, CUDASIM_SITE) {
 // ---- atomics ---------------------------------------------------------------------------------------------------
 // A fiber runs uninterrupted between synchronisation points, so a read-modify-write is atomic by construction.
 // Integer arithmetic wraps (as on the GPU) through the unsigned type.
+// In the race-checking build an atomic is not instrumented as plain accesses: it tells the runtime (which records it
+// as an atomic access, an acquire and a release), from a call that is never inlined so that the caller is known.
+#if defined(__SANITIZE_THREAD__)
+#define CUDASIM_ATOMIC_FN inline __attribute__((no_sanitize_thread, noinline))
+#define CUDASIM_ATOMIC_HOOK(address) \
+  cudasim::detail::race_atomic(address, sizeof(*(address)), __builtin_return_address(0))
+#else
+#define CUDASIM_ATOMIC_FN inline
+#define CUDASIM_ATOMIC_HOOK(address) (void)0
+#endif
 #define CUDASIM_ATOMIC_RMW(NAME, T, EXPR)   \
-  inline T NAME(T* address, T val) {        \
+  CUDASIM_ATOMIC_FN T NAME(T* address, T val) { \
+    CUDASIM_ATOMIC_HOOK(address);           \
     const T old = *address;                 \
     *address = (EXPR);                      \
     return old;                             \
@@ -381,7 +423,8 @@ CUDASIM_ATOMIC_RMW(atomicDec, unsigned int, (old == 0u || old > val) ? val : old
 #undef CUDASIM_WRAP
 #undef CUDASIM_ATOMIC_RMW
 #define CUDASIM_ATOMIC_CAS(T)                          \
-  inline T atomicCAS(T* address, T compare, T val) {   \
+  CUDASIM_ATOMIC_FN T atomicCAS(T* address, T compare, T val) { \
+    CUDASIM_ATOMIC_HOOK(address);                      \
     const T old = *address;                            \
     if (old == compare) *address = val;                \
     return old;                                        \

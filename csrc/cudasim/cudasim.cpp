@@ -4,6 +4,7 @@
 #include "cuda_sim.h"
 
 #include <cxxabi.h>
+#include <dlfcn.h>
 #include <elf.h>
 #include <fcntl.h>
 #include <link.h>
@@ -184,6 +185,9 @@ struct State {
   bool order_init = false;
   Order order = Order::Forward;
   uint64_t seed = 0;
+  // the window of blocks each launch runs (scale mode): linear block indices [first, first + count) of the grid,
+  // first < 0 counting from the end; count < 0: all
+  int64_t win_first = 0, win_count = -1;
   // fibers
   char* stacks = nullptr;
   size_t stack_bytes = 0;  // usable bytes per fiber (a guard page lies below each)
@@ -218,6 +222,13 @@ inline State& S() {
   return *g_state;
 }
 
+// the race and init checks (racecheck.inc, included below): hooks of the scheduler
+namespace race {
+void block_begin(unsigned n);
+void barrier_done(unsigned n);
+void warp_sync(unsigned base, unsigned mask);
+}  // namespace race
+
 void init_order() {
   State& s = S();
   if (s.order_init) return;
@@ -234,6 +245,15 @@ void init_order() {
     }
   }
   if (const char* v = getenv("CUDASIM_SEED")) s.seed = strtoull(v, nullptr, 0);
+  if (const char* w = getenv("CUDASIM_BLOCKS")) {  // "first:count"
+    char* end = nullptr;
+    s.win_first = strtoll(w, &end, 0);
+    if (!end || *end != ':') {
+      fprintf(stderr, "cudasim: CUDASIM_BLOCKS must be FIRST:COUNT (FIRST < 0 counts from the end); got '%s'\n", w);
+      abort();
+    }
+    s.win_count = strtoll(end + 1, nullptr, 0);
+  }
 }
 
 // ---- errors ----------------------------------------------------------------------------------------------------------
@@ -490,6 +510,7 @@ void complete_barrier() {
     }
   }
   s.n_bar = 0;
+  race::barrier_done(s.n);
 }
 
 // ---- warp collectives ----------------------------------------------------------------------------------------------
@@ -544,6 +565,7 @@ void complete_warp(unsigned base, unsigned mask) {
       rmax = std::max(rmax, v);
     }
   }
+  if (op == WOp::SyncWarp) race::warp_sync(base, mask);  // the one collective that orders memory
   for (unsigned j = 0; j < 32; ++j) {
     Fiber* f = lanes[j];
     if (!f) continue;
@@ -647,6 +669,7 @@ bool run_block(uint64_t block_seed) {
     f.line = 0;
     init_context(&f, i, mxcsr, fpucw);
   }
+  race::block_begin(n);
   std::vector<unsigned>& order = s.order_buf;
   order.resize(n);
   for (unsigned i = 0; i < n; ++i) order[i] = s.order == Order::Reverse ? n - 1 - i : i;
@@ -857,6 +880,7 @@ void set_dynamic(size_t bytes) {
   char* end = s.dyn_map + pg + round_up(kSmemOptin, pg);
   s.dyn_ptr = end - round_up(bytes, 16);
   s.dyn_bytes = bytes;
+  std::memset(s.dyn_ptr + bytes, kPoison, round_up(bytes, 16) - bytes);  // the slack: checked after every block
   Guarded& g = s.bufs.front();  // the first buffer registered is the dynamic shared memory
   g.lo = reinterpret_cast<uintptr_t>(s.dyn_ptr);
   g.name = fmt("the dynamic shared memory (%zu B of this launch)", bytes);
@@ -939,6 +963,10 @@ void on_sanitizer_death() {
   if (s.launch.kernel) write_err("cudasim: sanitizer report above [" + where() + "]\n");
 }
 
+#define CUDASIM_RACECHECK_PART 1
+#include "racecheck.inc"
+#undef CUDASIM_RACECHECK_PART
+
 }  // namespace
 }  // namespace detail
 }  // namespace cudasim
@@ -1005,6 +1033,10 @@ std::string kernel_name(const char* text, const char* pretty) {
 }  // namespace
 
 // ---- the public detail API -------------------------------------------------------------------------------------
+#define CUDASIM_RACECHECK_PART 2
+#include "racecheck.inc"
+#undef CUDASIM_RACECHECK_PART
+
 void warp_collective(const WarpArgs& a, WarpResult* r) {
   State& s = S();
   Fiber* f = s.cur;
@@ -1098,6 +1130,26 @@ unsigned lanes_alive() {
 
 void* dynamic_shared() { return S().dyn_ptr; }
 
+// The bytes between the end of the dynamic shared memory a launch asked for and its 16-byte rounding: still poison
+// after a block, or the launch fails (a write past the end that the guard page does not catch; the race-checking
+// build reports reads there too, with the source line).
+bool slack_intact() {
+  State& s = S();
+  const size_t slack = round_up(s.dyn_bytes, 16) - s.dyn_bytes;
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(s.dyn_ptr + s.dyn_bytes);
+  for (size_t i = 0; i < slack; ++i)
+    if (p[i] != kPoison) {
+      s.cur = nullptr;
+      record(cudaErrorLaunchFailure,
+             fmt("write past the end of the dynamic shared memory: byte %zu of the launch's %zu B was written (the "
+                 "16-byte rounding the model maps is not the kernel's) [%s]",
+                 s.dyn_bytes + i, s.dyn_bytes, where().c_str()),
+             true);
+      return false;
+    }
+  return true;
+}
+
 cudaError_t launch(const char* text, const void* key, dim3 grid, dim3 block, size_t smem, cudaStream_t,
                    Invoker invoke, const void* call, const char* signature) {
   State& s = S();
@@ -1146,10 +1198,18 @@ cudaError_t launch(const char* text, const void* key, dim3 grid, dim3 block, siz
             dim_str(block).c_str(), smem, order_name(s.order));
   set_dynamic(smem);
   if (mod && tls) poison_vars(*mod, tls, nullptr);
+  race::launch_begin(key, mod, tls);
   gridDim = grid;
   blockDim = block;
   s.launch = Launch{&k, invoke, call, static_cast<unsigned>(threads), uint3{}, false};
-  const uint64_t gx = grid.x, gy = grid.y, nblocks = gx * gy * grid.z;
+  const uint64_t gx = grid.x, gy = grid.y, nblocks_all = gx * gy * grid.z;
+  // scale mode: only the window's blocks run (in the launch's order among themselves)
+  uint64_t win_lo = 0, nblocks = nblocks_all;
+  if (s.win_count >= 0) {
+    const int64_t first = s.win_first < 0 ? static_cast<int64_t>(nblocks_all) + s.win_first : s.win_first;
+    win_lo = static_cast<uint64_t>(std::min<int64_t>(std::max<int64_t>(first, 0), static_cast<int64_t>(nblocks_all)));
+    nblocks = std::min<uint64_t>(static_cast<uint64_t>(s.win_count), nblocks_all - win_lo);
+  }
   // block order: forward, reverse, or random: a shuffled list up to 2^20 blocks, above that an affine bijection
   // i -> (a i + c) mod n
   uint64_t mul = 1, add = 0;
@@ -1174,16 +1234,18 @@ cudaError_t launch(const char* text, const void* key, dim3 grid, dim3 block, siz
     if (!shuffled.empty()) b = shuffled[i];
     else if (s.order == Order::Random && nblocks > 1)
       b = static_cast<uint64_t>((static_cast<unsigned __int128>(mul) * i + add) % nblocks);
+    b += win_lo;
     s.launch.block = uint3{static_cast<unsigned>(b % gx), static_cast<unsigned>((b / gx) % gy),
                            static_cast<unsigned>(b / (gx * gy))};
     blockIdx = s.launch.block;
     if (i > 0 && mod && tls) poison_vars(*mod, tls, &k.touched);
-    if (smem) std::memset(s.dyn_ptr, kPoison, smem);
-    ok = run_block(s.seed * 0x100000001B3ull + b);
+    if (smem) std::memset(s.dyn_ptr, kPoison, round_up(smem, 16));
+    ok = run_block(s.seed * 0x100000001B3ull + b) && slack_intact();
     if (!ok) break;
     if (i == 0 && mod && tls && scan_touched(k, *mod, tls)) {
       smem_bad = smem_problem(k, smem, mod);
       if (!smem_bad.empty()) {  // first launch: the static size became known with the first block
+        race::launch_end();
         record(cudaErrorInvalidValue,
                fmt("launch of kernel %s: %s (found after its first block ran: static shared memory is measured by "
                    "what the kernel touches)",
@@ -1195,6 +1257,13 @@ cudaError_t launch(const char* text, const void* key, dim3 grid, dim3 block, siz
     }
   }
   if (ok && mod && tls) scan_touched(k, *mod, tls);
+  if (nblocks == 0 && s.verbose) fprintf(stderr, "cudasim: no block of the launch lies in the window\n");
+  const std::string hazard = race::launch_end();
+  if (ok && !hazard.empty()) {  // a race, an uninitialised read or a shared-memory overrun: the launch failed
+    s.cur = nullptr;
+    record(cudaErrorLaunchFailure, hazard, true);
+    ok = false;
+  }
   s.stats = LaunchStats{k.static_bytes, smem, s.switches - sw0};
   s.launch = Launch{};
   s.cur = nullptr;
@@ -1224,8 +1293,22 @@ void reset() {
   s.last = cudaSuccess;
 }
 LaunchStats last_launch_stats() { return detail::S().stats; }
+void mark_uninitialised(const void* p, size_t bytes) { detail::race::mark(p, bytes, false); }
+void set_block_window(int64_t first, int64_t count) {
+  detail::init_order();
+  detail::S().win_first = first;
+  detail::S().win_count = count;
+}
 
 void* guarded_alloc(size_t bytes, const char* name, Placement placement, size_t align) {
+  return detail::guarded_map(bytes, name, placement, align, true);
+}
+void* sparse_alloc(size_t bytes, const char* name) {
+  return detail::guarded_map(bytes, name, Placement::End, 0, false);
+}
+
+namespace detail {
+void* guarded_map(size_t bytes, const char* name, Placement placement, size_t align, bool fill) {
   detail::State& s = detail::S();
   detail::install_handlers();
   detail::ensure_dynamic_map();  // keeps it the first registered buffer
@@ -1248,9 +1331,10 @@ void* guarded_alloc(size_t bytes, const char* name, Placement placement, size_t 
   const uintptr_t ml = reinterpret_cast<uintptr_t>(map);
   s.bufs.push_back({ml, ml + data + 2 * pg, lo, lo + bytes,
                     name ? std::string(name) : detail::fmt("buffer #%zu", s.bufs.size()), false});
-  std::memset(reinterpret_cast<void*>(lo), detail::kPoison, bytes);  // uninitialised device memory
+  if (fill) std::memset(reinterpret_cast<void*>(lo), detail::kPoison, bytes);  // uninitialised device memory
   return reinterpret_cast<void*>(lo);
 }
+}  // namespace detail
 
 void guarded_free(void* p) {
   detail::State& s = detail::S();
@@ -1343,6 +1427,7 @@ cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes* attr, const void* f
 cudaError_t cudaMemsetAsync(void* devPtr, int value, size_t count, cudaStream_t) {
   if (S().sticky != cudaSuccess) return S().sticky;
   if (count) std::memset(devPtr, value, count);
+  cudasim::detail::race::mark(devPtr, count, true);
   return cudaSuccess;
 }
 cudaError_t cudaMemset(void* devPtr, int value, size_t count) { return cudaMemsetAsync(devPtr, value, count, nullptr); }
@@ -1350,6 +1435,7 @@ cudaError_t cudaMemset(void* devPtr, int value, size_t count) { return cudaMemse
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind, cudaStream_t) {
   if (S().sticky != cudaSuccess) return S().sticky;
   if (count) std::memmove(dst, src, count);
+  cudasim::detail::race::mark(dst, count, true);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind) {
@@ -1364,6 +1450,7 @@ cudaError_t cudaMalloc(void** devPtr, size_t size) {
   const auto placement = pl && !strcmp(pl, "start") ? cudasim::Placement::Start : cudasim::Placement::End;
   const std::string name = cudasim::detail::fmt("cudaMalloc #%u (%zu B)", ++s.mallocs, size);
   *devPtr = cudasim::guarded_alloc(size, name.c_str(), placement, 0);
+  if (*devPtr) cudasim::detail::race::mark(*devPtr, size, false);  // uninitialised device memory (initcheck)
   return *devPtr ? cudaSuccess : (s.last = cudaErrorMemoryAllocation);
 }
 
@@ -1408,3 +1495,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int) {
 }
 
 }  // extern "C"
+
+#define CUDASIM_RACECHECK_PART 3
+#include "racecheck.inc"
+#undef CUDASIM_RACECHECK_PART

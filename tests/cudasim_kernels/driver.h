@@ -21,6 +21,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -59,7 +60,25 @@ inline void* alloc(const std::string& name, size_t n, size_t esz) {
   return cudasim::guarded_alloc(bytes ? bytes : esz, name.c_str(), cudasim::Placement::End, esz);
 }
 
+// Scale mode (`sparse 1` in params): every input and output is a sparse guarded buffer (zeros, no memory but the
+// pages touched), inputs are not read from files, and only the element ranges `out_ranges START:COUNT,...` of each
+// output are written to DIR/out_NAME.bin, one after another; with `block_window FIRST:COUNT` only those blocks of
+// each launch run (cudasim::set_block_window).
+inline bool sparse() { return params.count("sparse") && ip("sparse") != 0; }
+
+// In scale mode, `ramp NAME` and `ramp_ranges START:COUNT,...` give the float32 input NAME the values
+// (i % 4093) / 1024 at those elements (zeros elsewhere): reading a wrong element then reads a wrong value.
 inline void* input(const std::string& name, size_t n, size_t esz) {
+  if (sparse()) {
+    void* p = cudasim::sparse_alloc(n * esz, name.c_str());
+    if (esz == 4 && params.count("ramp") && param("ramp") == name) {
+      std::istringstream ranges(param("ramp_ranges"));
+      for (std::string r; std::getline(ranges, r, ',');)
+        for (size_t i = std::stoull(r), e = i + std::stoull(r.substr(r.find(':') + 1)); i < e; ++i)
+          static_cast<float*>(p)[i] = static_cast<float>(i % 4093) / 1024.0f;
+    }
+    return p;
+  }
   std::ifstream f(dir + "/" + name + ".bin", std::ios::binary);
   std::vector<char> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   if (b.size() != n * esz) {
@@ -68,12 +87,21 @@ inline void* input(const std::string& name, size_t n, size_t esz) {
   }
   void* p = alloc(name, n, esz);
   memcpy(p, b.data(), b.size());
+  // `uninit NAME` in params: the input counts as never written (a probe that the race-checking build's initcheck
+  // is live: a kernel reading it fails)
+  if (params.count("uninit") && param("uninit") == name) cudasim::mark_uninitialised(p, b.size());
   return p;
 }
 
 inline void* output(const std::string& name, size_t n, size_t esz) {
+  if (sparse()) {
+    void* p = cudasim::sparse_alloc(n * esz, name.c_str());
+    outputs.push_back({name, {p, esz}});  // sparse: the element size; out_ranges says what to write
+    return p;
+  }
   void* p = alloc(name, n, esz);
   memset(p, 0xFF, n * esz);
+  cudasim::mark_uninitialised(p, n * esz);  // the race-checking build's initcheck: a kernel must write, not read it
   outputs.push_back({name, {p, n * esz}});
   return p;
 }
@@ -89,6 +117,7 @@ inline void* workspace(size_t bytes, bool zero) {
   if (bytes == 0) return nullptr;
   void* p = cudasim::guarded_alloc(bytes, "workspace");
   memset(p, zero ? 0 : 0xFF, bytes);
+  if (!zero) cudasim::mark_uninitialised(p, bytes);
   return p;
 }
 
@@ -109,6 +138,10 @@ inline int driver_main(int argc, char** argv, int (*run)(const std::string& op))
   dir = argv[2];
   std::ifstream pf(dir + "/params");
   for (std::string k, v; pf >> k >> v;) params[k] = v;
+  if (params.count("block_window")) {
+    const std::string w = param("block_window");
+    cudasim::set_block_window(std::stoll(w), std::stoll(w.substr(w.find(':') + 1)));
+  }
   const int err = run(op);
   const cudaError_t pending = cudaGetLastError();
   const cudaError_t sync = cudaDeviceSynchronize();
@@ -120,7 +153,16 @@ inline int driver_main(int argc, char** argv, int (*run)(const std::string& op))
   }
   for (auto& o : outputs) {
     std::ofstream f(dir + "/out_" + o.first + ".bin", std::ios::binary);
-    f.write(static_cast<const char*>(o.second.first), static_cast<std::streamsize>(o.second.second));
+    const char* p = static_cast<const char*>(o.second.first);
+    if (!sparse()) {
+      f.write(p, static_cast<std::streamsize>(o.second.second));
+      continue;
+    }
+    std::istringstream ranges(param("out_ranges"));
+    for (std::string r; std::getline(ranges, r, ',');) {
+      const size_t start = std::stoull(r), count = std::stoull(r.substr(r.find(':') + 1)), esz = o.second.second;
+      f.write(p + start * esz, static_cast<std::streamsize>(count * esz));
+    }
   }
   printf("OK\n");
   return 0;
