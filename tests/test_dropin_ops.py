@@ -158,7 +158,8 @@ def test_expanded_views_are_read_periodically():
     s = torch.tensor(1.7, dtype=torch.float64).requires_grad_()
     me, se = torch.broadcast_tensors(m, s)
     me, se = me.expand(4, 3, 5), se.expand(4, 3, 5)
-    assert dr._periodic(se, x.shape, torch.float64).numel() == 1 and dr._periodic(me, x.shape, torch.float64).numel() == 5
+    assert dr._periodic(se, x.shape, torch.float64).numel() == 1
+    assert dr._periodic(me, x.shape, torch.float64).numel() == 5
     got = dr.normal_nll(x, me, se, "scale", event_dims=1)
     gm, gs = torch.autograd.grad(got.sum(), (m, s))
     want = -Normal(me, se).log_prob(x).sum(-1) - 5 * HALF_LOG_2PI
