@@ -204,9 +204,18 @@ def test_row_lengths_and_threads(N, row_len):
         finally:
             torch.set_num_threads(before)
     assert torch.equal(outs[0], outs[1])
-    want, mag = ref_nll(x.double(), loc.double().repeat(N // loc.numel()), s.double(), "scale", const=0.1)
+    x64, l64, s64 = x.double(), loc.double().repeat(N // loc.numel()), s.double()
+    want, mag = ref_nll(x64, l64, s64, "scale", const=0.1)
     want, mag = 0.5 * want.view(-1, row_len).sum(1), 0.5 * mag.view(-1, row_len).sum(1)
     assert_within(outs[0], want, tol_of(torch.float32, mag, row_len), f"N={N} row_len={row_len}")
+    g = torch.linspace(-1, 2, N // row_len)
+    gx, gl, gs = torch.ops.fastvae.dropin_normal_nll_backward(g, *args, [True, True, True])
+    ge = 0.5 * g.double().repeat_interleave(row_len)  # factor * the row's gradient, per element
+    d = (x64 - l64) / s64
+    mag = ge.abs() * (1 + d * d) / s64
+    wants = ((gx, ge * d / s64, "d/dx"), (gl, -ge * d / s64, "d/dloc"), (gs, ge * (1 - d * d) / s64, "d/ds"))
+    for got, want, what in wants:
+        assert_within(got, want, 8 * EPS[torch.float32] * mag, what)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -222,6 +231,20 @@ def test_every_isa_build(isa_runner, op):
         for k, (a, b) in enumerate(zip(grads, want_g)):
             tol = (16 + 4 * math.sqrt(xs[0].numel() // xs[k].numel())) * EPS[torch.float32] * b.abs().max().item()
             assert_within(a, b, tol, f"{op} {isa} d/d operand {k}")
+
+
+def test_compile_fullgraph():
+    x = torch.randn(4, 6, generator=gen(19))
+    m = torch.randn(6, generator=gen(20)).requires_grad_()
+    s = (torch.rand(4, 6, generator=gen(21)) + 0.5).requires_grad_()
+
+    def f(x, m, s):
+        return (dr.normal_nll(x, m, s, "scale", event_dims=1, factor=0.5).sum()
+                + dr.normal_kl(m, s, x, s, event_dims=None) + dr.bce_with_logits(x, s.detach(), None, m).mean())
+    want, got = f(x, m, s), torch.compile(f, fullgraph=True)(x, m, s)
+    assert torch.allclose(got, want)
+    grads = zip(torch.autograd.grad(got, (m, s)), torch.autograd.grad(want, (m, s)))
+    assert all(torch.allclose(a, b) for a, b in grads)
 
 
 # ---- extremes and special values ------------------------------------------------------------------------------------
