@@ -38,8 +38,9 @@ CPU_KERNELS = ["csrc/cpu/gaussian.cpp", "csrc/cpu/distances.cpp", "csrc/cpu/logi
 CPU_ISAS = ["avx512", "avx2", "baseline"]
 CPU_DISPATCH = ["csrc/cpu/isa.cpp"]
 # With CUDA: the CUDA backends of the binding, and the kernels with their launchers.
-CUDA_BINDING = ["csrc/torch/gaussian/cuda.cpp", "csrc/torch/distances/cuda.cpp", "csrc/torch/logistic/cuda.cpp"]
-CUDA_KERNELS = ["csrc/cuda/gaussian.cu", "csrc/cuda/distances.cu", "csrc/cuda/logistic.cu"]
+CUDA_BINDING = ["csrc/torch/gaussian/cuda.cpp", "csrc/torch/distances/cuda.cpp", "csrc/torch/logistic/cuda.cpp",
+                "csrc/torch/dropin/cuda.cpp"]
+CUDA_KERNELS = ["csrc/cuda/gaussian.cu", "csrc/cuda/distances.cu", "csrc/cuda/logistic.cu", "csrc/cuda/dropin.cu"]
 INCLUDE_DIRS = ["csrc/include", "csrc"]
 CXX_FLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ._custom_ops import LIB, compute_dtype, create_graph, draw_seed, fused_backward, not_differentiable, ops
+from ._custom_ops import _16BIT, LIB, compute_dtype, create_graph, draw_seed, fused_backward, not_differentiable, ops
 
 SPREADS = {"scale": 0, "var": 1, "logvar": 2}
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -24,14 +24,22 @@ HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 # ---- layout ---------------------------------------------------------------------------------------------------------
 
+# A call's fixed cost matters (small tensors): the common case (operands of one shape and dtype) takes the short
+# paths below, and the checks are the op's (C++).
+
 def _prepare(tensors):
     """(S, the promoted dtype, the operands as the op takes them); None stays None."""
-    present = [t for t in tensors if t is not None]
-    shape = torch.broadcast_shapes(*(t.shape for t in present))
-    dtype = present[0].dtype
-    for t in present[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    dt = compute_dtype(*present, kernels_16bit=present[0].device.type == "cuda")
+    first = tensors[0]
+    shape, dtype = first.shape, first.dtype
+    same_shape = True
+    for t in tensors[1:]:
+        if t is not None:
+            if t.dtype != dtype:
+                dtype = torch.promote_types(dtype, t.dtype)
+            same_shape = same_shape and t.shape == shape
+    if not same_shape:
+        shape = torch.broadcast_shapes(*(t.shape for t in tensors if t is not None))
+    dt = torch.float32 if dtype in _16BIT and first.device.type != "cuda" else dtype
     return shape, dtype, [None if t is None else _periodic(t, shape, dt) for t in tensors]
 
 
@@ -39,6 +47,8 @@ def _periodic(t, shape, dt):
     """t as the op reads it: its trailing block when t repeats it over leading dims of size 1 or of stride 0 (an
     expanded view, such as torch.distributions' broadcast_all makes), else t expanded to shape and materialised."""
     s = t.shape
+    if s == shape and t.dtype == dt and (not s or t.stride(0) != 0):
+        return t
     i = 0
     while i < len(s) and (s[i] == 1 or t.stride(i) == 0):
         i += 1
@@ -59,6 +69,10 @@ def _rows(shape, event_dims):
 
 
 def _call(op, shape, dtype, operands, event_dims, *args):
+    if event_dims == 0:  # element-wise
+        out = op(*operands, *args, 1)
+        out = out if out.shape == shape else out.reshape(shape)
+        return out if out.dtype == dtype else out.to(dtype)
     row_len, lead = _rows(shape, event_dims)
     if row_len == 0:  # a sum over empty event dims: zeros (the op takes row_len >= 1)
         out = op(*operands, *args, 1).reshape(shape)
@@ -98,16 +112,22 @@ def normal_rsample(loc, scale, sample_shape=torch.Size(), generator=None):
     """loc + scale * eps of shape (*sample_shape, *broadcast shape), eps ~ N(0, 1) drawn inside the kernel: the
     stream of fastvae.reparameterize (the same z as reparameterize(loc, 2 log scale) for the same generator state).
     Backward regenerates eps from the seed."""
-    shape = torch.broadcast_shapes(loc.shape, scale.shape)
-    dtype = torch.promote_types(loc.dtype, scale.dtype)
-    dt = compute_dtype(loc, scale, kernels_16bit=loc.device.type == "cuda")
-    sample_shape = torch.Size(sample_shape)
-    loc_, scale_ = loc.expand(shape).to(dt).contiguous(), scale.expand(shape).to(dt).contiguous()
-    k = math.prod(sample_shape) if len(sample_shape) else None
-    if k == 0:
-        return (loc_ + 0 * scale_).expand(*sample_shape, *shape).to(dtype)
-    seed = draw_seed(loc_.device, generator)
-    return ops.dropin_normal_rsample(loc_, scale_, seed, k).reshape(*sample_shape, *shape).to(dtype)
+    shape, dtype = loc.shape, loc.dtype
+    if scale.shape != shape or scale.dtype != dtype or (dtype in _16BIT and loc.device.type != "cuda"):
+        shape = torch.broadcast_shapes(shape, scale.shape)
+        dtype = torch.promote_types(dtype, scale.dtype)
+        dt = compute_dtype(loc, scale, kernels_16bit=loc.device.type == "cuda")
+        loc, scale = loc.expand(shape).to(dt), scale.expand(shape).to(dt)  # (the op makes them contiguous)
+    if len(sample_shape) == 0:
+        k = None
+    else:
+        k = math.prod(sample_shape)
+        if k == 0:
+            return (loc + 0 * scale).expand(*sample_shape, *shape).to(dtype)
+    z = ops.dropin_normal_rsample(loc, scale, draw_seed(loc.device, generator), k)
+    if len(sample_shape) > 1:
+        z = z.reshape(*sample_shape, *shape)
+    return z if z.dtype == dtype else z.to(dtype)
 
 
 # ---- fake (meta) implementations ------------------------------------------------------------------------------------

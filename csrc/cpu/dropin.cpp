@@ -14,10 +14,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <functional>
 #include <immintrin.h>
-#include <string>
 #include <vector>
 
 #include "cpu/dropin_kernels.h"  // declarations only

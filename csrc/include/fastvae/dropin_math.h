@@ -27,13 +27,12 @@ FV_HD float dropin_log(float x) {
 }
 FV_HD double dropin_log(double x) { return log(x); }
 
-// log(1 + t) for t = e^-a in [0, 1] (the softplus tail), given t: fv_log1p_exp_neg of vmath.h with the exponential
-// shared (the gradients need it for the sigmoid too).
+// log(1 + t) for t = e^-a in [0, 1] (the softplus tail), given t, without a division: the log polynomial (vmath.h)
+// at f = t (exact) where 1 + t <= sqrt 2, else at f = (1 + t) / 2 - 1 = (t - 1) / 2 (exact for t >= 1/2 by Sterbenz,
+// within half an ulp below) with one factor 2; 1 + t itself, and its rounding, never appear.
 FV_HD float dropin_log1p_small(float t) {
-  const float u = 1.0f + t;
-  const float den = u - 1.0f;
-  const float safe_den = den == 0.0f ? 1.0f : den;
-  return den == 0.0f ? t : fv_logf_pos(u) * (t / safe_den);
+  const bool small = t <= 0.41421356f;
+  return fv_log_reduced(small ? t : fv_fma(t, 0.5f, -0.5f), small ? 0.0f : 1.0f);
 }
 FV_HD double dropin_log1p_small(double t) { return log1p(t); }
 

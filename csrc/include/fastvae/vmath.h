@@ -65,16 +65,8 @@ FV_HD float fv_expf(float x) {
   return x != x ? x : out;
 }
 
-// log(x) for positive, normal, finite x (callers guarantee the domain).
-FV_HD float fv_logf_pos(float x) {
-  const int32_t ix = fv_float_to_bits(x);
-  int32_t e = ((ix >> 23) & 0xff) - 127;
-  float m = fv_bits_to_float((ix & 0x007fffff) | 0x3f800000);  // in [1, 2)
-  const bool big = m > 1.41421356f;
-  m = big ? 0.5f * m : m;
-  e = big ? e + 1 : e;
-  const float f = m - 1.0f;  // in [-0.293, 0.415]
-  const float fe = static_cast<float>(e);
+// log(2^fe (1 + f)) for f in [-0.293, 0.415] and an integer fe: the polynomial of fv_logf_pos.
+FV_HD float fv_log_reduced(float f, float fe) {
   const float z = f * f;
   float y = 7.0376836292e-2f;
   y = fv_fma(y, f, -1.1514610310e-1f);
@@ -89,6 +81,17 @@ FV_HD float fv_logf_pos(float x) {
   y = fv_fma(fe, -2.12194440e-4f, y);
   y = fv_fma(-0.5f, z, y);
   return fv_fma(fe, 0.693359375f, f + y);
+}
+
+// log(x) for positive, normal, finite x (callers guarantee the domain).
+FV_HD float fv_logf_pos(float x) {
+  const int32_t ix = fv_float_to_bits(x);
+  int32_t e = ((ix >> 23) & 0xff) - 127;
+  float m = fv_bits_to_float((ix & 0x007fffff) | 0x3f800000);  // in [1, 2)
+  const bool big = m > 1.41421356f;
+  m = big ? 0.5f * m : m;
+  e = big ? e + 1 : e;
+  return fv_log_reduced(m - 1.0f, static_cast<float>(e));  // m - 1 in [-0.293, 0.415]
 }
 
 // sin(pi x) and cos(pi x) for x in [-1, 1].
