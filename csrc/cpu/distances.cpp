@@ -648,7 +648,7 @@ void sw_grad_row(const T* FV_R x, const int32_t* FV_R permx, const T* FV_R t, T*
     const T s1 = static_cast<T>(scale);
     for (index_t i = 0; i < N; ++i) {
       const T xi = x[permx[i]];
-      gsorted[i] = xi > t[i] ? s1 : (xi < t[i] ? -s1 : T(0));
+      gsorted[i] = xi > t[i] ? s1 : (xi < t[i] ? -s1 : (xi - t[i]) * T(0));  // 0 when equal, NaN stays NaN
     }
   } else {
     for (index_t i = 0; i < N; ++i)

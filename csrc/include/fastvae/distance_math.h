@@ -95,7 +95,7 @@ struct PairKernel<DistKernel::Laplacian> {
   template <class T>
   FV_HD T dk_du(T u, T p) {
     const T r = fv_sqrt(u);
-    const T safe = r > T(0) ? r : T(1);
+    const T safe = r == T(0) ? T(1) : r;  // not r > 0 ? r : 1, which turned a NaN distance into 1
     const T w = T(-0.5) * p * fv_exp(-p * r) / safe;
     return r == T(0) ? T(0) : w;  // (a NaN distance stays NaN)
   }
@@ -109,7 +109,7 @@ struct PairKernel<DistKernel::Energy> {
   template <class T>
   FV_HD T dk_du(T u, T p) {
     const T r = fv_sqrt(u);
-    const T safe = r > T(0) ? r : T(1);
+    const T safe = r == T(0) ? T(1) : r;  // not r > 0 ? r : 1: a NaN distance stays NaN (its pair's weight)
     return r == T(0) ? T(0) : T(-0.5) * p / safe;
   }
 };
@@ -176,13 +176,13 @@ FV_HD double normal_order_target(index_t i, index_t n) {
   return normal_quantile((static_cast<double>(i) + 0.5) / static_cast<double>(n));
 }
 
-// d/dd |d|^p, p >= 1 (0 at d = 0 for p = 1: the subgradient of |d| there).
+// d/dd |d|^p, p >= 1 (0 at d = 0 for p = 1: the subgradient of |d| there; NaN for NaN: diff * 0).
 FV_HD double abs_pow_grad(double diff, double p) {
   const double a = diff < 0 ? -diff : diff;
-  const double s = diff > 0 ? 1.0 : (diff < 0 ? -1.0 : 0.0);
+  const double s = diff > 0 ? 1.0 : (diff < 0 ? -1.0 : diff * 0.0);
   if (p == 1.0) return s;
   if (p == 2.0) return 2.0 * diff;
-  return a > 0 ? s * p * pow(a, p - 1.0) : 0.0;
+  return a > 0 ? s * p * pow(a, p - 1.0) : diff * 0.0;
 }
 
 FV_HD double abs_pow(double diff, double p) {
