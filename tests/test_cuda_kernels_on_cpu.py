@@ -785,3 +785,37 @@ def test_gaussian_terms_at_infinite_log_variances(driver, tmp_path, dtype):
               {"out": (out.dtype, (rows,))}, dtype=ALL_DTYPES[dtype], rows=rows, D=D, mp_layout=LAYOUT[None],
               lp_layout=LAYOUT["full"], offset=0)
     same_special(got["out"], out, **kind_tol("sum", dtype, D), what="kl_normal")
+
+
+# ---- float64 is float64 (issue 20, class 3): coincident and near points -----------------------------------------
+
+@pytest.mark.parametrize("kernel", ["laplacian", "energy"])
+@pytest.mark.parametrize("delta", [0.0, 1e-9])
+def test_mmd_float64_coincident_points(driver, tmp_path, kernel, delta):
+    """y = x (+ delta noise), d = 16: the tiles' |a|^2 + |b|^2 - 2 a.b cancels to ~eps |a|^2 and its square root
+    to 1e-8 |a| (2.6e-9 for the energy MMD of a sample with itself); near pairs now take their distance from the
+    differences. Against the float64 reference (distances from differences): 16 eps of the terms' magnitude, and
+    the gradient of coincident points (weight 0) to 64 eps."""
+    B, N, d = 1, 13, 16
+    x = data(B, N, d, dtype=torch.float64, seed=81) + 2.0
+    y = x + delta * data(B, N, d, dtype=torch.float64, seed=82)
+    common = dict(dtype=DTYPES[torch.float64], B=B, N=N, M=N, d=d, with_y=1, kernel=KERNELS[kernel],
+                  bandwidths="1.0", unbiased=1)
+    got = run(driver, tmp_path, "mmd_forward", "forward", {"x": x, "y": y}, {"out": (torch.float64, (B,))},
+              **common)
+    xr = x.clone().requires_grad_()
+    want = reference.mmd(xr[0], y[0], kernel=kernel, bandwidth=1.0)
+
+    def k(a, b):  # the kernel values, for the magnitude of the three terms the MMD cancels from
+        r = (a[:, None] - b[None]).norm(dim=-1)
+        return -r if kernel == "energy" else torch.exp(-r)
+
+    magnitude = (k(x[0], x[0]).abs().mean() + k(y[0], y[0]).abs().mean() + 2 * k(x[0], y[0]).abs().mean()).item()
+    eps = torch.finfo(torch.float64).eps
+    assert abs(got["out"].item() - want.item()) <= 16 * eps * magnitude, (got["out"].item(), want.item())
+    if delta == 0.0:
+        g = torch.tensor([1.0], dtype=torch.float64)
+        grads = run(driver, tmp_path / "bwd", "mmd_backward", "forward", {"x": x, "y": y, "g": g},
+                    {"grad_x": (torch.float64, (B, N, d)), "grad_y": (torch.float64, (B, N, d))}, **common)
+        (wx,) = torch.autograd.grad(want, xr)
+        close(grads["grad_x"], wx, rtol=0, atol=64 * eps * wx.abs().max().item(), what="grad_x")

@@ -4,7 +4,8 @@
 // MMD: the pair sums are computed in tiles of kRg rows x kTile columns, never as an N x M matrix.
 //   dot_tile    kRg x kTile dot products, register-blocked (kRg x CV vector accumulators), vectorised over
 //               the columns of a transposed panel of the other set (GCC vector extensions: zmm/ymm/xmm);
-//   eval loops  u = max(|a|^2 + |b|^2 - 2 a.b, 0) and every bandwidth's kernel in one pass (omp simd);
+//   eval loops  u = max(|a|^2 + |b|^2 - 2 a.b, 0) and every bandwidth's kernel in one pass (omp simd); a near
+//               pair (near_pair()) takes u from the differences instead, in a scalar pass over its row;
 //   grad_tile   backward only: G += W * rows of the panel, register-blocked over d.
 // Both sets are centred on the mean of x first (every kernel is translation invariant), which keeps the
 // dot-product form of |a - b|^2 from cancelling. Each task owns a block of kTile rows; its partial sums are
@@ -186,13 +187,27 @@ void grad_tile(const T* FV_R w, const T* FV_R rows, index_t dp, index_t jn, doub
   }
 }
 
-// u[j] = max(na + nb[j] - 2 D[j], 0): the squared distances of one row against a panel
+// u[j] = max(na + nb[j] - 2 D[j], 0): the squared distances of row a against a panel; near pairs (near_pair())
+// from the differences, sum_k (a_k - panel[k][j])^2, in a second pass that only runs for a row that has one
 template <class T>
-void sq_dist_row(T na, const T* FV_R nb, const T* FV_R D, T* FV_R u) {
-#pragma omp simd
+void sq_dist_row(const T* FV_R a, T na, const T* FV_R panel, const T* FV_R nb, const T* FV_R D, index_t dp,
+                 T* FV_R u) {
+  int near = 0;
+#pragma omp simd reduction(| : near)
   for (index_t j = 0; j < kTile; ++j) {
     const T v = na + nb[j] - T(2) * D[j];
     u[j] = v < T(0) ? T(0) : v;  // NaN stays NaN
+    near |= near_pair(v, na, nb[j]) ? 1 : 0;
+  }
+  if (!near) return;
+  for (index_t j = 0; j < kTile; ++j) {
+    if (!near_pair(u[j], na, nb[j])) continue;
+    T s = 0;
+    for (index_t k = 0; k < dp; ++k) {
+      const T t = a[k] - panel[k * kTile + j];
+      s += t * t;
+    }
+    u[j] = s;
   }
 }
 
@@ -281,7 +296,7 @@ double pair_sum(const Packed<T>& A, index_t ib, const Packed<T>& Bs, index_t jb0
     for (index_t i0 = ib * kTile; i0 < i_end; i0 += kRg) {
       dot_tile(A.row(i0), panel, A.dp, D);
       for (int r = 0; r < kRg && i0 + r < i_end; ++r) {
-        sq_dist_row(A.norms[i0 + r], nb, D + r * kTile, u);
+        sq_dist_row(A.row(i0 + r), A.norms[i0 + r], panel, nb, D + r * kTile, A.dp, u);
         const index_t dj = diag && jb == ib ? i0 + r - j0 : -1;
         for (int h = 0; h < nbw; ++h) {
           T s = kernel_sum<T, K>(u, params[h], jn);
@@ -314,7 +329,7 @@ void grad_sums(const Packed<T>& A, index_t ib, const Packed<T>& Bs, const T* par
       dot_tile(A.row(i0), panel, A.dp, D);
       std::fill(w, w + kRg * kTile, T(0));
       for (int r = 0; r < kRg && i0 + r < i_end; ++r) {
-        sq_dist_row(A.norms[i0 + r], nb, D + r * kTile, u);
+        sq_dist_row(A.row(i0 + r), A.norms[i0 + r], panel, nb, D + r * kTile, A.dp, u);
         pair_weights<T, K>(u, params, nbw, coef, w + r * kTile, jn);
         const index_t dj = diag ? i0 + r - j0 : -1;
         if (dj >= 0 && dj < jn) w[r * kTile + dj] = 0;

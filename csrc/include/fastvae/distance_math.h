@@ -3,7 +3,9 @@
 //
 // Every kernel is a function of u = |x - y|^2, computed by the callers from dot products
 // (u = |x|^2 + |y|^2 - 2 x.y) and clamped at 0 (`u < 0 ? 0 : u`, which lets a NaN through), so that cancellation
-// never gives a negative distance.
+// never gives a negative distance. That form carries an absolute error of a few eps (|x|^2 + |y|^2): for pairs
+// closer than near_pair() says, the callers take u from the differences instead, sum_k (x_k - y_k)^2, exact to a
+// few eps of u itself (the square root of the cancelled form made coincident points 1e-8 |x| apart in float64).
 // `p` is the per-bandwidth parameter from kernel_param_as(); value() is k(u) and dk_du() is dk/du, the
 // gradient weight: d k / d x = 2 dk_du(u) (x - y), set to 0 at u = 0 for every kernel (x = y: the gradient of
 // |x - y| there is 0, never NaN).
@@ -55,6 +57,14 @@ FV_HD double data_scale(double m) {
   const int lim = sizeof(T) == sizeof(float) ? 125 : 1021;
   e = e < -lim ? -lim : (e > lim ? lim : e);
   return ldexp(1.0, e);
+}
+
+// Whether u from the dot-product form is too close to its rounding error (a few eps (na + nb)) to be used: below
+// 1/8 of na + nb the relative error of u would exceed ~8 (d + 2) eps, so such pairs (coincident and near-coincident
+// ones; rare among the pairs of spread-out points) are recomputed from the differences. NaN: false (stays NaN).
+template <class T>
+FV_HD bool near_pair(T u, T na, T nb) {
+  return u < T(0.125) * (na + nb);
 }
 
 FV_HD float fv_sqrt(float u) { return sqrtf(u); }
