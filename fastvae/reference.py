@@ -72,7 +72,8 @@ def gaussian_nll(x, mean, logvar=None, *, reduction="mean"):
     if logvar is None:
         logvar = torch.zeros((), dtype=mean.dtype, device=mean.device)
     s = _mul_exp_half(x - mean, -logvar)  # (x - mean) e^(-lv/2)
-    elem = 0.5 * (s * s + logvar + _LOG_2PI)
+    s2 = s * s  # where it overflows the term is +inf whatever lv is (lv = -inf: not inf - inf)
+    elem = 0.5 * (s2 + torch.where(s2.isinf(), torch.zeros_like(logvar), logvar) + _LOG_2PI)
     elem = elem.expand(mean.shape)
     return _reduce(_per_sample(elem, _lead(mean, x)), reduction)
 
@@ -97,15 +98,21 @@ def bernoulli_nll(x, logits, *, reduction="mean", validate_args=True):
     return _reduce(_per_sample(elem, _lead(logits, x)), reduction)
 
 
+def _exp_m1_mx(d):
+    """e^d - 1 - d; +inf at d = +inf (where e^d overflows, d is left out: not inf - inf)."""
+    e = torch.expm1(d)
+    return e - torch.where(e.isinf(), torch.zeros_like(d), d)
+
+
 def kl_normal(mu, logvar, mu_prior=None, logvar_prior=None, *, reduction="mean"):
     if mu_prior is None and logvar_prior is None:
-        elem = 0.5 * (mu * mu + torch.expm1(logvar) - logvar)
+        elem = 0.5 * (mu * mu + _exp_m1_mx(logvar))
     else:
         mp = torch.zeros_like(mu) if mu_prior is None else mu_prior
         lp = torch.zeros_like(mu) if logvar_prior is None else logvar_prior
         d = logvar - lp  # e^d - 1 - d: the ratio of the variances, finite for two tiny (or huge) ones
         s = _mul_exp_half(mu - mp, -lp)  # (mu - mp) e^(-lp/2)
-        elem = 0.5 * (torch.expm1(d) - d + s * s)
+        elem = 0.5 * (_exp_m1_mx(d) + s * s)
     elem = elem.expand(mu.shape)
     return _reduce(_per_sample(elem, 1), reduction)
 

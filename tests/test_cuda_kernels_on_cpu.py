@@ -111,6 +111,17 @@ def close(sim, cpu, rtol, atol, what):
     torch.testing.assert_close(sim.double(), cpu.double(), rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
+def same_special(sim, cpu, rtol, atol, what):
+    """NaN exactly where the CPU op has NaN (tests/test_nan_sweep.py checks the CPU ops against their inputs), the
+    same infinities, the finite values close."""
+    sim, cpu = sim.double(), cpu.double()
+    assert torch.equal(sim.isnan(), cpu.isnan()), (f"{what}: NaN at {sim.isnan().nonzero().tolist()} under the "
+                                                   f"model, at {cpu.isnan().nonzero().tolist()} on the CPU")
+    assert torch.equal(sim.isinf(), cpu.isinf()) and torch.equal(sim[sim.isinf()], cpu[cpu.isinf()]), what
+    fin = cpu.isfinite()
+    close(sim[fin], cpu[fin], rtol=rtol, atol=atol, what=what)
+
+
 # Tolerances. z = mu + exp(lv / 2) eps: the same Philox stream and Box-Muller formula, computed with libm under the
 # model and with the CPU kernels' vectorised log/sin/cos: a few float32 ulps of eps (|eps| < 5), times
 # exp(lv / 2) < e^2 for these inputs; rtol = atol = 2e-5 as tests/test_gaussian_cuda.py allows a GPU (measured:
@@ -781,3 +792,107 @@ def test_mmd_sums_are_compensated(driver, tmp_path, N, bw0):
               unbiased=0)["out"]
     want = reference.mmd(x.double(), y.double(), kernel="rbf", bandwidth=bws, estimator="biased").reshape(1)
     close(got, want, rtol=2e-6, atol=0, what="mmd^2 of one distribution")
+
+
+# ---- NaN in, NaN out (issue 20, class 1): the shared math headers' selects, under the model ----------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["rbf", "laplacian", "energy"])
+def test_mmd_nan_inputs(driver, tmp_path, dtype, kernel):
+    """A NaN in x (batch 0) or y (batch 1) makes that batch's MMD and every gradient of it NaN, the other batch's
+    untouched. The energy and laplacian weights took a NaN distance for 1 (`r > 0 ? r : 1`): finite gradients."""
+    B, N, M, d = 2, 9, 7, 3
+    x, y = data(B, N, d, dtype=dtype, seed=61), data(B, M, d, dtype=dtype, seed=62) + 0.5
+    x[0, 4, 1] = float("nan")
+    y[1, 2, 0] = float("nan")
+    common = dict(dtype=DTYPES[dtype], B=B, N=N, M=M, d=d, with_y=1, kernel=KERNELS[kernel],
+                  bandwidths="0.5,2.0" if kernel != "energy" else "1.0", unbiased=1)
+    bw = [0.5, 2.0] if kernel != "energy" else [1.0]
+    got = run(driver, tmp_path, "mmd_forward", "forward", {"x": x, "y": y}, {"out": (dtype, (B,))}, **common)
+    assert torch.ops.fastvae.mmd(x, y, None, kernel, bw, True).isnan().all()
+    assert got["out"].isnan().all()
+    g = torch.tensor([1.0, -2.0], dtype=dtype)
+    grads = run(driver, tmp_path / "bwd", "mmd_backward", "forward", {"x": x, "y": y, "g": g},
+                {"grad_x": (dtype, (B, N, d)), "grad_y": (dtype, (B, M, d))}, **common)
+    gx, gy = torch.ops.fastvae.mmd_backward(g, x, y, None, kernel, bw, True, True)
+    assert gx.isnan().all() and gy.isnan().all()
+    same_special(grads["grad_x"], gx, rtol=0, atol=0, what="grad_x")
+    same_special(grads["grad_y"], gy, rtol=0, atol=0, what="grad_y")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [1.0, 1.5, 2.0])
+def test_sw_backward_nan_inputs(driver, tmp_path, dtype, p):
+    """A NaN projection's gradient (and its partner's) is NaN: d|d|^p/dd took NaN for 0 (p = 1, 1.5)."""
+    px, py = _tied_projections(19, dtype, True)
+    _, perm_x, perm_y = torch.ops.fastvae.sliced_wasserstein_projected(px, py, p)
+    px[0, 1, 5] = float("nan")
+    py[1, 2, 7] = float("nan")
+    B, L, N = px.shape
+    g = torch.tensor([0.5, -1.5], dtype=dtype)
+    got = run(driver, tmp_path, "sw_backward", "forward",
+              {"g": g, "px": px, "perm_x": perm_x, "py": py, "perm_y": perm_y},
+              {"gpx": (dtype, (B, L, N)), "gpy": (dtype, (B, L, N))}, dtype=DTYPES[dtype], B=B, L=L, N=N, p=p,
+              with_y=1)
+    gpx, gpy = torch.ops.fastvae.sliced_wasserstein_projected_backward(g, px, py, perm_x, perm_y, p, True)
+    assert gpx[0, 1, 5].isnan() and gpx.isnan().sum() == 2
+    eps = torch.finfo(dtype).eps
+    same_special(got["gpx"], gpx, rtol=4 * eps, atol=1e-3 * eps, what="gpx")
+    same_special(got["gpy"], gpy, rtol=4 * eps, atol=1e-3 * eps, what="gpy")
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_gaussian_terms_at_infinite_log_variances(driver, tmp_path, dtype):
+    """lv = -inf with x != mean: -log N is +inf (was inf - inf = NaN); KL with lv = +inf or lp = -inf: +inf (e^lv
+    - 1 - lv was inf - inf); a NaN stays NaN. Rows 0-2 hold them, row 3 is ordinary."""
+    rows, D = 4, 5
+    x, mean, lv = (data(rows, D, dtype=dtype, seed=s) for s in (71, 72, 73))
+    lv[0, 1], lv[1, 2], lv[2, 3] = -float("inf"), float("inf"), float("nan")
+    out = torch.ops.fastvae.gaussian_nll(on_cpu(x), on_cpu(mean), on_cpu(lv))
+    assert out[0] == float("inf") and out[2].isnan()
+    got = run(driver, tmp_path, "gaussian_nll_fwd", "forward", {"x": x, "mean": mean, "lv": lv},
+              {"out": (out.dtype, (rows,))}, dtype=ALL_DTYPES[dtype], rows=rows, D=D, x_rows=rows,
+              lv_layout=LAYOUT["full"], offset=0)
+    same_special(got["out"], out, **kind_tol("sum", dtype, D), what="gaussian_nll")
+    mu, lp = data(rows, D, dtype=dtype, seed=74), data(rows, D, dtype=dtype, seed=75)
+    lp[0, 0] = -float("inf")
+    out = torch.ops.fastvae.kl_normal(*map(on_cpu, (mu, lv, None, lp)))
+    assert out[0] == float("inf") and out[1] == float("inf") and out[2].isnan()
+    got = run(driver, tmp_path / "kl", "kl_normal_fwd", "forward", {"mu": mu, "lv": lv, "lp": lp},
+              {"out": (out.dtype, (rows,))}, dtype=ALL_DTYPES[dtype], rows=rows, D=D, mp_layout=LAYOUT[None],
+              lp_layout=LAYOUT["full"], offset=0)
+    same_special(got["out"], out, **kind_tol("sum", dtype, D), what="kl_normal")
+
+
+# ---- float64 is float64 (issue 20, class 3): coincident and near points -----------------------------------------
+
+@pytest.mark.parametrize("kernel", ["laplacian", "energy"])
+@pytest.mark.parametrize("delta", [0.0, 1e-9])
+def test_mmd_float64_coincident_points(driver, tmp_path, kernel, delta):
+    """y = x (+ delta noise), d = 16: the tiles' |a|^2 + |b|^2 - 2 a.b cancels to ~eps |a|^2 and its square root
+    to 1e-8 |a| (2.6e-9 for the energy MMD of a sample with itself); near pairs now take their distance from the
+    differences. Against the float64 reference (distances from differences): 16 eps of the terms' magnitude, and
+    the gradient of coincident points (weight 0) to 64 eps."""
+    B, N, d = 1, 13, 16
+    x = data(B, N, d, dtype=torch.float64, seed=81) + 2.0
+    y = x + delta * data(B, N, d, dtype=torch.float64, seed=82)
+    common = dict(dtype=DTYPES[torch.float64], B=B, N=N, M=N, d=d, with_y=1, kernel=KERNELS[kernel],
+                  bandwidths="1.0", unbiased=1)
+    got = run(driver, tmp_path, "mmd_forward", "forward", {"x": x, "y": y}, {"out": (torch.float64, (B,))},
+              **common)
+    xr = x.clone().requires_grad_()
+    want = reference.mmd(xr[0], y[0], kernel=kernel, bandwidth=1.0)
+
+    def k(a, b):  # the kernel values, for the magnitude of the three terms the MMD cancels from
+        r = (a[:, None] - b[None]).norm(dim=-1)
+        return -r if kernel == "energy" else torch.exp(-r)
+
+    magnitude = (k(x[0], x[0]).abs().mean() + k(y[0], y[0]).abs().mean() + 2 * k(x[0], y[0]).abs().mean()).item()
+    eps = torch.finfo(torch.float64).eps
+    assert abs(got["out"].item() - want.item()) <= 16 * eps * magnitude, (got["out"].item(), want.item())
+    if delta == 0.0:
+        g = torch.tensor([1.0], dtype=torch.float64)
+        grads = run(driver, tmp_path / "bwd", "mmd_backward", "forward", {"x": x, "y": y, "g": g},
+                    {"grad_x": (torch.float64, (B, N, d)), "grad_y": (torch.float64, (B, N, d))}, **common)
+        (wx,) = torch.autograd.grad(want, xr)
+        close(grads["grad_x"], wx, rtol=0, atol=64 * eps * wx.abs().max().item(), what="grad_x")

@@ -365,6 +365,36 @@ def test_bad_input_is_named():
         MIX(x[:0], lg[:0], m[:0], ls[:0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n_bits", [8, 5])
+def test_grid_check_judges_a_16bit_x_by_its_value(dtype, n_bits):
+    """Issue 20, class 2: every 16-bit value in [-1, 1] is accepted exactly when it lies within a quarter bin of a
+    level (judged in float64), as the same value in float32 is. The check ran in 16-bit arithmetic, where
+    (x + 1) (L - 1) / 2 rounds to a few bits: bfloat16 values half a bin off the grid passed."""
+    levels = 2**n_bits - 1
+    bits = torch.arange(-2**15, 2**15, dtype=torch.int32).to(torch.int16)
+    v = bits.view(dtype)
+    v = v[(v.float() >= -1) & (v.float() <= 1)].unique()
+    t = (v.double() + 1) * (levels / 2)
+    off = (t - t.round()).abs()
+    # clearly on or clearly off (|off - 1/4| > 1e-3): the float32 arithmetic of the kernels' snapping decides alike
+    on, bad = v[off <= 0.249], v[off >= 0.251]
+    assert bad.numel() > 10, "the sweep must hold values off the grid"
+    lg, m, ls = params((1,), 2, dtype=torch.float32)
+    MIX(on.reshape(1, -1).to(dtype), *(p.expand(on.numel(), 2).reshape(1, -1, 2).to(dtype) for p in (lg, m, ls)),
+        n_bits=n_bits)  # every on-grid value passes
+    accepted = []
+    for value in bad[torch.linspace(0, bad.numel() - 1, 64).long()].tolist():  # 64 spread over [-1, 1]
+        for dt in (dtype, torch.float32):
+            x = torch.tensor([[value]], dtype=dt)
+            try:
+                NLL(x, torch.zeros_like(x), torch.zeros_like(x), n_bits=n_bits)
+                accepted.append((value, dt))
+            except ValueError as e:
+                assert "on the grid" in str(e)
+    assert not accepted, f"{len(accepted)} values off the grid accepted, e.g. {accepted[:4]}"
+
+
 def test_direct_op_calls_are_checked():
     x, lg, m, ls = (t.detach() for t in _op_args())
     op = torch.ops.fastvae.discretized_logistic_nll

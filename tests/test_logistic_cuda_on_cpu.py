@@ -12,7 +12,7 @@ import torch
 
 import fastvae  # noqa: F401  (registers torch.ops.fastvae)
 from test_cudasim_core import CUDA_INCLUDE, CXX, ROOT
-from test_cuda_kernels_on_cpu import HALF_DTYPES, ORDERS, build_driver, close, run
+from test_cuda_kernels_on_cpu import HALF_DTYPES, ORDERS, build_driver, close, run, same_special
 
 pytestmark = pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
                                 reason="needs g++ and the CUDA toolkit headers")
@@ -112,3 +112,48 @@ def test_16_bit_inputs(driver, tmp_path, order, dtype, offset):
     ulp = torch.finfo(dtype).eps  # the float32 gradients (within 1e-4 of the CPU's) rounded to the 16-bit type
     for name, w in zip(("grad_logits", "grad_means", "grad_log_scales"), want):
         close(got[name], w.to(dtype), rtol=2 * ulp, atol=2 * ulp * max(1.0, w.abs().max().item()), what=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("mix", [True, False])
+@pytest.mark.parametrize("name", ["x", "logits", "means", "log_scales"])
+def test_nan_and_inf_inputs(driver, tmp_path, dtype, mix, name):
+    """Issue 20, class 1, on the CUDA sources: NaN in row 0, +inf in row 1, -inf in row 2 of one input give the
+    CPU op's outputs (NaN where it has NaN: tests/test_nan_sweep.py checks that against the inputs), forward and
+    backward. The mixture's log-sum-exp turned a NaN pixel into +inf (a select on s2 > 0), and the float32 log
+    read a NaN as 88.7: a finite loss."""
+    if name == "logits" and not mix:
+        pytest.skip("one logistic per pixel has no logits")
+    rows, D, K = 3, 7, 3 if mix else 1
+    x, lg, m, ls = inputs(rows, rows, D, K, 8, dtype, seed=5)
+    ins = {"x": x, "means": m, "log_scales": ls, **({"logits": lg} if mix else {})}
+    t = ins[name].clone()
+    for r, v in enumerate((float("nan"), float("inf"), -float("inf"))):
+        t[r].view(-1)[r + 2] = v
+    ins[name] = t
+    x, m, ls, lg = ins["x"], ins["means"], ins["log_scales"], ins.get("logits", lg)
+    p = dict(dtype={**DTYPES, **HALF_DTYPES}[dtype], rows=rows, D=D, K=K, x_rows=rows, n_bits=8, mix=int(mix),
+             offset=0)
+    acc = torch.float32 if dtype in HALF_DTYPES else dtype
+    got = run(driver, tmp_path, "logistic_fwd", "forward", ins, {"out": (acc, (rows,))}, **p)
+    args, shape = cpu_op(x, lg, m, ls, 1, 8, mix)
+    want = torch.ops.fastvae.discretized_logistic_nll(*args)
+    assert want[0].isnan(), "the CPU op must give NaN for the NaN row"
+    same_special(got["out"], want, **tol(acc, D), what="nll")
+    g = torch.linspace(0.5, 1.5, rows, dtype=acc)
+    outs = {n: (dtype, (rows, D, K)) for n in ("grad_means", "grad_log_scales")}
+    if mix:
+        outs["grad_logits"] = (dtype, (rows, D, K))
+    got = run(driver, tmp_path / "bwd", "logistic_bwd", "forward", {**ins, "g": g}, outs, **p)
+    g_lg, g_m, g_ls = torch.ops.fastvae.discretized_logistic_nll_backward(g, *args)
+    # A +inf logit (row 1) is a limit of 0 * inf the two settle differently, both NaN where the sweep asks: the CPU's
+    # two-pass log-sum-exp makes the pixel's every gradient NaN, the online one here only its own component's.
+    keep = [0, 2] if name == "logits" else [0, 1, 2]
+    for n, w in (("grad_means", g_m), ("grad_log_scales", g_ls)) + ((("grad_logits", g_lg),) if mix else ()):
+        w = w.reshape(rows, D, K).to(dtype)[keep]
+        ulp = torch.finfo(dtype).eps if dtype in HALF_DTYPES else 0
+        scale = max(1.0, w.double().nan_to_num(0, 0, 0).abs().max().item())
+        same_special(got[n][keep], w, rtol=tol(acc, D, True)["rtol"] + 2 * ulp,
+                     atol=(tol(acc, D, True)["atol"] + 2 * ulp) * scale, what=n)
+        if name == "logits":
+            assert got[n][1, 1, 0].isnan(), f"{n} of the +inf logit's component"

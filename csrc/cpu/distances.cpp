@@ -4,7 +4,8 @@
 // MMD: the pair sums are computed in tiles of kRg rows x kTile columns, never as an N x M matrix.
 //   dot_tile    kRg x kTile dot products, register-blocked (kRg x CV vector accumulators), vectorised over
 //               the columns of a transposed panel of the other set (GCC vector extensions: zmm/ymm/xmm);
-//   eval loops  u = max(|a|^2 + |b|^2 - 2 a.b, 0) and every bandwidth's kernel in one pass (omp simd);
+//   eval loops  u = max(|a|^2 + |b|^2 - 2 a.b, 0) and every bandwidth's kernel in one pass (omp simd); a near
+//               pair (near_pair()) takes u from the differences instead, in a scalar pass over its row;
 //   grad_tile   backward only: G += W * rows of the panel, register-blocked over d.
 // Both sets are centred on the mean of x first (every kernel is translation invariant), which keeps the
 // dot-product form of |a - b|^2 from cancelling. Each task owns a block of kTile rows; its partial sums are
@@ -66,7 +67,7 @@ inline void vstore(T* p, const V& v) {
 // transposed rows), norms |row|^2 (np; computed from the same rounded values as the dot products).
 template <class T>
 struct Packed {
-  index_t n = 0, np = 0, dp = 0;
+  index_t n = 0, np = 0, d = 0, dp = 0;
   std::vector<T> rows, panels, norms;
   const T* row(index_t i) const { return rows.data() + i * dp; }
   const T* panel(index_t p) const { return panels.data() + p * dp * kTile; }
@@ -77,6 +78,7 @@ template <class T>
 void pack(const T* src, index_t n, index_t d, const double* center, T inv_scale, Packed<T>& out) {
   constexpr int W = VecOf<T>::W;
   out.n = n;
+  out.d = d;
   out.np = (n + kTile - 1) / kTile * kTile;
   out.dp = (d + W - 1) / W * W;
   const index_t dp = out.dp;
@@ -186,14 +188,32 @@ void grad_tile(const T* FV_R w, const T* FV_R rows, index_t dp, index_t jn, doub
   }
 }
 
-// u[j] = max(na + nb[j] - 2 D[j], 0): the squared distances of one row against a panel
+// u[j] = max(na + nb[j] - 2 D[j], 0): the squared distances of row a against a panel; near pairs (near_pair())
+// from the differences, sum_k (a_k - panel[k][j])^2 over the d coordinates: a second vectorised pass over the
+// panel (as long as the dot products') that only runs for a row that has one
 template <class T>
-void sq_dist_row(T na, const T* FV_R nb, const T* FV_R D, T* FV_R u) {
-#pragma omp simd
+void sq_dist_row(const T* FV_R a, T na, const T* FV_R panel, const T* FV_R nb, const T* FV_R D, index_t d,
+                 T* FV_R u) {
+  int near = 0;
+#pragma omp simd reduction(| : near)
   for (index_t j = 0; j < kTile; ++j) {
     const T v = na + nb[j] - T(2) * D[j];
     u[j] = v < T(0) ? T(0) : v;  // NaN stays NaN
+    near |= near_pair(v, na, nb[j]) ? 1 : 0;
   }
+  if (!near) return;
+  alignas(64) T s[kTile] = {};
+  for (index_t k = 0; k < d; ++k) {
+    const T ak = a[k];
+    const T* FV_R pk = panel + k * kTile;
+#pragma omp simd
+    for (index_t j = 0; j < kTile; ++j) {
+      const T t = ak - pk[j];
+      s[j] += t * t;
+    }
+  }
+#pragma omp simd
+  for (index_t j = 0; j < kTile; ++j) u[j] = near_pair(u[j], na, nb[j]) ? s[j] : u[j];
 }
 
 template <class T, DistKernel K>
@@ -281,7 +301,7 @@ double pair_sum(const Packed<T>& A, index_t ib, const Packed<T>& Bs, index_t jb0
     for (index_t i0 = ib * kTile; i0 < i_end; i0 += kRg) {
       dot_tile(A.row(i0), panel, A.dp, D);
       for (int r = 0; r < kRg && i0 + r < i_end; ++r) {
-        sq_dist_row(A.norms[i0 + r], nb, D + r * kTile, u);
+        sq_dist_row(A.row(i0 + r), A.norms[i0 + r], panel, nb, D + r * kTile, A.d, u);
         const index_t dj = diag && jb == ib ? i0 + r - j0 : -1;
         for (int h = 0; h < nbw; ++h) {
           T s = kernel_sum<T, K>(u, params[h], jn);
@@ -314,7 +334,7 @@ void grad_sums(const Packed<T>& A, index_t ib, const Packed<T>& Bs, const T* par
       dot_tile(A.row(i0), panel, A.dp, D);
       std::fill(w, w + kRg * kTile, T(0));
       for (int r = 0; r < kRg && i0 + r < i_end; ++r) {
-        sq_dist_row(A.norms[i0 + r], nb, D + r * kTile, u);
+        sq_dist_row(A.row(i0 + r), A.norms[i0 + r], panel, nb, D + r * kTile, A.d, u);
         pair_weights<T, K>(u, params, nbw, coef, w + r * kTile, jn);
         const index_t dj = diag ? i0 + r - j0 : -1;
         if (dj >= 0 && dj < jn) w[r * kTile + dj] = 0;
@@ -648,7 +668,7 @@ void sw_grad_row(const T* FV_R x, const int32_t* FV_R permx, const T* FV_R t, T*
     const T s1 = static_cast<T>(scale);
     for (index_t i = 0; i < N; ++i) {
       const T xi = x[permx[i]];
-      gsorted[i] = xi > t[i] ? s1 : (xi < t[i] ? -s1 : T(0));
+      gsorted[i] = xi > t[i] ? s1 : (xi < t[i] ? -s1 : (xi - t[i]) * T(0));  // 0 when equal, NaN stays NaN
     }
   } else {
     for (index_t i = 0; i < N; ++i)

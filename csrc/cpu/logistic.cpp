@@ -133,17 +133,12 @@ void lse_soa(T* a, index_t K, index_t n, T* FV_R mx, T* FV_R s) {
   for (index_t k = 0; k < K; ++k) exp_acc(a + k * kPix, mx, s, n);
 }
 
-// sum over pixels of lse(logits) - lse(logits + log P): s1 >= 1 (the largest logit's term), s2 = 0 when every
-// component's mass underflowed (then the pixel's loss is +inf)
+// sum over pixels of lse(logits) - lse(logits + log P) (mixture_nll)
 template <class T>
 T mix_nll_sum(const T* FV_R mx1, const T* FV_R s1, const T* FV_R mx2, const T* FV_R s2, index_t n) {
   T acc = 0;
 #pragma omp simd reduction(+ : acc)
-  for (index_t t = 0; t < n; ++t) {
-    const T l2 = mx2[t] + lg_log(s2[t] > T(0) ? s2[t] : T(1));
-    const T nll = mx1[t] + lg_log(s1[t]) - l2;
-    acc += s2[t] > T(0) ? nll : std::numeric_limits<T>::infinity();
-  }
+  for (index_t t = 0; t < n; ++t) acc += mixture_nll(mx1[t], s1[t], mx2[t], s2[t]);
   return acc;
 }
 
@@ -164,7 +159,7 @@ void mix_grad_row(const T* FV_R gv, T* FV_R e1, const T* FV_R e2, const T* FV_R 
 template <class T>
 void inverse(const T* FV_R s, T* FV_R is, index_t n) {
 #pragma omp simd
-  for (index_t t = 0; t < n; ++t) is[t] = s[t] > T(0) ? T(1) / s[t] : T(0);
+  for (index_t t = 0; t < n; ++t) is[t] = inverse_or_zero(s[t]);
 }
 
 // The buffers of one task: six K x kPix arrays and six of kPix.

@@ -9,7 +9,8 @@
 //   forward  one block of 256 threads per 64 x 64 tile of pairs (upper triangles for x-x and y-y, all of x-y),
 //            grid (tiles, B). Each thread holds a 4 x 4 block of dot products in registers; the two 64 x 32
 //            operand slices are staged in shared memory, centred on the mean of x (every kernel is translation
-//            invariant, and centring keeps |a|^2 + |b|^2 - 2 a.b from cancelling). Every bandwidth's kernel is
+//            invariant, and centring keeps |a|^2 + |b|^2 - 2 a.b from cancelling; a near pair, near_pair(), takes
+//            |a - b|^2 from the differences in global memory instead). Every bandwidth's kernel is
 //            applied in registers (compensated sums); the tile's sum goes to a per-tile double partial (no
 //            atomics), and `mmd_finish` adds the partials of a batch in a fixed order: bitwise reproducible.
 //            Reads 2 * 64 * d elements per tile: ~ d / 32 FLOP per byte on the dot products alone.
@@ -192,6 +193,20 @@ __device__ __forceinline__ void tile_dots(const T* __restrict__ a, index_t na, i
   }
 }
 
+// |a - b|^2 of two rows from their differences, centred and scaled as stage_slice() rounds them: the distance of
+// a near pair (near_pair(), distance_math.h), which the dot-product form cannot resolve. Rare, so a plain loop.
+template <class T>
+__device__ T sq_dist_direct(const T* __restrict__ a, const T* __restrict__ b, index_t d, const T* __restrict__ c,
+                            T inv) {
+  T s = 0;
+  for (index_t k = 0; k < d; ++k) {
+    const T ck = c ? c[k] : T(0);
+    const T t = (a[k] - ck) * inv - (b[k] - ck) * inv;
+    s += t * t;
+  }
+  return s;
+}
+
 // Kahan-Babuska (Neumaier) summation in T: the error of a sum of n terms is ~2 eps of the sum of their magnitudes
 // plus O(n eps^2), not O(n eps), at 4 extra additions per term (no double adds: slow on most GPUs). No fast-math:
 // the compensation must not be reassociated away.
@@ -273,6 +288,7 @@ __global__ void __launch_bounds__(kThreads) mmd_tiles_kernel(Dev<T> p, double* _
       if (gi >= nA || gj >= nB || (same && gi == gj)) continue;
       T u = na[gi] + nb[gj] - T(2) * acc[i][j];
       u = u < T(0) ? T(0) : u;
+      if (near_pair(u, na[gi], nb[gj])) u = sq_dist_direct(A + gi * p.d, Bp + gj * p.d, p.d, c, inv);
       for (int h = 0; h < p.n_bw; ++h) s.add(PairKernel<K>::value(u, params[h]));
     }
   }
@@ -395,6 +411,7 @@ __global__ void __launch_bounds__(kThreads) mmd_grad_kernel(Dev<T> p, GradRole r
           if (gi < nA && gj < nB && !(set == 0 && gi == gj)) {
             T u = nAv[gi] + nBv[gj] - T(2) * acc[i][j];
             u = u < T(0) ? T(0) : u;
+            if (near_pair(u, nAv[gi], nBv[gj])) u = sq_dist_direct(A + gi * p.d, Bset + gj * p.d, p.d, c, inv);
             Compensated<T> wk;  // the pair's weight summed over the bandwidths, rounded once
             for (int h = 0; h < p.n_bw; ++h) wk.add(PairKernel<K>::dk_du(u, params[h]));
             w = static_cast<T>(coef * wk.value());

@@ -66,7 +66,7 @@ __device__ T pixel_nll(T xv, const S* lg, const S* m, const S* ls, index_t K, co
   if (!lg) return -logistic_logp<T, false>(xv, to_acc(m[0]), to_acc(ls[0]), g, nullptr, nullptr);
   T mx1, s1, mx2, s2;
   pixel_lse(xv, lg, m, ls, K, g, mx1, s1, mx2, s2);
-  return s2 > T(0) ? (mx1 + lg_log(s1)) - (mx2 + lg_log(s2)) : mx_inf<T>();
+  return mixture_nll(mx1, s1, mx2, s2);
 }
 
 // ---- forward ------------------------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ __global__ void __launch_bounds__(kThreads)
     const index_t o = j * K;
     T mx1 = 0, s1 = 1, mx2 = 0, s2 = 1;
     if (lg) pixel_lse(xv, lg + o, m + o, ls + o, K, g, mx1, s1, mx2, s2);
-    const T is1 = T(1) / s1, is2 = s2 > T(0) ? T(1) / s2 : T(0);
+    const T is1 = T(1) / s1, is2 = inverse_or_zero(s2);
     for (index_t k = 0; k < K; ++k) {
       T dm, dls;
       const T lp = logistic_logp<T, true>(xv, to_acc(m[o + k]), to_acc(ls[o + k]), g, &dm, &dls);

@@ -3,7 +3,9 @@
 //
 // Every kernel is a function of u = |x - y|^2, computed by the callers from dot products
 // (u = |x|^2 + |y|^2 - 2 x.y) and clamped at 0 (`u < 0 ? 0 : u`, which lets a NaN through), so that cancellation
-// never gives a negative distance.
+// never gives a negative distance. That form carries an absolute error of a few eps (|x|^2 + |y|^2): for pairs
+// closer than near_pair() says, the callers take u from the differences instead, sum_k (x_k - y_k)^2, exact to a
+// few eps of u itself (the square root of the cancelled form made coincident points 1e-8 |x| apart in float64).
 // `p` is the per-bandwidth parameter from kernel_param_as(); value() is k(u) and dk_du() is dk/du, the
 // gradient weight: d k / d x = 2 dk_du(u) (x - y), set to 0 at u = 0 for every kernel (x = y: the gradient of
 // |x - y| there is 0, never NaN).
@@ -57,6 +59,14 @@ FV_HD double data_scale(double m) {
   return ldexp(1.0, e);
 }
 
+// Whether u from the dot-product form is too close to its rounding error (a few eps (na + nb)) to be used: below
+// 1/8 of na + nb the relative error of u would exceed ~8 (d + 2) eps, so such pairs (coincident and near-coincident
+// ones; rare among the pairs of spread-out points) are recomputed from the differences. NaN: false (stays NaN).
+template <class T>
+FV_HD bool near_pair(T u, T na, T nb) {
+  return u < T(0.125) * (na + nb);
+}
+
 FV_HD float fv_sqrt(float u) { return sqrtf(u); }
 FV_HD double fv_sqrt(double u) { return sqrt(u); }
 
@@ -95,7 +105,7 @@ struct PairKernel<DistKernel::Laplacian> {
   template <class T>
   FV_HD T dk_du(T u, T p) {
     const T r = fv_sqrt(u);
-    const T safe = r > T(0) ? r : T(1);
+    const T safe = r == T(0) ? T(1) : r;  // not r > 0 ? r : 1, which turned a NaN distance into 1
     const T w = T(-0.5) * p * fv_exp(-p * r) / safe;
     return r == T(0) ? T(0) : w;  // (a NaN distance stays NaN)
   }
@@ -109,7 +119,7 @@ struct PairKernel<DistKernel::Energy> {
   template <class T>
   FV_HD T dk_du(T u, T p) {
     const T r = fv_sqrt(u);
-    const T safe = r > T(0) ? r : T(1);
+    const T safe = r == T(0) ? T(1) : r;  // not r > 0 ? r : 1: a NaN distance stays NaN (its pair's weight)
     return r == T(0) ? T(0) : T(-0.5) * p / safe;
   }
 };
@@ -176,13 +186,13 @@ FV_HD double normal_order_target(index_t i, index_t n) {
   return normal_quantile((static_cast<double>(i) + 0.5) / static_cast<double>(n));
 }
 
-// d/dd |d|^p, p >= 1 (0 at d = 0 for p = 1: the subgradient of |d| there).
+// d/dd |d|^p, p >= 1 (0 at d = 0 for p = 1: the subgradient of |d| there; NaN for NaN: diff * 0).
 FV_HD double abs_pow_grad(double diff, double p) {
   const double a = diff < 0 ? -diff : diff;
-  const double s = diff > 0 ? 1.0 : (diff < 0 ? -1.0 : 0.0);
+  const double s = diff > 0 ? 1.0 : (diff < 0 ? -1.0 : diff * 0.0);
   if (p == 1.0) return s;
   if (p == 2.0) return 2.0 * diff;
-  return a > 0 ? s * p * pow(a, p - 1.0) : 0.0;
+  return a > 0 ? s * p * pow(a, p - 1.0) : diff * 0.0;
 }
 
 FV_HD double abs_pow(double diff, double p) {

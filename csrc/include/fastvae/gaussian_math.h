@@ -84,11 +84,13 @@ FV_HD void kl_term_grad(T g, T mu, T lv, T mp, T lp, T* d_mu, T* d_lv, T* d_mp, 
 }
 
 // -log N(x | m, e^lv) for one coordinate, 0.5 log(2 pi) included: ((x - m)^2 e^-lv + lv + log 2 pi) / 2, the
-// first term as s^2 with s = (x - m) e^(-lv/2) (0 for x == m, whatever lv).
+// first term as s^2 with s = (x - m) e^(-lv/2) (0 for x == m, whatever lv). Where s^2 overflows, lv is left out:
+// the term is +inf (lv = -inf with x != m was inf - inf = NaN).
 template <class T>
 FV_HD T gaussian_nll_term(T x, T m, T lv) {
   const T s = mul_q2(x - m, quarter_exp(-lv));
-  return T(0.5) * (s * s + lv + T(kLog2Pi));
+  const T s2 = s * s;
+  return T(0.5) * (s2 + (s2 < T(INFINITY) ? lv : T(0)) + T(kLog2Pi));
 }
 
 // g d gaussian_nll_term / d(m, lv) = g ((m - x) e^-lv, (1 - (x - m)^2 e^-lv) / 2), g the incoming gradient

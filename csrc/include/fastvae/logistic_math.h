@@ -97,4 +97,19 @@ FV_HD T logistic_logp(T x, T m, T ls, const LogisticGrid<T>& g, T* d_m, T* d_ls)
   return logp;
 }
 
+// -log of a mixture's mass from the two log-sum-exps over its K components, sum_k e^a_k = s e^mx: (mx1, s1) over
+// the logits, (mx2, s2) over logits + log P. s1 >= 1 (the largest logit's term); s2 = 0 when every component's
+// mass underflowed: +inf. NaN stays NaN (a select on s2 > 0 made a NaN pixel +inf).
+template <class T>
+FV_HD T mixture_nll(T mx1, T s1, T mx2, T s2) {
+  const T nll = (mx1 + lg_log(s1)) - (mx2 + lg_log(s2 == T(0) ? T(1) : s2));
+  return s2 == T(0) ? T(INFINITY) : nll;
+}
+
+// 1 / s of such a sum, 0 for s = 0 (no component has mass: no weight), NaN for NaN
+template <class T>
+FV_HD T inverse_or_zero(T s) {
+  return s == T(0) ? T(0) : T(1) / s;
+}
+
 }  // namespace fastvae

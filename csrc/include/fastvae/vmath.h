@@ -83,7 +83,8 @@ FV_HD float fv_log_reduced(float f, float fe) {
   return fv_fma(fe, 0.693359375f, f + y);
 }
 
-// log(x) for positive, normal, finite x (callers guarantee the domain).
+// log(x) for positive, normal x (callers guarantee the domain); NaN stays NaN and +inf gives +inf (the bit
+// arithmetic below would read them as finite numbers near 2^128: a NaN became log 2^128 = 88.7).
 FV_HD float fv_logf_pos(float x) {
   const int32_t ix = fv_float_to_bits(x);
   int32_t e = ((ix >> 23) & 0xff) - 127;
@@ -91,7 +92,8 @@ FV_HD float fv_logf_pos(float x) {
   const bool big = m > 1.41421356f;
   m = big ? 0.5f * m : m;
   e = big ? e + 1 : e;
-  return fv_log_reduced(m - 1.0f, static_cast<float>(e));  // m - 1 in [-0.293, 0.415]
+  const float out = fv_log_reduced(m - 1.0f, static_cast<float>(e));  // m - 1 in [-0.293, 0.415]
+  return x < INFINITY ? out : x;  // one compare (vectorises): false for NaN and +inf
 }
 
 // sin(pi x) and cos(pi x) for x in [-1, 1].
@@ -168,12 +170,14 @@ FV_HD double fv_exp_tail_series(double x) {
 
 // e^x - 1 - x without cancellation near 0 (the KL terms: e^(lv - lp) - 1 - (lv - lp) of two close variances),
 // and e^x - 1 (their gradients), given e = e^x (computed by the caller, or shared with another term); finite for
-// every finite x whose value is (inf above ~88.7 / 709.8).
+// every finite x whose value is (inf above ~88.7 / 709.8), +inf at x = +-inf (where e overflowed, x is left
+// out: inf - inf was NaN), NaN for NaN.
 template <class T>
 FV_HD T fv_exp_m1_mx_given(T x, T e) {
   const bool small = (x < T(0) ? -x : x) < T(1);  // |x| < 1 in one compare (vectorises); NaN takes the exp branch
   const T series = x * x * fv_exp_tail_series(small ? x : T(0));
-  return small ? series : (e - T(1)) - x;
+  const T xs = e < T(INFINITY) ? x : T(0);
+  return small ? series : (e - T(1)) - xs;
 }
 
 template <class T>
