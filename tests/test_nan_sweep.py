@@ -177,7 +177,58 @@ def _logistic_bwd(dt):
     return [(n, [_t(*lead, 2, dtype=dt, seed=9), x, lg, m, ls, 8]) for n, x, lg, m, ls, lead in _logistic_variants(dt)]
 
 
+def _pos(*shape, dtype, seed):
+    return _t(*shape, dtype=dtype, seed=seed, scale=0.5).exp()
+
+
+def _dropin_nll(dt):
+    x, m = _t(3, 5, dtype=dt, seed=1), _t(3, 5, dtype=dt, seed=2)
+    out = []
+    for param, spread in ((0, _pos(3, 5, dtype=dt, seed=3)), (1, _pos(5, dtype=dt, seed=3)), (2, _t(3, 5, dtype=dt,
+                                                                                                   seed=3))):
+        out += [(f"param={param} row_len={r}", [x, m, spread, param, 1e-6 if param == 1 else 0.0, 0.9, -1.0, r])
+                for r in (1, 5)]
+    return out
+
+
+def _dropin_nll_bwd(dt):
+    return [(n, [_t(15 // a[-1], dtype=dt, seed=7), *a, [True] * 3]) for n, a in _dropin_nll(dt)]
+
+
+def _dropin_kl(dt):
+    return [(f"row_len={r}", [_t(3, 5, dtype=dt, seed=1), _pos(3, 5, dtype=dt, seed=2), _t(5, dtype=dt, seed=3),
+                              _pos(5, dtype=dt, seed=4), 1.0, r]) for r in (1, 15)]
+
+
+def _dropin_kl_bwd(dt):
+    return [(n, [_t(15 // a[-1], dtype=dt, seed=7), *a, [True] * 4]) for n, a in _dropin_kl(dt)]
+
+
+def _dropin_rsample(dt):
+    return [(f"k={k}", [_t(3, 5, dtype=dt, seed=1), _pos(3, 5, dtype=dt, seed=2), _seed(), k]) for k in (None, 2)]
+
+
+def _dropin_rsample_bwd(dt):
+    return [(f"k={k}", [_t(*([k] if k else []), 3, 5, dtype=dt, seed=3), _pos(3, 5, dtype=dt, seed=2), _seed(), k,
+                        [True, True]]) for k in (None, 2)]
+
+
+def _dropin_bce(dt):
+    y = torch.rand(3, 5, generator=_g(1), dtype=torch.float64).to(dt)
+    return [(f"{n} row_len={r}", [_t(3, 5, dtype=dt, seed=2), y, w, pw, 0.5, r])
+            for n, w, pw in (("plain", None, None), ("weights", _pos(3, 5, dtype=dt, seed=3), _pos(5, dtype=dt, seed=4)))
+            for r in (1, 5)]
+
+
+def _dropin_bce_bwd(dt):
+    return [(n, [_t(15 // a[-1], dtype=dt, seed=7), *a, [True, True]]) for n, a in _dropin_bce(dt)]
+
+
 CASES = {
+    "dropin_normal_nll": _dropin_nll, "dropin_normal_nll_backward": _dropin_nll_bwd,
+    "dropin_normal_kl": _dropin_kl, "dropin_normal_kl_backward": _dropin_kl_bwd,
+    "dropin_normal_rsample": _dropin_rsample, "dropin_normal_rsample_backward": _dropin_rsample_bwd,
+    "dropin_bce_with_logits": _dropin_bce, "dropin_bce_with_logits_backward": _dropin_bce_bwd,
     "reparameterize": _reparam, "reparameterize_backward": _reparam_bwd,
     "reparameterize_kl": _reparam_kl, "reparameterize_kl_backward": _reparam_kl_bwd,
     "reparameterize_tril": _tril, "reparameterize_tril_backward": _tril_bwd,
@@ -307,7 +358,7 @@ def _public_cases(dt):
     L = fastvae
     return {
         "gaussian_nll": (lambda x, m, lv: L.gaussian_nll(x, m, lv, reduction="none"), [f(3, 5), f(3, 5), f(3, 5)]),
-        "bernoulli_nll": (lambda l, x: L.bernoulli_nll(l, x, reduction="none"),
+        "bernoulli_nll": (lambda l, x: L.bernoulli_nll(x, l, reduction="none"),
                           [f(3, 5), torch.rand(3, 5, generator=g).to(dt)]),
         "kl_normal": (lambda m, lv, mp, lp: L.kl_normal(m, lv, mp, lp, reduction="none"),
                       [f(3, 5), f(3, 5), f(3, 5), f(3, 5)]),

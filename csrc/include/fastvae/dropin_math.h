@@ -93,7 +93,8 @@ FV_HD void nll_var_grad(T g, T x, T m, T v, T floor, T* dx, T* dm, T* dv) {
 template <class T>
 FV_HD T nll_logvar_term(T x, T m, T lv, T c) {
   const T s = mul_q2(x - m, quarter_exp(-lv));
-  return T(0.5) * (s * s + lv) + c;
+  const T s2 = s * s;  // inf for lv = -inf and x != m: the term is +inf (not inf + lv = inf - inf)
+  return T(0.5) * (s2 + (s2 < T(INFINITY) ? lv : T(0))) + c;
 }
 
 template <class T>
@@ -127,7 +128,8 @@ FV_HD void kl_normal_scale_grad(T g, T lp, T sp, T lq, T sq, T* dlp, T* dsp, T* 
   const T gu = mul0(g, u) / sq;
   *dlp = gu;
   *dlq = -gu;
-  *dsp = mul0(g, em1) / sp;
+  // (r^2 - 1) / sp = r / sq - 1 / sp: where r^2 overflowed (sp = +-inf) its limit r / sq, not inf / inf
+  *dsp = em1 < T(INFINITY) ? mul0(g, em1) / sp : mul0(g, r / sq);
   *dsq = -mul0(g, em1 + u * u) / sq;
 }
 
