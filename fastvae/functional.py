@@ -22,11 +22,11 @@ import torch
 
 from . import _checks
 from ._composites import routed
-from ._custom_ops import LIB, compute_dtype, create_graph, draw_seed, fused_backward, not_differentiable, ops
+from ._custom_ops import LIB, compute_dtype, create_graph, direct, draw_seed, fused_backward, not_differentiable, ops
 from ._transforms import fused_call_ok, plain
 
 _REDUCTION = {"none": 0, "sum": 1, "mean": 2}  # the ops' reduction argument
-_Tensor = torch.Tensor
+_PLAIN = frozenset((torch.Tensor, torch.nn.Parameter))  # tensors without a __torch_function__ or dispatch of their own
 
 
 def _compute_dtype(device, *tensors):
@@ -56,7 +56,8 @@ def _spread(grad, shape, reduction):
 
 # ---- the fast path -----------------------------------------------------------------------------------------------
 # A call whose operands the op takes as they are (plain tensors of one dtype its kernels take, no layout to make)
-# goes straight to the registered op, whose C++ checks are then the only ones (the binding makes them anyway). When
+# goes straight to the op (`direct`: the registered op and its autograd formula, without the round trip through
+# torch's Python autograd kernel), whose C++ checks are then the only ones (the binding makes them anyway). When
 # the op refuses the call, the public function's own checks run and raise their error (the messages name the
 # argument as they always did); everything else (other dtypes, broadcast operands, tensor subclasses, meta and fake
 # tensors, torch.compile, torch.func transforms) takes the checked path below each fast path.
@@ -64,11 +65,11 @@ _FAILED = (RuntimeError, ValueError, TypeError)
 
 
 def _fast(a, b):
-    """Whether a and b (the two main operands) can go to the op as they are: plain torch.Tensors (not a subclass:
-    no fake, functional or Parameter wrapper), one dtype the kernels take on their device, neither a meta tensor
-    (whose op has no checks) nor empty (refused by the public functions, computed by the ops), and no
+    """Whether a and b (the two main operands) can go to the op as they are: plain torch.Tensors or Parameters (not
+    another subclass: no fake or functional tensor), one dtype the kernels take on their device, neither a meta
+    tensor (whose op has no checks) nor empty (refused by the public functions, computed by the ops), and no
     torch.compile trace or torch.func transform active (fused_call_ok)."""
-    if not fused_call_ok() or type(a) is not _Tensor or type(b) is not _Tensor:
+    if not fused_call_ok() or type(a) not in _PLAIN or type(b) not in _PLAIN:
         return False
     dt = a.dtype
     if dt is not b.dtype or a.is_meta or b.is_meta or a.numel() == 0 or b.numel() == 0:
@@ -79,11 +80,12 @@ def _fast(a, b):
 _16BIT = (torch.float16, torch.bfloat16)
 
 
-def _fast_operand(p, dtype, full, feature):
+def _fast_operand(p, dtype, main):
     """Whether the secondary operand p (a log-variance or a prior parameter) can go to the op as it is: None, or a
-    plain tensor of the main operands' dtype with their shape (`full`) or the feature shape (`feature`)."""
-    return p is None or (type(p) is _Tensor and p.dtype is dtype and not p.is_meta and
-                         (p.shape == full or p.shape == feature))
+    plain tensor of the main operands' dtype with their shape or fewer dims (the op takes any p that broadcasts over
+    the feature dims, and refuses the rest: then the checked path below lays p out or words the refusal)."""
+    return p is None or (type(p) in _PLAIN and p.dtype is dtype and not p.is_meta and
+                         (p.dim() < main.dim() or p.shape == main.shape or p.shape[0] == 1))
 
 
 def _fast_seed(t):
@@ -161,7 +163,7 @@ def reparameterize(mu, logvar, *, n_samples=None, generator=None):
     Shape mu.shape, or (n_samples, *mu.shape) with n_samples (k samples per input, mu is not copied)."""
     if generator is None and (n_samples is None or type(n_samples) is int) and _fast(mu, logvar):
         try:
-            return ops.reparameterize(mu, logvar, _fast_seed(mu), n_samples)
+            return _reparameterize(mu, logvar, _fast_seed(mu), n_samples)
         except _FAILED:
             pass  # the checks below say why
     _checks.tensor(mu, "mu")
@@ -209,6 +211,7 @@ def _reparam_backward(ctx, grad_z):
 
 
 torch.library.register_autograd(LIB + "reparameterize", _reparam_backward, setup_context=_reparam_setup)
+_reparameterize = direct(ops.reparameterize, _reparam_setup, _reparam_backward)
 not_differentiable("reparameterize_backward", "fastvae.reparameterize")
 
 
@@ -224,7 +227,7 @@ def reparameterize_kl(mu, logvar, *, generator=None):
     KL(N(mu, exp(logvar)) || N(0, I)), shape (B,)."""
     if generator is None and _fast(mu, logvar):
         try:
-            return ops.reparameterize_kl(mu, logvar, _fast_seed(mu))
+            return _reparameterize_kl(mu, logvar, _fast_seed(mu))
         except _FAILED:
             pass  # the checks below say why
     _checks.tensor(mu, "mu", min_dim=1)
@@ -271,6 +274,7 @@ def _reparam_kl_backward(ctx, grad_z, grad_kl):
 
 
 torch.library.register_autograd(LIB + "reparameterize_kl", _reparam_kl_backward, setup_context=_reparam_kl_setup)
+_reparameterize_kl = direct(ops.reparameterize_kl, _reparam_kl_setup, _reparam_kl_backward)
 not_differentiable("reparameterize_kl_backward", "fastvae.reparameterize_kl")
 
 
@@ -357,9 +361,9 @@ def gaussian_nll(x, mean, logvar=None, *, reduction="mean"):
     learned variance) or a tensor broadcastable over the trailing (feature) dims of x. mean may carry a leading
     sample dim (k, *x.shape)."""
     r = _REDUCTION.get(reduction) if type(reduction) is str else None
-    if r is not None and _fast(x, mean) and _fast_operand(logvar, x.dtype, mean.shape, x.shape[1:]):
+    if r is not None and _fast(x, mean) and _fast_operand(logvar, x.dtype, mean):
         try:
-            return ops.gaussian_nll(x, mean, logvar, r)
+            return _gaussian_nll(x, mean, logvar, r)
         except _FAILED:
             pass  # the checks below say why
     r = _REDUCTION[_checks.reduction(reduction)]
@@ -416,6 +420,7 @@ def _gnll_backward(ctx, grad):
 
 
 torch.library.register_autograd(LIB + "gaussian_nll", _gnll_backward, setup_context=_gnll_setup)
+_gaussian_nll = direct(ops.gaussian_nll, _gnll_setup, _gnll_backward)
 not_differentiable("gaussian_nll_backward", "fastvae.gaussian_nll")
 
 
@@ -432,7 +437,7 @@ def bernoulli_nll(x, logits, *, reduction="mean", validate_args=True):
     r = _REDUCTION.get(reduction) if type(reduction) is str else None
     if r is not None and type(validate_args) is bool and _fast(x, logits):
         try:  # the op checks x in [0, 1] (validate_x); refused, the checks below tell the old order from bad data
-            return ops.bernoulli_nll(logits, x, r, validate_args)
+            return _bernoulli_nll(logits, x, r, validate_args)
         except _FAILED:
             pass
     r = _REDUCTION[_checks.reduction(reduction)]
@@ -503,6 +508,7 @@ def _bnll_backward(ctx, grad):
 
 
 torch.library.register_autograd(LIB + "bernoulli_nll", _bnll_backward, setup_context=_bnll_setup)
+_bernoulli_nll = direct(ops.bernoulli_nll, _bnll_setup, _bnll_backward)
 not_differentiable("bernoulli_nll_backward", "fastvae.bernoulli_nll")
 
 
@@ -514,10 +520,9 @@ def kl_normal(mu, logvar, mu_prior=None, logvar_prior=None, *, reduction="mean")
     broadcasts over the trailing (feature) dims (a learned prior)."""
     r = _REDUCTION.get(reduction) if type(reduction) is str else None
     if r is not None and _fast(mu, logvar) and (mu_prior is None and logvar_prior is None or (
-            _fast_operand(mu_prior, mu.dtype, mu.shape, mu.shape[1:]) and
-            _fast_operand(logvar_prior, mu.dtype, mu.shape, mu.shape[1:]))):
+            _fast_operand(mu_prior, mu.dtype, mu) and _fast_operand(logvar_prior, mu.dtype, mu))):
         try:
-            return ops.kl_normal(mu, logvar, mu_prior, logvar_prior, r)
+            return _kl_normal(mu, logvar, mu_prior, logvar_prior, r)
         except _FAILED:
             pass  # the checks below say why
     r = _REDUCTION[_checks.reduction(reduction)]
@@ -577,4 +582,5 @@ def _kl_grads(grad, mu, logvar, mp, lp):
 
 
 torch.library.register_autograd(LIB + "kl_normal", _kl_backward, setup_context=_kl_setup)
+_kl_normal = direct(ops.kl_normal, _kl_setup, _kl_backward)
 not_differentiable("kl_normal_backward", "fastvae.kl_normal")
