@@ -59,7 +59,7 @@ def _cases(device, dtype, grad):
     xs, ys = t(2, 1), t(2, 1)
     seed = torch.zeros(1, dtype=torch.int64, device=device)
     lg_means, lg_scales, lg_logits = t(1, 1, 2), t(1, 1, 2), t(1, 1, 2)
-    xb = (torch.rand(1, 1) * 2 - 1).to(device=device, dtype=dtype)
+    xb = (torch.randint(0, 256, (1, 1)) * 2 / 255 - 1).to(device=device, dtype=dtype)  # on the 8-bit grid
 
     def eager_z(m, v):
         return m + torch.exp(0.5 * v) * torch.randn_like(m)
