@@ -59,7 +59,35 @@ def test_a_reduced_float32_loss_is_float32_and_summed_in_double():
     assert abs(got.double() - want) <= torch.finfo(torch.float32).eps * abs(want)  # one rounding of the mean
 
 
+@pytest.mark.parametrize("shape", [(), (1,), (1, 5), (1, 1, 5)])
+def test_a_broadcast_per_feature_operand_is_expanded_by_the_op_and_its_gradient_summed_back(shape):
+    x, m = f64(3, 5), f64(3, 5, seed=1).requires_grad_()
+    lv = f64(*shape, seed=2).requires_grad_()
+    full = lv.detach().reshape(-1)[:1].expand(5).clone() if lv.numel() == 1 else lv.detach().reshape(5).clone()
+    full.requires_grad_()
+    got = ops.gaussian_nll(x, m, lv, MEAN)
+    want = ops.gaussian_nll(x, m, full, MEAN)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    (g_lv,) = torch.autograd.grad(got, [lv])
+    (g_full,) = torch.autograd.grad(want, [full])
+    assert g_lv.shape == lv.shape
+    torch.testing.assert_close(g_lv, g_full.sum_to_size(5).reshape(shape) if lv.numel() == 5 else
+                               g_full.sum().reshape(shape), rtol=1e-14, atol=1e-15)
+    mu, lvq = f64(3, 5, seed=3).requires_grad_(), f64(3, 5, seed=4)
+    assert torch.autograd.gradcheck(lambda a, b: ops.kl_normal(mu, lvq, a, b, SUM), (lv, lv.detach().clone()
+                                                                                        .requires_grad_()))
+
+
+def test_an_operand_that_broadcasts_only_over_the_batch_is_refused_by_the_op():
+    x = torch.rand(3, 5)
+    with pytest.raises(ValueError, match=r"fastvae.gaussian_nll: logvar must have shape \[3, 5\] or broadcast over"):
+        ops.gaussian_nll(x, x, torch.zeros(3, 1))
+
+
 OPCHECK_REDUCED = [
+    ("gaussian_nll", lambda: (f64(3, 5), f64(3, 5, seed=1).requires_grad_(), f64(seed=2).requires_grad_(), SUM)),
+    ("kl_normal", lambda: (f64(3, 4).requires_grad_(), f64(3, 4, seed=1), f64(1, 4, seed=2).requires_grad_(),
+                           f64(seed=3).requires_grad_(), 0)),
     ("gaussian_nll", lambda: (f64(3, 5), f64(3, 5, seed=1).requires_grad_(), f64(5, seed=2).requires_grad_(), MEAN)),
     ("gaussian_nll_backward", lambda: (f64(), f64(3, 5), f64(2, 3, 5, seed=1), None, True, False, SUM)),
     ("bernoulli_nll", lambda: (f64(2, 3, 5).requires_grad_(), torch.rand(3, 5, dtype=torch.float64), MEAN, True)),
@@ -123,6 +151,9 @@ def _pairs():
         ("kl_normal prior", lambda f: fastvae.kl_normal(f(mu), f(lv), f(mp), f(lp), reduction="sum")),
         ("gaussian_nll", lambda f: fastvae.gaussian_nll(f(x), f(m), f(lvd), reduction="none")),
         ("gaussian_nll unit", lambda f: fastvae.gaussian_nll(f(x), f(m))),
+        ("gaussian_nll 0-dim logvar", lambda f: fastvae.gaussian_nll(f(x), f(m), f(lvd[0]), reduction="sum")),
+        ("gaussian_nll (1, D) logvar", lambda f: fastvae.gaussian_nll(f(x), f(m), f(lvd[None]))),
+        ("kl_normal (1, d) prior", lambda f: fastvae.kl_normal(f(mu), f(lv), f(mp[None]), f(lp[:1]))),
         ("bernoulli_nll", lambda f: fastvae.bernoulli_nll(f(x), f(m), reduction="sum")),
         ("reparameterize", lambda f: fastvae.reparameterize(f(mu), f(lv), n_samples=2)),
         ("reparameterize_kl", lambda f: fastvae.reparameterize_kl(f(mu), f(lv))),
@@ -147,9 +178,10 @@ def test_a_refused_fast_call_gives_the_public_message_and_consumes_no_extra_seed
         fastvae.kl_normal(torch.randn(3, 4), torch.randn(3, 1))
     with pytest.raises(ValueError, match=r"^mean must have the shape of x"):
         fastvae.gaussian_nll(torch.randn(3, 4), torch.randn(3, 5))
-    # a broadcast operand the op does not take as it is runs through the checked path's layout
+    # an operand the op does not take as it is (one value per sample) runs through the checked path's layout
     x, m = torch.rand(3, 4), torch.randn(3, 4)
-    torch.testing.assert_close(fastvae.gaussian_nll(x, m, torch.zeros(1, 4)), fastvae.gaussian_nll(x, m, torch.zeros(4)))
+    lv = torch.randn(3, 1)
+    torch.testing.assert_close(fastvae.gaussian_nll(x, m, lv), fastvae.gaussian_nll(x, m, lv.expand(3, 4).clone()))
 
 
 def test_bernoulli_old_order_is_still_recognised_on_the_fast_path():

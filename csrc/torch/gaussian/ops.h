@@ -81,8 +81,21 @@ inline LikShape likelihood_shape(const char* op, const at::Tensor& x, const at::
   return s;
 }
 
+// The shape of a per-feature operand with its leading ones removed while it has more dims than the feature shape fs,
+// when it broadcasts over fs (a 0-dim tensor, (D,), (1, D), (1, W) against (H, W), ...); nullopt otherwise.
+inline std::optional<std::vector<int64_t>> over_features(at::IntArrayRef s, at::IntArrayRef fs) {
+  size_t lead = 0;
+  while (s.size() - lead > fs.size() && s[lead] == 1) ++lead;
+  s = s.slice(lead);
+  if (s.size() > fs.size()) return std::nullopt;
+  for (size_t i = 1; i <= s.size(); ++i)
+    if (s[s.size() - i] != 1 && s[s.size() - i] != fs[fs.size() - i]) return std::nullopt;
+  return std::vector<int64_t>(s.begin(), s.end());
+}
+
 // A secondary operand (log-variance, prior parameter) against a main operand of shape (rows, *F):
-// absent, F-shaped (per feature) or the main operand's shape (per element); on main's device, of its dtype.
+// absent, the main operand's shape (per element) or broadcasting over F (per feature: F itself, a 0-dim tensor, ...);
+// on main's device, of its dtype.
 inline Layout operand_layout(const char* op, const std::optional<at::Tensor>& p, const at::Tensor& main,
                              const char* main_name, int64_t feature_dims, const char* name) {
   if (!p.has_value()) return Layout::None;
@@ -90,9 +103,26 @@ inline Layout operand_layout(const char* op, const std::optional<at::Tensor>& p,
   check_like(op, main, main_name, t, name);
   if (t.sizes() == main.sizes()) return Layout::Full;
   const auto fs = main.sizes().slice(main.dim() - feature_dims);
-  TORCH_CHECK_VALUE(t.sizes() == fs, "fastvae.", op, ": ", name, " must have shape ", main.sizes(), " or ", fs,
-                    "; got ", t.sizes());
+  TORCH_CHECK_VALUE(over_features(t.sizes(), fs).has_value(), "fastvae.", op, ": ", name, " must have shape ",
+                    main.sizes(), " or broadcast over ", fs, "; got ", t.sizes());
   return Layout::PerFeature;
+}
+
+// The operand as the kernels read it: contiguous, a per-feature one expanded to the feature shape (a copy of F
+// values when it broadcasts).
+inline std::optional<at::Tensor> kernel_operand(const std::optional<at::Tensor>& p, Layout layout,
+                                                const at::Tensor& main, int64_t feature_dims) {
+  if (!p.has_value()) return std::nullopt;
+  const auto fs = main.sizes().slice(main.dim() - feature_dims);
+  if (layout != Layout::PerFeature || p->sizes() == fs) return p->contiguous();
+  return p->reshape(*over_features(p->sizes(), fs)).expand(fs).contiguous();
+}
+
+// The gradient of a broadcast per-feature operand from the gradient of its expansion to F: summed back to its shape.
+inline at::Tensor to_operand_shape(const at::Tensor& grad, const at::Tensor& operand) {
+  if (grad.sizes() == operand.sizes()) return grad;
+  const auto fs = grad.sizes();
+  return grad.sum_to_size(*over_features(operand.sizes(), fs)).reshape(operand.sizes()).contiguous();
 }
 
 // The other operands of an op must sit with its main operand; a missing check here is a host pointer read on
@@ -246,7 +276,7 @@ struct Ops {
     check_reduction("gaussian_nll", reduction);
     Guard g(mean_);
     const auto x = x_.contiguous(), mean = mean_.contiguous();
-    const auto lv = contiguous_opt(lv_);
+    const auto lv = kernel_operand(lv_, layout, mean, x.dim() - 1);
     auto out = at::empty(sh.out_shape, mean.options().dtype(compute_type(mean.scalar_type())));
     B::gaussian_nll_fwd(x, mean, lv, layout, out, sh);
     return reduce_rows(out, reduction);
@@ -264,13 +294,13 @@ struct Ops {
     Guard guard(mean_);
     const auto x = x_.contiguous(), mean = mean_.contiguous();
     const auto g = rows_grad(g_, sh.out_shape, reduction, compute_type(mean.scalar_type()));
-    const auto lv = contiguous_opt(lv_);
+    const auto lv = kernel_operand(lv_, layout, mean, x.dim() - 1);
     auto grad_mean = need_mean ? at::empty_like(mean) : at::empty({0}, mean.options());
     // with no rows a per-feature gradient is a sum over nothing: zeros, written here
     auto grad_lv = need_logvar && lv ? (sh.rows == 0 ? at::zeros_like(*lv) : at::empty_like(*lv))
                                      : at::empty({0}, mean.options());
     if (sh.rows > 0) B::gaussian_nll_bwd(g, x, mean, lv, layout, grad_mean, grad_lv, sh);
-    return {grad_mean, grad_lv};
+    return {grad_mean, need_logvar && lv ? to_operand_shape(grad_lv, *lv_) : grad_lv};
   }
 
   static LikShape check_bernoulli_nll(const char* op, const at::Tensor& logits, const at::Tensor& x) {
@@ -341,7 +371,7 @@ struct Ops {
     check_reduction("kl_normal", reduction);
     Guard g(mu_);
     const auto mu = mu_.contiguous(), lv = lv_.contiguous();
-    const auto mp = contiguous_opt(mp_), lp = contiguous_opt(lp_);
+    const auto mp = kernel_operand(mp_, lm, mu, mu.dim() - 1), lp = kernel_operand(lp_, ll, mu, mu.dim() - 1);
     auto out = at::empty({mu.size(0)}, mu.options().dtype(compute_type(mu.scalar_type())));
     B::kl_normal_fwd(mu, lv, mp, lm, lp, ll, out);
     return reduce_rows(out, reduction);
@@ -359,7 +389,7 @@ struct Ops {
     Guard guard(mu_);
     const auto mu = mu_.contiguous(), lv = lv_.contiguous();
     const auto g = rows_grad(g_, rows, reduction, compute_type(mu.scalar_type()));
-    const auto mp = contiguous_opt(mp_), lp = contiguous_opt(lp_);
+    const auto mp = kernel_operand(mp_, lm, mu, mu.dim() - 1), lp = kernel_operand(lp_, ll, mu, mu.dim() - 1);
     const bool no_rows = mu.size(0) == 0;
     // a fresh empty tensor per output not wanted: one shared tensor would make the outputs alias each other;
     // with no rows a per-feature prior gradient is a sum over nothing: zeros, written here
@@ -370,7 +400,8 @@ struct Ops {
     auto g_mp = mask[2] && mp ? like(*mp) : empty();
     auto g_lp = mask[3] && lp ? like(*lp) : empty();
     if (!no_rows) B::kl_normal_bwd(g, mu, lv, mp, lm, lp, ll, g_mu, g_lv, g_mp, g_lp);
-    return {g_mu, g_lv, g_mp, g_lp};
+    return {g_mu, g_lv, mask[2] && mp ? to_operand_shape(g_mp, *mp_) : g_mp,
+            mask[3] && lp ? to_operand_shape(g_lp, *lp_) : g_lp};
   }
 };
 
