@@ -8,8 +8,12 @@ it (Philox, counter = element index). Backward regenerates eps from the same see
 captured kernel). A CPU generator with CUDA tensors gives the same eps as on CPU.
 
 Reductions: "none" gives one value per sample (the sum over all dims but the first; (k, B) when the
-main operand has a leading sample dim), "sum" sums them, "mean" averages them. Losses of float16/bfloat16
-inputs are float32. On CPU, float16/bfloat16 inputs are computed in float32.
+main operand has a leading sample dim), "sum" sums them, "mean" averages them, inside the op (its reduction
+argument: 0, 1, 2), so that a reduced loss is one op and one autograd node. Losses of float16/bfloat16 inputs are
+float32. On CPU, float16/bfloat16 inputs are computed in float32.
+
+The fixed cost of a call (what decides at the batch sizes VAEs train at): a call whose operands the op takes as
+they are goes straight to it (see "the fast path" below); the rest takes the checked path, which lays them out.
 
 Each op's public function, fake (meta) implementation and autograd formula stand together: the fake
 implementations let torch.compile(fullgraph=True) trace the ops; the autograd formulas call the fused backward

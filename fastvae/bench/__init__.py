@@ -29,7 +29,7 @@ GROUPS = {
     "logistic": ["discretized_logistic_mixture_nll"],
     "e2e": ["vae_train_step", "vae_train_amp"],
     "dropin": ["td_vae_loss", "gaussian_nll_loss", "bce_with_logits"],
-    "overhead": ["call_overhead"],
+    "overhead": ["call_overhead", "vae_head_small"],
 }
 GROUPS["all"] = (GROUPS["gaussian"] + GROUPS["logistic"] + GROUPS["distances"] + GROUPS["dropin"] + GROUPS["e2e"] +
                  GROUPS["overhead"])
@@ -119,7 +119,7 @@ def _run(args, argv):
     from .e2e import vae_amp_op, vae_train_op
     from .ops import all_ops
     from .dropin import dropin_ops, speedup_targets as dropin_targets
-    from .overhead import overhead_rows, overhead_table
+    from .overhead import overhead_rows, overhead_table, small_batch_targets, small_head_op
     from .run import MODES, Runner
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -180,7 +180,7 @@ def _run(args, argv):
     _log(f"  copy {env['copy_gbps']:.1f} GB/s; matmul " +
          ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in env["matmul_gflops"].items()))
 
-    ops = {op.name: op for op in all_ops() + dropin_ops() + [vae_train_op(), vae_amp_op()]}
+    ops = {op.name: op for op in all_ops() + dropin_ops() + [vae_train_op(), vae_amp_op(), small_head_op()]}
     # --quick skips the providers that compile on first use (seconds each), unless --providers names them
     skip = args.quick and not providers
     runner = Runner(device, modes, args.quick, budget_s=args.budget, log=_log, skip_compiling=skip,
@@ -196,7 +196,7 @@ def _run(args, argv):
         if cuda:
             md2 += "\n\n" + targets.copy_bandwidth_fraction(rows)
         md5 = dropin_targets(rows)
-        md6 = overhead_table(rows)
+        md6 = small_batch_targets(rows) + "\n\n" + overhead_table(rows)
         md = report.markdown(rows, env, list(ops.values()),
                              targets_md=md2 + "\n\n" + md4 + "\n\n" + md3 + "\n\n" + md5 + "\n\n" + md6)
         report.write_csv(rows, os.path.join(out_dir, "results.csv"))

@@ -203,3 +203,63 @@ def overhead_table(rows):
                 [f"{v[p]:.1f}" if p in v else "" for p in ("eager", "torch")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ---- the small-batch workloads: the VAE head + likelihood, and the training step at batch 64 --------------------
+
+HEAD_LATENT, HEAD_D = 32, 784
+
+
+def _make_small_head(n, dtype, device, gen):
+    from .ops import _randn
+    return (_randn((n, HEAD_LATENT), dtype, device, gen, grad=True),
+            _randn((n, HEAD_LATENT), dtype, device, gen, grad=True, scale=0.5, shift=-1.0),
+            _randn((n, HEAD_D), dtype, device, gen, grad=True),
+            torch.rand((n, HEAD_D), generator=gen).to(device=device, dtype=dtype))
+
+
+def _small_head(ns):
+    def head(mu, logvar, mean, x):
+        z, kl = ns.reparameterize_kl(mu, logvar)
+        return (ns.gaussian_nll(x, mean, reduction="none") + kl).mean() + z.mean()
+    return head
+
+
+def small_head_op():
+    from .ops import Op, _compile
+    return Op(
+        "vae_head_small", "elementwise", [64, 128, 256], [64], _make_small_head,
+        {"fastvae": lambda: _small_head(fastvae), "eager": lambda: _small_head(reference),
+         "compile": lambda: _compile(_small_head(reference))},
+        lambda n: f"{n}x{HEAD_LATENT} head, {n}x{HEAD_D} data",
+        budget_scale=4.0,
+        doc=f"a VAE step's loss at the batch sizes VAEs train at: z, kl = reparameterize_kl(mu, logvar) on "
+            f"(B, {HEAD_LATENT}); loss = (gaussian_nll(x, mean) + kl).mean() + z.mean() with x, mean (B, {HEAD_D}) "
+            f"(z joins the loss so that its backward runs); the fixed cost of the calls decides here")
+
+
+def small_batch_targets(rows):
+    """Issue 25's targets: vae_head_small at B 64 forward + backward >= 2x eager; the training step at batch 64
+    faster than eager (and not slower than pythae's) in float32 and under bf16 autocast."""
+    from .targets import _ratio, _row, _t
+    lines = ["### Target: small batches (batch 64, float32 data; forward + backward)", "",
+             "vae_head_small >= 2x eager; vae_train_step and vae_train_amp (float32 and bf16 autocast) faster than "
+             "eager and not slower than pythae.", "", "| workload | fastvae | eager | vs eager | pythae | vs pythae |",
+             "|---|---|---|---|---|---|"]
+    any_row = False
+    for op, suffix, goal in (("vae_head_small", "", 2.0), ("vae_train_step", "", 1.0), ("vae_train_amp", "", 1.0),
+                             ("vae_train_amp", "-bf16", 1.0)):
+        f, e, p = (_row(rows, op, prov + suffix, 64) for prov in ("fastvae", "eager", "pythae"))
+        if f is None and e is None:
+            continue
+        any_row = True
+
+        def verdict(base, g):
+            x = _ratio(base, f)
+            met = x is not None and (x >= g if g > 1 else x > g)  # ">= 2x", or "faster"
+            return "n/a" if x is None else f"{x:.2f}x ({'meets' if met else 'misses'})"
+        lines.append(f"| {op}{suffix or ''} | {_t(f)} | {_t(e)} | {verdict(e, goal)} | {_t(p) if p else 'n/a'} | "
+                     f"{verdict(p, 1.0) if p and p.get('p50_ms') else 'n/a'} |")
+    if not any_row:
+        return "### Target: small batches: not run (vae_head_small, vae_train_step, vae_train_amp at 64)"
+    return "\n".join(lines)
