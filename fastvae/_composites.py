@@ -62,17 +62,21 @@ def reparameterize_tril(mu, scale_tril, seed, n_samples):
     return z.to(mu.dtype), log_q
 
 
-def gaussian_nll(x, mean, logvar):
-    return reference.gaussian_nll(*_up(x, mean, logvar), reduction="none")
+_REDUCTIONS = ("none", "sum", "mean")  # the ops' reduction argument 0, 1, 2
 
 
-def bernoulli_nll(logits, x):
+def gaussian_nll(x, mean, logvar, reduction=0):
+    return reference.gaussian_nll(*_up(x, mean, logvar), reduction=_REDUCTIONS[reduction])
+
+
+def bernoulli_nll(logits, x, reduction=0, validate_x=False):
+    """(validate_x: the public function has checked x's values already, through plain())"""
     lg, xx = _up(logits, x)
-    return reference.bernoulli_nll(logits=lg, x=xx, reduction="none")
+    return reference.bernoulli_nll(logits=lg, x=xx, reduction=_REDUCTIONS[reduction])
 
 
-def kl_normal(mu, logvar, mu_prior, logvar_prior):
-    return reference.kl_normal(*_up(mu, logvar, mu_prior, logvar_prior), reduction="none")
+def kl_normal(mu, logvar, mu_prior, logvar_prior, reduction=0):
+    return reference.kl_normal(*_up(mu, logvar, mu_prior, logvar_prior), reduction=_REDUCTIONS[reduction])
 
 
 def mmd(x, y, seed, kernel, bandwidth, unbiased):

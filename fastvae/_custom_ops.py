@@ -62,6 +62,40 @@ def fused_backward(op, *args):
         return op(*args)
 
 
+_below_autograd = torch._C._AutoDispatchBelowAutograd
+_any_requires_grad = torch._C._any_requires_grad
+
+
+def direct(op, setup_context, backward):
+    """The registered op `op` with its autograd formula (the `setup_context` and `backward` given to
+    register_autograd), for the public functions' fast path in eager mode: the same values, graph and backward,
+    without the dispatcher's round trip through torch's Python autograd kernel of a custom op (which wraps every
+    call, with or without grad, in a Python function that redispatches to the op). Without grad the op runs below
+    the autograd key at once; with grad a torch.autograd.Function made of the same two formulas records it.
+    Not for torch.compile or torch.func transforms (the public functions call the registered op there)."""
+    class Fused(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *args):
+            with _below_autograd():
+                out = op(*args)
+            setup_context(ctx, args, out)
+            return out
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
+    Fused.__name__ = Fused.__qualname__ = f"{getattr(op, '__name__', 'op')}_direct"
+    apply = Fused.apply
+
+    def call(*args):
+        if torch.is_grad_enabled() and _any_requires_grad(*args):
+            return apply(*args)
+        with _below_autograd():
+            return op(*args)
+    return call
+
+
 def not_differentiable(backward_op, public, *, double_backward=True):
     """Registers for the fused backward op an autograd formula that raises, naming the public function `public`:
     differentiating the op would otherwise give torch's warning and a silent None. double_backward: whether

@@ -48,6 +48,15 @@ def active():
     return _fw._current_level >= 0 or _level() is not None
 
 
+_compiling = torch.compiler.is_compiling
+
+
+def fused_call_ok():
+    """Whether a public function may call its fused op straight away (its fast path): no torch.func transform or
+    forward-AD level is active and torch.compile is not tracing (the traced path keeps the Python checks)."""
+    return _fw._current_level < 0 and _level() is None and not _compiling()
+
+
 def transform_name():
     """The innermost active transform, in words, for error messages."""
     if _level() is not None:

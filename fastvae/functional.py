@@ -8,21 +8,29 @@ it (Philox, counter = element index). Backward regenerates eps from the same see
 captured kernel). A CPU generator with CUDA tensors gives the same eps as on CPU.
 
 Reductions: "none" gives one value per sample (the sum over all dims but the first; (k, B) when the
-main operand has a leading sample dim), "sum" sums them, "mean" averages them. Losses of float16/bfloat16
-inputs are float32. On CPU, float16/bfloat16 inputs are computed in float32.
+main operand has a leading sample dim), "sum" sums them, "mean" averages them, inside the op (its reduction
+argument: 0, 1, 2), so that a reduced loss is one op and one autograd node. Losses of float16/bfloat16 inputs are
+float32. On CPU, float16/bfloat16 inputs are computed in float32.
+
+The fixed cost of a call (what decides at the batch sizes VAEs train at): a call whose operands the op takes as
+they are goes straight to it (see "the fast path" below); the rest takes the checked path, which lays them out.
 
 Each op's public function, fake (meta) implementation and autograd formula stand together: the fake
 implementations let torch.compile(fullgraph=True) trace the ops; the autograd formulas call the fused backward
 ops, which regenerate eps from the saved seed instead of storing it (double backward: see _custom_ops.py).
 """
+import math
 import warnings
 
 import torch
 
 from . import _checks
 from ._composites import routed
-from ._custom_ops import LIB, compute_dtype, create_graph, draw_seed, fused_backward, not_differentiable, ops
-from ._transforms import plain
+from ._custom_ops import LIB, compute_dtype, create_graph, direct, draw_seed, fused_backward, not_differentiable, ops
+from ._transforms import fused_call_ok, plain
+
+_REDUCTION = {"none": 0, "sum": 1, "mean": 2}  # the ops' reduction argument
+_PLAIN = frozenset((torch.Tensor, torch.nn.Parameter))  # tensors without a __torch_function__ or dispatch of their own
 
 
 def _compute_dtype(device, *tensors):
@@ -35,9 +43,58 @@ def _cast(t, dtype):
 
 
 def _reduce(per_sample, reduction):
+    """(for the ops without a reduction argument: fastvae/logistic.py)"""
     if reduction == "none":
         return per_sample
     return per_sample.sum() if reduction == "sum" else per_sample.mean()
+
+
+def _spread(grad, shape, reduction):
+    """The per-sample gradient (shape `shape`) of a loss reduced by the op (0 none, 1 sum, 2 mean): the
+    differentiable backward formulas take it per sample."""
+    if reduction == 0:
+        return grad
+    g = grad.expand(shape)
+    return g / math.prod(shape) if reduction == 2 else g
+
+
+# ---- the fast path -----------------------------------------------------------------------------------------------
+# A call whose operands the op takes as they are (plain tensors of one dtype its kernels take, no layout to make)
+# goes straight to the op (`direct`: the registered op and its autograd formula, without the round trip through
+# torch's Python autograd kernel), whose C++ checks are then the only ones (the binding makes them anyway). When
+# the op refuses the call, the public function's own checks run and raise their error (the messages name the
+# argument as they always did); everything else (other dtypes, broadcast operands, tensor subclasses, meta and fake
+# tensors, torch.compile, torch.func transforms) takes the checked path below each fast path.
+_FAILED = (RuntimeError, ValueError, TypeError)
+
+
+def _fast(a, b):
+    """Whether a and b (the two main operands) can go to the op as they are: plain torch.Tensors or Parameters (not
+    another subclass: no fake or functional tensor), one dtype the kernels take on their device, neither a meta
+    tensor (whose op has no checks) nor empty (refused by the public functions, computed by the ops), and no
+    torch.compile trace or torch.func transform active (fused_call_ok)."""
+    if not fused_call_ok() or type(a) not in _PLAIN or type(b) not in _PLAIN:
+        return False
+    dt = a.dtype
+    if dt is not b.dtype or a.is_meta or b.is_meta or a.numel() == 0 or b.numel() == 0:
+        return False
+    return dt is torch.float32 or dt is torch.float64 or (a.is_cuda and dt in _16BIT)
+
+
+_16BIT = (torch.float16, torch.bfloat16)
+
+
+def _fast_operand(p, dtype, main):
+    """Whether the secondary operand p (a log-variance or a prior parameter) can go to the op as it is: None, or a
+    plain tensor of the main operands' dtype with their shape or fewer dims (the op takes any p that broadcasts over
+    the feature dims, and refuses the rest: then the checked path below lays p out or words the refusal)."""
+    return p is None or (type(p) in _PLAIN and p.dtype is dtype and not p.is_meta and
+                         (p.dim() < main.dim() or p.shape == main.shape or p.shape[0] == 1))
+
+
+def _fast_seed(t):
+    """The seed of a random op for a call on the fast path (draw_seed with generator None)."""
+    return torch.randint(0, 2**62, (1,), device=t.device, dtype=torch.int64)
 
 
 def _feature_operand(p, name, main, feature_shape):
@@ -108,6 +165,11 @@ def reparameterize(mu, logvar, *, n_samples=None, generator=None):
     """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) drawn inside the kernel.
 
     Shape mu.shape, or (n_samples, *mu.shape) with n_samples (k samples per input, mu is not copied)."""
+    if generator is None and (n_samples is None or type(n_samples) is int) and _fast(mu, logvar):
+        try:
+            return _reparameterize(mu, logvar, _fast_seed(mu), n_samples)
+        except _FAILED:
+            pass  # the checks below say why
     _checks.tensor(mu, "mu")
     _checks.tensor(logvar, "logvar")
     _checks.same_device(mu, "mu", logvar, "logvar")
@@ -153,6 +215,7 @@ def _reparam_backward(ctx, grad_z):
 
 
 torch.library.register_autograd(LIB + "reparameterize", _reparam_backward, setup_context=_reparam_setup)
+_reparameterize = direct(ops.reparameterize, _reparam_setup, _reparam_backward)
 not_differentiable("reparameterize_backward", "fastvae.reparameterize")
 
 
@@ -166,6 +229,11 @@ def _(seed, start, n):
 def reparameterize_kl(mu, logvar, *, generator=None):
     """The fused VAE head: (z, kl) with z as reparameterize draws it for the same seed and kl the per-sample
     KL(N(mu, exp(logvar)) || N(0, I)), shape (B,)."""
+    if generator is None and _fast(mu, logvar):
+        try:
+            return _reparameterize_kl(mu, logvar, _fast_seed(mu))
+        except _FAILED:
+            pass  # the checks below say why
     _checks.tensor(mu, "mu", min_dim=1)
     _checks.tensor(logvar, "logvar")
     _checks.same_device(mu, "mu", logvar, "logvar")
@@ -210,6 +278,7 @@ def _reparam_kl_backward(ctx, grad_z, grad_kl):
 
 
 torch.library.register_autograd(LIB + "reparameterize_kl", _reparam_kl_backward, setup_context=_reparam_kl_setup)
+_reparameterize_kl = direct(ops.reparameterize_kl, _reparam_kl_setup, _reparam_kl_backward)
 not_differentiable("reparameterize_kl_backward", "fastvae.reparameterize_kl")
 
 
@@ -295,32 +364,41 @@ def gaussian_nll(x, mean, logvar=None, *, reduction="mean"):
     logvar: None (unit variance), a tensor of mean's shape (a decoder variance network), a 0-dim tensor (one
     learned variance) or a tensor broadcastable over the trailing (feature) dims of x. mean may carry a leading
     sample dim (k, *x.shape)."""
-    _checks.reduction(reduction)
+    r = _REDUCTION.get(reduction) if type(reduction) is str else None
+    if r is not None and _fast(x, mean) and _fast_operand(logvar, x.dtype, mean):
+        try:
+            return _gaussian_nll(x, mean, logvar, r)
+        except _FAILED:
+            pass  # the checks below say why
+    r = _REDUCTION[_checks.reduction(reduction)]
     _likelihood_operands(x, mean, "mean")
     lv = _feature_operand(logvar, "logvar", mean, x.shape[1:])
     dt = _compute_dtype(mean.device, x, mean, lv)
-    per_sample = routed.gaussian_nll(x.to(dt), mean.to(dt), _cast(lv, dt))
-    return _reduce(per_sample, reduction)
+    return routed.gaussian_nll(x.to(dt), mean.to(dt), _cast(lv, dt), r)
 
 
 def _per_sample_shape(x, main):
     return (main.shape[0], x.shape[0]) if main.dim() == x.dim() + 1 else (x.shape[0],)
 
 
+def _loss_shape(x, main, reduction):
+    return () if reduction else _per_sample_shape(x, main)
+
+
 @torch.library.register_fake(LIB + "gaussian_nll")
-def _(x, mean, logvar):
-    return mean.new_empty(_per_sample_shape(x, mean), dtype=_acc(mean.dtype))
+def _(x, mean, logvar, reduction=0):
+    return mean.new_empty(_loss_shape(x, mean, reduction), dtype=_acc(mean.dtype))
 
 
 @torch.library.register_fake(LIB + "gaussian_nll_backward")
-def _(grad, x, mean, logvar, need_mean, need_logvar):
+def _(grad, x, mean, logvar, need_mean, need_logvar, reduction=0):
     gm = mean.new_empty(mean.shape) if need_mean else _empty(mean)
     gl = logvar.new_empty(logvar.shape) if need_logvar and logvar is not None else _empty(mean)
     return gm, gl
 
 
 def _gnll_setup(ctx, inputs, output):
-    x, mean, logvar = inputs
+    x, mean, logvar, ctx.reduction = inputs
     ctx.save_for_backward(x, mean, logvar)
 
 
@@ -328,7 +406,7 @@ def _gnll_backward(ctx, grad):
     x, mean, logvar = ctx.saved_tensors
     need_x, need_mean, need_lv = ctx.needs_input_grad[:3]
     if create_graph():  # per element ((x - mean)^2 exp(-logvar) + logvar + log 2 pi) / 2
-        g = _rows(grad, mean)
+        g = _rows(_spread(grad, _per_sample_shape(x, mean), ctx.reduction), mean)
         diff = mean - x
         inv_var = 1.0 if logvar is None else torch.exp(-logvar)
         grad_mean = g * diff * inv_var
@@ -336,16 +414,17 @@ def _gnll_backward(ctx, grad):
         if need_lv and logvar is not None:  # summed over the rows (and samples) of a per-feature logvar
             grad_lv = (0.5 * g * (1 - diff * diff * inv_var)).sum_to_size(logvar.shape).to(logvar.dtype)
         grad_x = -grad_mean.sum_to_size(x.shape).to(x.dtype) if need_x else None
-        return grad_x, (grad_mean.to(mean.dtype) if need_mean else None), grad_lv
+        return grad_x, (grad_mean.to(mean.dtype) if need_mean else None), grad_lv, None
     grad_mean, grad_lv = fused_backward(ops.gaussian_nll_backward, grad, x, mean, logvar, need_mean or need_x,
-                                         need_lv and logvar is not None)
+                                         need_lv and logvar is not None, ctx.reduction)
     grad_x = None
     if need_x:  # d/dx = -d/dmean, summed over a leading sample dim
         grad_x = -(grad_mean.sum(0) if mean.dim() == x.dim() + 1 else grad_mean)
-    return grad_x, (grad_mean if need_mean else None), (grad_lv if need_lv and logvar is not None else None)
+    return grad_x, (grad_mean if need_mean else None), (grad_lv if need_lv and logvar is not None else None), None
 
 
 torch.library.register_autograd(LIB + "gaussian_nll", _gnll_backward, setup_context=_gnll_setup)
+_gaussian_nll = direct(ops.gaussian_nll, _gnll_setup, _gnll_backward)
 not_differentiable("gaussian_nll_backward", "fastvae.gaussian_nll")
 
 
@@ -359,7 +438,13 @@ def bernoulli_nll(x, logits, *, reduction="mean", validate_args=True):
     validate_args (default True) checks that x lies in [0, 1] (one read of x): a call in the order of fastvae 0.1,
     bernoulli_nll(logits, x), is recognised (the first operand outside [0, 1], the second inside it), answered with
     a FutureWarning and run as meant; any other x outside [0, 1] is refused. validate_args=False skips the check."""
-    _checks.reduction(reduction)
+    r = _REDUCTION.get(reduction) if type(reduction) is str else None
+    if r is not None and type(validate_args) is bool and _fast(x, logits):
+        try:  # the op checks x in [0, 1] (validate_x); refused, the checks below tell the old order from bad data
+            return _bernoulli_nll(logits, x, r, validate_args)
+        except _FAILED:
+            pass
+    r = _REDUCTION[_checks.reduction(reduction)]
     x_range = None
     if _checks.flag(validate_args, "validate_args"):
         x, logits, x_range = _bernoulli_order(x, logits)
@@ -368,8 +453,7 @@ def bernoulli_nll(x, logits, *, reduction="mean", validate_args=True):
         raise ValueError(f"fastvae.bernoulli_nll: x must lie in [0, 1] (binary data or probabilities); got values in "
                          f"[{x_range[0]:g}, {x_range[1]:g}]. The arguments are (x, logits): the data first")
     dt = _compute_dtype(logits.device, x, logits)
-    per_sample = routed.bernoulli_nll(logits.to(dt), x.to(dt))
-    return _reduce(per_sample, reduction)
+    return routed.bernoulli_nll(logits.to(dt), x.to(dt), r, False)
 
 
 def _in_unit_interval(t):
@@ -398,35 +482,37 @@ def _bernoulli_order(x, logits):
 
 
 @torch.library.register_fake(LIB + "bernoulli_nll")
-def _(logits, x):
-    return logits.new_empty(_per_sample_shape(x, logits), dtype=_acc(logits.dtype))
+def _(logits, x, reduction=0, validate_x=False):
+    return logits.new_empty(_loss_shape(x, logits, reduction), dtype=_acc(logits.dtype))
 
 
 @torch.library.register_fake(LIB + "bernoulli_nll_backward")
-def _(grad, logits, x):
+def _(grad, logits, x, reduction=0):
     return logits.new_empty(logits.shape)
 
 
 def _bnll_setup(ctx, inputs, output):
-    logits, x = inputs
+    logits, x, ctx.reduction, _ = inputs
     ctx.save_for_backward(logits, x)
 
 
 def _bnll_backward(ctx, grad):
     logits, x = ctx.saved_tensors
     need_logits, need_x = ctx.needs_input_grad[:2]
-    g = _rows(grad.to(logits.dtype), logits)
-    grad_logits = None
+    grad_logits = g = None
+    if need_x or create_graph():
+        g = _rows(_spread(grad, _per_sample_shape(x, logits), ctx.reduction).to(logits.dtype), logits)
     if need_logits and create_graph():  # d/dlogits = grad * (sigmoid(logits) - x)
         grad_logits = g * (torch.sigmoid(logits) - x)
     elif need_logits:
-        grad_logits = fused_backward(ops.bernoulli_nll_backward, grad, logits, x)
+        grad_logits = fused_backward(ops.bernoulli_nll_backward, grad, logits, x, ctx.reduction)
     # d/dx = -grad * logits (x enters linearly), summed over a leading sample dim
     grad_x = -(g * logits).sum_to_size(x.shape) if need_x else None
-    return grad_logits, grad_x
+    return grad_logits, grad_x, None, None
 
 
 torch.library.register_autograd(LIB + "bernoulli_nll", _bnll_backward, setup_context=_bnll_setup)
+_bernoulli_nll = direct(ops.bernoulli_nll, _bnll_setup, _bnll_backward)
 not_differentiable("bernoulli_nll_backward", "fastvae.bernoulli_nll")
 
 
@@ -436,7 +522,14 @@ def kl_normal(mu, logvar, mu_prior=None, logvar_prior=None, *, reduction="mean")
     """Closed-form KL(N(mu, exp(logvar)) || N(mu_prior, exp(logvar_prior))) summed over all dims but the first.
     A prior operand left None is 0 (the standard normal when both are None); given, it has mu's shape or
     broadcasts over the trailing (feature) dims (a learned prior)."""
-    _checks.reduction(reduction)
+    r = _REDUCTION.get(reduction) if type(reduction) is str else None
+    if r is not None and _fast(mu, logvar) and (mu_prior is None and logvar_prior is None or (
+            _fast_operand(mu_prior, mu.dtype, mu) and _fast_operand(logvar_prior, mu.dtype, mu))):
+        try:
+            return _kl_normal(mu, logvar, mu_prior, logvar_prior, r)
+        except _FAILED:
+            pass  # the checks below say why
+    r = _REDUCTION[_checks.reduction(reduction)]
     _checks.tensor(mu, "mu", min_dim=1)
     _checks.tensor(logvar, "logvar")
     _checks.same_device(mu, "mu", logvar, "logvar")
@@ -445,17 +538,16 @@ def kl_normal(mu, logvar, mu_prior=None, logvar_prior=None, *, reduction="mean")
     mp = _feature_operand(mu_prior, "mu_prior", mu, mu.shape[1:])
     lp = _feature_operand(logvar_prior, "logvar_prior", mu, mu.shape[1:])
     dt = _compute_dtype(mu.device, mu, logvar, mp, lp)
-    per_sample = routed.kl_normal(mu.to(dt), logvar.to(dt), _cast(mp, dt), _cast(lp, dt))
-    return _reduce(per_sample, reduction)
+    return routed.kl_normal(mu.to(dt), logvar.to(dt), _cast(mp, dt), _cast(lp, dt), r)
 
 
 @torch.library.register_fake(LIB + "kl_normal")
-def _(mu, logvar, mu_prior, logvar_prior):
-    return mu.new_empty((mu.shape[0],), dtype=_acc(mu.dtype))
+def _(mu, logvar, mu_prior, logvar_prior, reduction=0):
+    return mu.new_empty(() if reduction else (mu.shape[0],), dtype=_acc(mu.dtype))
 
 
 @torch.library.register_fake(LIB + "kl_normal_backward")
-def _(grad, mu, logvar, mu_prior, logvar_prior, output_mask):
+def _(grad, mu, logvar, mu_prior, logvar_prior, output_mask, reduction=0):
     def like(t, need):
         return t.new_empty(t.shape) if need and t is not None else _empty(mu)
     return like(mu, output_mask[0]), like(logvar, output_mask[1]), like(mu_prior, output_mask[2]), \
@@ -463,7 +555,8 @@ def _(grad, mu, logvar, mu_prior, logvar_prior, output_mask):
 
 
 def _kl_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(*inputs[:4])
+    ctx.reduction = inputs[4]
 
 
 def _kl_backward(ctx, grad):
@@ -472,10 +565,10 @@ def _kl_backward(ctx, grad):
     mask[2] = mask[2] and mp is not None
     mask[3] = mask[3] and lp is not None
     if create_graph():
-        grads = _kl_grads(grad, mu, logvar, mp, lp)
+        grads = _kl_grads(_spread(grad, (mu.shape[0],), ctx.reduction), mu, logvar, mp, lp)
     else:
-        grads = fused_backward(ops.kl_normal_backward, grad, mu, logvar, mp, lp, mask)
-    return tuple(g if m else None for g, m in zip(grads, mask))
+        grads = fused_backward(ops.kl_normal_backward, grad, mu, logvar, mp, lp, mask, ctx.reduction)
+    return (*(g if m else None for g, m in zip(grads, mask)), None)
 
 
 def _kl_grads(grad, mu, logvar, mp, lp):
@@ -493,4 +586,5 @@ def _kl_grads(grad, mu, logvar, mp, lp):
 
 
 torch.library.register_autograd(LIB + "kl_normal", _kl_backward, setup_context=_kl_setup)
+_kl_normal = direct(ops.kl_normal, _kl_setup, _kl_backward)
 not_differentiable("kl_normal_backward", "fastvae.kl_normal")

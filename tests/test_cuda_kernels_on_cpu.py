@@ -478,7 +478,7 @@ def test_bernoulli_nll(driver, tmp_path, order, rows, D, x_rows, offset, dtype):
           {"grad": (grad.to(dtype), "elem", 1)}, **params)
     if dtype == torch.float64 and order == "forward" and rows < 1000:
         l_ = logits.clone().requires_grad_()
-        ref = reference.bernoulli_nll(l_, x, reduction="none")
+        ref = reference.bernoulli_nll(x, l_, reduction="none")
         close(got["out"], ref, rtol=1e-12, atol=1e-12 * D, what="nll vs reference")
 
 

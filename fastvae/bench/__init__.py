@@ -29,15 +29,17 @@ GROUPS = {
     "logistic": ["discretized_logistic_mixture_nll"],
     "e2e": ["vae_train_step", "vae_train_amp"],
     "dropin": ["td_vae_loss", "gaussian_nll_loss", "bce_with_logits"],
+    "overhead": ["call_overhead", "vae_head_small"],
 }
-GROUPS["all"] = GROUPS["gaussian"] + GROUPS["logistic"] + GROUPS["distances"] + GROUPS["dropin"] + GROUPS["e2e"]
+GROUPS["all"] = (GROUPS["gaussian"] + GROUPS["logistic"] + GROUPS["distances"] + GROUPS["dropin"] + GROUPS["e2e"] +
+                 GROUPS["overhead"])
 
 
 def _parser():
     p = argparse.ArgumentParser(prog="fastvae bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", default="all",
-                   help="comma list of ops or groups (gaussian, logistic, distances, dropin, e2e, all); ops: " + ", ".join(GROUPS["all"]))
+                   help="comma list of ops or groups (gaussian, logistic, distances, dropin, e2e, overhead, all); ops: " + ", ".join(GROUPS["all"]))
     p.add_argument("--sizes", default=None,
                    help="comma list of sizes for every selected op (batch rows for the Gaussian ops, N for the "
                         "distances, batch for vae_train_step); default: each op's own sweep")
@@ -117,6 +119,7 @@ def _run(args, argv):
     from .e2e import vae_amp_op, vae_train_op
     from .ops import all_ops
     from .dropin import dropin_ops, speedup_targets as dropin_targets
+    from .overhead import overhead_rows, overhead_table, small_batch_targets, small_head_op
     from .run import MODES, Runner
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -177,7 +180,7 @@ def _run(args, argv):
     _log(f"  copy {env['copy_gbps']:.1f} GB/s; matmul " +
          ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in env["matmul_gflops"].items()))
 
-    ops = {op.name: op for op in all_ops() + dropin_ops() + [vae_train_op(), vae_amp_op()]}
+    ops = {op.name: op for op in all_ops() + dropin_ops() + [vae_train_op(), vae_amp_op(), small_head_op()]}
     # --quick skips the providers that compile on first use (seconds each), unless --providers names them
     skip = args.quick and not providers
     runner = Runner(device, modes, args.quick, budget_s=args.budget, log=_log, skip_compiling=skip,
@@ -193,8 +196,9 @@ def _run(args, argv):
         if cuda:
             md2 += "\n\n" + targets.copy_bandwidth_fraction(rows)
         md5 = dropin_targets(rows)
+        md6 = small_batch_targets(rows) + "\n\n" + overhead_table(rows)
         md = report.markdown(rows, env, list(ops.values()),
-                             targets_md=md2 + "\n\n" + md4 + "\n\n" + md3 + "\n\n" + md5)
+                             targets_md=md2 + "\n\n" + md4 + "\n\n" + md3 + "\n\n" + md5 + "\n\n" + md6)
         report.write_csv(rows, os.path.join(out_dir, "results.csv"))
         with open(os.path.join(out_dir, "results.md"), "w") as f:
             f.write(md + "\n")
@@ -204,6 +208,14 @@ def _run(args, argv):
 
     rows = []
     for name in wanted:
+        if name == "call_overhead":  # the fixed cost of a call: 1x1 inputs, every public op (bench/overhead.py)
+            _log(f"{name}: 1x1 inputs, every public op")
+            t_op = time.perf_counter()
+            for dt in dtypes:
+                rows += overhead_rows(device, dt, quick=args.quick, log=_log)
+            _log(f"{name}: {time.perf_counter() - t_op:.1f} s")
+            write(rows)
+            continue
         op = ops[name]
         op_sizes = sizes or (op.quick_sizes if args.quick else op.cuda_sizes if cuda else op.sizes)
         if args.time_limit is not None and time.perf_counter() - t_run > args.time_limit:

@@ -48,7 +48,7 @@ def make(n, dtype, device, gen):
 
 def vae_train_op():
     return Op(
-        "vae_train_step", "e2e", [64, 256, 1024], [64], make,
+        "vae_train_step", "e2e", [64, 128, 256, 1024], [64, 128, 256], make,
         {
             "fastvae": lambda device, dtype: _model("fastvae", device, dtype),
             "eager": lambda device, dtype: _model("reference", device, dtype),
@@ -77,7 +77,8 @@ def vae_amp_op():
                                                                             likelihood="bernoulli", amp=a)
         providers["pythae" + suffix] = lambda device, dtype, a=amp: _pythae(device, dtype, amp=a)
     return Op(
-        "vae_train_amp", "e2e", [64, 256, 1024, 4096], [64], make_binary, providers, lambda n: f"batch {n}",
+        "vae_train_amp", "e2e", [64, 128, 256, 1024, 4096], [64, 128, 256], make_binary, providers,
+        lambda n: f"batch {n}",
         cuda_sizes=[64, 256, 1024, 4096],
         doc=f"fastvae.VAE({INPUT_DIM}, {LATENT_DIM}, likelihood='bernoulli'), hidden 512, 256 (SiLU), on binary "
             "data; one step = forward, loss, backward, Adam step, in float32 and under bf16 autocast ('-bf16'); "

@@ -12,7 +12,8 @@ FIELDS = ["op", "provider", "mode", "dtype", "size", "shape", "device", "status"
 def derive(rows, env):
     """Adds GB/s and % of copy bandwidth, GFLOP/s and % of matmul rate, speed-ups vs eager and vs compile, and
     the run's context columns to every row (in place)."""
-    by_key = {(r["op"], r["provider"], r["mode"], r["dtype"], r["size"], r["device"]): r for r in rows}
+    # (the shape too: the call-overhead rows are all of size 1, one shape per public op)
+    by_key = {(r["op"], r["provider"], r["mode"], r["dtype"], r["size"], r.get("shape"), r["device"]): r for r in rows}
     for r in rows:
         r.update(timestamp=env["timestamp"], git_commit=env["git_commit"], torch=env["torch"],
                  machine=env["machine"], mem_method=env["mem_method"])
@@ -29,7 +30,7 @@ def derive(rows, env):
             if rate:
                 r["pct_matmul"] = 100 * r["gflops"] / rate
         for base in ("eager", "compile"):
-            b = by_key.get((r["op"], base, r["mode"], r["dtype"], r["size"], r["device"]))
+            b = by_key.get((r["op"], base, r["mode"], r["dtype"], r["size"], r.get("shape"), r["device"]))
             if b is not None and b.get("p50_ms"):
                 r[f"speedup_vs_{base}"] = b["p50_ms"] / p50
     return rows
@@ -134,7 +135,8 @@ def plots(rows, out_dir, ops):
     import matplotlib.pyplot as plt
 
     paths = []
-    for op_name in _ordered({r["op"] for r in rows}, [op.name for op in ops]):
+    # (no plot for the call-overhead rows: one size, a table says it all)
+    for op_name in _ordered({r["op"] for r in rows} - {"call_overhead"}, [op.name for op in ops]):
         ok = [r for r in rows if r["op"] == op_name and r.get("p50_ms") is not None]
         modes = [m for m in ("full", "forward", "backward") if any(r["mode"] == m for r in ok)]
         fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))

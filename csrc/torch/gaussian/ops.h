@@ -12,6 +12,53 @@ inline std::vector<int64_t> sampled_shape(const at::Tensor& t, std::optional<int
   return s;
 }
 
+// The reduction of a loss op over its per-sample values ((B,) or (k, B)): 0 "none", 1 "sum", 2 "mean" (the public
+// functions' reduction, done here so that "mean" is not a second op after the kernel).
+enum Reduction : int64_t { kNone = 0, kSum = 1, kMean = 2 };
+
+inline void check_reduction(const char* op, int64_t r) {
+  TORCH_CHECK_VALUE(r >= kNone && r <= kMean, "fastvae.", op, ": reduction must be 0 (none), 1 (sum) or 2 (mean); ",
+                    "got ", r);
+}
+
+// The reduced loss: out itself for "none", else a 0-dim tensor of out's dtype. On the CPU a loop over the B (or k B)
+// values in double (no second op); on another device ATen's sum / mean.
+inline at::Tensor reduce_rows(const at::Tensor& out, int64_t r) {
+  if (r == kNone) return out;
+  if (!out.is_cpu()) return r == kSum ? out.sum() : out.mean();
+  const int64_t n = out.numel();
+  double acc = 0.0;
+  if (out.scalar_type() == at::kDouble) {
+    const double* p = out.data_ptr<double>();
+    for (int64_t i = 0; i < n; ++i) acc += p[i];
+  } else {
+    const float* p = out.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) acc += p[i];
+  }
+  if (r == kMean) acc = n > 0 ? acc / static_cast<double>(n) : std::numeric_limits<double>::quiet_NaN();
+  return at::scalar_tensor(acc, out.options());
+}
+
+// The shape of the incoming gradient of a loss op's backward: the per-sample shape, or () when reduced.
+inline std::vector<int64_t> grad_shape(const std::vector<int64_t>& per_sample, int64_t r) {
+  return r == kNone ? per_sample : std::vector<int64_t>{};
+}
+
+// The per-sample gradient (contiguous, in the accumulation dtype acc) from the incoming one: itself for "none",
+// else the 0-dim gradient spread over the samples (divided by their number for "mean").
+inline at::Tensor rows_grad(const at::Tensor& g, const std::vector<int64_t>& per_sample, int64_t r,
+                            at::ScalarType acc) {
+  if (r == kNone) return g.contiguous().to(acc);
+  int64_t n = 1;
+  for (auto s : per_sample) n *= s;
+  if (!g.is_cpu()) {
+    auto v = g.to(acc);
+    return (r == kMean ? v / static_cast<double>(std::max<int64_t>(n, 1)) : v).expand(per_sample).contiguous();
+  }
+  const double v = g.item<double>() / (r == kMean ? static_cast<double>(std::max<int64_t>(n, 1)) : 1.0);
+  return at::full(per_sample, v, g.options().dtype(acc));
+}
+
 // Likelihood shapes: x (B, *F); the main operand (mean or logits) is x's shape or (k, B, *F).
 struct LikShape {
   int64_t rows, D, x_rows;
@@ -34,8 +81,21 @@ inline LikShape likelihood_shape(const char* op, const at::Tensor& x, const at::
   return s;
 }
 
+// The shape of a per-feature operand with its leading ones removed while it has more dims than the feature shape fs,
+// when it broadcasts over fs (a 0-dim tensor, (D,), (1, D), (1, W) against (H, W), ...); nullopt otherwise.
+inline std::optional<std::vector<int64_t>> over_features(at::IntArrayRef s, at::IntArrayRef fs) {
+  size_t lead = 0;
+  while (s.size() - lead > fs.size() && s[lead] == 1) ++lead;
+  s = s.slice(lead);
+  if (s.size() > fs.size()) return std::nullopt;
+  for (size_t i = 1; i <= s.size(); ++i)
+    if (s[s.size() - i] != 1 && s[s.size() - i] != fs[fs.size() - i]) return std::nullopt;
+  return std::vector<int64_t>(s.begin(), s.end());
+}
+
 // A secondary operand (log-variance, prior parameter) against a main operand of shape (rows, *F):
-// absent, F-shaped (per feature) or the main operand's shape (per element); on main's device, of its dtype.
+// absent, the main operand's shape (per element) or broadcasting over F (per feature: F itself, a 0-dim tensor, ...);
+// on main's device, of its dtype.
 inline Layout operand_layout(const char* op, const std::optional<at::Tensor>& p, const at::Tensor& main,
                              const char* main_name, int64_t feature_dims, const char* name) {
   if (!p.has_value()) return Layout::None;
@@ -43,9 +103,26 @@ inline Layout operand_layout(const char* op, const std::optional<at::Tensor>& p,
   check_like(op, main, main_name, t, name);
   if (t.sizes() == main.sizes()) return Layout::Full;
   const auto fs = main.sizes().slice(main.dim() - feature_dims);
-  TORCH_CHECK_VALUE(t.sizes() == fs, "fastvae.", op, ": ", name, " must have shape ", main.sizes(), " or ", fs,
-                    "; got ", t.sizes());
+  TORCH_CHECK_VALUE(over_features(t.sizes(), fs).has_value(), "fastvae.", op, ": ", name, " must have shape ",
+                    main.sizes(), " or broadcast over ", fs, "; got ", t.sizes());
   return Layout::PerFeature;
+}
+
+// The operand as the kernels read it: contiguous, a per-feature one expanded to the feature shape (a copy of F
+// values when it broadcasts).
+inline std::optional<at::Tensor> kernel_operand(const std::optional<at::Tensor>& p, Layout layout,
+                                                const at::Tensor& main, int64_t feature_dims) {
+  if (!p.has_value()) return std::nullopt;
+  const auto fs = main.sizes().slice(main.dim() - feature_dims);
+  if (layout != Layout::PerFeature || p->sizes() == fs) return p->contiguous();
+  return p->reshape(*over_features(p->sizes(), fs)).expand(fs).contiguous();
+}
+
+// The gradient of a broadcast per-feature operand from the gradient of its expansion to F: summed back to its shape.
+inline at::Tensor to_operand_shape(const at::Tensor& grad, const at::Tensor& operand) {
+  if (grad.sizes() == operand.sizes()) return grad;
+  const auto fs = grad.sizes();
+  return grad.sum_to_size(*over_features(operand.sizes(), fs)).reshape(operand.sizes()).contiguous();
 }
 
 // The other operands of an op must sit with its main operand; a missing check here is a host pointer read on
@@ -192,35 +269,38 @@ struct Ops {
     return sh;
   }
 
-  static at::Tensor gaussian_nll(const at::Tensor& x_, const at::Tensor& mean_, const std::optional<at::Tensor>& lv_) {
+  static at::Tensor gaussian_nll(const at::Tensor& x_, const at::Tensor& mean_, const std::optional<at::Tensor>& lv_,
+                                 int64_t reduction) {
     Layout layout;
     const auto sh = check_gaussian_nll("gaussian_nll", x_, mean_, lv_, &layout);
+    check_reduction("gaussian_nll", reduction);
     Guard g(mean_);
     const auto x = x_.contiguous(), mean = mean_.contiguous();
-    const auto lv = contiguous_opt(lv_);
+    const auto lv = kernel_operand(lv_, layout, mean, x.dim() - 1);
     auto out = at::empty(sh.out_shape, mean.options().dtype(compute_type(mean.scalar_type())));
     B::gaussian_nll_fwd(x, mean, lv, layout, out, sh);
-    return out;
+    return reduce_rows(out, reduction);
   }
 
   static std::tuple<at::Tensor, at::Tensor> gaussian_nll_backward(const at::Tensor& g_, const at::Tensor& x_,
                                                                   const at::Tensor& mean_,
                                                                   const std::optional<at::Tensor>& lv_, bool need_mean,
-                                                                  bool need_logvar) {
+                                                                  bool need_logvar, int64_t reduction) {
     constexpr const char* op = "gaussian_nll_backward";
     Layout layout;
     const auto sh = check_gaussian_nll(op, x_, mean_, lv_, &layout);
-    check_grad(op, g_, "grad", sh.out_shape, mean_, "mean");
+    check_reduction(op, reduction);
+    check_grad(op, g_, "grad", grad_shape(sh.out_shape, reduction), mean_, "mean");
     Guard guard(mean_);
     const auto x = x_.contiguous(), mean = mean_.contiguous();
-    const auto g = g_.contiguous().to(compute_type(mean.scalar_type()));
-    const auto lv = contiguous_opt(lv_);
+    const auto g = rows_grad(g_, sh.out_shape, reduction, compute_type(mean.scalar_type()));
+    const auto lv = kernel_operand(lv_, layout, mean, x.dim() - 1);
     auto grad_mean = need_mean ? at::empty_like(mean) : at::empty({0}, mean.options());
     // with no rows a per-feature gradient is a sum over nothing: zeros, written here
     auto grad_lv = need_logvar && lv ? (sh.rows == 0 ? at::zeros_like(*lv) : at::empty_like(*lv))
                                      : at::empty({0}, mean.options());
     if (sh.rows > 0) B::gaussian_nll_bwd(g, x, mean, lv, layout, grad_mean, grad_lv, sh);
-    return {grad_mean, grad_lv};
+    return {grad_mean, need_logvar && lv ? to_operand_shape(grad_lv, *lv_) : grad_lv};
   }
 
   static LikShape check_bernoulli_nll(const char* op, const at::Tensor& logits, const at::Tensor& x) {
@@ -229,22 +309,47 @@ struct Ops {
     return likelihood_shape(op, x, logits, "logits");
   }
 
-  static at::Tensor bernoulli_nll(const at::Tensor& logits_, const at::Tensor& x_) {
-    const auto sh = check_bernoulli_nll("bernoulli_nll", logits_, x_);
+  // x in [0, 1] (validate_x): a value outside it (NaN passes) is refused; one read of x, no copy. fastvae.bernoulli_nll
+  // then tells an x outside [0, 1] from a call in fastvae 0.1's argument order (its own message and warning).
+  static void check_unit_interval(const char* op, const at::Tensor& x) {
+    bool ok = true;
+    if (x.is_cpu()) {
+      const auto xc = x.contiguous();
+      const int64_t n = xc.numel();
+      auto scan = [&](const auto* p) {
+        for (int64_t i = 0; i < n; ++i) ok &= !(p[i] < 0) & !(p[i] > 1);
+      };
+      if (xc.scalar_type() == at::kDouble) scan(xc.data_ptr<double>());
+      else scan(xc.data_ptr<float>());
+    } else if (x.numel() > 0) {
+      const auto mm = at::aminmax(x);
+      ok = !(std::get<0>(mm).lt(0).logical_or(std::get<1>(mm).gt(1))).item<bool>();
+    }
+    TORCH_CHECK_VALUE(ok, "fastvae.", op, ": x must lie in [0, 1] (binary data or probabilities)");
+  }
+
+  static at::Tensor bernoulli_nll(const at::Tensor& logits_, const at::Tensor& x_, int64_t reduction,
+                                  bool validate_x) {
+    constexpr const char* op = "bernoulli_nll";
+    const auto sh = check_bernoulli_nll(op, logits_, x_);
+    check_reduction(op, reduction);
+    if (validate_x) check_unit_interval(op, x_);
     Guard g(logits_);
     const auto x = x_.contiguous(), logits = logits_.contiguous();
     auto out = at::empty(sh.out_shape, logits.options().dtype(compute_type(logits.scalar_type())));
     B::bernoulli_nll_fwd(logits, x, out, sh);
-    return out;
+    return reduce_rows(out, reduction);
   }
 
-  static at::Tensor bernoulli_nll_backward(const at::Tensor& g_, const at::Tensor& logits_, const at::Tensor& x_) {
+  static at::Tensor bernoulli_nll_backward(const at::Tensor& g_, const at::Tensor& logits_, const at::Tensor& x_,
+                                           int64_t reduction) {
     constexpr const char* op = "bernoulli_nll_backward";
     const auto sh = check_bernoulli_nll(op, logits_, x_);
-    check_grad(op, g_, "grad", sh.out_shape, logits_, "logits");
+    check_reduction(op, reduction);
+    check_grad(op, g_, "grad", grad_shape(sh.out_shape, reduction), logits_, "logits");
     Guard guard(logits_);
     const auto x = x_.contiguous(), logits = logits_.contiguous();
-    const auto g = g_.contiguous().to(compute_type(logits.scalar_type()));
+    const auto g = rows_grad(g_, sh.out_shape, reduction, compute_type(logits.scalar_type()));
     auto grad = at::empty_like(logits);
     B::bernoulli_nll_bwd(g, logits, x, grad, sh);
     return grad;
@@ -260,28 +365,31 @@ struct Ops {
   }
 
   static at::Tensor kl_normal(const at::Tensor& mu_, const at::Tensor& lv_, const std::optional<at::Tensor>& mp_,
-                              const std::optional<at::Tensor>& lp_) {
+                              const std::optional<at::Tensor>& lp_, int64_t reduction) {
     Layout lm, ll;
     check_kl_normal("kl_normal", mu_, lv_, mp_, lp_, &lm, &ll);
+    check_reduction("kl_normal", reduction);
     Guard g(mu_);
     const auto mu = mu_.contiguous(), lv = lv_.contiguous();
-    const auto mp = contiguous_opt(mp_), lp = contiguous_opt(lp_);
+    const auto mp = kernel_operand(mp_, lm, mu, mu.dim() - 1), lp = kernel_operand(lp_, ll, mu, mu.dim() - 1);
     auto out = at::empty({mu.size(0)}, mu.options().dtype(compute_type(mu.scalar_type())));
     B::kl_normal_fwd(mu, lv, mp, lm, lp, ll, out);
-    return out;
+    return reduce_rows(out, reduction);
   }
 
   static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kl_normal_backward(
       const at::Tensor& g_, const at::Tensor& mu_, const at::Tensor& lv_, const std::optional<at::Tensor>& mp_,
-      const std::optional<at::Tensor>& lp_, std::array<bool, 4> mask) {
+      const std::optional<at::Tensor>& lp_, std::array<bool, 4> mask, int64_t reduction) {
     constexpr const char* op = "kl_normal_backward";
     Layout lm, ll;
     check_kl_normal(op, mu_, lv_, mp_, lp_, &lm, &ll);
-    check_grad(op, g_, "grad", {mu_.size(0)}, mu_, "mu");
+    check_reduction(op, reduction);
+    const std::vector<int64_t> rows{mu_.size(0)};
+    check_grad(op, g_, "grad", grad_shape(rows, reduction), mu_, "mu");
     Guard guard(mu_);
     const auto mu = mu_.contiguous(), lv = lv_.contiguous();
-    const auto g = g_.contiguous().to(compute_type(mu.scalar_type()));
-    const auto mp = contiguous_opt(mp_), lp = contiguous_opt(lp_);
+    const auto g = rows_grad(g_, rows, reduction, compute_type(mu.scalar_type()));
+    const auto mp = kernel_operand(mp_, lm, mu, mu.dim() - 1), lp = kernel_operand(lp_, ll, mu, mu.dim() - 1);
     const bool no_rows = mu.size(0) == 0;
     // a fresh empty tensor per output not wanted: one shared tensor would make the outputs alias each other;
     // with no rows a per-feature prior gradient is a sum over nothing: zeros, written here
@@ -292,7 +400,8 @@ struct Ops {
     auto g_mp = mask[2] && mp ? like(*mp) : empty();
     auto g_lp = mask[3] && lp ? like(*lp) : empty();
     if (!no_rows) B::kl_normal_bwd(g, mu, lv, mp, lm, lp, ll, g_mu, g_lv, g_mp, g_lp);
-    return {g_mu, g_lv, g_mp, g_lp};
+    return {g_mu, g_lv, mask[2] && mp ? to_operand_shape(g_mp, *mp_) : g_mp,
+            mask[3] && lp ? to_operand_shape(g_lp, *lp_) : g_lp};
   }
 };
 
