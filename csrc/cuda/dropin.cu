@@ -234,15 +234,6 @@ void launch_bwd(const Term& op, const void* g, index_t N, index_t R, double fact
 
 // ---- rsample ----------------------------------------------------------------------------------------------------
 
-__device__ __forceinline__ void eps4(uint64_t key, index_t j0, int n, float e[4]) {
-  if ((j0 & 3) == 0) {
-    normal4(static_cast<uint64_t>(j0) >> 2, key, e);
-  } else {
-#pragma unroll
-    for (int t = 0; t < 4; ++t) e[t] = t < n ? normal_at(static_cast<uint64_t>(j0 + t), key) : 0.0f;
-  }
-}
-
 template <class S>
 __global__ void __launch_bounds__(kThreads)
     rsample_fwd_kernel(const S* loc, const S* scale, S* z, index_t numel, index_t total, const int64_t* seed) {

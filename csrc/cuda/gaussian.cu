@@ -93,16 +93,6 @@ __device__ __forceinline__ void load4_opt(const S* p, int n, T v[4]) {
 
 __device__ __forceinline__ uint64_t key_of(const int64_t* seed) { return static_cast<uint64_t>(*seed); }
 
-// The normals of the flat indices j0 .. j0 + n - 1 (one Philox call when j0 is a multiple of 4).
-__device__ __forceinline__ void eps4(uint64_t key, index_t j0, int n, float e[4]) {
-  if ((j0 & 3) == 0) {
-    normal4(static_cast<uint64_t>(j0) >> 2, key, e);
-  } else {
-#pragma unroll
-    for (int t = 0; t < 4; ++t) e[t] = t < n ? normal_at(static_cast<uint64_t>(j0 + t), key) : 0.0f;
-  }
-}
-
 // ---- reductions -------------------------------------------------------------------------------------------
 
 template <class T>

@@ -79,4 +79,14 @@ FV_HD float normal_at(uint64_t j, uint64_t key) {
   return n[j & 3];
 }
 
+// The normals of the flat indices j0 .. j0 + n - 1, n <= 4 (one Philox call when j0 is a multiple of 4; the
+// entries past n are 0): the CUDA kernels' per-thread draw.
+FV_HD void eps4(uint64_t key, int64_t j0, int n, float e[4]) {
+  if ((j0 & 3) == 0) {
+    normal4(static_cast<uint64_t>(j0) >> 2, key, e);
+  } else {
+    for (int t = 0; t < 4; ++t) e[t] = t < n ? normal_at(static_cast<uint64_t>(j0 + t), key) : 0.0f;
+  }
+}
+
 }  // namespace fastvae
