@@ -6,14 +6,13 @@ exists (CPU, and CUDA when the extension was built with it; float16/bfloat16/flo
 otherwise (another device or dtype, a Python number as the value, a torch.func transform or forward-mode AD in
 progress), so they never give another answer than torch's, only a faster one:
 
-| method | fused as |
-|---|---|
-| `Normal.rsample` / `sample` (any sample_shape) | z = loc + scale * eps in one pass, eps regenerated in backward (never stored) |
-| `Normal.log_prob` | -((x - loc) / scale)^2 / 2 - log scale - log(2 pi) / 2, one pass forward, one backward |
-| `kl_divergence(Normal, Normal)` | the closed form from the two scales, one pass (either side may be torch's Normal) |
-| `Bernoulli.log_prob` / `entropy` | -BCE-with-logits, one pass |
-| `MultivariateNormal.rsample` / `sample` | z = loc + L eps (fastvae.reparameterize_tril) |
-| `Independent(...).log_prob`, `kl_divergence(Independent, Independent)` over the above | the sum over the event dims inside the same kernel |
+- `Normal.rsample` / `sample` (any sample_shape): z = loc + scale * eps in one pass, eps regenerated in backward;
+- `Normal.log_prob`: -((x - loc) / scale)^2 / 2 - log scale - log(2 pi) / 2, one pass forward, one backward;
+- `kl_divergence(Normal, Normal)`: the closed form from the two scales (either side may be torch's Normal);
+- `Bernoulli.log_prob` / `entropy`: -BCE-with-logits, one pass;
+- `MultivariateNormal.rsample` / `sample`: z = loc + L eps (fastvae.reparameterize_tril);
+- `Independent(...).log_prob` and `kl_divergence(Independent, Independent)` over the above: the event sum inside
+  the same kernel.
 
 The random stream is not torch's: eps comes from Philox inside the kernel, keyed by a seed drawn from torch's
 default generator of the parameters' device, so `torch.manual_seed` makes a run reproducible, but the numbers differ
@@ -71,25 +70,6 @@ def fusable(*tensors):
     return True
 
 
-def compact(out_shape, *tensors):
-    """The operands with their broadcast (stride-0) leading dims dropped, so that the kernels read a parameter
-    expanded by broadcast_all or expand() as a repeating block instead of a materialised copy; the operands as given
-    when dropping them would change the broadcast shape."""
-    out = []
-    for t in tensors:
-        i = 0
-        while i < t.dim() and (t.stride(i) == 0 or t.shape[i] == 1):
-            i += 1
-        out.append(t[(0,) * i] if i else t)
-    if torch.broadcast_shapes(*(t.shape for t in out)) != torch.Size(out_shape):
-        return tensors
-    return tuple(out)
-
-
-def _shape(*tensors):
-    return torch.broadcast_shapes(*(t.shape for t in tensors))
-
-
 # ---- Normal -----------------------------------------------------------------------------------------------------
 
 def normal_rsample(self, sample_shape=torch.Size()):
@@ -113,16 +93,16 @@ def _normal_log_prob(self, value, event_dims):
     if not fusable(value, self.loc, self.scale):
         out = TORCH["Normal.log_prob"](self, value)
         return out if event_dims == 0 else out.sum(tuple(range(-event_dims, 0)))
-    x, loc, scale = compact(_shape(value, self.loc, self.scale), value, self.loc, self.scale)
-    return dropin_ops.normal_nll(x, loc, scale, "scale", const=_HALF_LOG_2PI, factor=-1.0, event_dims=event_dims)
+    # loc and scale are broadcast_all's expanded views: the op reads them periodically, never materialised
+    return dropin_ops.normal_nll(value, self.loc, self.scale, "scale", const=_HALF_LOG_2PI, factor=-1.0,
+                                 event_dims=event_dims)
 
 
 def kl_normal_normal(p, q, event_dims=0):
     if not fusable(p.loc, p.scale, q.loc, q.scale):
         out = TORCH["kl.Normal.Normal"](p, q)
         return out if event_dims == 0 else out.sum(tuple(range(-event_dims, 0)))
-    ops = compact(_shape(p.loc, p.scale, q.loc, q.scale), p.loc, p.scale, q.loc, q.scale)
-    return dropin_ops.normal_kl(*ops, event_dims=event_dims)
+    return dropin_ops.normal_kl(p.loc, p.scale, q.loc, q.scale, event_dims=event_dims)
 
 
 class Normal(td.Normal):
@@ -148,8 +128,7 @@ def _bernoulli_log_prob(self, value, event_dims):
     if not fusable(logits, value) or value.dtype != logits.dtype:  # torch's BCE has its own rule for mixed dtypes
         out = TORCH["Bernoulli.log_prob"](self, value)
         return out if event_dims == 0 else out.sum(tuple(range(-event_dims, 0)))
-    l, x = compact(_shape(logits, value), logits, value)
-    return dropin_ops.bce_with_logits(l, x, factor=-1.0, event_dims=event_dims)
+    return dropin_ops.bce_with_logits(logits, value, factor=-1.0, event_dims=event_dims)
 
 
 def bernoulli_entropy(self):

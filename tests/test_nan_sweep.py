@@ -216,7 +216,8 @@ def _dropin_rsample_bwd(dt):
 def _dropin_bce(dt):
     y = torch.rand(3, 5, generator=_g(1), dtype=torch.float64).to(dt)
     return [(f"{n} row_len={r}", [_t(3, 5, dtype=dt, seed=2), y, w, pw, 0.5, r])
-            for n, w, pw in (("plain", None, None), ("weights", _pos(3, 5, dtype=dt, seed=3), _pos(5, dtype=dt, seed=4)))
+            for n, w, pw in (("plain", None, None),
+                             ("weights", _pos(3, 5, dtype=dt, seed=3), _pos(5, dtype=dt, seed=4)))
             for r in (1, 5)]
 
 

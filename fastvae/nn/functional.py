@@ -76,8 +76,9 @@ def _var_operand(input, var):
         return var.unsqueeze(-1)
     if input.dim() == var.dim() and sum(v for i, v in zip(input.shape, var.shape) if i != v) == 1:
         return var
-    raise ValueError(f"fastvae.nn.functional.gaussian_nll_loss: var is of incorrect size: expected {tuple(input.shape)}, "
-                     f"{tuple(input.shape[:-1])} or {tuple(input.shape)} with one dim of size 1; got {tuple(var.shape)}")
+    raise ValueError(f"fastvae.nn.functional.gaussian_nll_loss: var is of incorrect size: expected "
+                     f"{tuple(input.shape)}, {tuple(input.shape[:-1])} or {tuple(input.shape)} with one dim of size 1; "
+                     f"got {tuple(var.shape)}")
 
 
 def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"):
