@@ -673,7 +673,7 @@ def test_misaligned_contiguous_inputs(each_isa):
     x, mean, lv = (torch.randn(n + o)[o:].view(3, 1001) for o in (1, 3, 5))
     assert all(t.data_ptr() % 16 for t in (x, mean, lv))
     for fn, args in ((fastvae.gaussian_nll, (x, mean, lv)), (fastvae.gaussian_nll, (x, mean, lv[1])),
-                     (fastvae.bernoulli_nll, (mean, torch.sigmoid(x))), (fastvae.kl_normal, (mean, lv, x, lv[2]))):
+                     (fastvae.bernoulli_nll, (torch.sigmoid(x), mean)), (fastvae.kl_normal, (mean, lv, x, lv[2]))):
         assert torch.equal(fn(*args, reduction="none"), fn(*[a.clone() for a in args], reduction="none"))
     g = torch.Generator().manual_seed(0)
     z, kl = fastvae.reparameterize_kl(mean, lv, generator=g)
