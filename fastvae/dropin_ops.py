@@ -13,10 +13,12 @@ torch-op forms of the gradients, differentiable again.
 
 The terms are negative log densities (losses): log_prob is normal_nll with factor=-1, const=0.5 log(2 pi)."""
 import math
+import types
 
 import torch
 
 from ._custom_ops import _16BIT, LIB, compute_dtype, create_graph, draw_seed, fused_backward, not_differentiable, ops
+from ._transforms import fused_call_ok
 
 SPREADS = {"scale": 0, "var": 1, "logvar": 2}
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -70,7 +72,7 @@ def _rows(shape, event_dims):
 
 def _call(op, shape, dtype, operands, event_dims, *args):
     if event_dims == 0:  # element-wise
-        out = op(*operands, *args, 1)
+        out = _run(op, operands, args, 1)
         out = out if out.shape == shape else out.reshape(shape)
         return out if out.dtype == dtype else out.to(dtype)
     row_len, lead = _rows(shape, event_dims)
@@ -78,7 +80,18 @@ def _call(op, shape, dtype, operands, event_dims, *args):
         out = op(*operands, *args, 1).reshape(shape)
         out = out.sum(tuple(range(len(lead), len(shape)))) if event_dims else out
         return out.to(dtype)
-    return op(*operands, *args, row_len).reshape(lead).to(dtype)
+    return _run(op, operands, args, row_len).reshape(lead).to(dtype)
+
+
+def _run(op, operands, args, row_len):
+    """op(*operands, *args, row_len), as the forward with gradients (_WithGrad) where that is faster: on the CPU, in
+    eager mode, when a gradient will be wanted."""
+    spec = _WITH_GRAD.get(op)
+    if spec is not None and torch.is_grad_enabled() and operands[0].device.type == "cpu" and fused_call_ok():
+        mask = [t is not None and t.requires_grad for t in operands]
+        if any(mask[:spec.n_grads]) and not any(mask[spec.n_grads:]):
+            return _WithGrad.apply(spec, args, row_len, mask[:spec.n_grads], *operands)
+    return op(*operands, *args, row_len)
 
 
 # ---- the wrappers ---------------------------------------------------------------------------------------------------
@@ -176,6 +189,25 @@ def _(logits, target, weight, pos_weight, factor, row_len):
 @torch.library.register_fake(LIB + "dropin_bce_with_logits_backward")
 def _(grad, logits, target, weight, pos_weight, factor, row_len, output_mask):
     return _grads(logits, _numel(logits, target, weight, pos_weight), output_mask)
+
+
+def _with_grads(ref, n, row_len, mask):
+    return (_sums(ref, n, row_len), ref.new_empty((), dtype=torch.int32), *_grads(ref, n, mask))
+
+
+@torch.library.register_fake(LIB + "dropin_normal_nll_with_grad")
+def _(x, loc, spread, param, floor, const, factor, row_len, output_mask):
+    return _with_grads(x, _numel(x, loc, spread), row_len, output_mask)
+
+
+@torch.library.register_fake(LIB + "dropin_normal_kl_with_grad")
+def _(loc_p, scale_p, loc_q, scale_q, factor, row_len, output_mask):
+    return _with_grads(loc_p, _numel(loc_p, scale_p, loc_q, scale_q), row_len, output_mask)
+
+
+@torch.library.register_fake(LIB + "dropin_bce_with_logits_with_grad")
+def _(logits, target, weight, pos_weight, factor, row_len, output_mask):
+    return _with_grads(logits, _numel(logits, target, weight, pos_weight), row_len, output_mask)
 
 
 @torch.library.register_fake(LIB + "dropin_normal_rsample")
@@ -330,3 +362,62 @@ def _rsample_setup(ctx, inputs, output):
 
 torch.library.register_autograd(LIB + "dropin_normal_rsample", _rsample_backward, setup_context=_rsample_setup)
 not_differentiable("dropin_normal_rsample_backward", "fastvae.dropin_ops.normal_rsample")
+
+
+# ---- the forward with gradients (CPU) ------------------------------------------------------------------------------
+# On the CPU these ops are bound by their per-element math (exponentials, logs, divisions), not by memory: the
+# *_with_grad ops compute, in the forward's pass, the gradients for an incoming gradient of 1 on every output (the
+# exponential of the BCE term, say, serves both), and the backward only scales them by the rows' gradients. The price:
+# those full-size gradients are saved from the forward to the backward (as Liger-Kernel's fused losses do), through
+# save_for_backward, so that saved-tensor hooks (offloading, the benchmark's memory count) see them. The backward
+# recomputes through the op's own formula (above) when a stored gradient is inf or NaN (where a zero incoming gradient
+# must give 0, not 0 * inf) and for a double backward.
+
+class _Spec(types.SimpleNamespace):
+    """with_grad: the forward-with-gradients op; backward: the op's autograd formula (fallback); n_grads: how many
+    leading operands it can give gradients of (a gradient wanted for a later operand takes the plain op)."""
+
+
+class _WithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, spec, args, row_len, mask, *operands):
+        out, nonfinite, *derivs = spec.with_grad(*operands, *args, row_len, mask)
+        ctx.finite = not nonfinite.item()
+        ctx.save_for_backward(*operands, *(derivs if ctx.finite else ()))
+        ctx.spec, ctx.args, ctx.n = spec, (*args, row_len), len(operands)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        saved = ctx.saved_tensors
+        operands, derivs = saved[:ctx.n], saved[ctx.n:]
+        needs = ctx.needs_input_grad[4:]
+        if not ctx.finite or create_graph():
+            redo = types.SimpleNamespace(saved_tensors=operands, args=ctx.args, needs_input_grad=needs)
+            grads = ctx.spec.backward(redo, grad)[:ctx.n]
+        else:
+            rows = grad.reshape(-1, 1)
+            grads = [None] * ctx.n
+            for k, d in enumerate(derivs):
+                if needs[k] and operands[k] is not None:
+                    grads[k] = _fold(d.view(-1, ctx.args[-1]) * rows, operands[k])
+        return (None, None, None, None, *grads)
+
+
+_WITH_GRAD = {
+    ops.dropin_normal_nll: _Spec(with_grad=ops.dropin_normal_nll_with_grad, backward=_nll_backward, n_grads=3),
+    ops.dropin_normal_kl: _Spec(with_grad=ops.dropin_normal_kl_with_grad, backward=_kl_backward, n_grads=4),
+    ops.dropin_bce_with_logits: _Spec(with_grad=ops.dropin_bce_with_logits_with_grad, backward=_bce_backward,
+                                      n_grads=2),
+}
+
+
+def _no_derivative(name, public):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"torch.ops.fastvae.{name} (the forward with gradients behind {public}) has no derivative "
+                           f"of its own: differentiate {public}, whose backward is differentiable")
+    torch.library.register_autograd(LIB + name, backward)
+
+
+for _name in ("normal_nll", "normal_kl", "bce_with_logits"):
+    _no_derivative(f"dropin_{_name}_with_grad", f"fastvae.dropin_ops.{_name}")

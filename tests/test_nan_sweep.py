@@ -225,7 +225,14 @@ def _dropin_bce_bwd(dt):
     return [(n, [_t(15 // a[-1], dtype=dt, seed=7), *a, [True, True]]) for n, a in _dropin_bce(dt)]
 
 
+def _with_grad(cases, n_grads):
+    """The forward with gradients (CPU): the forward's arguments and an output_mask of all True."""
+    return lambda dt: [(n, [*a, [True] * n_grads]) for n, a in cases(dt)]
+
+
 CASES = {
+    "dropin_normal_nll_with_grad": _with_grad(_dropin_nll, 3), "dropin_normal_kl_with_grad": _with_grad(_dropin_kl, 4),
+    "dropin_bce_with_logits_with_grad": _with_grad(_dropin_bce, 2),
     "dropin_normal_nll": _dropin_nll, "dropin_normal_nll_backward": _dropin_nll_bwd,
     "dropin_normal_kl": _dropin_kl, "dropin_normal_kl_backward": _dropin_kl_bwd,
     "dropin_normal_rsample": _dropin_rsample, "dropin_normal_rsample_backward": _dropin_rsample_bwd,

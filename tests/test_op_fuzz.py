@@ -124,6 +124,10 @@ def _dropin(G, n, extra, backward, n_grads, optional=0):
     return [*head, *ts, *extra, row_len, *tail]
 
 
+def _mask(G, n):
+    return [G.r.random() < 0.7 for _ in range(n)]
+
+
 def _nll_extra(G):
     return [G.r.choice([0, 1, 2]), G.r.choice([0.0, 1e-6, 0.5]), 0.9, G.r.choice([1.0, -1.0, 1e-3])]
 
@@ -178,6 +182,9 @@ TEMPLATES = {
     "dropin_normal_kl_backward": lambda G: _dropin(G, 4, [0.5], True, 4),
     "dropin_bce_with_logits": lambda G: _dropin(G, 4, [1.0], False, 2, optional=2),
     "dropin_bce_with_logits_backward": lambda G: _dropin(G, 4, [1.0], True, 2, optional=2),
+    "dropin_normal_nll_with_grad": lambda G: _dropin(G, 3, _nll_extra(G), False, 3) + [_mask(G, 3)],
+    "dropin_normal_kl_with_grad": lambda G: _dropin(G, 4, [0.5], False, 4) + [_mask(G, 4)],
+    "dropin_bce_with_logits_with_grad": lambda G: _dropin(G, 4, [1.0], False, 2, optional=2) + [_mask(G, 2)],
     "dropin_normal_rsample": lambda G: _rsample(G, False),
     "dropin_normal_rsample_backward": lambda G: _rsample(G, True),
 }

@@ -12,9 +12,11 @@
 // summed in double, added in chunk order.
 // Every standard header before isa.h (see there).
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <type_traits>
 #include <immintrin.h>
 #include <vector>
 
@@ -104,6 +106,65 @@ void bce_bwd_block(const T* FV_R gv, T f, const T* FV_R l, const T* FV_R y, cons
   }
 }
 
+// ---- forward with gradients: the terms and their derivatives (incoming gradient f) in one pass -----------------
+// For the CPU, where the per-element math (not memory) bounds these ops: the backward then only scales the stored
+// derivatives by the rows' gradients (fastvae/dropin_ops.py), instead of recomputing the exponentials and logs.
+
+template <class T>
+void kl_fwd_grad_block(const T* FV_R lp, const T* FV_R sp, const T* FV_R lq, const T* FV_R sq, T fo, T f,
+                       T* FV_R dst, T* FV_R dlp, T* FV_R dsp, T* FV_R dlq, T* FV_R dsq, index_t n) {
+#pragma omp simd
+  for (index_t t = 0; t < n; ++t) {
+    dst[t] = fo * kl_normal_scale_term(lp[t], sp[t], lq[t], sq[t]);
+    T a, b, c, d;
+    kl_normal_scale_grad(f, lp[t], sp[t], lq[t], sq[t], &a, &b, &c, &d);
+    dlp[t] = a;
+    dsp[t] = b;
+    dlq[t] = c;
+    dsq[t] = d;
+  }
+}
+
+template <class T, bool kWantY>
+void bce_fwd_grad_block(const T* FV_R l, const T* FV_R y, const T* FV_R w, const T* FV_R pw, T fo, T f,
+                        T* FV_R dst, T* FV_R dl, T* FV_R dy, index_t n) {
+#pragma omp simd
+  for (index_t t = 0; t < n; ++t) {
+    dst[t] = fo * bce_logits_term(l[t], y[t], w[t], pw[t]);
+    T a, b = 0;
+    bce_logits_grad<kWantY>(f, l[t], y[t], w[t], pw[t], &a, &b);
+    dl[t] = a;
+    if (kWantY) dy[t] = b;
+  }
+}
+
+// kBlock ones: the incoming gradient of a forward with gradients
+template <class T>
+struct UnitBlock {
+  alignas(64) T v[kBlock];
+  UnitBlock() { std::fill(v, v + kBlock, T(1)); }
+};
+template <class T>
+const T* unit_block() {
+  static const UnitBlock<T> ones;  // (initialised once, thread-safely)
+  return ones.v;
+}
+
+// Whether a forward with gradients runs the forward's and the backward's loops one after the other over a block
+// (double: the libm calls are not vectorised, so one loop saves nothing, and two keep the forward's values bitwise
+// those of the forward alone, whatever the compiler contracts into FMAs in a longer loop body) or one loop (float).
+template <class T>
+constexpr bool kSeparate = std::is_same_v<T, double>;
+
+// 1 if any of a[0, n) is infinite or NaN (x * 0 is NaN exactly for those)
+template <class T>
+int any_nonfinite(const T* FV_R a, index_t n) {
+  int bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (index_t t = 0; t < n; ++t) bad |= (a[t] * T(0) != T(0));
+  return bad;
+}
+
 template <class T>
 T block_sum(const T* FV_R a, index_t n) {
   T s = 0;
@@ -130,6 +191,11 @@ struct NllOp {
   void bwd(const T* gv, T f, const T* const* p, T* const* d, index_t n) const {
     nll_bwd_block<T, S>(gv, f, p[0], p[1], p[2], floor, d[0], d[1], d[2], n);
   }
+  // two loops over the block (GCC does not vectorise the term and its gradient in one; they share one division)
+  void fwd_grad(const T* const* p, T fo, T f, T* dst, T* const* d, index_t n) const {
+    nll_fwd_block<T, S>(p[0], p[1], p[2], floor, cst, fo, dst, n);
+    nll_bwd_block<T, S>(unit_block<T>(), f, p[0], p[1], p[2], floor, d[0], d[1], d[2], n);
+  }
 };
 
 template <class T>
@@ -138,6 +204,14 @@ struct KlOp {
   void fwd(const T* const* p, T f, T* dst, index_t n) const { kl_fwd_block(p[0], p[1], p[2], p[3], f, dst, n); }
   void bwd(const T* gv, T f, const T* const* p, T* const* d, index_t n) const {
     kl_bwd_block(gv, f, p[0], p[1], p[2], p[3], d[0], d[1], d[2], d[3], n);
+  }
+  void fwd_grad(const T* const* p, T fo, T f, T* dst, T* const* d, index_t n) const {
+    if constexpr (kSeparate<T>) {
+      fwd(p, fo, dst, n);
+      bwd(unit_block<T>(), f, p, d, n);
+    } else {
+      kl_fwd_grad_block(p[0], p[1], p[2], p[3], fo, f, dst, d[0], d[1], d[2], d[3], n);
+    }
   }
 };
 
@@ -149,6 +223,16 @@ struct BceOp {
   void bwd(const T* gv, T f, const T* const* p, T* const* d, index_t n) const {
     if (want_y) bce_bwd_block<T, true>(gv, f, p[0], p[1], p[2], p[3], d[0], d[1], n);
     else bce_bwd_block<T, false>(gv, f, p[0], p[1], p[2], p[3], d[0], d[1], n);
+  }
+  void fwd_grad(const T* const* p, T fo, T f, T* dst, T* const* d, index_t n) const {
+    if constexpr (kSeparate<T>) {
+      fwd(p, fo, dst, n);
+      bwd(unit_block<T>(), f, p, d, n);
+    } else if (want_y) {
+      bce_fwd_grad_block<T, true>(p[0], p[1], p[2], p[3], fo, f, dst, d[0], d[1], n);
+    } else {
+      bce_fwd_grad_block<T, false>(p[0], p[1], p[2], p[3], fo, f, dst, d[0], d[1], n);
+    }
   }
 };
 
@@ -179,10 +263,10 @@ struct Window {
   }
 };
 
-// out[r] = factor * sum over row r of the terms (see dropin_kernels.h)
-template <class T, class Op>
-void fwd_driver(const Op& op, const Periodic<T>* in, T factor, index_t N, index_t R, T* out) {
-  constexpr int K = Op::K;
+// out[r] = factor * sum over row r of the terms (see dropin_kernels.h), each block of terms computed by
+// blk(p, fo, dst, b, n): dst[0, n) = fo * the terms of elements [b, b + n), p their operands.
+template <class T, int K, class Blk>
+void rows_driver(const Blk& blk, const Periodic<T>* in, T factor, index_t N, index_t R, T* out) {
   if (N == 0) return;
   if (R == 1) {  // element-wise: the terms go straight to out
     for_segments(1, N, kChunk, [&](index_t, index_t i0, index_t i1) {
@@ -191,7 +275,7 @@ void fwd_driver(const Op& op, const Periodic<T>* in, T factor, index_t N, index_
       for (index_t b = i0, n; b < i1; b += n) {
         n = w.len(b, std::min(kBlock, i1 - b));
         w.at(b, p);
-        op.fwd(p, factor, out + b, n);
+        blk(p, factor, out + b, b, n);
       }
     });
     return;
@@ -206,7 +290,7 @@ void fwd_driver(const Op& op, const Periodic<T>* in, T factor, index_t N, index_
       for (index_t b = i0, n; b < i1; b += n) {
         n = w.len(b, std::min(kBlock, i1 - b));
         w.at(b, p);
-        op.fwd(p, T(1), tb, n);
+        blk(p, T(1), tb, b, n);
         for (index_t pos = b, re; pos < b + n; pos = re) {  // the runs of the block's rows
           const index_t row = pos / R, row_end = (row + 1) * R;
           re = std::min(b + n, row_end);
@@ -230,12 +314,41 @@ void fwd_driver(const Op& op, const Periodic<T>* in, T factor, index_t N, index_
     for (index_t b = r * R + c0, n; b < r * R + c1; b += n) {
       n = w.len(b, std::min(kBlock, r * R + c1 - b));
       w.at(b, p);
-      op.fwd(p, T(1), tb, n);
+      blk(p, T(1), tb, b, n);
       acc += static_cast<double>(block_sum(tb, n));
     }
     return acc;
   });
   for (index_t r = 0; r < rows; ++r) out[r] = static_cast<T>(f * tot[r]);
+}
+
+template <class T, class Op>
+void fwd_driver(const Op& op, const Periodic<T>* in, T factor, index_t N, index_t R, T* out) {
+  rows_driver<T, Op::K>([&](const T* const* p, T fo, T* dst, index_t, index_t n) { op.fwd(p, fo, dst, n); }, in,
+                        factor, N, R, out);
+}
+
+// The forward and, for each operand k with grads[k] non-null, d out[r] / d operand at element i (full size N): the
+// backward's gradient for an incoming gradient of 1 on every row. *nonfinite = 1 if any of them is inf or NaN (the
+// backward then recomputes, where a zero incoming gradient must give 0, not 0 * inf).
+template <class T, class Op>
+void fwd_grad_driver(const Op& op, const Periodic<T>* in, T factor, index_t N, index_t R, T* out, T* const* grads,
+                     int* nonfinite) {
+  constexpr int K = Op::K;
+  std::atomic<int> bad{0};
+  rows_driver<T, K>(
+      [&](const T* const* p, T fo, T* dst, index_t b, index_t n) {
+        alignas(64) T scratch[K][kBlock];  // where an unwanted derivative goes
+        T* d[K];
+        for (int k = 0; k < K; ++k) d[k] = grads[k] ? grads[k] + b : scratch[k];
+        op.fwd_grad(p, fo, factor, dst, d, n);
+        int any = 0;
+        for (int k = 0; k < K; ++k)
+          if (grads[k]) any |= any_nonfinite(d[k], n);
+        if (any) bad.store(1, std::memory_order_relaxed);
+      },
+      in, factor, N, R, out);
+  *nonfinite = bad.load();
 }
 
 // grads[k] (N elements, or null) = the gradient of sum_r g[r] out[r] with respect to operand k, per output element
@@ -333,6 +446,40 @@ void bce_bwd(const T* g, Periodic<T> l, Periodic<T> y, Periodic<T> w, Periodic<T
   bwd_driver(BceOp<T>{gy != nullptr}, g, in, factor, N, R, grads);
 }
 
+template <class T>
+void normal_nll_fwd_grad(Periodic<T> x, Periodic<T> loc, Periodic<T> spread, Spread param, T floor, T cst, T factor,
+                         index_t N, index_t R, T* out, T* gx, T* gloc, T* gspread, int* nonfinite) {
+  const Periodic<T> in[3] = {x, loc, spread};
+  T* const grads[3] = {gx, gloc, gspread};
+  switch (param) {
+    case Spread::Scale:
+      fwd_grad_driver(NllOp<T, Spread::Scale>{floor, cst}, in, factor, N, R, out, grads, nonfinite);
+      break;
+    case Spread::Var:
+      fwd_grad_driver(NllOp<T, Spread::Var>{floor, cst}, in, factor, N, R, out, grads, nonfinite);
+      break;
+    case Spread::LogVar:
+      fwd_grad_driver(NllOp<T, Spread::LogVar>{floor, cst}, in, factor, N, R, out, grads, nonfinite);
+      break;
+  }
+}
+
+template <class T>
+void normal_kl_fwd_grad(Periodic<T> lp, Periodic<T> sp, Periodic<T> lq, Periodic<T> sq, T factor, index_t N,
+                        index_t R, T* out, T* glp, T* gsp, T* glq, T* gsq, int* nonfinite) {
+  const Periodic<T> in[4] = {lp, sp, lq, sq};
+  T* const grads[4] = {glp, gsp, glq, gsq};
+  fwd_grad_driver(KlOp<T>{}, in, factor, N, R, out, grads, nonfinite);
+}
+
+template <class T>
+void bce_fwd_grad(Periodic<T> l, Periodic<T> y, Periodic<T> w, Periodic<T> pw, T factor, index_t N, index_t R, T* out,
+                  T* gl, T* gy, int* nonfinite) {
+  const Periodic<T> in[4] = {l, y, or_one(w), or_one(pw)};
+  T* const grads[4] = {gl, gy, nullptr, nullptr};
+  fwd_grad_driver(BceOp<T>{gy != nullptr}, in, factor, N, R, out, grads, nonfinite);
+}
+
 // ---- rsample: the stream of reparameterize ------------------------------------------------------------------------
 
 template <class T>
@@ -384,9 +531,18 @@ void normal_rsample_bwd(const T* gz, T* gloc, T* gscale, index_t numel, index_t 
 
 template <class T>
 DropinKernels<T> make_table(const char* isa) {
-  return DropinKernels<T>{isa,          &normal_nll_fwd<T>,     &normal_nll_bwd<T>,     &normal_kl_fwd<T>,
-                          &normal_kl_bwd<T>, &normal_rsample_fwd<T>, &normal_rsample_bwd<T>, &bce_fwd<T>,
-                          &bce_bwd<T>};
+  return DropinKernels<T>{isa,
+                          &normal_nll_fwd<T>,
+                          &normal_nll_bwd<T>,
+                          &normal_kl_fwd<T>,
+                          &normal_kl_bwd<T>,
+                          &normal_rsample_fwd<T>,
+                          &normal_rsample_bwd<T>,
+                          &bce_fwd<T>,
+                          &bce_bwd<T>,
+                          &normal_nll_fwd_grad<T>,
+                          &normal_kl_fwd_grad<T>,
+                          &bce_fwd_grad<T>};
 }
 
 }  // namespace

@@ -47,6 +47,17 @@ struct DropinKernels {
                   T* out);
   void (*bce_bwd)(const T* g, Periodic<T> l, Periodic<T> y, Periodic<T> w, Periodic<T> pw, T factor, index_t N,
                   index_t row_len, T* gl, T* gy);
+  // The forward (out, as the *_fwd above) and, in the same pass, the gradients of the operands whose pointer is
+  // non-null for an incoming gradient of 1 on every output (as the *_bwd above with g = 1); *nonfinite = 1 if any
+  // of those is inf or NaN. For the CPU, where the per-element math bounds these ops: the backward then scales
+  // the stored gradients (fastvae/dropin_ops.py) instead of recomputing them.
+  void (*normal_nll_fwd_grad)(Periodic<T> x, Periodic<T> loc, Periodic<T> spread, Spread param, T floor, T cst,
+                              T factor, index_t N, index_t row_len, T* out, T* gx, T* gloc, T* gspread,
+                              int* nonfinite);
+  void (*normal_kl_fwd_grad)(Periodic<T> lp, Periodic<T> sp, Periodic<T> lq, Periodic<T> sq, T factor, index_t N,
+                             index_t row_len, T* out, T* glp, T* gsp, T* glq, T* gsq, int* nonfinite);
+  void (*bce_fwd_grad)(Periodic<T> l, Periodic<T> y, Periodic<T> w, Periodic<T> pw, T factor, index_t N,
+                       index_t row_len, T* out, T* gl, T* gy, int* nonfinite);
 };
 
 template <class T>

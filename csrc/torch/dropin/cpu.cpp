@@ -84,9 +84,41 @@ struct DropinCpu : CpuBackend {
                                        sh.row_len, out<T>(gl), out<T>(gy));
     });
   }
+  static void normal_nll_fwd_grad(const at::Tensor& x, const at::Tensor& loc, const at::Tensor& sp, at::Tensor& res,
+                                  at::Tensor& gx, at::Tensor& gl, at::Tensor& gs, at::Tensor& bad, int param,
+                                  double floor, double cst, double factor, const DropinShape& sh) {
+    dispatch("dropin_normal_nll_with_grad", x.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      cpu::dropin_kernels<T>().normal_nll_fwd_grad(per<T>(x), per<T>(loc), per<T>(sp), static_cast<cpu::Spread>(param),
+                                                   T(floor), T(cst), T(factor), sh.N, sh.row_len, out<T>(res),
+                                                   out<T>(gx), out<T>(gl), out<T>(gs), bad.data_ptr<int>());
+    });
+  }
+  static void normal_kl_fwd_grad(const at::Tensor& lp, const at::Tensor& sp, const at::Tensor& lq, const at::Tensor& sq,
+                                 at::Tensor& res, at::Tensor& glp, at::Tensor& gsp, at::Tensor& glq, at::Tensor& gsq,
+                                 at::Tensor& bad, double factor, const DropinShape& sh) {
+    dispatch("dropin_normal_kl_with_grad", lp.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      cpu::dropin_kernels<T>().normal_kl_fwd_grad(per<T>(lp), per<T>(sp), per<T>(lq), per<T>(sq), T(factor), sh.N,
+                                                  sh.row_len, out<T>(res), out<T>(glp), out<T>(gsp), out<T>(glq),
+                                                  out<T>(gsq), bad.data_ptr<int>());
+    });
+  }
+  static void bce_fwd_grad(const at::Tensor& l, const at::Tensor& y, const std::optional<at::Tensor>& w,
+                           const std::optional<at::Tensor>& pw, at::Tensor& res, at::Tensor& gl, at::Tensor& gy,
+                           at::Tensor& bad, double factor, const DropinShape& sh) {
+    dispatch("dropin_bce_with_logits_with_grad", l.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      cpu::dropin_kernels<T>().bce_fwd_grad(per<T>(l), per<T>(y), per<T>(w), per<T>(pw), T(factor), sh.N,
+                                            sh.row_len, out<T>(res), out<T>(gl), out<T>(gy), bad.data_ptr<int>());
+    });
+  }
 };
 
 }  // namespace
 }  // namespace fastvae
 
-TORCH_LIBRARY_IMPL(fastvae, CPU, m) { fastvae::register_dropin_ops<fastvae::DropinCpu>(m); }
+TORCH_LIBRARY_IMPL(fastvae, CPU, m) {
+  fastvae::register_dropin_ops<fastvae::DropinCpu>(m);
+  fastvae::register_dropin_with_grad_ops<fastvae::DropinCpu>(m);
+}

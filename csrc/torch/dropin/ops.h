@@ -201,6 +201,54 @@ struct DropinOps {
     if (sh.N > 0 && (mask[0] || mask[1])) B::bce_bwd(g, l, y, w, pw, gl, gy, factor, sh);
     return {gl, gy};
   }
+
+  // ---- forward with gradients (CPU): (out, nonfinite, the gradients of an incoming gradient of 1) ---------------
+
+  static at::Tensor flag(const at::Tensor& ref) { return at::zeros({}, ref.options().dtype(at::kInt)); }
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> normal_nll_with_grad(
+      const at::Tensor& x_, const at::Tensor& loc_, const at::Tensor& sp_, int64_t param, double floor, double cst,
+      double factor, int64_t row_len, std::array<bool, 3> mask) {
+    constexpr const char* op = "dropin_normal_nll_with_grad";
+    const DropinShape sh = check(op, {{&x_, "x"}, {&loc_, "loc"}, {&sp_, "spread"}}, row_len);
+    check_nll(op, param, floor);
+    Guard guard(x_);
+    const auto x = x_.contiguous(), loc = loc_.contiguous(), sp = sp_.contiguous();
+    auto out = sums(x, sh), bad = flag(x);
+    auto gx = grad_out(x, sh.N, mask[0]), gl = grad_out(x, sh.N, mask[1]), gs = grad_out(x, sh.N, mask[2]);
+    if (sh.N > 0)
+      B::normal_nll_fwd_grad(x, loc, sp, out, gx, gl, gs, bad, static_cast<int>(param), floor, cst, factor, sh);
+    return {out, bad, gx, gl, gs};
+  }
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> normal_kl_with_grad(
+      const at::Tensor& lp_, const at::Tensor& sp_, const at::Tensor& lq_, const at::Tensor& sq_, double factor,
+      int64_t row_len, std::array<bool, 4> mask) {
+    constexpr const char* op = "dropin_normal_kl_with_grad";
+    const DropinShape sh =
+        check(op, {{&lp_, "loc_p"}, {&sp_, "scale_p"}, {&lq_, "loc_q"}, {&sq_, "scale_q"}}, row_len);
+    Guard guard(lp_);
+    const auto lp = lp_.contiguous(), sp = sp_.contiguous(), lq = lq_.contiguous(), sq = sq_.contiguous();
+    auto out = sums(lp, sh), bad = flag(lp);
+    auto glp = grad_out(lp, sh.N, mask[0]), gsp = grad_out(lp, sh.N, mask[1]);
+    auto glq = grad_out(lp, sh.N, mask[2]), gsq = grad_out(lp, sh.N, mask[3]);
+    if (sh.N > 0) B::normal_kl_fwd_grad(lp, sp, lq, sq, out, glp, gsp, glq, gsq, bad, factor, sh);
+    return {out, bad, glp, gsp, glq, gsq};
+  }
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bce_with_logits_with_grad(
+      const at::Tensor& l_, const at::Tensor& y_, const std::optional<at::Tensor>& w_,
+      const std::optional<at::Tensor>& pw_, double factor, int64_t row_len, std::array<bool, 2> mask) {
+    constexpr const char* op = "dropin_bce_with_logits_with_grad";
+    const DropinShape sh = check_bce(op, l_, y_, w_, pw_, row_len);
+    Guard guard(l_);
+    const auto l = l_.contiguous(), y = y_.contiguous();
+    const auto w = contiguous_opt(w_), pw = contiguous_opt(pw_);
+    auto out = sums(l, sh), bad = flag(l);
+    auto gl = grad_out(l, sh.N, mask[0]), gy = grad_out(l, sh.N, mask[1]);
+    if (sh.N > 0) B::bce_fwd_grad(l, y, w, pw, out, gl, gy, bad, factor, sh);
+    return {out, bad, gl, gy};
+  }
 };
 
 template <class B>
@@ -214,6 +262,15 @@ void register_dropin_ops(torch::Library& m) {
   m.impl("dropin_normal_rsample_backward", &O::normal_rsample_backward);
   m.impl("dropin_bce_with_logits", &O::bce_with_logits);
   m.impl("dropin_bce_with_logits_backward", &O::bce_with_logits_backward);
+}
+
+// The forwards with gradients, for a backend that has them (the CPU's; see schema.cpp).
+template <class B>
+void register_dropin_with_grad_ops(torch::Library& m) {
+  using O = DropinOps<B>;
+  m.impl("dropin_normal_nll_with_grad", &O::normal_nll_with_grad);
+  m.impl("dropin_normal_kl_with_grad", &O::normal_kl_with_grad);
+  m.impl("dropin_bce_with_logits_with_grad", &O::bce_with_logits_with_grad);
 }
 
 }  // namespace fastvae

@@ -16,6 +16,11 @@
 //     n_samples k: (k, *loc.shape). Backward: (sum over samples of grad_z, of grad_z * eps)
 //   dropin_bce_with_logits: weight ((1 + (pos_weight - 1) target) softplus(-logits) + (1 - target) logits), the
 //     absent weights 1
+//
+// The *_with_grad ops (CPU only: there the per-element math, not memory, bounds these ops) return the forward, a
+// 0-dim int32 `nonfinite` (1 if any returned gradient is inf or NaN) and the gradients output_mask asks for, as the
+// backward op would return them for grad = 1 on every output, all from one pass: the backward of a first-order
+// gradient then scales them by the rows' incoming gradients (fastvae/dropin_ops.py) instead of recomputing.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(fastvae, m) {
@@ -34,4 +39,10 @@ TORCH_LIBRARY_FRAGMENT(fastvae, m) {
         " int row_len) -> Tensor");
   m.def("dropin_bce_with_logits_backward(Tensor grad, Tensor logits, Tensor target, Tensor? weight,"
         " Tensor? pos_weight, float factor, int row_len, bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def("dropin_normal_nll_with_grad(Tensor x, Tensor loc, Tensor spread, int param, float floor, float const,"
+        " float factor, int row_len, bool[3] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("dropin_normal_kl_with_grad(Tensor loc_p, Tensor scale_p, Tensor loc_q, Tensor scale_q, float factor,"
+        " int row_len, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("dropin_bce_with_logits_with_grad(Tensor logits, Tensor target, Tensor? weight, Tensor? pos_weight,"
+        " float factor, int row_len, bool[2] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 }
