@@ -44,12 +44,15 @@ A new family member is a new part, not a flag on VAE:
     the bound over y (its one_hot returns the soft labels and its term joins the loss).
 """
 from .backends import BACKENDS, Ops
+from .estimators import MAX_LL_SAMPLES
 from .hierarchical import HierarchicalVAE
 from .likelihoods import LIKELIHOODS, VARIANCES
 from .networks import ACTIVATIONS
+from .output import VAEOutput
 from .posteriors import POSTERIORS
+from .registry import build_model, model_class
 from .regularisers import DIVERGENCES
-from .vae import MAX_LL_SAMPLES, VAE, VAEOutput, build_model, model_class
+from .vae import VAE
 from .vaegan import VAEGAN
 
 __all__ = ["VAE", "HierarchicalVAE", "VAEGAN", "VAEOutput", "build_model", "model_class", "MAX_LL_SAMPLES",
