@@ -146,8 +146,8 @@ def device_memory(device):
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     if device.type == "cpu":
-        from .data import _memory_bytes
-        return _memory_bytes()
+        from .data import files
+        return files._memory_bytes()
     return None
 
 
