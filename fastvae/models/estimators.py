@@ -1,7 +1,11 @@
-"""The importance-sampled estimate of log p(x) (VAE.log_likelihood): log (1/K) sum_k p(x, z_k) / q(z_k | x) with
+"""The estimates that evaluation reads from a model beside its training bound.
+
+log_likelihood (VAE.log_likelihood): the importance-sampled log p(x) = log (1/K) sum_k p(x, z_k) / q(z_k | x) with
 z_k ~ q(z|x), streamed so that its memory does not grow with K or the batch. The weights log p(x, z_k) -
 log q(z_k | x) are the model's own (its _log_weights: HierarchicalVAE's are over every level), the sizes its
-_activation_width; an M2 model without labels marginalises over the classes."""
+_activation_width; an M2 model without labels marginalises over the classes.
+posterior_elbo (VAE.posterior_elbo): the one-sample ELBO under a given (e.g. refined) posterior, what posterior
+refinement (fastvae.train.evaluation.refine_posteriors) optimises; HierarchicalVAE has its own."""
 import math
 
 import torch
@@ -64,3 +68,21 @@ def ll_chunks(model, n_inputs, n_samples, chunk_elements):
     per_chunk = max(1, chunk_elements // model._activation_width())     # (input, sample) pairs one chunk holds
     b = min(n_inputs, per_chunk)
     return b, max(1, min(n_samples, per_chunk // b))
+
+
+def posterior_elbo(model, x, stats, y, generator):
+    """VAE.posterior_elbo of model: the one-sample ELBO per input, (B,), under the posterior of the given stats."""
+    _checks.generator(generator)
+    x_flat = as_float(model._flat(x))
+    if stats.dim() != 2 or stats.shape != (x_flat.shape[0], model.q_z.n_stats):
+        raise ValueError(f"stats must have shape ({x_flat.shape[0]}, {model.q_z.n_stats}) (B, q_z.n_stats); "
+                         f"got {tuple(stats.shape)}")
+    ops = model.ops
+    mu, stat = model.q_z.split(stats)
+    closed_form = model.q_z.sample_kl(ops, mu, stat, generator)
+    if closed_form is not None:
+        z, kl = closed_form
+    else:
+        zk, log_q = model.q_z.sample(ops, mu, stat, 1, generator)
+        z, kl = zk[0], log_q[0] - model.p_z.log_prob(ops, zk)[0]
+    return -(model.p_x.nll(ops, x_flat, model.decode(z, y)) + kl)

@@ -338,20 +338,7 @@ class VAE(nn.Module):
         statistics (B, q_z.n_stats) are given (as encode_stats returns them, or refined): the KL in closed form
         where the posterior has one, else log q(z|x) - log p(z) at the sample. The plain ELBO whatever the model's
         beta and k; differentiable in stats."""
-        _checks.generator(generator)
-        x_flat = as_float(self._flat(x))
-        if stats.dim() != 2 or stats.shape != (x_flat.shape[0], self.q_z.n_stats):
-            raise ValueError(f"stats must have shape ({x_flat.shape[0]}, {self.q_z.n_stats}) (B, q_z.n_stats); "
-                             f"got {tuple(stats.shape)}")
-        ops = self.ops
-        mu, stat = self.q_z.split(stats)
-        closed_form = self.q_z.sample_kl(ops, mu, stat, generator)
-        if closed_form is not None:
-            z, kl = closed_form
-        else:
-            zk, log_q = self.q_z.sample(ops, mu, stat, 1, generator)
-            z, kl = zk[0], log_q[0] - self.p_z.log_prob(ops, zk)[0]
-        return -(self.p_x.nll(ops, x_flat, self.decode(z, y)) + kl)
+        return estimators.posterior_elbo(self, x, stats, y, generator)
 
     def _activation_width(self):
         """The widest activation one (sample, input) pair produces: sizes the chunks of log_likelihood."""
