@@ -452,8 +452,8 @@ def test_amp_auto_resolves_by_the_devices_bf16_matmuls(tmp_path):
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_auto_is_recorded_with_what_it_resolved_to(tmp_path, monkeypatch, native):
-    from fastvae.train import loop
-    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: native)
+    from fastvae.train import amp
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: native)
     out = tmp_path / "run"
     res = tr.train(dict(hidden_dims=[8], latent_dim=2, batch_size=512, progress=False, out=str(out), eval_k=0,
                         threads=1, epochs=1, amp="auto", device="cpu"))

@@ -269,7 +269,7 @@ def test_gzip_stream_longer_than_declared_is_refused_after_the_declared_bytes(tm
 
 
 def test_header_declaring_more_than_memory_is_refused(tmp_path, monkeypatch):
-    import fastvae.data as fd
+    import fastvae.data.files as fd
     monkeypatch.setattr(fd, "_memory_bytes", lambda: 1 << 20)     # a 1 MiB machine: 100 x 64 x 64 does not fit
     x = np.zeros((100, 64, 64), np.uint8)
     for name in ("m-idx3-ubyte", "m-idx3-ubyte.gz"):

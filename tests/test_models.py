@@ -323,6 +323,18 @@ def test_a_cpu_generator_serves_every_random_method():
     assert torch.equal(a, b) and set(a.unique().tolist()) <= {0.0, 1.0}
 
 
+def test_the_base_class_file_imports_none_of_its_subclasses():
+    """vae.py imports neither a subclass nor the factory that knows them all (registry.py): no import circle."""
+    import ast
+    import fastvae.models.vae
+    with open(fastvae.models.vae.__file__) as f:
+        tree = ast.parse(f.read())
+    froms = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]       # at the top or inside a function
+    names = {n.module.split(".")[-1] for n in froms if n.module} | {a.name for n in froms for a in n.names}
+    assert "backends" in names                    # (the walk sees the imports)
+    assert not names & {"hierarchical", "vaegan", "registry", "HierarchicalVAE", "VAEGAN", "build_model"}
+
+
 def test_build_model_refuses_unknown_missing_and_bad_keys():
     cfg = VAE(64, 2, hidden_dims=(8,)).config
     assert build_model(cfg).config == cfg

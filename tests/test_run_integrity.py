@@ -204,7 +204,7 @@ def test_a_read_only_folder_at_the_start_is_one_line(tmp_path, capsys, monkeypat
 
 def test_an_unreadable_data_file_is_one_line(tmp_path, capsys, monkeypatch):
     """A data file without read permission (simulated: root reads anything) ended in a PermissionError traceback."""
-    import fastvae.data
+    import fastvae.data.files
     folder = tmp_path / "idx"
     folder.mkdir()
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -213,7 +213,7 @@ def test_an_unreadable_data_file_is_one_line(tmp_path, capsys, monkeypatch):
 
     def denied(path):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-    monkeypatch.setattr(fastvae.data, "_open", denied)
+    monkeypatch.setattr(fastvae.data.files, "_open", denied)
     out = tmp_path / "run"
     assert _train(out, "--data", f"mnist:{folder}") == 1
     err = _one_line_error(capsys)

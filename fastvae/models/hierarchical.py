@@ -26,11 +26,12 @@ import math
 import torch
 from torch import nn
 
-from . import checks
+from .. import _checks
 from .networks import mlp
+from .output import VAEOutput, as_float
 from .posteriors import DiagonalGaussian
 from .priors import StandardNormal
-from .vae import VAE, VAEOutput, _as_float
+from .vae import VAE
 
 
 def _halves(t):
@@ -56,11 +57,11 @@ class HierarchicalVAE(VAE):
 
     def __init__(self, input_dim, latent_dims, hidden_dims=(512, 256), likelihood="gaussian", variance="learned",
                  beta=1.0, n_samples=1, *, conv=False, conv_channels=(32, 64), activation="silu", backend="fastvae"):
-        dims = checks.integers("latent_dims", latent_dims, 1)
+        dims = _checks.integers(latent_dims, "latent_dims", 1)
         if len(dims) < 2:
             raise ValueError(f"latent_dims must hold at least 2 ints (one per stochastic layer, the lowest first); "
                              f"got {list(latent_dims)!r}")
-        hidden = checks.integers("hidden_dims", hidden_dims, 1)
+        hidden = _checks.integers(hidden_dims, "hidden_dims", 1)
         if not hidden:
             raise ValueError("hidden_dims must hold at least one width for a hierarchical VAE (its ladder layers "
                              "have width hidden_dims[-1]); got []")
@@ -207,8 +208,8 @@ class HierarchicalVAE(VAE):
     def posterior_elbo(self, x, stats, y=None, *, generator=None):
         """A one-sample ELBO per input, (B,), for the bottom-up features stats (B, L * width) as encode_stats
         returns them (or refined): recon + the closed-form KLs of every level; differentiable in stats."""
-        checks.generator("generator", generator)
-        x_flat = _as_float(self._flat(x))
+        _checks.generator(generator)
+        x_flat = as_float(self._flat(x))
         self._check_stats(stats, x_flat.shape[0])
         recon, kl, _ = self._elbo_terms(self.ops, x_flat, stats, y, generator)
         return -(recon + kl)

@@ -1,63 +1,29 @@
 """VAE: the parts composed into a model, its objective (the ELBO, the importance-weighted bound, plus a batch
-distance), the importance-sampled log-likelihood, generation; and build_model, which rebuilds one from its config."""
-import inspect
+distance), generation, and the trainer's hook. The importance-sampled log-likelihood is estimators.py's, the
+semi-supervised (M2) objective m2.py's; the factory that rebuilds a model from its config is registry.py's."""
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
 
 from .. import _checks
 from ..distances import ESTIMATORS, KERNELS
-from . import checks
+from . import estimators, m2
 from .backends import BACKENDS, Ops
+from .estimators import MAX_LL_SAMPLES  # noqa: F401 (fastvae.models.vae.MAX_LL_SAMPLES, as before)
 from .labels import NoLabels, OneHotLabels, SemiSupervisedLabels
 from .likelihoods import LIKELIHOODS, VARIANCES, Bernoulli, Gaussian, Logistic, LogisticMixture
 from .networks import ACTIVATIONS, ConvDecoder, ConvEncoder, count_parameters, mlp
+from .output import VAEOutput, as_float
 from .posteriors import POSTERIORS, DiagonalGaussian, FullGaussian
 from .priors import StandardNormal
 from .regularisers import DIVERGENCES, KL, MMD, Energy, SlicedWasserstein
 
-# Elements (samples x widest layer) one chunk of log_likelihood may hold: ~64 MiB of float32 activations.
-_LL_CHUNK_ELEMENTS = 1 << 24
-# The most importance samples log_likelihood takes per input (200 times the K = 5000 of the IWAE paper): its cost
-# grows linearly with K, and a K of 2^63 would loop for ever.
-MAX_LL_SAMPLES = 10**6
 # Adam moves a parameter by about lr per step: the one learned log-variance of the Gaussian likelihood has to
 # travel from 0 to about -5 on [0, 1] pixel data, which at lr 1e-3 takes thousands of steps and holds the whole
 # model back (a straight-line loss curve). Its own, larger step size lets it follow the reconstruction error.
 VARIANCE_LR_SCALE = 20.0
-
-
-@dataclass
-class VAEOutput:
-    """What a forward pass returns. Per-sample tensors have shape (B,).
-
-    loss: the scalar to minimise. elbo: the per-sample evidence lower bound (the importance-weighted bound for
-    IWAE); recon: per-sample -log p(x|z) (averaged over the k samples); kl: per-sample KL(q(z|x) || p(z))
-    (closed form for a diagonal posterior, a one-sample estimate for a full one); distance: the batch MMD or
-    sliced-Wasserstein term of WAE/SWAE (None for divergence="kl"); z: the latent sample(s), (B, d) or (k, B, d).
-    classification: semi-supervised (M2) only: -log q(y|x) of the labelled inputs, (L,) (None for the others).
-    terms: further scalar batch means a model's own train_step reports (VAE-GAN: llike, gan, decoder), which the
-    trainer records as train_<name> (None for the others).
-    For M2, elbo is the bound on log p(x, y) of a labelled input and on log p(x) of an unlabelled one, recon and kl
-    are averaged over q(y|x) for an unlabelled input, and z is the sample under its given or most probable class.
-    """
-    loss: torch.Tensor
-    elbo: torch.Tensor
-    recon: torch.Tensor
-    kl: torch.Tensor
-    z: torch.Tensor
-    distance: Optional[torch.Tensor] = None
-    classification: Optional[torch.Tensor] = None
-    terms: Optional[dict] = None
-
-    @property
-    def regulariser(self):
-        """The term that the divergence adds to the reconstruction (the KL, or the MMD / SW distance)."""
-        return self.kl if self.distance is None else self.distance
 
 
 class VAE(nn.Module):
@@ -98,39 +64,39 @@ class VAE(nn.Module):
                                      ("mmd_estimator", mmd_estimator, ESTIMATORS),
                                      ("activation", activation, tuple(ACTIVATIONS))):
             _checks.choice(value, name, allowed)
-        if checks.is_int(input_dim):
-            shape = (checks.integer("input_dim", input_dim, 1),)
+        if _checks.is_int(input_dim):
+            shape = (_checks.integer(input_dim, "input_dim", 1),)
         elif isinstance(input_dim, (list, tuple)) and input_dim:
-            shape = tuple(checks.integers("input_dim", input_dim, 1))
+            shape = tuple(_checks.integers(input_dim, "input_dim", 1))
         else:
             raise TypeError(f"input_dim must be a positive int or a shape such as (C, H, W); got {input_dim!r}")
-        conv = checks.boolean("conv", conv)
+        conv = _checks.boolean(conv, "conv")
         if conv and len(shape) != 3:
             raise ValueError(f"conv=True needs input_dim = (C, H, W); got {input_dim!r}")
-        hidden = checks.integers("hidden_dims", hidden_dims, 1)
-        conv_channels = checks.integers("conv_channels", conv_channels, 1, length=2)
-        semi_supervised = checks.boolean("semi_supervised", semi_supervised)
-        if semi_supervised and (not checks.is_int(n_classes) or n_classes < 2 or divergence != "kl"
+        hidden = _checks.integers(hidden_dims, "hidden_dims", 1)
+        conv_channels = _checks.integers(conv_channels, "conv_channels", 1, length=2)
+        semi_supervised = _checks.boolean(semi_supervised, "semi_supervised")
+        if semi_supervised and (not _checks.is_int(n_classes) or n_classes < 2 or divergence != "kl"
                                 or n_samples != 1):
             raise ValueError(f"semi_supervised=True (M2) needs n_classes >= 2, divergence='kl' and n_samples=1; got "
                              f"n_classes={n_classes!r}, divergence={divergence!r}, n_samples={n_samples!r}")
         if not isinstance(kernel_scales, (list, tuple)) or not kernel_scales:
             raise TypeError(f"kernel_scales must be a non-empty list of positive numbers; got {kernel_scales!r}")
-        kernel_scales = [checks.real("kernel_scales", s, positive=True) for s in kernel_scales]
+        kernel_scales = [_checks.real(s, "kernel_scales", positive=True) for s in kernel_scales]
         self.config = dict(
             input_dim=list(shape) if len(shape) > 1 else shape[0],
-            latent_dim=checks.integer("latent_dim", latent_dim, 1), hidden_dims=hidden, likelihood=likelihood,
-            variance=variance, beta=checks.real("beta", beta),
-            divergence=divergence, n_samples=checks.integer("n_samples", n_samples, 1), posterior=posterior,
-            n_classes=checks.integer("n_classes", n_classes, 0), reg_weight=checks.real("reg_weight", reg_weight),
-            kernel=kernel, bandwidth=None if bandwidth is None else checks.real("bandwidth", bandwidth, positive=True),
+            latent_dim=_checks.integer(latent_dim, "latent_dim", 1), hidden_dims=hidden, likelihood=likelihood,
+            variance=variance, beta=_checks.real(beta, "beta"),
+            divergence=divergence, n_samples=_checks.integer(n_samples, "n_samples", 1), posterior=posterior,
+            n_classes=_checks.integer(n_classes, "n_classes", 0), reg_weight=_checks.real(reg_weight, "reg_weight"),
+            kernel=kernel, bandwidth=None if bandwidth is None else _checks.real(bandwidth, "bandwidth", positive=True),
             mmd_estimator=mmd_estimator, kernel_scales=kernel_scales,
-            n_projections=checks.integer("n_projections", n_projections, 1), conv=conv,
+            n_projections=_checks.integer(n_projections, "n_projections", 1), conv=conv,
             conv_channels=conv_channels, activation=activation, backend=backend)
-        n_mix = checks.integer("n_mix", n_mix, 1)
+        n_mix = _checks.integer(n_mix, "n_mix", 1)
         if likelihood == "logistic_mixture":  # recorded where it matters (other models' configs stay as they were)
             self.config["n_mix"] = n_mix
-        alpha = checks.real("alpha", alpha)
+        alpha = _checks.real(alpha, "alpha")
         if semi_supervised:     # (only then: the configs of every other model stay those of older checkpoints)
             self.config.update(semi_supervised=True, alpha=alpha)
         self.input_shape = shape
@@ -177,8 +143,8 @@ class VAE(nn.Module):
         # the networks
         n_params = count_parameters(shape, d, self.q_z.n_stats, self.p_x.n_outputs, self.n_classes, hidden, conv,
                                     conv_channels)
-        checks.check_fits(4 * n_params, torch.get_default_device(), f"a model of {n_params} parameters (from "
-                          f"input_dim, latent_dim, hidden_dims, n_classes, conv_channels)")
+        _checks.check_fits(4 * n_params, torch.get_default_device(), f"a model of {n_params} parameters (from "
+                           f"input_dim, latent_dim, hidden_dims, n_classes, conv_channels)")
         if self.conv:
             self.conv_encoder = ConvEncoder(shape, tuple(conv_channels), activation)
             enc_in = self.conv_encoder.out_features
@@ -195,8 +161,8 @@ class VAE(nn.Module):
         else:
             self.decoder = mlp([d + self.n_classes, *dec_hidden, self.data_dim * self.p_x.n_outputs],
                                activation=activation)
-        if semi_supervised:     # q(y|x): the encoder's widths on the flat input
-            self.classifier = mlp([self.data_dim, *hidden, self.n_classes], activation=activation)
+        if semi_supervised:     # q(y|x)
+            self.classifier = m2.classifier_network(self.data_dim, hidden, self.n_classes, activation)
 
     # ------------------------------------------------------------------------------------------------------------
     # the pieces
@@ -305,7 +271,7 @@ class VAE(nn.Module):
         passes the same one)."""
         x_flat = self._forward_input(x, generator, distance_generator)
         if self.semi_supervised:
-            return self._semi_supervised(x, x_flat, y, generator)
+            return m2.objective(self, x, x_flat, y, generator)
         loss_per_sample, elbo, recon, kl, z = self._bound(x, x_flat, y, generator)
         loss = loss_per_sample.mean()
         distance = self.regulariser.distance(self.ops, z, distance_generator, self.gather)
@@ -315,12 +281,12 @@ class VAE(nn.Module):
 
     def _forward_input(self, x, generator, distance_generator):
         """forward's checks of its arguments and of the memory its activations need; returns x flat (B, D)."""
-        checks.generator("generator", generator)
-        checks.generator("distance_generator", distance_generator)
-        x_flat = _as_float(self._flat(x))
+        _checks.generator(generator)
+        _checks.generator(distance_generator, name="distance_generator")
+        x_flat = as_float(self._flat(x))
         if not torch.compiler.is_compiling():
-            checks.check_fits(self.n_samples * x.shape[0] * self._activation_width() * x.element_size(), x.device,
-                              f"the activations of n_samples={self.n_samples} x a batch of {x.shape[0]}")
+            _checks.check_fits(self.n_samples * x.shape[0] * self._activation_width() * x.element_size(), x.device,
+                               f"the activations of n_samples={self.n_samples} x a batch of {x.shape[0]}")
         return x_flat
 
     def _bound(self, x, x_flat, y, generator):
@@ -344,55 +310,13 @@ class VAE(nn.Module):
 
     def classify(self, x):
         """q(y|x) of a semi-supervised (M2) model: log-probabilities of the classes, (B, n_classes)."""
-        if not self.semi_supervised:
-            raise ValueError("classify needs a semi-supervised (M2) model: VAE(..., semi_supervised=True)")
-        return torch.log_softmax(self.classifier(_as_float(self._flat(x)).to(self._dtype())).float(), -1)
-
-    def _semi_supervised(self, x, x_flat, y, generator):
-        """M2's objective (Kingma et al. 2014, eq. 9): a labelled input's -bound on log p(x, y) plus alpha times
-        -log q(y|x); an unlabelled one's sum over the classes y of q(y|x) times -bound(x, y), minus q's entropy.
-        Unlabelled inputs go through the bound once for all classes: (C * U) rows, class-major."""
-        y = self.labels.check(y, x.shape[0], self._device(), partial=True).long()
-        c, log_c = self.n_classes, math.log(self.n_classes)
-        log_q_y = self.classify(x)                                                 # (B, C)
-        lab = (y >= 0).nonzero().squeeze(1)
-        unl = (y < 0).nonzero().squeeze(1)
-        b = x.shape[0]
-        terms = [x_flat.new_zeros(b, dtype=torch.float32) for _ in range(4)]      # loss, elbo, recon, kl
-        z = x_flat.new_zeros(b, self.latent_dim, dtype=torch.float32)
-        classification = None
-        if lab.numel():
-            loss_l, elbo_l, recon_l, kl_l, z_l = self._bound(x[lab], x_flat[lab], y[lab], generator)
-            classification = -log_q_y[lab].gather(1, y[lab, None]).squeeze(1)
-            for t, v in zip(terms, (loss_l + log_c, elbo_l - log_c, recon_l, kl_l)):
-                t[lab] = v.float()
-            z[lab] = z_l.float()
-        if unl.numel():
-            n = unl.numel()
-            xs, xf = x[unl], x_flat[unl]
-            classes = torch.arange(c, device=y.device).repeat_interleave(n)
-            loss_u, elbo_u, recon_u, kl_u, z_u = self._bound(xs.repeat(c, *[1] * (xs.dim() - 1)), xf.repeat(c, 1),
-                                                             classes, generator)
-            log_q = log_q_y[unl].T                                                 # (C, U)
-            q = log_q.exp()
-            loss_cu = loss_u.float().reshape(c, n) + log_c
-            elbo_cu = elbo_u.float().reshape(c, n) - log_c
-            terms[0][unl] = (q * (loss_cu + log_q)).sum(0)          # sum_y q (-bound(x, y)) - H(q)
-            terms[1][unl] = (q * (elbo_cu - log_q)).sum(0)          # the bound on log p(x)
-            terms[2][unl] = (q * recon_u.float().reshape(c, n)).sum(0)
-            terms[3][unl] = (q * kl_u.float().reshape(c, n)).sum(0)
-            best = log_q.argmax(0)                                   # (U,): each input's most probable class
-            z[unl] = z_u.float().reshape(c, n, -1)[best, torch.arange(n, device=y.device)]
-        loss = terms[0].mean()
-        if classification is not None:
-            loss = loss + self.alpha * classification.mean()
-        return VAEOutput(loss=loss, elbo=terms[1], recon=terms[2], kl=terms[3], z=z, classification=classification)
+        return m2.classify(self, x)
 
     # ------------------------------------------------------------------------------------------------------------
     # evaluation and generation
 
     @torch.no_grad()
-    def log_likelihood(self, x, y=None, *, n_samples=1000, generator=None, chunk_elements=_LL_CHUNK_ELEMENTS,
+    def log_likelihood(self, x, y=None, *, n_samples=1000, generator=None, chunk_elements=estimators.LL_CHUNK_ELEMENTS,
                        progress=None):
         """Importance-sampled estimate of log p(x) per sample, (B,): log (1/K) sum_k p(x, z_k) / q(z_k | x) with
         z_k ~ q(z|x) (the IWAE bound at K; K = 1 is the ELBO's single-sample weight). Streamed: the inputs are cut
@@ -401,43 +325,7 @@ class VAE(nn.Module):
         folded into a running log-sum-exp per input. n_samples: 1..MAX_LL_SAMPLES (10^6). progress: None, or a
         callable given the number of (input, sample) pairs each chunk has done (B * K in all). A semi-supervised
         (M2) model without y estimates log p(x) = log sum_y p(y) p(x|y), ceil(K / n_classes) samples per class."""
-        n_samples = checks.integer("n_samples", n_samples, 1, MAX_LL_SAMPLES)
-        chunk_elements = checks.integer("chunk_elements", chunk_elements, 1)
-        checks.generator("generator", generator)
-        if progress is not None and not callable(progress):
-            raise TypeError(f"progress must be None or a callable; got {type(progress).__name__}")
-        self._flat(x)
-        b, k_chunk = self._ll_chunks(x.shape[0], n_samples, chunk_elements)
-        checks.check_fits(k_chunk * b * self._activation_width() * x.element_size(), x.device,
-                          f"a chunk of chunk_elements={chunk_elements}")
-        out = []
-        for i in range(0, x.shape[0], b):
-            xb = x[i:i + b]
-            if self.semi_supervised and y is None:
-                # M2: log p(x) = log sum_y p(y) p(x|y), uniform p(y), each p(x|y) from ceil(K / C) of the samples
-                c = self.n_classes
-                per_class = -(-n_samples // c)
-                ll = [self._block_log_likelihood(xb, torch.full((xb.shape[0],), j, device=xb.device), per_class,
-                                                 k_chunk, generator, progress) for j in range(c)]
-                out.append(torch.logsumexp(torch.stack(ll), 0) - math.log(c))
-            else:
-                out.append(self._block_log_likelihood(xb, None if y is None else y[i:i + b], n_samples, k_chunk,
-                                                      generator, progress))
-        return torch.cat(out)
-
-    def _block_log_likelihood(self, xb, yb, n_samples, k_chunk, generator, progress):
-        """log (1/K) sum_k p(x, z_k | y) / q(z_k | x, y) for a block of inputs, K = n_samples in chunks of k_chunk."""
-        ops = self.ops
-        stats = self.encode_stats(xb, yb)
-        x_flat = _as_float(self._flat(xb))
-        acc = None                                           # running log-sum-exp of the weights, (b,)
-        for j in range(0, n_samples, k_chunk):
-            k = min(k_chunk, n_samples - j)
-            lse = torch.logsumexp(self._log_weights(ops, x_flat, stats, yb, k, generator), 0)
-            acc = lse if acc is None else torch.logaddexp(acc, lse)
-            if progress is not None:
-                progress(k * xb.shape[0])
-        return acc - math.log(n_samples)
+        return estimators.log_likelihood(self, x, y, n_samples, generator, chunk_elements, progress)
 
     def _log_weights(self, ops, x_flat, stats, y, k, generator):
         """log p(x, z_k) - log q(z_k | x) at k draws z_k ~ q(z|x) per input, (k, B), for the encoder's stats."""
@@ -450,27 +338,7 @@ class VAE(nn.Module):
         statistics (B, q_z.n_stats) are given (as encode_stats returns them, or refined): the KL in closed form
         where the posterior has one, else log q(z|x) - log p(z) at the sample. The plain ELBO whatever the model's
         beta and k; differentiable in stats."""
-        checks.generator("generator", generator)
-        x_flat = _as_float(self._flat(x))
-        if stats.dim() != 2 or stats.shape != (x_flat.shape[0], self.q_z.n_stats):
-            raise ValueError(f"stats must have shape ({x_flat.shape[0]}, {self.q_z.n_stats}) (B, q_z.n_stats); "
-                             f"got {tuple(stats.shape)}")
-        ops = self.ops
-        mu, stat = self.q_z.split(stats)
-        closed_form = self.q_z.sample_kl(ops, mu, stat, generator)
-        if closed_form is not None:
-            z, kl = closed_form
-        else:
-            zk, log_q = self.q_z.sample(ops, mu, stat, 1, generator)
-            z, kl = zk[0], log_q[0] - self.p_z.log_prob(ops, zk)[0]
-        return -(self.p_x.nll(ops, x_flat, self.decode(z, y)) + kl)
-
-    def _ll_chunks(self, n_inputs, n_samples, chunk_elements):
-        """(inputs per block, samples per chunk) of log_likelihood: their product times the widest activation is at
-        most chunk_elements (or one pair, when a single one is wider)."""
-        per_chunk = max(1, chunk_elements // self._activation_width())     # (input, sample) pairs one chunk holds
-        b = min(n_inputs, per_chunk)
-        return b, max(1, min(n_samples, per_chunk // b))
+        return estimators.posterior_elbo(self, x, stats, y, generator)
 
     def _activation_width(self):
         """The widest activation one (sample, input) pair produces: sizes the chunks of log_likelihood."""
@@ -490,12 +358,12 @@ class VAE(nn.Module):
         """n samples from the model, shaped (n, *input_shape). mean=True returns the decoder's mean (Gaussian) or
         probabilities (Bernoulli), the usual picture; mean=False samples x ~ p(x|z) too. A CVAE takes labels y
         (n,), or cycles through the classes when y is None."""
-        n = checks.integer("n", n, 1)
-        checks.boolean("mean", mean)
-        checks.generator("generator", generator)
+        n = _checks.integer(n, "n", 1)
+        _checks.boolean(mean, "mean")
+        _checks.generator(generator)
         device = self._device()
-        checks.check_fits(n * self._activation_width() * torch.finfo(self._dtype()).bits // 8, device,
-                          f"sampling n={n} at once")
+        _checks.check_fits(n * self._activation_width() * torch.finfo(self._dtype()).bits // 8, device,
+                           f"sampling n={n} at once")
         z = self._prior_sample(n, generator)
         if y is None:
             y = self.labels.default(n, device)
@@ -509,8 +377,8 @@ class VAE(nn.Module):
     def reconstruct(self, x, y=None, *, generator=None, mean=True):
         """The decoder's mean (or a sample, mean=False) at z = the posterior mean, shaped like x (an M2 model
         without y: under the class q(y|x) finds most probable)."""
-        checks.boolean("mean", mean)
-        checks.generator("generator", generator)
+        _checks.boolean(mean, "mean")
+        _checks.generator(generator)
         if self.semi_supervised and y is None:
             y = self.classify(x).argmax(-1)          # M2: the class q(y|x) finds most probable
         mu, _ = self.encode(x, y)
@@ -519,33 +387,3 @@ class VAE(nn.Module):
     def _emit(self, params, mean, generator):
         return self.p_x.mean(params) if mean else self.p_x.sample(params, generator)
 
-
-def _as_float(x):
-    """Data stays in its floating dtype (the ops promote it against the decoder's, e.g. under bf16 autocast)."""
-    return x if x.is_floating_point() else x.float()
-
-
-def model_class(config):
-    """The class of the family that a model config (`config` of a model, a checkpoint's model_config) describes:
-    HierarchicalVAE when it holds latent_dims, VAEGAN when it holds gamma, else VAE. An unknown key is refused,
-    naming it, as is a missing input_dim or latent_dim (latent_dims); the class checks each value."""
-    from .hierarchical import HierarchicalVAE
-    from .vaegan import VAEGAN
-    if not isinstance(config, dict):
-        raise TypeError(f"the model config must be a dict of VAE arguments; got {type(config).__name__}")
-    cls, size = (HierarchicalVAE, "latent_dims") if "latent_dims" in config else (
-        (VAEGAN if "gamma" in config else VAE), "latent_dim")
-    known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(str(k) for k in config if k not in known)
-    if unknown:
-        raise ValueError(f"the model config has unknown key(s) {unknown}; known: {known}")
-    missing = [k for k in ("input_dim", size) if k not in config]
-    if missing:
-        raise ValueError(f"the model config lacks {missing}")
-    return cls
-
-
-def build_model(config):
-    """The model (a VAE, a HierarchicalVAE or a VAEGAN) from the dict that its `config` (and a checkpoint) holds:
-    every key is an argument of its class (model_class)."""
-    return model_class(config)(**config)

@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _checks
-from . import checks
 from .networks import ConvEncoder, mlp
-from .vae import VARIANCE_LR_SCALE, VAE, VAEOutput, _as_float
+from .output import VAEOutput, as_float
+from .vae import VARIANCE_LR_SCALE, VAE
 
 # the optimisers, in the order Algorithm 1 updates them (the names of the checkpoint's `optimizers` entry)
 OPTIMIZERS = ("encoder", "decoder", "discriminator")
@@ -89,13 +89,13 @@ class VAEGAN(VAE):
             raise ValueError("variance must be 'learned' or 'fixed' for a VAE-GAN (a decoder variance network would "
                              "train the decoder on the pixel likelihood); got 'network'")
         _checks.choice(feature_variance, "feature_variance", FEATURE_VARIANCES)
-        hidden = checks.integers("hidden_dims", hidden_dims, 1)
+        hidden = _checks.integers(hidden_dims, "hidden_dims", 1)
         if not hidden:
             raise ValueError("hidden_dims must hold at least one width for a VAE-GAN (its discriminator's features "
                              "are the last hidden layer); got []")
         super().__init__(input_dim, latent_dim, hidden, likelihood, variance, beta, conv=conv,
                          conv_channels=conv_channels, backend=backend)
-        self.gamma = checks.real("gamma", gamma)
+        self.gamma = _checks.real(gamma, "gamma")
         self.config = dict(input_dim=self.config["input_dim"], latent_dim=self.latent_dim, hidden_dims=hidden,
                            likelihood=likelihood, variance=variance, beta=self.beta, gamma=self.gamma,
                            feature_variance=feature_variance, conv=conv, conv_channels=self.config["conv_channels"],
@@ -139,8 +139,8 @@ class VAEGAN(VAE):
         discriminator's L_GAN; batch means. The output's loss is the encoder's, its recon and elbo the pixel
         likelihood's (detached decoder means: what evaluate reports), and its terms L_llike, L_GAN and the
         decoder's loss."""
-        checks.generator("generator", generator)
-        x_flat = _as_float(self._flat(x))
+        _checks.generator(generator)
+        x_flat = as_float(self._flat(x))
         ops = self.ops
         mu, logvar = self.encode(x)
         z, kl = self.q_z.sample_kl(ops, mu, logvar, generator)

@@ -10,9 +10,14 @@ a folder that holds another run is refused unless resume (continue it) or overwr
     rundir.py        the run folder: its files, claiming and locking it, atomic writes
     checkpoint.py    save_checkpoint (the previous one kept), load_checkpoint (verified, every entry checked)
     build.py         a run's model built and checked on the meta device first; model_from_checkpoint
-    distributed.py   torchrun's environment, the device, the process group's lifetime, the collectives
+    distributed.py   torchrun's environment, the device, the process group's lifetime, the collectives, rank 0's
+                     log
     evaluation.py    evaluate: test ELBO, loss, terms and log-likelihood; refine_posteriors: the amortisation gap
-    loop.py          train(): claims the folder, trains, checkpoints, stops on NaN/inf or Ctrl-C
+    loop.py          train(): claims the folder, then a run's phases: setup, per epoch training, evaluation and
+                     checkpoint, the summary
+    resume.py        a run restored from its checkpoint (model, optimizers, epoch, every RNG stream)
+    stops.py         why a run stops (TrainingDiverged on NaN/inf, WriteFailed, TrainingInterrupted on Ctrl-C)
+    amp.py           the autocast a run's amp setting resolves to on its device
     summary.py       metrics.csv/json, summary.json and the printed summary (pictures: fastvae.plots)
 
 `from fastvae import train as tr` gives every public name below (tr.train, tr.resolve_config, tr.SETTINGS, ...).

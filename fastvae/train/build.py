@@ -7,8 +7,8 @@ import os
 import torch
 from torch import nn
 
+from .._checks import device_memory
 from ..models import build_model
-from ..models.checks import device_memory
 from .checkpoint import CheckpointError, load_checkpoint
 
 

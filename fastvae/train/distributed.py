@@ -9,6 +9,12 @@ import torch.distributed as dist
 from .settings import SETTINGS
 
 
+def log(msg, rank=0):
+    """Prints msg on rank 0 (every process of a run would print it otherwise)."""
+    if rank == 0:
+        print(msg, flush=True)
+
+
 def dist_env():
     """(distributed, rank, world size, local rank) of this process, from the variables torchrun sets."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 import torch
 
+from .. import _checks
+
 
 class RunningMoments:
     """The count, mean and sum of squared deviations of a stream of numbers, merged batch by batch in float64
@@ -142,11 +144,10 @@ def refine_posteriors(model, x, y=None, *, steps, lr=1e-2, n_eval=REFINE_EVAL_DR
       amortised_elbo, refined_elbo  nats per input (the plain ELBO, beta = 1, one sample per draw)
       amortisation_gap              refined_elbo - amortised_elbo
     progress: None, or a callable given the number of inputs each batch has finished."""
-    from ..models import checks
-    steps = checks.integer("steps", steps, 1, MAX_REFINE_STEPS)
-    lr = checks.real("lr", lr, positive=True)
-    n_eval = checks.integer("n_eval", n_eval, 1, 10**4)
-    batch_size = checks.integer("batch_size", batch_size, 1)
+    steps = _checks.integer(steps, "steps", 1, MAX_REFINE_STEPS)
+    lr = _checks.real(lr, "lr", positive=True)
+    n_eval = _checks.integer(n_eval, "n_eval", 1, 10**4)
+    batch_size = _checks.integer(batch_size, "batch_size", 1)
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be None or a callable; got {type(progress).__name__}")
     n = x.shape[0]
