@@ -162,7 +162,11 @@ def _run(args, argv):
                            "buffers, is not seen)"),
                argv=sys.argv[1:] if argv is None else list(argv))
     t_run = time.perf_counter()
+    env["cpus"], env["loadavg"] = os.cpu_count(), [os.getloadavg()[0]]
     _log(f"fastvae bench: {env['machine']}, torch {env['torch']}, out {out_dir}")
+    if env["loadavg"][0] > env["cpus"]:
+        _log(f"  WARNING: load average {env['loadavg'][0]:.1f} on {env['cpus']} CPUs: the machine is busy; times "
+             f"will be slow and spread, ratios (measured side by side) less so")
 
     # the machine's ceilings, measured in this run
     copy_mib = (4096 if cuda else 256) if not args.quick else (1024 if cuda else 64)
@@ -193,6 +197,7 @@ def _run(args, argv):
         env["vae_head_target"] = info2
         env["logistic_mixture_target"] = info4
         env["seconds"] = time.perf_counter() - t_run
+        env["loadavg"] = env["loadavg"][:1] + [os.getloadavg()[0]]
         if cuda:
             md2 += "\n\n" + targets.copy_bandwidth_fraction(rows)
         md5 = dropin_targets(rows)

@@ -108,8 +108,8 @@ def speedup_targets(rows):
         saved = "n/a"
         if f is not None and e is not None and f.get("saved_mib") is not None and e.get("saved_mib") is not None:
             saved = f"{f['saved_mib']:.1f} / {e['saved_mib']:.1f}"
-        swap = "" if s is None else f"{t(s)} ({verdict(ratio(e, s), goal)})"
-        lines.append(f"| {op} | {t(f)} | {t(e)} | {verdict(ratio(e, f), goal)} | {swap} | {saved} |")
+        swap = "" if s is None else f"{t(s)} ({verdict(ratio(e, s), goal, e, s)})"
+        lines.append(f"| {op} | {t(f)} | {t(e)} | {verdict(ratio(e, f), goal, e, f)} | {swap} | {saved} |")
     if not any_row:
         return f"### Target: drop-ins: not run (size {TARGET_SIZE} not selected)"
     return "\n".join(lines)

@@ -83,6 +83,80 @@ def bench(call, device, *, prepare=None, cleanup=None, warmup_s=0.2, budget_s=1.
     return dict(p20=percentile(times, 20), p50=percentile(times, 50), p80=percentile(times, 80), reps=len(times))
 
 
+def bench_interleaved(calls, device, *, warmup_s=0.2, budget_s=1.0, min_reps=5, max_reps=200, min_warmup=2,
+                      copy=None):
+    """Several providers timed side by side. calls: {name: (call, prepare, cleanup)} as for `bench`. Each is warmed
+    up in turn (as `bench`), then timed in rounds: a round times one rep of every provider, in an order that
+    rotates by one each round (ABC, BCA, CAB, ...), so load that comes and goes falls on all providers alike and
+    none always runs right after the same one; a round ends with one rep of `copy` (a CopyProbe: bytes per second)
+    when given, the copy bandwidth measured in the same loop. Rounds go on until at least `min_reps` and the wall
+    time passed budget_s per provider, or `max_reps`. A provider that raises is dropped from the rounds.
+    Returns ({name: dict(p20, p50, p80 in ms, reps) or the exception}, [copy bytes/s per round])."""
+    timer = Timer(device)
+    names = list(calls)
+    times = {name: [] for name in names}
+    errors = {}
+    i = 0
+
+    def rep(name):
+        nonlocal i
+        call, prepare, cleanup = calls[name]
+        t = timer.once(call, i, prepare)
+        if cleanup is not None:
+            cleanup(i)
+        i += 1
+        return t
+
+    for name in names:
+        t0, n = time.perf_counter(), 0
+        try:
+            while n < min_warmup or (time.perf_counter() - t0 < warmup_s and n < max_reps):
+                rep(name)
+                n += 1
+        except Exception as e:
+            errors[name] = e
+    live = [name for name in names if name not in errors]
+    copies = []
+    t0, rounds = time.perf_counter(), 0
+    while live and (rounds < min_reps or (time.perf_counter() - t0 < budget_s * len(live) and rounds < max_reps)):
+        shift = rounds % len(live)
+        for name in live[shift:] + live[:shift]:
+            try:
+                times[name].append(rep(name))
+            except Exception as e:
+                errors[name] = e
+        live = [name for name in live if name not in errors]
+        if copy is not None:
+            copies.append(copy())
+        rounds += 1
+    out = {}
+    for name in names:
+        v = times[name]
+        out[name] = errors[name] if name in errors else dict(
+            p20=percentile(v, 20), p50=percentile(v, 50), p80=percentile(v, 80), reps=len(v))
+    return out, copies
+
+
+class CopyProbe:
+    """One rep of a tensor copy of `nbytes` (larger than the last-level cache), as bytes read + written per
+    second: the copy bandwidth, measured inside a timing loop."""
+
+    def __init__(self, device, nbytes):
+        self.device, self.n = device, max(1, nbytes // 4)
+        self.src, self.dst = None, None
+        self.timer = Timer(device)
+
+    def __call__(self):
+        if self.src is None:
+            self.src, self.dst = torch.rand(self.n, device=self.device), torch.empty(self.n, device=self.device)
+            self.dst.copy_(self.src)  # first touch
+        ms = self.timer.once(lambda i, _: self.dst.copy_(self.src), 0)
+        return 2 * self.n * 4 / (ms / 1e3)
+
+    def release(self):
+        self.src = self.dst = None
+
+
 # ---- memory ------------------------------------------------------------------------------------------------
 
 def peak_memory_bytes(region, device):

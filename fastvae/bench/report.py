@@ -5,7 +5,7 @@ import os
 
 FIELDS = ["op", "provider", "mode", "dtype", "size", "shape", "device", "status", "p20_ms", "p50_ms", "p80_ms",
           "reps", "compile_s", "peak_mem_mib", "mem_method", "saved_mib", "saved_extra_mib", "bytes_model", "gbps",
-          "pct_copy_bw", "flops_model", "gflops", "pct_matmul", "samples_per_s", "speedup_vs_eager",
+          "loop_copy_gbps", "pct_copy_bw", "spread", "flops_model", "gflops", "pct_matmul", "samples_per_s", "speedup_vs_eager",
           "speedup_vs_compile", "timestamp", "git_commit", "torch", "machine"]
 
 
@@ -20,10 +20,15 @@ def derive(rows, env):
         p50 = r.get("p50_ms")
         if p50 is None:
             continue
+        if r.get("p20_ms"):
+            r["spread"] = r["p80_ms"] / r["p20_ms"]
         if r.get("bytes_model"):
             r["gbps"] = r["bytes_model"] / (p50 / 1e3) / 1e9
-            if env.get("copy_gbps"):
-                r["pct_copy_bw"] = 100 * r["gbps"] / env["copy_gbps"]
+            limit = r.get("loop_copy_gbps") or env.get("copy_gbps")
+            # A share of the limit only where the op stays below it: an op above a measured limit means the limit
+            # was measured wrong (or the bytes model counts what a cache served), not that it was beaten.
+            if limit and r["gbps"] <= limit:
+                r["pct_copy_bw"] = 100 * r["gbps"] / limit
         if r.get("flops_model"):
             r["gflops"] = r["flops_model"] / (p50 / 1e3) / 1e9
             rate = env.get("matmul_gflops", {}).get(r["dtype"])
@@ -76,6 +81,15 @@ def markdown(rows, env, ops, targets_md=""):
         ceil.append(f"matmul {rate:.0f} GFLOP/s ({dt}, {env['matmul_n']}^3)")
     if ceil:
         out += ["Measured ceilings, this run: " + "; ".join(ceil) + ".", ""]
+    load = env.get("loadavg")
+    if load:
+        out += [f"Machine load (1-minute load average) at the start and end of the run: {load[0]:.2f} and "
+                f"{load[-1]:.2f} on {env.get('cpus')} CPUs" + (
+                    " -- WARNING: above the CPU count, the machine was busy: read the ratios, not the times, "
+                    "and check their spread" if max(load) > (env.get("cpus") or 1) else "") + ".", ""]
+    out += ["Providers are timed side by side: after a warm-up each, in rounds of one rep per provider, the order "
+            "rotating each round, with one rep of a large copy per round (the copy bandwidth of the % copy column "
+            "is that loop's p50; blank where the op would exceed it). spread = p80 / p20.", ""]
     out += [f"Times: p50 [p20-p80] over reps ({env['timer']}), inputs rotated among several sets. "
             f"Peak memory: {env['mem_method']}. ×eager / ×compile: speed-up of the row over that provider "
             "(>1 = faster).", ""]

@@ -4,6 +4,7 @@ import math
 import os
 import time
 import traceback
+import types
 
 import torch
 
@@ -65,9 +66,15 @@ class Runner:
         self.min_reps = 3 if quick else 5
         self.skip_compiling = skip_compiling
         self.llc = _llc_bytes(device)
+        cuda = torch.device(device).type == "cuda"
+        self.copy_probe = measure.CopyProbe(device, max(256 * 2**20, 4 * self.llc) if cuda else
+                                            min(256 * 2**20, max(16 * 2**20, 2 * self.llc)))
 
     # -- one op ---------------------------------------------------------------------------------------------------
     def run_op(self, op, sizes, dtypes, providers=None):
+        """Every provider of `op` at each size and dtype, measured side by side: all are built and called once,
+        then each mode is timed in interleaved rounds (measure.bench_interleaved), with the copy probe's rep in
+        every round. Rows come out per provider, in the op's provider order."""
         rows = []
         for dtype in dtypes:
             for n in sizes:
@@ -76,13 +83,20 @@ class Runner:
                 set_bytes = sum(t.numel() * t.element_size() for t in _tensors(first))
                 k = int(min(8, max(2, math.ceil(2 * self.llc / max(set_bytes, 1)))))
                 sets = [first] + [op.make(n, dtype, self.device, gen) for _ in range(k - 1)]
+                ready, out = {}, {}
                 for name, builder in op.providers.items():
                     if providers and name not in providers:
                         continue
-                    rows += self._run_provider(op, n, dtype, sets, name, builder)
-                    if torch.device(self.device).type == "cuda":
-                        torch.cuda.empty_cache()   # a provider that ran out of memory must not starve the next
-                del sets, first
+                    p = self._prepare(op, n, dtype, sets, name, builder)
+                    if isinstance(p, list):
+                        out[name] = p
+                    else:
+                        ready[name] = p
+                out.update(self._measure(op, n, dtype, ready))
+                rows += [r for name in op.providers if name in out for r in out[name]]
+                del sets, first, ready
+                if torch.device(self.device).type == "cuda":
+                    torch.cuda.empty_cache()   # a provider that ran out of memory must not starve the next
         return rows
 
     def skip_op(self, op, sizes, dtypes, reason):
@@ -99,7 +113,10 @@ class Runner:
             return ("full",)
         return self.pairwise_modes if op.kind == "pairwise" else self.modes
 
-    def _run_provider(self, op, n, dtype, sets, name, builder):
+    def _prepare(self, op, n, dtype, sets, name, builder):
+        """The provider built and called once (forward + backward: compiles, JIT builds, gives the outputs'
+        structure), its saved-for-backward bytes measured; or its status rows if it is skipped, unavailable or
+        fails."""
         modes = self._modes_for(op)
         need = op.mem_model.get(name)
         if need is not None:
@@ -162,69 +179,93 @@ class Runner:
             except Exception:
                 saved = (None, None)
             zero_grads(0)
+        return _Prepared(name=name, fn=fn, sets=sets, grads=grads, zero_grads=zero_grads, first_s=first_s,
+                         saved=saved, holder={})
 
-        rows = []
-        holder = {}
-        slow = first_s > 2.0
+    def _calls(self, op, p, mode):
+        """(call, prepare, cleanup) of one rep of provider p in `mode` (see measure.bench)."""
+        k, sets, holder, grads, fn = len(p.sets), p.sets, p.holder, p.grads, p.fn
+        cuda = torch.device(self.device).type == "cuda"
 
         def cleanup(i):
             holder.clear()
-            zero_grads(i)
+            p.zero_grads(i)
 
-        for mode in modes:
-            row = self._base(op, n, dtype, name, mode)
-            if e2e:
-                def call(i, _):
-                    holder["out"] = fn(*sets[i % k])
-                prepare = None
-            elif mode == "forward":
-                def call(i, _):
-                    holder["out"] = fn(*sets[i % k])
-                prepare = None
-            elif mode == "backward":
-                def prepare(i):
-                    o = [t for t in _tensors(fn(*sets[i % k])) if t.requires_grad]
-                    if torch.device(self.device).type == "cuda":
-                        torch.cuda.synchronize()
-                    return o
+        prepare = None
+        if op.kind == "e2e" or mode == "forward":
+            def call(i, _):
+                holder["out"] = fn(*sets[i % k])
+        elif mode == "backward":
+            def prepare(i):
+                o = [t for t in _tensors(fn(*sets[i % k])) if t.requires_grad]
+                if cuda:
+                    torch.cuda.synchronize()
+                return o
 
-                def call(i, o):
-                    torch.autograd.backward(o, grads)
-            else:
-                def call(i, _):
-                    o = [t for t in _tensors(fn(*sets[i % k])) if t.requires_grad]
-                    torch.autograd.backward(o, grads)
-                prepare = None
+            def call(i, o):
+                torch.autograd.backward(o, grads)
+        else:
+            def call(i, _):
+                o = [t for t in _tensors(fn(*sets[i % k])) if t.requires_grad]
+                torch.autograd.backward(o, grads)
+        return call, prepare, cleanup
+
+    def _measure(self, op, n, dtype, ready):
+        """Rows of the prepared providers, each mode timed in interleaved rounds; {provider: rows}."""
+        out = {name: [] for name in ready}
+        if not ready:
+            return out
+        e2e = op.kind == "e2e"
+        slow = any(p.first_s > 2.0 for p in ready.values())  # calls of seconds: the first was the warm-up
+        for mode in self._modes_for(op):
+            calls = {name: self._calls(op, p, mode) for name, p in ready.items()}
             try:
-                # a call of seconds: the first call was its warm-up, and 3 reps will do
-                r = measure.bench(call, self.device, prepare=prepare, cleanup=cleanup,
-                                  warmup_s=0.0 if slow else self.warmup_s, budget_s=self.budget_s * op.budget_scale,
-                                  min_reps=3 if slow else self.min_reps, min_warmup=0 if slow else 1)
-                state = prepare(0) if prepare is not None else None
-                peak = measure.peak_memory_bytes(lambda: call(0, state), self.device)
-                del state
-                cleanup(0)
-            except Exception as e:
-                self.log(f"  {op.name} {op.size_label(n)} {name} {mode}: failed ({_short(e)})")
-                holder.clear()
-                rows.append(dict(row, status=f"failed: {_short(e)}"))
-                continue
-            row.update(status="ok", p20_ms=r["p20"], p50_ms=r["p50"], p80_ms=r["p80"], reps=r["reps"],
-                       peak_mem_mib=peak / 2**20)
-            if mode in ("forward", "full") and saved[0] is not None:
-                row.update(saved_mib=saved[0] / 2**20, saved_extra_mib=saved[1] / 2**20)
-            if e2e:
-                row["samples_per_s"] = n / (r["p50"] / 1e3)
-            if op.bytes_model is not None:
-                row["bytes_model"] = op.bytes_model(n, torch.empty((), dtype=dtype).element_size(), mode)
-            if op.flops_model is not None:
-                row["flops_model"] = op.flops_model(n, mode)
-            rows.append(row)
-            self.log(f"  {op.name} {op.size_label(n)} {name} {mode}: p50 {r['p50']:.3f} ms "
-                     f"[{r['p20']:.3f}, {r['p80']:.3f}] x{r['reps']}, peak {peak / 2**20:.1f} MiB")
-        if name in COMPILING:
-            steady = next((rw["p50_ms"] for rw in rows if rw.get("mode") == "full" and "p50_ms" in rw), None)
-            compile_s = max(0.0, first_s - (steady or 0.0) / 1e3)
-            for rw in rows:
-                rw["compile_s"] = compile_s
-        return rows
+                results, copy_bps = measure.bench_interleaved(
+                    calls, self.device, warmup_s=0.0 if slow else self.warmup_s,
+                    budget_s=self.budget_s * op.budget_scale, min_reps=3 if slow else self.min_reps,
+                    min_warmup=0 if slow else 1, copy=self.copy_probe)
+            except Exception as e:  # (the rounds themselves broke: every provider gets the failure)
+                results, copy_bps = {name: e for name in ready}, []
+            loop_copy = measure.percentile(copy_bps, 50) / 1e9 if copy_bps else None
+            for name, p in ready.items():
+                row = self._base(op, n, dtype, name, mode)
+                r = results[name]
+                call, prepare, cleanup = calls[name]
+                try:
+                    if isinstance(r, Exception):
+                        raise r
+                    state = prepare(0) if prepare is not None else None
+                    peak = measure.peak_memory_bytes(lambda: call(0, state), self.device)
+                    del state
+                    cleanup(0)
+                except Exception as e:
+                    self.log(f"  {op.name} {op.size_label(n)} {name} {mode}: failed ({_short(e)})")
+                    p.holder.clear()
+                    out[name].append(dict(row, status=f"failed: {_short(e)}"))
+                    continue
+                row.update(status="ok", p20_ms=r["p20"], p50_ms=r["p50"], p80_ms=r["p80"], reps=r["reps"],
+                           peak_mem_mib=peak / 2**20, loop_copy_gbps=loop_copy)
+                if mode in ("forward", "full") and p.saved[0] is not None:
+                    row.update(saved_mib=p.saved[0] / 2**20, saved_extra_mib=p.saved[1] / 2**20)
+                if e2e:
+                    row["samples_per_s"] = n / (r["p50"] / 1e3)
+                if op.bytes_model is not None:
+                    row["bytes_model"] = op.bytes_model(n, torch.empty((), dtype=dtype).element_size(), mode)
+                if op.flops_model is not None:
+                    row["flops_model"] = op.flops_model(n, mode)
+                out[name].append(row)
+                self.log(f"  {op.name} {op.size_label(n)} {name} {mode}: p50 {r['p50']:.3f} ms "
+                         f"[{r['p20']:.3f}, {r['p80']:.3f}] x{r['reps']}, peak {peak / 2**20:.1f} MiB")
+        for name, p in ready.items():
+            if name in COMPILING:
+                steady = next((rw["p50_ms"] for rw in out[name] if rw.get("mode") == "full" and "p50_ms" in rw),
+                              None)
+                compile_s = max(0.0, p.first_s - (steady or 0.0) / 1e3)
+                for rw in out[name]:
+                    rw["compile_s"] = compile_s
+        return out
+
+
+class _Prepared(types.SimpleNamespace):
+    """A provider ready to be timed: fn, the input sets, the backward's grad_outputs, its first-call seconds and
+    saved-for-backward bytes (all, beyond the inputs)."""

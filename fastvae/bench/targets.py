@@ -34,10 +34,18 @@ def _ratio(base, r):
     return base["p50_ms"] / r["p50_ms"]
 
 
-def _verdict(x, goal):
+def _verdict(x, goal, base=None, r=None):
+    """The speed-up x against its goal; with the two rows (base, r), marked when their spread is too wide to
+    support the verdict: the ratio of the slow ends (base p20 / r p80) and of the fast ends (base p80 / r p20)
+    fall on different sides of the goal."""
     if x is None:
         return "n/a"
-    return f"{x:.2f}x ({'meets' if x >= goal else 'misses'} >= {goal}x)"
+    out = f"{x:.2f}x ({'meets' if x >= goal else 'misses'} >= {goal}x)"
+    if base is not None and r is not None and all(v.get(k) for v in (base, r) for k in ("p20_ms", "p80_ms")):
+        lo, hi = base["p20_ms"] / r["p80_ms"], base["p80_ms"] / r["p20_ms"]
+        if (lo >= goal) != (hi >= goal):
+            out += f" [spread too wide to judge: {lo:.2f}-{hi:.2f}x]"
+    return out
 
 
 def vae_head_speedup(rows):
@@ -58,7 +66,8 @@ def vae_head_speedup(rows):
         ratio = _ratio(r, f) if name != "fastvae" else None
         saved = (f"{r['saved_mib']:.1f} ({r['saved_extra_mib']:.1f})" if r.get("saved_mib") is not None else "n/a")
         rng = f"{r['p20_ms']:.1f}-{r['p80_ms']:.1f}" if r.get("p50_ms") is not None else ""
-        sp = "" if name == "fastvae" else (_verdict(ratio, goal) if goal else (f"{ratio:.2f}x" if ratio else "n/a"))
+        sp = "" if name == "fastvae" else (_verdict(ratio, goal, r, f) if goal else
+                                           (f"{ratio:.2f}x" if ratio else "n/a"))
         peak = f"{r['peak_mem_mib']:.1f}" if r.get("peak_mem_mib") is not None else ""
         lines.append(f"| {name} | {_t(r)} | {rng} | {sp} | {saved} | {peak} |")
         info[name] = dict(p50_ms=r.get("p50_ms"), saved_mib=r.get("saved_mib"), saved_extra_mib=r.get("saved_extra_mib"),
@@ -94,7 +103,7 @@ def logistic_mixture_speedup(rows, cuda=False):
         if r is None:
             continue
         ratio = _ratio(r, f) if name != "fastvae" else None
-        sp = "" if name == "fastvae" else _verdict(ratio, goal)
+        sp = "" if name == "fastvae" else _verdict(ratio, goal, r, f)
         rng = f"{r['p20_ms']:.1f}-{r['p80_ms']:.1f}" if r.get("p50_ms") is not None else ""
         peak = r.get("peak_mem_mib")
         fpeak = f.get("peak_mem_mib") if f is not None else None
@@ -137,7 +146,7 @@ def distance_speedups(rows, memory=None, cuda=False):
         extra = (f" (+{b['compile_s']:.1f} s first-call compile)" if b is not None and (b.get("compile_s") or 0) > 0.05
                  else "")
         lines.append(f"| {op} | {_t(f)} | {base} | {_t(b)}{extra} | "
-                     f"{_verdict(ratio, goal) if goal else (f'{ratio:.2f}x' if ratio else 'n/a')} |")
+                     f"{_verdict(ratio, goal, b, f) if goal else (f'{ratio:.2f}x' if ratio else 'n/a')} |")
     if cuda:
         f = _row(rows, "mmd", "fastvae", n)
         if f is not None and f.get("pct_matmul") is not None:
