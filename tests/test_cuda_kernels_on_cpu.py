@@ -738,7 +738,8 @@ def test_reparam_fwd_beyond_2_31_elements_and_2_32_counters(driver, tmp_path):
     A 32-bit flat index, element or Philox counter, or a wrong wrap reads or computes other values."""
     numel, k, threads, cap = 2 ** 31 + 5, 9, 256, 65536 * 8  # gaussian.cu's kThreads and grid_for's cap
     total = numel * k
-    blocks = min(-(-(-(-total // 4)) // threads), cap)
+    quads = -(-total // 4)  # threads of 4 elements each
+    blocks = min(-(-quads // threads), cap)
     stride = blocks * threads * 4
     ranges = [(r * stride, min(2 * threads * 4, total - r * stride)) for r in range(-(-total // stride))]
     checked = [ranges[i] for i in (0, len(ranges) // 2, -3, -2, -1)]  # includes j = 2^32 .. and the tail

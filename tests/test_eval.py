@@ -148,7 +148,8 @@ def test_eval_reports_nll_bits_per_dim_and_se(bernoulli_digits_run, capsys):
     model, _ = model_from_checkpoint(str(bernoulli_digits_run), torch.device("cpu"))
     fixed = load_data("digits", binarize="dynamic").test_x[:40]
     assert evaluate(model, fixed, n_samples=20, seed=0)["log_likelihood"] == res["log_likelihood"]
-    assert main(["eval", str(bernoulli_digits_run), "-k", "20", "--limit", "40", "--json", "--device", "cpu", "--progress"]) == 0
+    assert main(["eval", str(bernoulli_digits_run), "-k", "20", "--limit", "40", "--json", "--device", "cpu",
+                 "--progress"]) == 0
     again = capsys.readouterr()
     assert json.loads(again.out)["log_likelihood"] == res["log_likelihood"]      # same seed, same numbers
     assert "log-likelihood (K=20)" in again.err and "800/800" in again.err      # the bar, on stderr

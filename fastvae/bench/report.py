@@ -154,8 +154,8 @@ def plots(rows, out_dir, ops):
                     xs = [p[0] for p in pts]
                     style = dict(marker="o", label=label, color=_COLORS.get(prov),
                                  linestyle="-" if dtype == "float32" else "--")
-                    ax_t.errorbar(xs, [p[1] for p in pts], yerr=[[p[1] - p[3] for p in pts], [p[4] - p[1] for p in pts]],
-                                  capsize=2, **style)
+                    ax_t.errorbar(xs, [p[1] for p in pts],
+                                  yerr=[[p[1] - p[3] for p in pts], [p[4] - p[1] for p in pts]], capsize=2, **style)
                     ax_m.plot(xs, [max(p[2], 1e-3) for p in pts], **style)
         else:
             ax_t.text(0.5, 0.5, "no provider ran", ha="center", va="center", transform=ax_t.transAxes)

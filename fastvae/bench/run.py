@@ -201,7 +201,7 @@ class Runner:
                                   warmup_s=0.0 if slow else self.warmup_s, budget_s=self.budget_s * op.budget_scale,
                                   min_reps=3 if slow else self.min_reps, min_warmup=0 if slow else 1)
                 state = prepare(0) if prepare is not None else None
-                peak = measure.peak_memory_bytes(lambda: call(0, state), self.device)
+                peak = measure.peak_memory_bytes(lambda: call(0, state), self.device)  # noqa: F821 (del below)
                 del state
                 cleanup(0)
             except Exception as e:
