@@ -85,8 +85,9 @@ lint: $(BIN)/.ready
 test: lint build cuda-check data wheel-check
 	$(BIN)/python -m pytest -q --durations=25 tests
 
-# The inner loop: no CUDA compile, no wheel, no data install, and the tests marked @pytest.mark.slow left out (the CPU
-# execution of the CUDA sources, the compile and DDP tests, the long training runs): under 2 minutes on 2 cores.
+# The inner loop: no CUDA compile, no wheel, no data install, and the tests marked @pytest.mark.slow left out (the CUDA
+# sources and their execution model run on the CPU, torch.compile, DDP, the benchmark suite's quick run, a few tests of
+# child processes): about 80 s of pytest on the 2-core machine, against 9 minutes for all.
 test-fast: lint build
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10 tests
 

@@ -23,8 +23,9 @@ import fastvae  # noqa: F401  (registers torch.ops.fastvae)
 from fastvae import reference
 from test_cudasim_core import CUDA_INCLUDE, CXX, ROOT, SIM, _check
 
-pytestmark = pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
-                                reason="needs g++ and the CUDA toolkit headers")
+pytestmark = [pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
+                                 reason="needs g++ and the CUDA toolkit headers"),
+              pytest.mark.slow]  # the CUDA sources executed on the CPU: `make test` runs them, `make test-fast` not
 
 ORDERS = ("forward", "reverse", "random")
 DTYPES = {torch.float32: 0, torch.float64: 1}  # fastvae::DType; the distance launchers take these two

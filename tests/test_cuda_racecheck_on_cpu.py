@@ -21,8 +21,9 @@ import test_cuda_kernels_on_cpu as K
 import test_logistic_cuda_on_cpu as L
 from test_cudasim_core import CUDA_INCLUDE, CXX, ROOT
 
-pytestmark = pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
-                                reason="needs g++ and the CUDA toolkit headers")
+pytestmark = [pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
+                                 reason="needs g++ and the CUDA toolkit headers"),
+              pytest.mark.slow]  # the CUDA sources executed on the CPU: `make test` runs them, `make test-fast` not
 
 F32, F64, F16, BF16 = torch.float32, torch.float64, torch.float16, torch.bfloat16
 # The grid caps shrunk (csrc/cuda/common.cuh, distances.cu): 3 blocks at most for the grid-stride kernels and 1

@@ -46,7 +46,8 @@ def cuda_include():
 
 
 CUDA_INCLUDE = cuda_include()
-pytestmark = pytest.mark.skipif(CUDA_INCLUDE is None, reason="needs the CUDA toolkit headers")
+pytestmark = [pytest.mark.skipif(CUDA_INCLUDE is None, reason="needs the CUDA toolkit headers"),
+              pytest.mark.slow]  # a compile (g++, nvcc) per case: `make test` runs them, `make test-fast` not
 
 
 def _check(cmd):

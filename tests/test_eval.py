@@ -82,7 +82,7 @@ def test_k_equal_one_is_the_elbos_importance_weight():
     torch.testing.assert_close(ll, _direct_log_weights(model, x, z)[0], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("K", [10, 2000])
+@pytest.mark.parametrize("K", [10, pytest.param(2000, marks=pytest.mark.slow)])
 def test_chunks_are_bounded_whatever_k_and_the_number_of_inputs(monkeypatch, K):
     """Memory: no chunk holds more than chunk_elements activations (samples x inputs x the widest layer), for any K
     and any number of inputs; the K samples of every input are all drawn, and the progress counts them."""
