@@ -41,7 +41,8 @@ def _samples(t, name):
 
 
 def _pair(x, y):
-    """Checks y against x (same device, same batch and code dims); returns both as (B, n, d) and whether x was batched."""
+    """Checks y against x (same device, same batch and code dims); returns both as (B, n, d) and whether x was
+    batched."""
     _samples(x, "x")
     if y is not None:
         _samples(y, "y")

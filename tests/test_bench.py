@@ -26,6 +26,7 @@ def quick_run(tmp_path_factory):
     return out, buf.getvalue()
 
 
+@pytest.mark.slow
 def test_quick_writes_wellformed_csv(quick_run):
     out, _ = quick_run
     with open(out / "results.csv", newline="") as f:
@@ -53,6 +54,7 @@ def test_quick_writes_wellformed_csv(quick_run):
     assert any(r["provider"] == "compile" and r["status"].startswith("skipped") for r in rows)
 
 
+@pytest.mark.slow
 def test_quick_writes_markdown_tables(quick_run):
     out, stdout = quick_run
     md = (out / "results.md").read_text()
@@ -73,6 +75,7 @@ def test_quick_writes_markdown_tables(quick_run):
         assert n == width, ln
 
 
+@pytest.mark.slow
 def test_quick_writes_pngs(quick_run):
     out, _ = quick_run
     pngs = sorted(out.glob("*.png"))

@@ -195,6 +195,7 @@ def test_bernoulli_old_order_is_still_recognised_on_the_fast_path():
     torch.testing.assert_close(old, new)
 
 
+@pytest.mark.slow
 def test_the_overhead_rows_and_table():
     rows = overhead.overhead_rows("cpu", quick=True, names=["kl_normal", "bernoulli_nll", "mmd"], log=lambda m: None)
     got = {(r["shape"], r["provider"], r["mode"]) for r in rows if r["status"] == "ok"}

@@ -128,6 +128,7 @@ def test_loading_never_runs_code_from_a_checkpoint(tmp_path):
         tr.load_checkpoint(tmp_path / "evil.pt")
 
 
+@pytest.mark.slow
 def test_info_and_python_dash_m(capsys):
     assert main(["info"]) == 0
     text = capsys.readouterr().out

@@ -31,6 +31,7 @@ def _grads(fn, args):
     return out.detach(), torch.autograd.grad(out, leaves)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_compile_fullgraph_matches_eager(backend):
     torch._dynamo.reset()

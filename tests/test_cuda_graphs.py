@@ -5,7 +5,7 @@ the CPU's (stable) sorting permutation. Marked `cuda`: skipped without a GPU."""
 import pytest
 import torch
 
-import fastvae
+import fastvae  # noqa: F401  (registers torch.ops.fastvae)
 
 pytestmark = pytest.mark.cuda
 DEV = "cuda"

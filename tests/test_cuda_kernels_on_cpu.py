@@ -23,8 +23,9 @@ import fastvae  # noqa: F401  (registers torch.ops.fastvae)
 from fastvae import reference
 from test_cudasim_core import CUDA_INCLUDE, CXX, ROOT, SIM, _check
 
-pytestmark = pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
-                                reason="needs g++ and the CUDA toolkit headers")
+pytestmark = [pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
+                                 reason="needs g++ and the CUDA toolkit headers"),
+              pytest.mark.slow]  # the CUDA sources executed on the CPU: `make test` runs them, `make test-fast` not
 
 ORDERS = ("forward", "reverse", "random")
 DTYPES = {torch.float32: 0, torch.float64: 1}  # fastvae::DType; the distance launchers take these two
@@ -738,7 +739,8 @@ def test_reparam_fwd_beyond_2_31_elements_and_2_32_counters(driver, tmp_path):
     A 32-bit flat index, element or Philox counter, or a wrong wrap reads or computes other values."""
     numel, k, threads, cap = 2 ** 31 + 5, 9, 256, 65536 * 8  # gaussian.cu's kThreads and grid_for's cap
     total = numel * k
-    blocks = min(-(-(-(-total // 4)) // threads), cap)
+    quads = -(-total // 4)  # threads of 4 elements each
+    blocks = min(-(-quads // threads), cap)
     stride = blocks * threads * 4
     ranges = [(r * stride, min(2 * threads * 4, total - r * stride)) for r in range(-(-total // stride))]
     checked = [ranges[i] for i in (0, len(ranges) // 2, -3, -2, -1)]  # includes j = 2^32 .. and the tail

@@ -7,10 +7,10 @@ a GPU may run at once), for a read of memory nothing wrote (outputs and garbage 
 by the driver), and against the bounds of static __shared__ arrays and of the dynamic shared memory. A finding
 fails the launch (cudaErrorLaunchFailure, with the source lines of both accesses), so the driver's run fails.
 
-The grid caps are shrunk in this build (FLAGS). A chosen subset: every launcher once, in the forward order, at sizes that take each of its code paths (the
-lanes-per-row and the chunked "last block" row reductions, the column reduction, tiles and partial tiles, ...),
-reusing the checks of tests/test_cuda_kernels_on_cpu.py and tests/test_logistic_cuda_on_cpu.py, whose outputs are
-compared with the CPU ops as there.
+The grid caps are shrunk in this build (FLAGS). A chosen subset: every launcher once, in the forward order, at sizes
+that take each of its code paths (the lanes-per-row and the chunked "last block" row reductions, the column
+reduction, tiles and partial tiles, ...), reusing the checks of tests/test_cuda_kernels_on_cpu.py and
+tests/test_logistic_cuda_on_cpu.py, whose outputs are compared with the CPU ops as there.
 """
 import shutil
 
@@ -21,8 +21,9 @@ import test_cuda_kernels_on_cpu as K
 import test_logistic_cuda_on_cpu as L
 from test_cudasim_core import CUDA_INCLUDE, CXX, ROOT
 
-pytestmark = pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
-                                reason="needs g++ and the CUDA toolkit headers")
+pytestmark = [pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
+                                 reason="needs g++ and the CUDA toolkit headers"),
+              pytest.mark.slow]  # the CUDA sources executed on the CPU: `make test` runs them, `make test-fast` not
 
 F32, F64, F16, BF16 = torch.float32, torch.float64, torch.float16, torch.bfloat16
 # The grid caps shrunk (csrc/cuda/common.cuh, distances.cu): 3 blocks at most for the grid-stride kernels and 1

@@ -46,7 +46,8 @@ def cuda_include():
 
 
 CUDA_INCLUDE = cuda_include()
-pytestmark = pytest.mark.skipif(CUDA_INCLUDE is None, reason="needs the CUDA toolkit headers")
+pytestmark = [pytest.mark.skipif(CUDA_INCLUDE is None, reason="needs the CUDA toolkit headers"),
+              pytest.mark.slow]  # a compile (g++, nvcc) per case: `make test` runs them, `make test-fast` not
 
 
 def _check(cmd):
@@ -204,7 +205,7 @@ def test_launch_limits_of_sm90(builds, case, error):
     if error is None:
         ok(r)
     else:
-        assert r.returncode == 1 and f"error " in r.stdout and error in r.stdout, r.stdout + r.stderr
+        assert r.returncode == 1 and "error " in r.stdout and error in r.stdout, r.stdout + r.stderr
     if case.startswith("static_over"):  # static shared memory is counted: the 40 KiB array is named
         assert "40960 B static + 9216 B dynamic" in r.stdout and "::big (40960 B)" in r.stdout
 

@@ -12,7 +12,8 @@ from fastvae.data import DATA_DIR_ENV, SYSTEM_DATA_DIR, DataError, load_data, re
 
 def _idx_bytes(a, code=0x08, dims=None):
     dims = a.shape if dims is None else dims
-    return bytes([0, 0, code, len(dims)]) + struct.pack(f">{len(dims)}I", *dims) + a.astype(a.dtype.newbyteorder(">")).tobytes()
+    return (bytes([0, 0, code, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+            + a.astype(a.dtype.newbyteorder(">")).tobytes())
 
 
 def _write(path, payload):

@@ -10,6 +10,8 @@ import torch
 
 import fastvae
 
+pytestmark = pytest.mark.slow  # two processes each: torch's start-up and gloo's rendezvous
+
 WORKER = textwrap.dedent("""
     import os, sys, torch, torch.distributed as dist
     from fastvae import train as tr

@@ -82,7 +82,7 @@ def test_k_equal_one_is_the_elbos_importance_weight():
     torch.testing.assert_close(ll, _direct_log_weights(model, x, z)[0], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("K", [10, 2000])
+@pytest.mark.parametrize("K", [10, pytest.param(2000, marks=pytest.mark.slow)])
 def test_chunks_are_bounded_whatever_k_and_the_number_of_inputs(monkeypatch, K):
     """Memory: no chunk holds more than chunk_elements activations (samples x inputs x the widest layer), for any K
     and any number of inputs; the K samples of every input are all drawn, and the progress counts them."""
@@ -148,7 +148,8 @@ def test_eval_reports_nll_bits_per_dim_and_se(bernoulli_digits_run, capsys):
     model, _ = model_from_checkpoint(str(bernoulli_digits_run), torch.device("cpu"))
     fixed = load_data("digits", binarize="dynamic").test_x[:40]
     assert evaluate(model, fixed, n_samples=20, seed=0)["log_likelihood"] == res["log_likelihood"]
-    assert main(["eval", str(bernoulli_digits_run), "-k", "20", "--limit", "40", "--json", "--device", "cpu", "--progress"]) == 0
+    assert main(["eval", str(bernoulli_digits_run), "-k", "20", "--limit", "40", "--json", "--device", "cpu",
+                 "--progress"]) == 0
     again = capsys.readouterr()
     assert json.loads(again.out)["log_likelihood"] == res["log_likelihood"]      # same seed, same numbers
     assert "log-likelihood (K=20)" in again.err and "800/800" in again.err      # the bar, on stderr

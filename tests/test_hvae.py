@@ -91,7 +91,7 @@ def test_each_levels_kl_is_the_kl_between_its_posterior_and_conditional_prior(ba
     levels = model._levels(model.ops, stats, None, torch.Generator().manual_seed(3))
     kls = model.layer_kls(model.ops, levels)
     assert len(kls) == 3
-    for (z, mu, logvar, pm, plv), kl in zip(levels, kls):
+    for (_z, mu, logvar, pm, plv), kl in zip(levels, kls):
         prior = Normal(0.0, 1.0) if pm is None else Normal(pm, (0.5 * plv).exp())
         want = kl_divergence(Normal(mu, (0.5 * logvar).exp()), prior).sum(-1)
         # float64: the closed forms differ by rounding alone (values of a few nats)

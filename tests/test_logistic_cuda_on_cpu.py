@@ -14,8 +14,9 @@ import fastvae  # noqa: F401  (registers torch.ops.fastvae)
 from test_cudasim_core import CUDA_INCLUDE, CXX, ROOT
 from test_cuda_kernels_on_cpu import HALF_DTYPES, ORDERS, build_driver, close, run, same_special
 
-pytestmark = pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
-                                reason="needs g++ and the CUDA toolkit headers")
+pytestmark = [pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
+                                 reason="needs g++ and the CUDA toolkit headers"),
+              pytest.mark.slow]  # the CUDA sources executed on the CPU: `make test` runs them, `make test-fast` not
 
 DTYPES = {torch.float32: 0, torch.float64: 1}
 

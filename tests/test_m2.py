@@ -94,7 +94,7 @@ def test_m2_learns_from_few_labels(digits):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(1)
     losses = []
-    for step in range(150):
+    for _step in range(150):
         i = torch.randint(0, x.shape[0], (64,), generator=g)
         j = kept[torch.randint(0, 100, (32,), generator=g)]
         out = model(torch.cat([x[i], x[j]]), torch.cat([hidden[i], y[j]]), generator=g)

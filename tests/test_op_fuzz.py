@@ -378,6 +378,7 @@ def _fuzz_failure(r):
     return f"{what} in {desc}\nstdout tail:\n{r.stdout[-1000:]}\nstderr tail:\n{r.stderr[-3000:]}"
 
 
+@pytest.mark.slow
 def test_no_op_call_kills_the_process():
     import fastvae
     root = os.path.dirname(os.path.dirname(os.path.abspath(fastvae.__file__)))

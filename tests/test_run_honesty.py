@@ -115,6 +115,7 @@ SIGTERMED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigterm_is_handled_as_ctrl_c(tmp_path):
     """SIGTERM (a scheduler's stop) killed the run without a word; now it says what Ctrl-C says, frees the folder
     and exits with 128 + 15. (In a child process: the old code's SIGTERM would end the test run itself.)"""

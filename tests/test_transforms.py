@@ -438,6 +438,7 @@ def test_plain_removes_every_wrapper():
     torch.func.vmap(torch.func.grad(f))(x)
 
 
+@pytest.mark.slow
 def test_compiled_transforms():
     """torch.compile over a transform takes the composite too: never the fused op's zero tangent (had the check been
     skipped while compiling, compile(jvp) would trace the fused op and give 0). compile(grad, fullgraph=True) is not

@@ -180,6 +180,7 @@ def _cfg(out, **kw):
                      eval_k=0, threads=1), **kw)
 
 
+@pytest.mark.slow
 def test_train_resume_eval_sample_on_digits(tmp_path, capsys):
     full = tr.train(_cfg(tmp_path / "full", epochs=3))
     assert type(full.model) is VAEGAN and full.config["lr"] == 3e-4 and full.config["gamma"] == 1e-2

@@ -39,7 +39,8 @@ def _parser():
     p = argparse.ArgumentParser(prog="fastvae bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", default="all",
-                   help="comma list of ops or groups (gaussian, logistic, distances, dropin, e2e, overhead, all); ops: " + ", ".join(GROUPS["all"]))
+                   help="comma list of ops or groups (gaussian, logistic, distances, dropin, e2e, overhead, all); ops: "
+                   + ", ".join(GROUPS["all"]))
     p.add_argument("--sizes", default=None,
                    help="comma list of sizes for every selected op (batch rows for the Gaussian ops, N for the "
                         "distances, batch for vae_train_step); default: each op's own sweep")

@@ -9,7 +9,6 @@ fastvae.patch(); "fastvae.distributions": the import swapped).
 - gaussian_nll_loss, bce_with_logits: torch.nn.functional's losses at (B, 1024), reduction "mean"; gaussian_nll_loss
   with a per-element variance (a decoder variance network)."""
 import torch
-import torch.nn.functional as F
 
 import fastvae
 

@@ -256,7 +256,8 @@ def copy_bandwidth(device, nbytes, budget_s=1.0):
     n = nbytes // 4
     srcs = [torch.rand(n, device=device) for _ in range(2)]
     dst = torch.empty(n, device=device)
-    r = bench(lambda i, _: dst.copy_(srcs[i % 2]), device, warmup_s=0.1, budget_s=budget_s, min_reps=5)
+    r = bench(lambda i, _: dst.copy_(srcs[i % 2]), device, warmup_s=0.1, budget_s=budget_s,  # noqa: F821 (del below)
+              min_reps=5)
     del srcs, dst
     return 2 * n * 4 / (r["p50"] / 1e3)
 
@@ -265,6 +266,7 @@ def matmul_rate(device, dtype, n, budget_s=1.0):
     """FLOP/s of an n x n x n matrix product (2 n^3 flops), p50 over reps, random operands."""
     a = [torch.randn(n, n, device=device, dtype=dtype) for _ in range(2)]
     b = torch.randn(n, n, device=device, dtype=dtype)
-    r = bench(lambda i, _: torch.mm(a[i % 2], b), device, warmup_s=0.1, budget_s=budget_s, min_reps=3)
+    r = bench(lambda i, _: torch.mm(a[i % 2], b), device, warmup_s=0.1, budget_s=budget_s,  # noqa: F821 (del below)
+              min_reps=3)
     del a, b
     return 2 * n ** 3 / (r["p50"] / 1e3)

@@ -6,9 +6,10 @@ package is not installed, the fastvae op is not merged yet, ...): that provider 
 as its status. Every callable takes the op's inputs and returns a tensor or a tuple of tensors; the suite
 differentiates them with respect to the inputs that require grad.
 
-Sizes (defaults differ on CPU, under --quick and on CUDA, where they must fill the GPU): for the elementwise (Gaussian) ops the size is the batch B of (B, 1024) latents (B x 32 with 32 x 32
-scale_tril for reparameterize_tril); for the distances it is the number of samples N of (N, 64) codes; for
-the VAE training step it is the batch of 784-dim inputs.
+Sizes (defaults differ on CPU, under --quick and on CUDA, where they must fill the GPU): for the elementwise
+(Gaussian) ops the size is the batch B of (B, 1024) latents (B x 32 with 32 x 32 scale_tril for reparameterize_tril);
+for the distances it is the number of samples N of (N, 64) codes; for the VAE training step it is the batch of 784-dim
+inputs.
 """
 import importlib
 import math
@@ -341,7 +342,8 @@ def _pairwise_flops(n, mode):
 
 
 def _make_codes(n, dtype, device, gen):
-    return _randn((n, CODE_D), dtype, device, gen, grad=True, scale=0.8, shift=0.1), _randn((n, CODE_D), dtype, device, gen)
+    return (_randn((n, CODE_D), dtype, device, gen, grad=True, scale=0.8, shift=0.1),
+            _randn((n, CODE_D), dtype, device, gen))
 
 
 def _imq_nxn(x, y):

@@ -54,7 +54,7 @@ def _cases(device, dtype, grad):
         v = torch.rand(shape) if lo is not None else torch.randn(shape)
         return v.to(device=device, dtype=dtype).requires_grad_(grad and lo is None)
 
-    mu, lv, x, y = t(1, 1), t(1, 1), t(1, 1, lo=0), t(1, 1, lo=0)
+    mu, lv, x, _ = t(1, 1), t(1, 1), t(1, 1, lo=0), t(1, 1, lo=0)
     L = (torch.ones(1, 1, 1) + 0.5).to(device=device, dtype=dtype).requires_grad_(grad)
     xs, ys = t(2, 1), t(2, 1)
     seed = torch.zeros(1, dtype=torch.int64, device=device)

@@ -5,8 +5,8 @@ import os
 
 FIELDS = ["op", "provider", "mode", "dtype", "size", "shape", "device", "status", "p20_ms", "p50_ms", "p80_ms",
           "reps", "compile_s", "peak_mem_mib", "mem_method", "saved_mib", "saved_extra_mib", "bytes_model", "gbps",
-          "loop_copy_gbps", "pct_copy_bw", "spread", "flops_model", "gflops", "pct_matmul", "samples_per_s", "speedup_vs_eager",
-          "speedup_vs_compile", "timestamp", "git_commit", "torch", "machine"]
+          "loop_copy_gbps", "pct_copy_bw", "spread", "flops_model", "gflops", "pct_matmul", "samples_per_s",
+          "speedup_vs_eager", "speedup_vs_compile", "timestamp", "git_commit", "torch", "machine"]
 
 
 def derive(rows, env):
@@ -168,8 +168,8 @@ def plots(rows, out_dir, ops):
                     xs = [p[0] for p in pts]
                     style = dict(marker="o", label=label, color=_COLORS.get(prov),
                                  linestyle="-" if dtype == "float32" else "--")
-                    ax_t.errorbar(xs, [p[1] for p in pts], yerr=[[p[1] - p[3] for p in pts], [p[4] - p[1] for p in pts]],
-                                  capsize=2, **style)
+                    ax_t.errorbar(xs, [p[1] for p in pts],
+                                  yerr=[[p[1] - p[3] for p in pts], [p[4] - p[1] for p in pts]], capsize=2, **style)
                     ax_m.plot(xs, [max(p[2], 1e-3) for p in pts], **style)
         else:
             ax_t.text(0.5, 0.5, "no provider ran", ha="center", va="center", transform=ax_t.transAxes)

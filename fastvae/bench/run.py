@@ -235,7 +235,7 @@ class Runner:
                     if isinstance(r, Exception):
                         raise r
                     state = prepare(0) if prepare is not None else None
-                    peak = measure.peak_memory_bytes(lambda: call(0, state), self.device)
+                    peak = measure.peak_memory_bytes(lambda: call(0, state), self.device)  # noqa: F821 (del below)
                     del state
                     cleanup(0)
                 except Exception as e:
