@@ -1,4 +1,5 @@
-"""The op backends a model computes with: "fastvae" (the fused ops of fastvae.functional, fastvae.distances and fastvae.logistic) or
+"""The op backends a model computes with: "fastvae" (the fused ops of fastvae.functional, fastvae.distances and
+fastvae.logistic) or
 "reference" (fastvae.reference: plain PyTorch ops with the same signatures, the benchmarks' eager baseline). The two
 draw their noise from different streams but compute the same quantities, so a model trains the same in
 distribution on either."""

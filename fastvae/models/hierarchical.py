@@ -134,7 +134,7 @@ class HierarchicalVAE(VAE):
         tensors as operands; the top level's against N(0, I)), top first, each (B,): for one draw per input."""
         kl_normal = ops.get("kl_normal")
         out = []
-        for z, mu, logvar, pm, plv in levels:
+        for _z, mu, logvar, pm, plv in levels:
             d = mu.shape[-1]
             operands = [_rows(t, d) for t in (mu, logvar)] + [None if t is None else _rows(t, d) for t in (pm, plv)]
             out.append(kl_normal(*operands, reduction="none").reshape(mu.shape[:-1]))
