@@ -16,6 +16,7 @@ from .functional import (  # noqa: E402
 from .distances import energy_distance, mmd, sliced_wasserstein  # noqa: E402
 from .logistic import discretized_logistic_mixture_nll, discretized_logistic_nll  # noqa: E402
 from . import dropin_ops  # noqa: E402,F401  (the drop-ins' ops: their fake and autograd formulas)
+from .fused_linear import linear_bce_with_logits  # noqa: E402
 from .nn import MMDLoss, SlicedWassersteinLoss  # noqa: E402
 from . import distributions  # noqa: E402,F401
 from ._patching import is_patched, patch, unpatch  # noqa: E402
@@ -37,6 +38,7 @@ __all__ = [
     "mmd",
     "energy_distance",
     "sliced_wasserstein",
+    "linear_bce_with_logits",
     "MMDLoss",
     "distributions",
     "patch",
