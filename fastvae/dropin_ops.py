@@ -369,9 +369,10 @@ not_differentiable("dropin_normal_rsample_backward", "fastvae.dropin_ops.normal_
 # *_with_grad ops compute, in the forward's pass, the gradients for an incoming gradient of 1 on every output (the
 # exponential of the BCE term, say, serves both), and the backward only scales them by the rows' gradients. The price:
 # those full-size gradients are saved from the forward to the backward (as Liger-Kernel's fused losses do), through
-# save_for_backward, so that saved-tensor hooks (offloading, the benchmark's memory count) see them. The backward
-# recomputes through the op's own formula (above) when a stored gradient is inf or NaN (where a zero incoming gradient
-# must give 0, not 0 * inf) and for a double backward.
+# save_for_backward, so that saved-tensor hooks (offloading, the benchmark's memory count) see them; the backward
+# scales them in place (they become the gradients: no new memory). It recomputes through the op's own formula
+# (above) when a stored gradient is inf or NaN (where a zero incoming gradient must give 0, not 0 * inf), for a double
+# backward, and for a second backward through a retained graph (the stored gradients were used up by the first).
 
 class _Spec(types.SimpleNamespace):
     """with_grad: the forward-with-gradients op; backward: the op's autograd formula (fallback); n_grads: how many
@@ -382,7 +383,7 @@ class _WithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec, args, row_len, mask, *operands):
         out, nonfinite, *derivs = spec.with_grad(*operands, *args, row_len, mask)
-        ctx.finite = not nonfinite.item()
+        ctx.finite, ctx.used = not nonfinite.item(), False
         ctx.save_for_backward(*operands, *(derivs if ctx.finite else ()))
         ctx.spec, ctx.args, ctx.n = spec, (*args, row_len), len(operands)
         return out
@@ -392,7 +393,8 @@ class _WithGrad(torch.autograd.Function):
         saved = ctx.saved_tensors
         operands, derivs = saved[:ctx.n], saved[ctx.n:]
         needs = ctx.needs_input_grad[4:]
-        if not ctx.finite or create_graph():
+        first, ctx.used = not ctx.used, True
+        if not ctx.finite or not first or create_graph():
             redo = types.SimpleNamespace(saved_tensors=operands, args=ctx.args, needs_input_grad=needs)
             grads = ctx.spec.backward(redo, grad)[:ctx.n]
         else:
@@ -400,8 +402,17 @@ class _WithGrad(torch.autograd.Function):
             grads = [None] * ctx.n
             for k, d in enumerate(derivs):
                 if needs[k] and operands[k] is not None:
-                    grads[k] = _fold(d.view(-1, ctx.args[-1]) * rows, operands[k])
+                    g = _alias(d)  # scaled in place: used up (a second backward through a retained graph recomputes)
+                    g.view(-1, ctx.args[-1]).mul_(rows)
+                    grads[k] = _fold(g, operands[k])
         return (None, None, None, None, *grads)
+
+
+def _alias(t):
+    """A tensor on t's memory with a version counter of its own: writing it does not mark the saved t as modified
+    (whose values the backward then no longer reads: ctx.used)."""
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), t.storage_offset(), t.shape,
+                                                                t.stride())
 
 
 _WITH_GRAD = {
