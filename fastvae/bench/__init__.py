@@ -30,17 +30,18 @@ GROUPS = {
     "e2e": ["vae_train_step", "vae_train_amp"],
     "dropin": ["td_vae_loss", "gaussian_nll_loss", "bce_with_logits"],
     "overhead": ["call_overhead", "vae_head_small"],
+    "memory": ["large_batch_memory"],
 }
 GROUPS["all"] = (GROUPS["gaussian"] + GROUPS["logistic"] + GROUPS["distances"] + GROUPS["dropin"] + GROUPS["e2e"] +
-                 GROUPS["overhead"])
+                 GROUPS["overhead"] + GROUPS["memory"])
 
 
 def _parser():
     p = argparse.ArgumentParser(prog="fastvae bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", default="all",
-                   help="comma list of ops or groups (gaussian, logistic, distances, dropin, e2e, overhead, all); ops: "
-                   + ", ".join(GROUPS["all"]))
+                   help="comma list of ops or groups (gaussian, logistic, distances, dropin, e2e, overhead, memory, "
+                        "all); ops: " + ", ".join(GROUPS["all"]))
     p.add_argument("--sizes", default=None,
                    help="comma list of sizes for every selected op (batch rows for the Gaussian ops, N for the "
                         "distances, batch for vae_train_step); default: each op's own sweep")
@@ -203,6 +204,8 @@ def _run(args, argv):
             md2 += "\n\n" + targets.copy_bandwidth_fraction(rows)
         md5 = dropin_targets(rows)
         md6 = small_batch_targets(rows) + "\n\n" + overhead_table(rows)
+        if env.get("large_batch_memory"):
+            md6 += "\n\n" + env["large_batch_memory"]
         md = report.markdown(rows, env, list(ops.values()),
                              targets_md=md2 + "\n\n" + md4 + "\n\n" + md3 + "\n\n" + md5 + "\n\n" + md6)
         report.write_csv(rows, os.path.join(out_dir, "results.csv"))
@@ -213,7 +216,16 @@ def _run(args, argv):
         return md
 
     rows = []
+    large_batch_md = ""
     for name in wanted:
+        if name == "large_batch_memory":  # a whole training step's peak memory, each provider in a fresh process
+            from .large_batch import step_peaks, table as large_batch_table
+            batch = sizes[0] if sizes else (4096 if args.quick else 65536)
+            provs = providers or (("eager", "fastvae") if args.quick else ("eager", "fastvae", "compile"))
+            _log(f"{name}: batch {batch}, {', '.join(provs)}")
+            large_batch_md = large_batch_table(step_peaks(batch, device, provs, log=_log), batch, device)
+            env["large_batch_memory"] = large_batch_md
+            continue
         if name == "call_overhead":  # the fixed cost of a call: 1x1 inputs, every public op (bench/overhead.py)
             _log(f"{name}: 1x1 inputs, every public op")
             t_op = time.perf_counter()
