@@ -127,3 +127,19 @@ def test_bad_input_names_the_argument():
         L(h, w, x, b, reduction="batchmean")
     with pytest.raises(ValueError, match="chunk_size must be None or an int >= 1"):
         L(h, w, x, b, chunk_size=0)
+
+
+def test_torch_func_transforms_and_forward_ad_give_torchs_values():
+    h, w, b, x = (t.detach() for t in _inputs(B=4, H=3, D=5))
+    f = lambda h: L(h, w, x, b, reduction="sum")  # noqa: E731
+    r = lambda h: _ref(h, w, b, x, "sum")  # noqa: E731
+    torch.testing.assert_close(torch.func.grad(f)(h), torch.func.grad(r)(h))
+    torch.testing.assert_close(torch.func.jacfwd(f)(h), torch.func.jacfwd(r)(h))
+    v = torch.randn_like(h)
+    torch.testing.assert_close(torch.func.jvp(f, (h,), (v,))[1], torch.func.jvp(r, (h,), (v,))[1])
+    per_row = torch.func.vmap(lambda hi, xi: L(hi[None], w, xi[None], b, reduction="sum"))(h, x)
+    torch.testing.assert_close(per_row, _ref(h, w, b, x, "none"))
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        tangent = fwAD.unpack_dual(L(fwAD.make_dual(h, v), w, x, b, reduction="none")).tangent
+    torch.testing.assert_close(tangent, torch.func.jvp(lambda h: _ref(h, w, b, x, "none"), (h,), (v,))[1])
