@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from . import _checks
-from ._composites import routed
-from ._custom_ops import LIB, compute_dtype, create_graph, draw_seed, fused_backward, not_differentiable, ops
+from .ops._composites import routed
+from .ops._registry import LIB, compute_dtype, create_graph, draw_seed, fused_backward, not_differentiable, ops
 
 KERNELS = ("rbf", "imq", "laplacian", "energy")
 ESTIMATORS = ("unbiased", "biased")

@@ -26,7 +26,8 @@ import torch
 import torch.distributions as td
 from torch.distributions.kl import register_kl
 
-from . import _transforms, dropin_ops
+from . import dropin_ops
+from .ops import _transforms
 from .functional import reparameterize_tril
 
 __all__ = ["Normal", "Bernoulli", "MultivariateNormal", "Independent", "kl_divergence"]

@@ -17,8 +17,8 @@ import types
 
 import torch
 
-from ._custom_ops import _16BIT, LIB, compute_dtype, create_graph, draw_seed, fused_backward, not_differentiable, ops
-from ._transforms import fused_call_ok
+from .ops._registry import _16BIT, LIB, compute_dtype, create_graph, draw_seed, fused_backward, not_differentiable, ops
+from .ops._transforms import fused_call_ok
 
 SPREADS = {"scale": 0, "var": 1, "logvar": 2}
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)

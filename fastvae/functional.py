@@ -25,9 +25,9 @@ import warnings
 import torch
 
 from . import _checks
-from ._composites import routed
-from ._custom_ops import LIB, compute_dtype, create_graph, direct, draw_seed, fused_backward, not_differentiable, ops
-from ._transforms import fused_call_ok, plain
+from .ops._composites import routed
+from .ops._registry import LIB, compute_dtype, create_graph, direct, draw_seed, fused_backward, not_differentiable, ops
+from .ops._transforms import fused_call_ok, plain
 
 _REDUCTION = {"none": 0, "sum": 1, "mean": 2}  # the ops' reduction argument
 _PLAIN = frozenset((torch.Tensor, torch.nn.Parameter))  # tensors without a __torch_function__ or dispatch of their own

@@ -20,9 +20,9 @@ float32. torch.compile(fullgraph=True) traces the ops (the value check of x is s
 import torch
 
 from . import _checks
-from ._composites import routed
-from ._custom_ops import LIB, fused_backward, not_differentiable, ops
-from ._transforms import plain
+from .ops._composites import routed
+from .ops._registry import LIB, fused_backward, not_differentiable, ops
+from .ops._transforms import plain
 from .functional import _acc, _compute_dtype, _feature_operand, _reduce
 
 MAX_BITS = 16
