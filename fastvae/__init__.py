@@ -5,7 +5,7 @@ from ._load import load_extension as _load_extension
 
 _C = _load_extension()
 
-from .functional import (  # noqa: E402
+from .ops.gaussian import (  # noqa: E402
     bernoulli_nll,
     gaussian_nll,
     kl_normal,

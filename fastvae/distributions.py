@@ -28,7 +28,7 @@ from torch.distributions.kl import register_kl
 
 from . import dropin_ops
 from .ops import _transforms
-from .functional import reparameterize_tril
+from .ops.gaussian import reparameterize_tril
 
 __all__ = ["Normal", "Bernoulli", "MultivariateNormal", "Independent", "kl_divergence"]
 

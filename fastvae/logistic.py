@@ -23,7 +23,7 @@ from . import _checks
 from .ops._composites import routed
 from .ops._registry import LIB, fused_backward, not_differentiable, ops
 from .ops._transforms import plain
-from .functional import _acc, _compute_dtype, _feature_operand, _reduce
+from .ops.gaussian import _acc, _compute_dtype, _feature_operand, _reduce
 
 MAX_BITS = 16
 

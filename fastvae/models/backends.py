@@ -1,11 +1,12 @@
-"""The op backends a model computes with: "fastvae" (the fused ops of fastvae.functional, fastvae.distances and fastvae.logistic) or
-"reference" (fastvae.reference: plain PyTorch ops with the same signatures, the benchmarks' eager baseline). The two
-draw their noise from different streams but compute the same quantities, so a model trains the same in
+"""The op backends a model computes with: "fastvae" (the fused ops of fastvae/ops/: gaussian, distances, logistic)
+or "reference" (fastvae.reference: plain PyTorch ops with the same signatures, the benchmarks' eager baseline). The
+two draw their noise from different streams but compute the same quantities, so a model trains the same in
 distribution on either."""
-from .. import distances, functional, logistic, reference
+from .. import distances, logistic, reference
+from ..ops import gaussian
 
 BACKENDS = ("fastvae", "reference")
-_MODULES = {"fastvae": (functional, distances, logistic), "reference": (reference,)}
+_MODULES = {"fastvae": (gaussian, distances, logistic), "reference": (reference,)}
 _WHERE = {"fastvae": "fastvae", "reference": "fastvae.reference"}
 
 
