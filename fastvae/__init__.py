@@ -14,7 +14,7 @@ from .ops.gaussian import (  # noqa: E402
     reparameterize_tril,
 )
 from .ops.distances import energy_distance, mmd, sliced_wasserstein  # noqa: E402
-from .logistic import discretized_logistic_mixture_nll, discretized_logistic_nll  # noqa: E402
+from .ops.logistic import discretized_logistic_mixture_nll, discretized_logistic_nll  # noqa: E402
 from . import dropin_ops  # noqa: E402,F401  (the drop-ins' ops: their fake and autograd formulas)
 from .nn import MMDLoss, SlicedWassersteinLoss  # noqa: E402
 from . import distributions  # noqa: E402,F401

@@ -2,8 +2,8 @@
 or "reference" (fastvae.reference: plain PyTorch ops with the same signatures, the benchmarks' eager baseline). The
 two draw their noise from different streams but compute the same quantities, so a model trains the same in
 distribution on either."""
-from .. import logistic, reference
-from ..ops import distances, gaussian
+from .. import reference
+from ..ops import distances, gaussian, logistic
 
 BACKENDS = ("fastvae", "reference")
 _MODULES = {"fastvae": (gaussian, distances, logistic), "reference": (reference,)}
