@@ -15,7 +15,7 @@ from .ops.gaussian import (  # noqa: E402
 )
 from .ops.distances import energy_distance, mmd, sliced_wasserstein  # noqa: E402
 from .ops.logistic import discretized_logistic_mixture_nll, discretized_logistic_nll  # noqa: E402
-from . import dropin_ops  # noqa: E402,F401  (the drop-ins' ops: their fake and autograd formulas)
+from . import dropin_ops  # noqa: E402,F401  (the former path of the drop-ins' ops, fastvae.ops.dropin)
 from .nn import MMDLoss, SlicedWassersteinLoss  # noqa: E402
 from . import distributions  # noqa: E402,F401
 from ._patching import is_patched, patch, unpatch  # noqa: E402
