@@ -1,7 +1,7 @@
-"""The former home of the Gaussian family and bernoulli_nll, now in fastvae/ops/ (gaussian.py): its public
-functions, re-exported so that `from fastvae.functional import ...` keeps working."""
+"""The former home of the Gaussian family and bernoulli_nll, now fastvae/ops/gaussian.py and bernoulli.py: their
+public functions, re-exported so that `from fastvae.functional import ...` keeps working."""
+from .ops.bernoulli import bernoulli_nll  # noqa: F401
 from .ops.gaussian import (  # noqa: F401
-    bernoulli_nll,
     gaussian_nll,
     kl_normal,
     reparameterize,

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 import fastvae
-from fastvae import _composites, reference
+from fastvae import reference
+from fastvae.ops import _composites
 
 from .measure import percentile
 
@@ -32,7 +33,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 def _captured(name, public):
-    """The arguments the public call hands its routed op `name` (fastvae._composites.routed.<name>): recorded from
+    """The arguments the public call hands its routed op `name` (fastvae.ops._composites.routed.<name>): recorded from
     one call, so that the 'op' row calls the op exactly as the public function does."""
     ns = _composites.routed
     original, seen = getattr(ns, name), []

@@ -1,12 +1,12 @@
-"""The op backends a model computes with: "fastvae" (the fused ops of fastvae/ops/: gaussian, distances, logistic)
-or "reference" (fastvae.reference: plain PyTorch ops with the same signatures, the benchmarks' eager baseline). The
+"""The op backends a model computes with: "fastvae" (the fused ops of fastvae/ops/: their public functions) or
+"reference" (fastvae.reference: plain PyTorch ops with the same signatures, the benchmarks' eager baseline). The
 two draw their noise from different streams but compute the same quantities, so a model trains the same in
 distribution on either."""
 from .. import reference
-from ..ops import distances, gaussian, logistic
+from ..ops import bernoulli, distances, gaussian, logistic
 
 BACKENDS = ("fastvae", "reference")
-_MODULES = {"fastvae": (gaussian, distances, logistic), "reference": (reference,)}
+_MODULES = {"fastvae": (gaussian, bernoulli, distances, logistic), "reference": (reference,)}
 _WHERE = {"fastvae": "fastvae", "reference": "fastvae.reference"}
 
 

@@ -1,6 +1,7 @@
-"""The Gaussian family (reparameterize, reparameterize_kl, reparameterize_tril, gaussian_nll, kl_normal) and
-bernoulli_nll. Each public function checks its arguments (errors name the argument), draws the seed of a random op
-from the caller's generator, lays the operands out for the kernel, and calls torch.ops.fastvae.*.
+"""The Gaussian family: reparameterize, reparameterize_kl, reparameterize_tril, gaussian_nll, kl_normal (and, built
+the same way, bernoulli_nll in bernoulli.py). Each public function checks its arguments (errors name the argument),
+draws the seed of a random op from the caller's generator, lays the operands out for the kernel, and calls
+torch.ops.fastvae.*.
 
 Random ops are pure functions of their inputs: the seed is an int64 tensor drawn here from `generator`
 (the default generator of the inputs' device when None) and passed to the op, which derives every eps from
@@ -14,150 +15,22 @@ argument: 0, 1, 2), so that a reduced loss is one op and one autograd node. Loss
 float32. On CPU, float16/bfloat16 inputs are computed in float32.
 
 The fixed cost of a call (what decides at the batch sizes VAEs train at): a call whose operands the op takes as
-they are goes straight to it (see "the fast path" below); the rest takes the checked path, which lays them out.
+they are goes straight to it (see "the fast path" in _operands.py, with the layout and reduction helpers these ops
+share); the rest takes the checked path, which lays them out.
 
 Each op's public function, fake (meta) implementation and autograd formula stand together: the fake
 implementations let torch.compile(fullgraph=True) trace the ops; the autograd formulas call the fused backward
 ops, which regenerate eps from the saved seed instead of storing it (double backward: see _registry.py).
 """
-import math
-import warnings
-
 import torch
 
 from .. import _checks
 from ._composites import routed
-from ._registry import LIB, compute_dtype, create_graph, direct, draw_seed, fused_backward, not_differentiable, ops
-from ._transforms import fused_call_ok, plain
-
-_REDUCTION = {"none": 0, "sum": 1, "mean": 2}  # the ops' reduction argument
-_PLAIN = frozenset((torch.Tensor, torch.nn.Parameter))  # tensors without a __torch_function__ or dispatch of their own
-
-
-def _compute_dtype(device, *tensors):
-    """The Gaussian ops' kernels take float16/bfloat16 on CUDA (float32 arithmetic inside), not on the CPU."""
-    return compute_dtype(*tensors, kernels_16bit=device.type == "cuda")
-
-
-def _cast(t, dtype):
-    return None if t is None else t.to(dtype)
-
-
-def _reduce(per_sample, reduction):
-    """(for the ops without a reduction argument: fastvae/logistic.py)"""
-    if reduction == "none":
-        return per_sample
-    return per_sample.sum() if reduction == "sum" else per_sample.mean()
-
-
-def _spread(grad, shape, reduction):
-    """The per-sample gradient (shape `shape`) of a loss reduced by the op (0 none, 1 sum, 2 mean): the
-    differentiable backward formulas take it per sample."""
-    if reduction == 0:
-        return grad
-    g = grad.expand(shape)
-    return g / math.prod(shape) if reduction == 2 else g
-
-
-# ---- the fast path -----------------------------------------------------------------------------------------------
-# A call whose operands the op takes as they are (plain tensors of one dtype its kernels take, no layout to make)
-# goes straight to the op (`direct`: the registered op and its autograd formula, without the round trip through
-# torch's Python autograd kernel), whose C++ checks are then the only ones (the binding makes them anyway). When
-# the op refuses the call, the public function's own checks run and raise their error (the messages name the
-# argument as they always did); everything else (other dtypes, broadcast operands, tensor subclasses, meta and fake
-# tensors, torch.compile, torch.func transforms) takes the checked path below each fast path.
-_FAILED = (RuntimeError, ValueError, TypeError)
-
-
-def _fast(a, b):
-    """Whether a and b (the two main operands) can go to the op as they are: plain torch.Tensors or Parameters (not
-    another subclass: no fake or functional tensor), one dtype the kernels take on their device, neither a meta
-    tensor (whose op has no checks) nor empty (refused by the public functions, computed by the ops), and no
-    torch.compile trace or torch.func transform active (fused_call_ok)."""
-    if not fused_call_ok() or type(a) not in _PLAIN or type(b) not in _PLAIN:
-        return False
-    dt = a.dtype
-    if dt is not b.dtype or a.is_meta or b.is_meta or a.numel() == 0 or b.numel() == 0:
-        return False
-    return dt is torch.float32 or dt is torch.float64 or (a.is_cuda and dt in _16BIT)
-
-
-_16BIT = (torch.float16, torch.bfloat16)
-
-
-def _fast_operand(p, dtype, main):
-    """Whether the secondary operand p (a log-variance or a prior parameter) can go to the op as it is: None, or a
-    plain tensor of the main operands' dtype with their shape or fewer dims (the op takes any p that broadcasts over
-    the feature dims, and refuses the rest: then the checked path below lays p out or words the refusal)."""
-    return p is None or (type(p) in _PLAIN and p.dtype is dtype and not p.is_meta and
-                         (p.dim() < main.dim() or p.shape == main.shape or p.shape[0] == 1))
-
-
-def _fast_seed(t):
-    """The seed of a random op for a call on the fast path (draw_seed with generator None)."""
-    return torch.randint(0, 2**62, (1,), device=t.device, dtype=torch.int64)
-
-
-def _feature_operand(p, name, main, feature_shape):
-    """Lay out a secondary operand against `main` (shape (rows, *F) or (k, B, *F)): returned unchanged when it has
-    main's shape (per element), expanded to F when it broadcasts over the trailing dims (per feature: a 0-dim
-    tensor, a (D,) vector, ...), or expanded to main's shape when it only broadcasts there (e.g. one value per
-    sample). Anything else is an error: never silent broadcasting against the batch."""
-    if p is None:
-        return None
-    _checks.tensor(p, name)
-    _checks.same_device(main, "the main operand", p, name)
-    if p.shape == main.shape:
-        return p
-    shape = tuple(p.shape)
-    while len(shape) > len(feature_shape) and shape[0] == 1:
-        shape = shape[1:]
-    if len(shape) <= len(feature_shape) and _broadcastable(shape, feature_shape):
-        return p.reshape(shape).expand(feature_shape).contiguous()
-    if _broadcastable(tuple(p.shape), tuple(main.shape)):
-        return p.expand(main.shape).contiguous()
-    raise ValueError(
-        f"{name} must have shape {tuple(main.shape)} (per element) or broadcast over the feature dims "
-        f"{tuple(feature_shape)} (e.g. a 0-dim tensor); got {tuple(p.shape)}")
-
-
-def _broadcastable(src, dst):
-    if len(src) > len(dst):
-        return False
-    return all(s == 1 or s == d for s, d in zip(src[::-1], dst[::-1]))
-
-
-def _likelihood_operands(x, main, main_name):
-    _checks.tensor(x, "x", min_dim=1)
-    _checks.tensor(main, main_name, min_dim=1)
-    _checks.same_device(main, main_name, x, "x")
-    if main.shape != x.shape and main.shape[1:] != x.shape:
-        raise ValueError(
-            f"{main_name} must have the shape of x {tuple(x.shape)} or (k, *x.shape); got {tuple(main.shape)}")
-    _checks.nonempty_batch(x, "x")
-    _checks.nonempty_batch(main, main_name)
-
-
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _sampled(t, k):
-    return (k, *t.shape) if k is not None else tuple(t.shape)
-
-
-def _empty(ref):
-    return ref.new_empty((0,))
-
-
-def _rows(grad, like):
-    """A per-sample gradient ((B,) or (k, B)) shaped to broadcast against `like` ((B, *F) or (k, B, *F))."""
-    return grad.reshape(*grad.shape, *([1] * (like.dim() - grad.dim())))
-
-
-def _sum_samples(t, k):
-    """Sums the leading sample dim of t (k, *shape) when the op drew n_samples = k."""
-    return t if k is None else t.sum(0)
+from ._operands import (_FAILED, _REDUCTION, _acc, _cast, _compute_dtype, _empty, _fast, _fast_operand, _fast_seed,
+                        _feature_operand, _likelihood_operands, _loss_shape, _per_sample_shape, _rows, _sampled,
+                        _spread, _sum_samples)
+from ._registry import LIB, create_graph, direct, draw_seed, fused_backward, not_differentiable, ops
+from ._transforms import plain
 
 
 # ---- reparameterize ----------------------------------------------------------------------------------------------
@@ -378,14 +251,6 @@ def gaussian_nll(x, mean, logvar=None, *, reduction="mean"):
     return routed.gaussian_nll(x.to(dt), mean.to(dt), _cast(lv, dt), r)
 
 
-def _per_sample_shape(x, main):
-    return (main.shape[0], x.shape[0]) if main.dim() == x.dim() + 1 else (x.shape[0],)
-
-
-def _loss_shape(x, main, reduction):
-    return () if reduction else _per_sample_shape(x, main)
-
-
 @torch.library.register_fake(LIB + "gaussian_nll")
 def _(x, mean, logvar, reduction=0):
     return mean.new_empty(_loss_shape(x, mean, reduction), dtype=_acc(mean.dtype))
@@ -427,94 +292,6 @@ def _gnll_backward(ctx, grad):
 torch.library.register_autograd(LIB + "gaussian_nll", _gnll_backward, setup_context=_gnll_setup)
 _gaussian_nll = direct(ops.gaussian_nll, _gnll_setup, _gnll_backward)
 not_differentiable("gaussian_nll_backward", "fastvae.gaussian_nll")
-
-
-# ---- bernoulli_nll -----------------------------------------------------------------------------------------------
-
-def bernoulli_nll(x, logits, *, reduction="mean", validate_args=True):
-    """-log Bernoulli(x | sigmoid(logits)) = softplus(logits) - x * logits, stable for any logit; x in [0, 1]
-    (binarized data, or probabilities). logits may carry a leading sample dim (k, *x.shape).
-
-    The data comes first, as in every fastvae likelihood (gaussian_nll(x, mean), discretized_logistic_nll(x, ...)).
-    validate_args (default True) checks that x lies in [0, 1] (one read of x): a call in the order of fastvae 0.1,
-    bernoulli_nll(logits, x), is recognised (the first operand outside [0, 1], the second inside it), answered with
-    a FutureWarning and run as meant; any other x outside [0, 1] is refused. validate_args=False skips the check."""
-    r = _REDUCTION.get(reduction) if type(reduction) is str else None
-    if r is not None and type(validate_args) is bool and _fast(x, logits):
-        try:  # the op checks x in [0, 1] (validate_x); refused, the checks below tell the old order from bad data
-            return _bernoulli_nll(logits, x, r, validate_args)
-        except _FAILED:
-            pass
-    r = _REDUCTION[_checks.reduction(reduction)]
-    x_range = None
-    if _checks.flag(validate_args, "validate_args"):
-        x, logits, x_range = _bernoulli_order(x, logits)
-    _likelihood_operands(x, logits, "logits")
-    if x_range is not None:
-        raise ValueError(f"fastvae.bernoulli_nll: x must lie in [0, 1] (binary data or probabilities); got values in "
-                         f"[{x_range[0]:g}, {x_range[1]:g}]. The arguments are (x, logits): the data first")
-    dt = _compute_dtype(logits.device, x, logits)
-    return routed.bernoulli_nll(logits.to(dt), x.to(dt), r, False)
-
-
-def _in_unit_interval(t):
-    lo, hi = torch.aminmax(plain(t))  # every element (under vmap too), detached
-    return not (lo < 0 or hi > 1), (float(lo), float(hi))
-
-
-def _bernoulli_order(x, logits):
-    """(x, logits, None) as meant: the arguments themselves, or swapped (with a FutureWarning) for a call written in
-    fastvae 0.1's order bernoulli_nll(logits, x); (x, logits, (min, max)) when x has values outside [0, 1]."""
-    _checks.tensor(x, "x", min_dim=1)
-    _checks.tensor(logits, "logits", min_dim=1)
-    if not _checks.has_values(x) or not _checks.has_values(logits) or x.numel() == 0:
-        return x, logits, None
-    x_ok, x_range = _in_unit_interval(x)
-    if x_ok:
-        return x, logits, None
-    sampled_swap = x.dim() == logits.dim() + 1  # (logits (k, B, ...), x (B, ...)) in the old order
-    if logits.numel() and (sampled_swap or x.shape == logits.shape) and _in_unit_interval(logits)[0]:
-        warnings.warn(
-            "fastvae.bernoulli_nll takes (x, logits) (the data first, like gaussian_nll(x, mean)); this call passed "
-            "(logits, x) in fastvae 0.1's order and was run as bernoulli_nll(x=second, logits=first). Write "
-            "bernoulli_nll(x, logits): the old order will be refused in a later version", FutureWarning, stacklevel=3)
-        return logits, x, None
-    return x, logits, x_range
-
-
-@torch.library.register_fake(LIB + "bernoulli_nll")
-def _(logits, x, reduction=0, validate_x=False):
-    return logits.new_empty(_loss_shape(x, logits, reduction), dtype=_acc(logits.dtype))
-
-
-@torch.library.register_fake(LIB + "bernoulli_nll_backward")
-def _(grad, logits, x, reduction=0):
-    return logits.new_empty(logits.shape)
-
-
-def _bnll_setup(ctx, inputs, output):
-    logits, x, ctx.reduction, _ = inputs
-    ctx.save_for_backward(logits, x)
-
-
-def _bnll_backward(ctx, grad):
-    logits, x = ctx.saved_tensors
-    need_logits, need_x = ctx.needs_input_grad[:2]
-    grad_logits = g = None
-    if need_x or create_graph():
-        g = _rows(_spread(grad, _per_sample_shape(x, logits), ctx.reduction).to(logits.dtype), logits)
-    if need_logits and create_graph():  # d/dlogits = grad * (sigmoid(logits) - x)
-        grad_logits = g * (torch.sigmoid(logits) - x)
-    elif need_logits:
-        grad_logits = fused_backward(ops.bernoulli_nll_backward, grad, logits, x, ctx.reduction)
-    # d/dx = -grad * logits (x enters linearly), summed over a leading sample dim
-    grad_x = -(g * logits).sum_to_size(x.shape) if need_x else None
-    return grad_logits, grad_x, None, None
-
-
-torch.library.register_autograd(LIB + "bernoulli_nll", _bnll_backward, setup_context=_bnll_setup)
-_bernoulli_nll = direct(ops.bernoulli_nll, _bnll_setup, _bnll_backward)
-not_differentiable("bernoulli_nll_backward", "fastvae.bernoulli_nll")
 
 
 # ---- kl_normal ---------------------------------------------------------------------------------------------------

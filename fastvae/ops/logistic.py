@@ -23,7 +23,7 @@ from .. import _checks
 from ._composites import routed
 from ._registry import LIB, fused_backward, not_differentiable, ops
 from ._transforms import plain
-from .gaussian import _acc, _compute_dtype, _feature_operand, _reduce
+from ._operands import _acc, _compute_dtype, _feature_operand, _reduce
 
 MAX_BITS = 16
 
