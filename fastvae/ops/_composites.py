@@ -14,7 +14,7 @@ naming the fastvae function. The ops of a seed (_normals, random_directions) get
 seed, so "different" gives each element its own noise."""
 import torch
 
-from .. import reference
+from . import reference
 from ._registry import ops
 from ._transforms import routed as _routed
 
