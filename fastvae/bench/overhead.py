@@ -212,7 +212,7 @@ HEAD_LATENT, HEAD_D = 32, 784
 
 
 def _make_small_head(n, dtype, device, gen):
-    from .ops import _randn
+    from .ops.common import _randn
     return (_randn((n, HEAD_LATENT), dtype, device, gen, grad=True),
             _randn((n, HEAD_LATENT), dtype, device, gen, grad=True, scale=0.5, shift=-1.0),
             _randn((n, HEAD_D), dtype, device, gen, grad=True),
@@ -227,7 +227,7 @@ def _small_head(ns):
 
 
 def small_head_op():
-    from .ops import Op, _compile
+    from .ops.common import Op, _compile
     return Op(
         "vae_head_small", "elementwise", [64, 128, 256], [64], _make_small_head,
         {"fastvae": lambda: _small_head(fastvae), "eager": lambda: _small_head(reference),
