@@ -23,7 +23,7 @@ def _cast(t, dtype):
 
 
 def _reduce(per_sample, reduction):
-    """(for the ops without a reduction argument: fastvae/logistic.py)"""
+    """(for the ops without a reduction argument: logistic.py)"""
     if reduction == "none":
         return per_sample
     return per_sample.sum() if reduction == "sum" else per_sample.mean()
