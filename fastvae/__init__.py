@@ -5,18 +5,18 @@ from ._load import load_extension as _load_extension
 
 _C = _load_extension()
 
-from .functional import (  # noqa: E402
-    bernoulli_nll,
+from .ops.bernoulli import bernoulli_nll  # noqa: E402
+from .ops.gaussian import (  # noqa: E402
     gaussian_nll,
     kl_normal,
     reparameterize,
     reparameterize_kl,
     reparameterize_tril,
 )
-from .distances import energy_distance, mmd, sliced_wasserstein  # noqa: E402
-from .logistic import discretized_logistic_mixture_nll, discretized_logistic_nll  # noqa: E402
-from . import dropin_ops  # noqa: E402,F401  (the drop-ins' ops: their fake and autograd formulas)
-from .fused_linear import linear_bce_with_logits  # noqa: E402
+from .ops.distances import energy_distance, mmd, sliced_wasserstein  # noqa: E402
+from .ops.logistic import discretized_logistic_mixture_nll, discretized_logistic_nll  # noqa: E402
+from . import distances, dropin_ops, functional, logistic  # noqa: E402,F401  (the ops' former paths)
+from .ops.fused_linear import linear_bce_with_logits  # noqa: E402
 from .nn import MMDLoss, SlicedWassersteinLoss  # noqa: E402
 from . import distributions  # noqa: E402,F401
 from ._patching import is_patched, patch, unpatch  # noqa: E402

@@ -13,34 +13,19 @@
 The train flags and the keys of a TOML config are one table, fastvae.train.SETTINGS (latent_dim or latent-dim in
 TOML); every value is checked against it; flags given on the command line win.
 Under `torchrun --nproc_per_node N -m fastvae train ...` training runs data-parallel (DDP).
+This module parses the command line, trains and dispatches; eval, sample and info are in fastvae/commands/.
 """
 import argparse
 import difflib
-import json
 import os
 import signal
 import sys
 
 from . import train as tr
-from .models import MAX_LL_SAMPLES
-
-# Samples `fastvae sample` draws at most: a 100 x 100 grid is already a poster (and every sample is in memory).
-MAX_SAMPLES = 10_000
-SAMPLE_N = tr.Setting("n", int, 64, f"number of samples, at most {MAX_SAMPLES}", lo=1, hi=MAX_SAMPLES)
-# eval's own settings: K importance samples per image (at most MAX_LL_SAMPLES = 10^6, 200 times the IWAE paper's
-# 5000: the time grows linearly with K), and the first N test images
-EVAL_K = tr.Setting("k", int, 1000, f"importance samples per test image of the log-likelihood, at most "
-                    f"{MAX_LL_SAMPLES}", lo=1, hi=MAX_LL_SAMPLES)
-# image-samples of the log-likelihood from which eval says what it does when it shows no bar (a few seconds)
-LONG_EVAL = 10**6
-EVAL_LIMIT = tr.Setting("limit", int, None, "evaluate the first N test images only (default: all)", lo=1,
-                        hi=tr.INT_MAX)
-
-# posterior refinement (the amortisation gap): per-image steps of Adam on q's statistics, and its learning rate
-EVAL_REFINE = tr.Setting("refine", int, None, "also optimise each test image's own posterior for STEPS steps from "
-                         "the encoder's and report the refined ELBO (the amortisation gap)", lo=1,
-                         hi=tr.MAX_REFINE_STEPS)
-EVAL_REFINE_LR = tr.Setting("refine_lr", float, 1e-2, "Adam's learning rate of --refine", lo=0, lo_open=True)
+from .commands import evaluate, sample
+from .commands.evaluate import EVAL_K, EVAL_LIMIT, EVAL_REFINE, EVAL_REFINE_LR
+from .commands.info import info_lines
+from .commands.sample import MAX_SAMPLES, SAMPLE_N  # noqa: F401  (MAX_SAMPLES: fastvae.cli's as before)
 
 
 def _flag_type(setting):
@@ -166,154 +151,6 @@ def _train(args):
     return 0
 
 
-def _load(args):
-    try:
-        device = tr.pick_device(args.device)
-        return (*tr.model_from_checkpoint(args.checkpoint, device), device)
-    except ValueError as e:
-        raise SystemExit(f"fastvae {args.command}: {e}{_previous_hint(args.checkpoint, e)}")
-
-
-def _previous_hint(path, error):
-    """A run's refused checkpoint with an intact previous one beside it: say so."""
-    previous = tr.previous_path(os.path.join(path, tr.CHECKPOINT_NAME) if os.path.isdir(path) else path)
-    try:
-        epoch = tr.load_checkpoint(previous)["epoch"] if isinstance(error, tr.CheckpointError) else None
-    except tr.CheckpointError:
-        epoch = None
-    return "" if epoch is None else f"; the previous checkpoint beside it, {previous} (epoch {epoch}), is intact"
-
-
-def _eval(args):
-    import time
-    import torch
-    from .data import load_data
-    model, ckpt, device = _load(args)
-    run, info = ckpt["config"], ckpt["data_info"]
-    spec = args.data or run["data"]
-    if isinstance(spec, str) and spec.startswith("<"):
-        raise SystemExit(f"fastvae eval: {args.checkpoint} was trained on a Python {spec} object; give --data")
-    try:
-        # the run's binarization: static gives the same fixed binary test set; dynamic a binarization of the test
-        # set drawn once with a fixed seed (fastvae.data.BINARIZE_SEED), as the IWAE paper evaluates
-        data = load_data(spec, binarize=run["binarize"], device=device)
-    except ValueError as e:
-        raise SystemExit(f"fastvae eval: {e}")
-    _check_eval_data(data, info, model, args.checkpoint)
-    n_all = int(data.test_x.shape[0])
-    test_x, test_y = data.test_x[:args.limit], None if data.test_y is None else data.test_y[:args.limit]
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    if args.per_image and not os.path.isdir(os.path.dirname(os.path.abspath(args.per_image))):
-        raise SystemExit(f"fastvae eval: --per-image {args.per_image}: the folder "
-                         f"{os.path.dirname(os.path.abspath(args.per_image))} does not exist")
-    torch.manual_seed(args.seed)
-    t0 = time.perf_counter()
-    per_image = [] if args.per_image else None
-    n_eval = int(test_x.shape[0])
-    if not progress and n_eval * args.k >= LONG_EVAL:        # minutes, perhaps: say so, on stderr (--json reads stdout)
-        print(f"fastvae eval: the log-likelihood of {n_eval} test samples with K={args.k} importance samples each "
-              f"(--progress shows a bar)", file=sys.stderr, flush=True)
-    res = tr.evaluate(model, test_x, test_y, n_samples=args.k, seed=args.seed, progress=progress,
-                      per_image=per_image)
-    if per_image is not None:
-        import numpy as np
-        try:
-            np.save(args.per_image, torch.cat(per_image).numpy())
-        except OSError as e:
-            raise SystemExit(f"fastvae eval: cannot write --per-image {args.per_image} ({e.strerror or e})")
-    if args.refine:
-        t1 = time.perf_counter()
-        res.update(_refine(model, test_x, test_y, args, progress),
-                   refine_steps=args.refine, refine_lr=args.refine_lr, refine_time_s=time.perf_counter() - t1)
-    res.update(time_s=time.perf_counter() - t0, checkpoint=args.checkpoint, data=data.name,
-               n_test=int(test_x.shape[0]), n_test_all=n_all, dim=model.data_dim, binarize=data.binarize,
-               epoch=ckpt["epoch"], n_samples=args.k)
-    if args.json:
-        print(json.dumps(res, indent=2))
-        return 0
-    se = "n/a (one image)" if res["nll_se"] is None else f"{res['nll_se']:.4f}"
-    bse = "" if res["bits_per_dim_se"] is None else f" (SE {res['bits_per_dim_se']:.5f})"
-    which = f"{res['n_test']} samples" if res["n_test"] == n_all else f"the first {res['n_test']} of {n_all} samples"
-    print(f"{args.checkpoint} (epoch {res['epoch']}) on the {data.name} test set ({which}"
-          f"{', binarized ' + data.binarize if data.binarize else ''}):")
-    print(f"  ELBO            {res['elbo']:.4f} nats/sample (recon {res['recon']:.4f}, KL {res['kl']:.4f})")
-    if "accuracy" in res:
-        print(f"  accuracy        {res['accuracy']:.4f} (the classifier q(y|x) on the test labels)")
-    print(f"  log-likelihood  {res['log_likelihood']:.4f} nats/sample (K={args.k} importance samples)")
-    print(f"  NLL             {res['nll']:.4f} nats/sample, SE {se} (std of log p(x) over samples / sqrt(n))")
-    print(f"  bits/dim        {res['bits_per_dim']:.5f}{bse} (NLL / ({res['dim']} ln 2))")
-    if args.refine:
-        print(f"  refined ELBO    {res['refined_elbo']:.4f} nats/sample after {args.refine} steps per image "
-              f"(amortised {res['amortised_elbo']:.4f} by the same {tr.REFINE_EVAL_DRAWS}-draw estimate: "
-              f"amortisation gap {res['amortisation_gap']:.4f})")
-    print(f"  time            {res['time_s']:.1f} s")
-    if model.config.get("likelihood") == "gaussian":
-        print(f"  {tr.GAUSSIAN_NOTE}")
-    return 0
-
-
-def _refine(model, x, y, args, progress):
-    """refine_posteriors with a progress bar of the images refined (or, without one, a line saying what runs)."""
-    n = int(x.shape[0])
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=n, desc=f"refining ({args.refine} steps)", unit="sample", dynamic_ncols=True,
-                   mininterval=0.5, file=sys.stderr)
-    else:
-        print(f"fastvae eval: refining the posteriors of {n} test samples, {args.refine} steps each "
-              f"(--progress shows a bar)", file=sys.stderr, flush=True)
-    try:
-        return tr.refine_posteriors(model, x, y, steps=args.refine, lr=args.refine_lr, seed=args.seed,
-                                    progress=None if bar is None else bar.update)
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def _check_eval_data(data, info, model, checkpoint):
-    """The data eval reads must be what the model takes: the samples' shape, a test set, labels for a CVAE."""
-    def refuse(what):
-        raise SystemExit(f"fastvae eval: --data {data.name}: {what}")
-    if tuple(data.shape) != tuple(info["shape"]):
-        refuse(f"its samples have shape {tuple(data.shape)}; {checkpoint} was trained on shape {tuple(info['shape'])}")
-    if data.test_x.shape[0] == 0:
-        refuse("its test set is empty")
-    if model.n_classes:
-        if data.test_y is None:
-            refuse(f"it has no labels; {checkpoint} is a cvae of {model.n_classes} classes")
-        lo, hi = int(data.test_y.min()), int(data.test_y.max())
-        if lo < 0 or hi >= model.n_classes:
-            refuse(f"its labels run from {lo} to {hi}; {checkpoint} is a cvae of classes 0 to {model.n_classes - 1}")
-
-
-def _sample(args):
-    import torch
-    from . import plots
-    ckpt_dir = args.checkpoint if os.path.isdir(args.checkpoint) else os.path.dirname(os.path.abspath(args.checkpoint))
-    out = args.out or os.path.join(ckpt_dir, f"samples-{args.n}.png")
-    if os.path.isdir(out):
-        raise SystemExit(f"fastvae sample: --out {out} is a folder; give a .png file path")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-        raise SystemExit(f"fastvae sample: --out {out}: the folder {os.path.dirname(os.path.abspath(out))} does "
-                         f"not exist")
-    model, ckpt, device = _load(args)
-    shape = ckpt["data_info"]["shape"]
-    if len(shape) == 1:
-        side = int(round(shape[0] ** 0.5))
-        if side * side != shape[0]:
-            raise SystemExit(f"fastvae sample: samples of shape {tuple(shape)} are not pictures")
-        shape = [1, side, side]
-    g = torch.Generator(device).manual_seed(args.seed)
-    x = model.sample(args.n, generator=g).reshape(args.n, *shape)
-    try:
-        plots.save_grid(x, out, ncol=10 if model.n_classes else None)
-    except OSError as e:
-        raise SystemExit(f"fastvae sample: cannot write --out {out} ({e.strerror or e})")
-    print(f"wrote {args.n} samples to {out}")
-    return 0
-
-
 # What a command imports beyond torch and numpy: the `train` extra of the distribution (pyproject.toml)
 _EXTRAS = {"train": ("matplotlib", "tqdm"), "sample": ("matplotlib",)}
 
@@ -326,36 +163,6 @@ def _need_extras(command):
     if missing:
         raise SystemExit(f"fastvae {command}: needs {', '.join(missing)}, not installed; "
                          f"pip install '{DIST_NAME}[train]' installs them")
-
-
-def _distribution(name):
-    """'<name> <version>' as installed, or a note that this fastvae is not an installed distribution."""
-    from importlib import metadata
-    try:
-        return f"{name} {metadata.version(name)}"
-    except metadata.PackageNotFoundError:
-        return f"{name} not installed (a source checkout)"
-
-
-def info_lines():
-    import torch
-    import fastvae
-    bi = fastvae._C.build_info()
-    lines = [f"fastvae {fastvae.__version__} ({os.path.dirname(fastvae.__file__)})",
-             f"distribution: {_distribution(fastvae.DIST_NAME)}",
-             f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'})",
-             f"kernels: CPU ({fastvae._C.cpu_isa()} in use; built {bi.get('cpu_isa')}), "
-             + (f"CUDA for archs {bi.get('cuda_archs') or '?'}" if bi.get("cuda") else "CUDA not built")]
-    lines.append("build: " + ", ".join(f"{k}={v}" for k, v in bi.items()))
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            p = torch.cuda.get_device_properties(i)
-            lines.append(f"device cuda:{i}: {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB")
-    else:
-        lines.append(f"device: cpu ({torch.get_num_threads()} threads); no CUDA GPU visible")
-    extra = [n for n in ("mmd", "sliced_wasserstein") if hasattr(fastvae, n)]
-    lines.append(f"distance ops: {', '.join(extra) if extra else 'none in this build'}")
-    return lines
 
 
 def _bench(args):
@@ -379,7 +186,7 @@ def main(argv=None):
         print("\n".join(info_lines()))
         return 0
     _need_extras(args.command)
-    command = {"train": _train, "eval": _eval, "sample": _sample}.get(args.command)
+    command = {"train": _train, "eval": evaluate.run, "sample": sample.run}.get(args.command)
     if command is None:
         return _bench(args) or 0
     terminated = []

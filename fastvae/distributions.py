@@ -26,8 +26,8 @@ import torch
 import torch.distributions as td
 from torch.distributions.kl import register_kl
 
-from . import _transforms, dropin_ops
-from .functional import reparameterize_tril
+from .ops import _transforms, dropin
+from .ops.gaussian import reparameterize_tril
 
 __all__ = ["Normal", "Bernoulli", "MultivariateNormal", "Independent", "kl_divergence"]
 
@@ -75,7 +75,7 @@ def fusable(*tensors):
 def normal_rsample(self, sample_shape=torch.Size()):
     if not fusable(self.loc, self.scale):
         return TORCH["Normal.rsample"](self, sample_shape)
-    return dropin_ops.normal_rsample(self.loc, self.scale, torch.Size(sample_shape))
+    return dropin.normal_rsample(self.loc, self.scale, torch.Size(sample_shape))
 
 
 def normal_sample(self, sample_shape=torch.Size()):
@@ -94,7 +94,7 @@ def _normal_log_prob(self, value, event_dims):
         out = TORCH["Normal.log_prob"](self, value)
         return out if event_dims == 0 else out.sum(tuple(range(-event_dims, 0)))
     # loc and scale are broadcast_all's expanded views: the op reads them periodically, never materialised
-    return dropin_ops.normal_nll(value, self.loc, self.scale, "scale", const=_HALF_LOG_2PI, factor=-1.0,
+    return dropin.normal_nll(value, self.loc, self.scale, "scale", const=_HALF_LOG_2PI, factor=-1.0,
                                  event_dims=event_dims)
 
 
@@ -102,7 +102,7 @@ def kl_normal_normal(p, q, event_dims=0):
     if not fusable(p.loc, p.scale, q.loc, q.scale):
         out = TORCH["kl.Normal.Normal"](p, q)
         return out if event_dims == 0 else out.sum(tuple(range(-event_dims, 0)))
-    return dropin_ops.normal_kl(p.loc, p.scale, q.loc, q.scale, event_dims=event_dims)
+    return dropin.normal_kl(p.loc, p.scale, q.loc, q.scale, event_dims=event_dims)
 
 
 class Normal(td.Normal):
@@ -128,14 +128,14 @@ def _bernoulli_log_prob(self, value, event_dims):
     if not fusable(logits, value) or value.dtype != logits.dtype:  # torch's BCE has its own rule for mixed dtypes
         out = TORCH["Bernoulli.log_prob"](self, value)
         return out if event_dims == 0 else out.sum(tuple(range(-event_dims, 0)))
-    return dropin_ops.bce_with_logits(logits, value, factor=-1.0, event_dims=event_dims)
+    return dropin.bce_with_logits(logits, value, factor=-1.0, event_dims=event_dims)
 
 
 def bernoulli_entropy(self):
     logits, probs = self.logits, self.probs
     if not fusable(logits, probs):
         return TORCH["Bernoulli.entropy"](self)
-    return dropin_ops.bce_with_logits(logits, probs)
+    return dropin.bce_with_logits(logits, probs)
 
 
 class Bernoulli(td.Bernoulli):

@@ -25,7 +25,7 @@ HAS_CUDA = torch.cuda.is_available()
 # Slow tests marked from here rather than in their files (being edited elsewhere when the marker came into use; a
 # `pytestmark` or `@pytest.mark.slow` there can replace the entry): `make test-fast` leaves them out.
 SLOW_FILES = {"test_dropin_cuda_on_cpu.py"}  # dropin.cu executed on the CPU, like test_cuda_kernels_on_cpu.py
-SLOW_TESTS = {"test_dropin.py": {"test_patched_code_and_the_functional_drop_ins_compile_without_graph_breaks"}}
+SLOW_TESTS = {}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import fastvae
-from fastvae import reference as ref
+from fastvae.ops.reference import distances as ref
 
 KERNELS = ["rbf", "imq", "laplacian", "energy"]
 ESTIMATORS = ["unbiased", "biased"]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 import fastvae
-from fastvae import dropin_ops as dr
+from fastvae.ops import dropin as dr
 
 from conftest import EPS, OPCHECK_UTILS, assert_within, gen, kernel_eps
 

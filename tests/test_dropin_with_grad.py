@@ -11,7 +11,7 @@ suite checks against float64 torch:
 import pytest
 import torch
 
-from fastvae import dropin_ops as dr
+from fastvae.ops import dropin as dr
 
 from conftest import OPCHECK_UTILS, gen
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import fastvae
-from fastvae.fused_linear import _CHUNK_BYTES, _chunks
+from fastvae.ops.fused_linear import _CHUNK_BYTES, _chunks
 
 from conftest import gen
 

@@ -16,7 +16,7 @@ from torch.autograd import forward_ad as fwAD
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastvae
-from fastvae import _transforms
+from fastvae.ops import _transforms
 
 # finite differences in float64: central, step h; truncation ~h^2 |F'''|, rounding ~1e-16 |F| / h
 H, RTOL, ATOL = 1e-6, 1e-6, 1e-7

@@ -12,7 +12,7 @@ import torch
 
 import fastvae
 
-from .ops import LATENT, Op, _bytes, _compile, _elems, _randn
+from .ops.common import LATENT, Op, _bytes, _compile, _elems, _randn
 from .targets import _ratio as ratio, _row as find, _t as t, _verdict as verdict
 
 VAE_D, VAE_LATENT = 1024, 64

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 import fastvae
-from fastvae import _composites, reference
+from fastvae import reference
+from fastvae.ops import _composites
 
 from .measure import percentile
 
@@ -32,7 +33,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 def _captured(name, public):
-    """The arguments the public call hands its routed op `name` (fastvae._composites.routed.<name>): recorded from
+    """The arguments the public call hands its routed op `name` (fastvae.ops._composites.routed.<name>): recorded from
     one call, so that the 'op' row calls the op exactly as the public function does."""
     ns = _composites.routed
     original, seen = getattr(ns, name), []
@@ -211,7 +212,7 @@ HEAD_LATENT, HEAD_D = 32, 784
 
 
 def _make_small_head(n, dtype, device, gen):
-    from .ops import _randn
+    from .ops.common import _randn
     return (_randn((n, HEAD_LATENT), dtype, device, gen, grad=True),
             _randn((n, HEAD_LATENT), dtype, device, gen, grad=True, scale=0.5, shift=-1.0),
             _randn((n, HEAD_D), dtype, device, gen, grad=True),
@@ -226,7 +227,7 @@ def _small_head(ns):
 
 
 def small_head_op():
-    from .ops import Op, _compile
+    from .ops.common import Op, _compile
     return Op(
         "vae_head_small", "elementwise", [64, 128, 256], [64], _make_small_head,
         {"fastvae": lambda: _small_head(fastvae), "eager": lambda: _small_head(reference),

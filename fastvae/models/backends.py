@@ -1,12 +1,12 @@
-"""The op backends a model computes with: "fastvae" (the fused ops of fastvae.functional, fastvae.distances and
-fastvae.logistic) or
-"reference" (fastvae.reference: plain PyTorch ops with the same signatures, the benchmarks' eager baseline). The two
-draw their noise from different streams but compute the same quantities, so a model trains the same in
+"""The op backends a model computes with: "fastvae" (the fused ops of fastvae/ops/: their public functions) or
+"reference" (fastvae.reference: plain PyTorch ops with the same signatures, the benchmarks' eager baseline). The
+two draw their noise from different streams but compute the same quantities, so a model trains the same in
 distribution on either."""
-from .. import distances, functional, logistic, reference
+from .. import reference
+from ..ops import bernoulli, distances, gaussian, logistic
 
 BACKENDS = ("fastvae", "reference")
-_MODULES = {"fastvae": (functional, distances, logistic), "reference": (reference,)}
+_MODULES = {"fastvae": (gaussian, bernoulli, distances, logistic), "reference": (reference,)}
 _WHERE = {"fastvae": "fastvae", "reference": "fastvae.reference"}
 
 

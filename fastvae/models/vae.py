@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .. import _checks
-from ..distances import ESTIMATORS, KERNELS
+from ..ops.distances import ESTIMATORS, KERNELS
 from . import estimators, m2
 from .backends import BACKENDS, Ops
 from .estimators import MAX_LL_SAMPLES  # noqa: F401 (fastvae.models.vae.MAX_LL_SAMPLES, as before)

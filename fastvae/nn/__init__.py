@@ -4,7 +4,8 @@ BCEWithLogitsLoss and GaussianNLLLoss are torch's modules (subclasses: the same 
 and repr) whose forward runs fastvae.nn.functional's drop-ins."""
 import torch
 
-from .. import _checks, distances
+from .. import _checks
+from ..ops import distances
 from . import functional
 
 

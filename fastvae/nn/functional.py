@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import has_torch_function_variadic
 
-from .. import dropin_ops
+from ..ops import dropin
 from .._checks import has_values
 from ..distributions import fusable
 
@@ -64,7 +64,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
             or torch.broadcast_shapes(*(t.shape for t in tensors)) != input.shape):
         return fallback(*args)
     factor, event_dims = _reduce_args(reduction, input.numel())
-    return dropin_ops.bce_with_logits(input, target, weight, pos_weight, factor=factor, event_dims=event_dims)
+    return dropin.bce_with_logits(input, target, weight, pos_weight, factor=factor, event_dims=event_dims)
 
 
 def _var_operand(input, var):
@@ -114,6 +114,6 @@ def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"
     if shape.numel() == 0:
         return fallback(*args)
     factor, event_dims = _reduce_args(reduction, shape.numel())
-    return dropin_ops.normal_nll(target, input, var_t, "var", floor=eps, const=_HALF_LOG_2PI if full else 0.0,
+    return dropin.normal_nll(target, input, var_t, "var", floor=eps, const=_HALF_LOG_2PI if full else 0.0,
                                  factor=factor, event_dims=event_dims)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..distances import KERNELS
+from ..ops.distances import KERNELS
 from ..models import ACTIVATIONS, BACKENDS, DIVERGENCES, LIKELIHOODS, MAX_LL_SAMPLES, POSTERIORS, VARIANCES
 
 MODELS = ("vae", "beta-vae", "cvae", "iwae", "wae-mmd", "swae", "hvae", "m2", "vaegan")

@@ -18,7 +18,7 @@ its gradient, a torch.func transform and forward-mode AD take the unfused form (
 import torch
 import torch.nn.functional as F
 
-from . import dropin_ops
+from . import dropin as dropin_ops
 from ._transforms import fused_call_ok
 
 __all__ = ["linear_bce_with_logits"]

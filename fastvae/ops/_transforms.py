@@ -17,14 +17,14 @@ The reads are deliberately not skipped while torch.compile traces: compile(torch
 composite (skipping them would trace the fused op and give a zero tangent). compile(torch.func.grad(f)) works
 with a graph break (dynamo cannot trace the level read under grad), so not with fullgraph=True.
 
-Use (how fastvae/functional.py, distances.py and logistic.py call their ops):
+Use (how the op families in fastvae/ops/ call their ops):
 
     from . import _transforms
     _kl_normal = _transforms.route(torch.ops.fastvae.kl_normal, composite_kl_normal)   # once, at import
     per_sample = _kl_normal(mu, logvar, mp, lp)          # instead of torch.ops.fastvae.kl_normal(...)
 
 or a namespace of routed ops, `routed(torch.ops.fastvae, kl_normal=composite_kl_normal, ...)`, whose attribute
-`kl_normal` is the routed op (fastvae/_composites.py builds the one the public functions use: `routed.X(...)`).
+`kl_normal` is the routed op (fastvae/ops/_composites.py builds the one the public functions use: `routed.X(...)`).
 A composite takes the op's arguments as the public function hands them over (already checked, laid out and cast)
 and returns what the op returns. An op with no composite yet: `route(op, None, "fastvae.f")` raises, under a
 transform, an error naming fastvae.f and the transform (never a silent zero tangent).
@@ -73,7 +73,7 @@ def route(op, composite, name=None):
     if composite is None:
         def composite(*args):
             raise RuntimeError(f"{name or op} does not support {transform_name()}: it has no composite form "
-                               f"(see fastvae/_transforms.py)")
+                               f"(see fastvae/ops/_transforms.py)")
 
     def call(*args):
         if _fw._current_level >= 0 or _level() is not None:  # active(), inlined: this runs on every call

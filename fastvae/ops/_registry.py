@@ -1,4 +1,4 @@
-"""What every op family (functional.py, distances.py) shares: the loaded op namespace torch.ops.fastvae, the seed
+"""What every op family (gaussian.py, distances.py, ...) shares: the loaded op namespace torch.ops.fastvae, the seed
 of a random op, the one compute-dtype rule, and the helpers of the autograd registrations.
 
 Double backward (gradient penalties, Hessian-vector products, meta-learning): register_autograd runs a backward
@@ -11,8 +11,8 @@ import sys
 
 import torch
 
-from . import _checks
-from ._load import load_extension
+from .. import _checks
+from .._load import load_extension
 
 _C = load_extension()
 ops = torch.ops.fastvae

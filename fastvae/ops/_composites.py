@@ -15,7 +15,7 @@ seed, so "different" gives each element its own noise."""
 import torch
 
 from . import reference
-from ._custom_ops import ops
+from ._registry import ops
 from ._transforms import routed as _routed
 
 

@@ -1,0 +1,217 @@
+"""The fused ops behind fastvae's torch.distributions / torch.nn.functional drop-ins: torch's element-wise semantics
+and parameterizations (scale, variance), one pass per forward and per backward (csrc/include/fastvae/dropin_math.h
+has the math and its stability argument).
+
+The private wrappers below take torch-broadcastable tensors and lay them out for the ops: the result is over the
+broadcast shape S, and `event_dims` trailing dims of S are summed (0: element-wise, None: every dim, a 0-dim result;
+reduction "mean" is event_dims=None with factor=1/numel). An operand whose broadcast to S repeats its own trailing
+block (its shape without leading 1s is a trailing part of S: a scalar, a per-feature vector, a full tensor) goes to
+the op as it is, read periodically (p[i % p.numel()]); any other is expanded to S. Dtypes promote as torch's do;
+16-bit inputs are computed in float32 (on the CPU they go to the op as float32) and results are cast back to the
+promoted dtype. Gradients of a periodic operand are summed over its tiles. Double backward (create_graph=True) takes
+torch-op forms of the gradients, differentiable again. The ops' fake implementations and autograd formulas are in
+dropin_autograd.py; the forward with gradients (the CPU's fast path with autograd) is below.
+
+The terms are negative log densities (losses): log_prob is normal_nll with factor=-1, const=0.5 log(2 pi)."""
+import math
+import types
+
+import torch
+
+from ._registry import _16BIT, LIB, compute_dtype, create_graph, draw_seed, ops
+from ._transforms import fused_call_ok
+from .dropin_autograd import _bce_backward, _fold, _kl_backward, _nll_backward
+
+SPREADS = {"scale": 0, "var": 1, "logvar": 2}
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+# ---- layout ---------------------------------------------------------------------------------------------------------
+
+# A call's fixed cost matters (small tensors): the common case (operands of one shape and dtype) takes the short
+# paths below, and the checks are the op's (C++).
+
+def _prepare(tensors):
+    """(S, the promoted dtype, the operands as the op takes them); None stays None."""
+    first = tensors[0]
+    shape, dtype = first.shape, first.dtype
+    same_shape = True
+    for t in tensors[1:]:
+        if t is not None:
+            if t.dtype != dtype:
+                dtype = torch.promote_types(dtype, t.dtype)
+            same_shape = same_shape and t.shape == shape
+    if not same_shape:
+        shape = torch.broadcast_shapes(*(t.shape for t in tensors if t is not None))
+    dt = torch.float32 if dtype in _16BIT and first.device.type != "cuda" else dtype
+    return shape, dtype, [None if t is None else _periodic(t, shape, dt) for t in tensors]
+
+
+def _periodic(t, shape, dt):
+    """t as the op reads it: its trailing block when t repeats it over leading dims of size 1 or of stride 0 (an
+    expanded view, such as torch.distributions' broadcast_all makes), else t expanded to shape and materialised."""
+    s = t.shape
+    if s == shape and t.dtype == dt and (not s or t.stride(0) != 0):
+        return t
+    i = 0
+    while i < len(s) and (s[i] == 1 or t.stride(i) == 0):
+        i += 1
+    if s[i:] == shape[len(shape) - (len(s) - i):]:
+        return (t[(0,) * i] if i else t).to(dt)
+    return t.expand(shape).to(dt).contiguous()
+
+
+def _rows(shape, event_dims):
+    """(row_len, the result's shape) for summing the trailing event_dims dims of shape."""
+    if event_dims is None:
+        event_dims = len(shape)
+    elif not isinstance(event_dims, int) or isinstance(event_dims, bool) or not 0 <= event_dims <= len(shape):
+        raise ValueError(f"event_dims must be None or an int in [0, {len(shape)}] (the dims of the broadcast shape "
+                         f"{tuple(shape)}); got {event_dims!r}")
+    lead = shape[:len(shape) - event_dims]
+    return math.prod(shape[len(lead):]), lead
+
+
+def _call(op, shape, dtype, operands, event_dims, *args):
+    if event_dims == 0:  # element-wise
+        out = _run(op, operands, args, 1)
+        out = out if out.shape == shape else out.reshape(shape)
+        return out if out.dtype == dtype else out.to(dtype)
+    row_len, lead = _rows(shape, event_dims)
+    if row_len == 0:  # a sum over empty event dims: zeros (the op takes row_len >= 1)
+        out = op(*operands, *args, 1).reshape(shape)
+        out = out.sum(tuple(range(len(lead), len(shape)))) if event_dims else out
+        return out.to(dtype)
+    return _run(op, operands, args, row_len).reshape(lead).to(dtype)
+
+
+def _run(op, operands, args, row_len):
+    """op(*operands, *args, row_len), as the forward with gradients (_WithGrad) where that is faster: on the CPU, in
+    eager mode, when a gradient will be wanted."""
+    spec = _WITH_GRAD.get(op)
+    if spec is not None and torch.is_grad_enabled() and operands[0].device.type == "cpu" and fused_call_ok():
+        mask = [t is not None and t.requires_grad for t in operands]
+        if any(mask[:spec.n_grads]) and not any(mask[spec.n_grads:]):
+            return _WithGrad.apply(spec, args, row_len, mask[:spec.n_grads], *operands)
+    return op(*operands, *args, row_len)
+
+
+# ---- the wrappers ---------------------------------------------------------------------------------------------------
+
+def normal_nll(x, loc, spread, param, *, floor=0.0, const=0.0, factor=1.0, event_dims=0):
+    """factor * sum over event_dims of (-log N(x | loc, spread) - 0.5 log(2 pi) + const), spread by `param`:
+    "scale", "var" (max(var, floor); its gradient is the derivative at the floored value, as F.gaussian_nll_loss) or
+    "logvar". Normal.log_prob: param="scale", const=0.5 log(2 pi), factor=-1."""
+    code = SPREADS.get(param) if isinstance(param, str) else None
+    if code is None:
+        raise ValueError(f"param must be one of {tuple(SPREADS)}; got {param!r}")
+    shape, dtype, ops_in = _prepare((x, loc, spread))
+    return _call(ops.dropin_normal_nll, shape, dtype, ops_in, event_dims, code, float(floor), float(const),
+                 float(factor))
+
+
+def normal_kl(loc_p, scale_p, loc_q, scale_q, *, factor=1.0, event_dims=0):
+    """factor * sum over event_dims of KL(N(loc_p, scale_p) || N(loc_q, scale_q)) (torch's _kl_normal_normal)."""
+    shape, dtype, ops_in = _prepare((loc_p, scale_p, loc_q, scale_q))
+    return _call(ops.dropin_normal_kl, shape, dtype, ops_in, event_dims, float(factor))
+
+
+def bce_with_logits(logits, target, weight=None, pos_weight=None, *, factor=1.0, event_dims=0):
+    """factor * sum over event_dims of F.binary_cross_entropy_with_logits(logits, target, weight, pos_weight,
+    reduction="none"), stable for any logit (at +-inf the limit: 0 for the matching label, where torch gives NaN)."""
+    shape, dtype, ops_in = _prepare((logits, target, weight, pos_weight))
+    return _call(ops.dropin_bce_with_logits, shape, dtype, ops_in, event_dims, float(factor))
+
+
+def normal_rsample(loc, scale, sample_shape=torch.Size(), generator=None):
+    """loc + scale * eps of shape (*sample_shape, *broadcast shape), eps ~ N(0, 1) drawn inside the kernel: the
+    stream of fastvae.reparameterize (the same z as reparameterize(loc, 2 log scale) for the same generator state).
+    Backward regenerates eps from the seed."""
+    shape, dtype = loc.shape, loc.dtype
+    if scale.shape != shape or scale.dtype != dtype or (dtype in _16BIT and loc.device.type != "cuda"):
+        shape = torch.broadcast_shapes(shape, scale.shape)
+        dtype = torch.promote_types(dtype, scale.dtype)
+        dt = compute_dtype(loc, scale, kernels_16bit=loc.device.type == "cuda")
+        loc, scale = loc.expand(shape).to(dt), scale.expand(shape).to(dt)  # (the op makes them contiguous)
+    if len(sample_shape) == 0:
+        k = None
+    else:
+        k = math.prod(sample_shape)
+        if k == 0:
+            return (loc + 0 * scale).expand(*sample_shape, *shape).to(dtype)
+    z = ops.dropin_normal_rsample(loc, scale, draw_seed(loc.device, generator), k)
+    if len(sample_shape) > 1:
+        z = z.reshape(*sample_shape, *shape)
+    return z if z.dtype == dtype else z.to(dtype)
+
+
+
+# ---- the forward with gradients (CPU) ------------------------------------------------------------------------------
+# On the CPU these ops are bound by their per-element math (exponentials, logs, divisions), not by memory: the
+# *_with_grad ops compute, in the forward's pass, the gradients for an incoming gradient of 1 on every output (the
+# exponential of the BCE term, say, serves both), and the backward only scales them by the rows' gradients. The price:
+# those full-size gradients are saved from the forward to the backward (as Liger-Kernel's fused losses do), through
+# save_for_backward, so that saved-tensor hooks (offloading, the benchmark's memory count) see them; the backward
+# scales them in place (they become the gradients: no new memory). It recomputes through the op's own formula
+# (dropin_autograd.py) when a stored gradient is inf or NaN (where a zero incoming gradient must give 0, not 0 * inf),
+# for a double backward, and for a second backward through a retained graph (the stored gradients were used up by
+# the first).
+
+class _Spec(types.SimpleNamespace):
+    """with_grad: the forward-with-gradients op; backward: the op's autograd formula (fallback); n_grads: how many
+    leading operands it can give gradients of (a gradient wanted for a later operand takes the plain op)."""
+
+
+class _WithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, spec, args, row_len, mask, *operands):
+        out, nonfinite, *derivs = spec.with_grad(*operands, *args, row_len, mask)
+        ctx.finite, ctx.used = not nonfinite.item(), False
+        ctx.save_for_backward(*operands, *(derivs if ctx.finite else ()))
+        ctx.spec, ctx.args, ctx.n = spec, (*args, row_len), len(operands)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        saved = ctx.saved_tensors
+        operands, derivs = saved[:ctx.n], saved[ctx.n:]
+        needs = ctx.needs_input_grad[4:]
+        first, ctx.used = not ctx.used, True
+        if not ctx.finite or not first or create_graph():
+            redo = types.SimpleNamespace(saved_tensors=operands, args=ctx.args, needs_input_grad=needs)
+            grads = ctx.spec.backward(redo, grad)[:ctx.n]
+        else:
+            rows = grad.reshape(-1, 1)
+            grads = [None] * ctx.n
+            for k, d in enumerate(derivs):
+                if needs[k] and operands[k] is not None:
+                    g = _alias(d)  # scaled in place: used up (a second backward through a retained graph recomputes)
+                    g.view(-1, ctx.args[-1]).mul_(rows)
+                    grads[k] = _fold(g, operands[k])
+        return (None, None, None, None, *grads)
+
+
+def _alias(t):
+    """A tensor on t's memory with a version counter of its own: writing it does not mark the saved t as modified
+    (whose values the backward then no longer reads: ctx.used)."""
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), t.storage_offset(), t.shape,
+                                                                t.stride())
+
+
+_WITH_GRAD = {
+    ops.dropin_normal_nll: _Spec(with_grad=ops.dropin_normal_nll_with_grad, backward=_nll_backward, n_grads=3),
+    ops.dropin_normal_kl: _Spec(with_grad=ops.dropin_normal_kl_with_grad, backward=_kl_backward, n_grads=4),
+    ops.dropin_bce_with_logits: _Spec(with_grad=ops.dropin_bce_with_logits_with_grad, backward=_bce_backward,
+                                      n_grads=2),
+}
+
+
+def _no_derivative(name, public):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"torch.ops.fastvae.{name} (the forward with gradients behind {public}) has no derivative "
+                           f"of its own: differentiate {public}, whose backward is differentiable")
+    torch.library.register_autograd(LIB + name, backward)
+
+
+for _name in ("normal_nll", "normal_kl", "bce_with_logits"):
+    _no_derivative(f"dropin_{_name}_with_grad", f"fastvae.dropin_ops.{_name}")

@@ -1,0 +1,141 @@
+"""The discretized-logistic likelihoods of 8-bit (n-bit) images, fused: forward and backward are one pass each over
+the inputs, nothing but the inputs is kept for backward, and a mixture's log-sum-exp over its components happens
+inside the kernel (csrc/include/fastvae/logistic_math.h has the math and its stability argument).
+
+Data: x in [-1, 1] on the grid of 2^n_bits levels x_k = 2k / (2^n_bits - 1) - 1 (8-bit pixels v as
+x = 2 v / 255 - 1). Each level owns the bin [x_k - h, x_k + h], h = 1 / (2^n_bits - 1); the lowest bin reaches to
+-inf and the highest to +inf, so the masses of all levels sum to 1. x off the grid or outside [-1, 1] is refused
+(validate_args, the default; the check reads x once and, on CUDA, synchronises); unchecked, the kernels snap x to the
+nearest level in [-1, 1]. x is data: its gradient is 0 (the loss depends on x only through its level).
+
+Layout: the mixture dim is last: logit_probs, means and log_scales of shape (*x.shape, K), or (k, *x.shape, K) with a
+leading sample dim (k decoder samples of one batch). Losses are per-sample sums over every non-batch dim of x
+(channels, height, width), with the reductions of every fastvae likelihood ("none": (B,) or (k, B); "sum"; "mean").
+Not included: PixelCNN++'s autoregressive coupling of the RGB channels (`coeffs`): here the channels of a pixel are
+independent given the decoder's output, as in VAEs whose decoder is not autoregressive.
+
+Double backward is not supported (refused with an error when attempted). float32/float64 on every device;
+float16/bfloat16 on CUDA (computed in float32) and, on the CPU, computed in float32; losses of 16-bit inputs are
+float32. torch.compile(fullgraph=True) traces the ops (the value check of x is skipped while tracing)."""
+import torch
+
+from .. import _checks
+from ._composites import routed
+from ._registry import LIB, fused_backward, not_differentiable, ops
+from ._transforms import plain
+from ._operands import _acc, _compute_dtype, _feature_operand, _reduce
+
+MAX_BITS = 16
+
+
+def _n_bits(n_bits):
+    n = _checks.count(n_bits, "n_bits")
+    if n > MAX_BITS:
+        raise ValueError(f"n_bits must be an int in [1, {MAX_BITS}]; got {n}")
+    return n
+
+
+def _check_grid(x, n_bits, op):
+    """x in [-1, 1] and within a quarter bin of a level of the 2^n_bits grid (NaN refused too). Judged in float32
+    (float64 for float64 x), the precision the kernels snap x in: in 16-bit arithmetic (x + 1) (L - 1) / 2 rounds
+    to a few bits, which made a 16-bit x a third of a bin off the grid look on it."""
+    levels = 2**n_bits - 1
+    xd = plain(x)  # the values, under vmap too
+    xd = xd.float() if xd.dtype in (torch.float16, torch.bfloat16) else xd
+    t = (xd + 1) * (levels / 2)
+    bad = (xd < -1) | (xd > 1) | ((t - torch.round(t)).abs() > 0.25) | xd.isnan()
+    if bool(bad.any()):
+        v = float(xd[bad][0])
+        raise ValueError(
+            f"fastvae.{op}: x must lie in [-1, 1] on the grid of 2**n_bits = {levels + 1} levels "
+            f"2k / {levels} - 1 (8-bit pixels v as 2 v / 255 - 1); got {v!r}")
+
+
+def _data_operand(x, main, main_name, op, n_bits, validate_args, trailing):
+    """Checks x against the main parameter (of shape (*x.shape, *trailing) or (k, *x.shape, *trailing))."""
+    _checks.tensor(x, "x", min_dim=1)
+    _checks.tensor(main, main_name, min_dim=1)
+    _checks.same_device(main, main_name, x, "x")
+    inner = main.shape[:main.dim() - len(trailing)] if trailing else main.shape
+    if main.shape[main.dim() - len(trailing):] != trailing or (inner != x.shape and inner[1:] != x.shape):
+        lead = "" if not trailing else ", K"
+        raise ValueError(f"{main_name} must have shape (*x.shape{lead}) or (k, *x.shape{lead}) with x of shape "
+                         f"{tuple(x.shape)}; got {tuple(main.shape)}")
+    _checks.nonempty_batch(x, "x")
+    _checks.nonempty_batch(main, main_name)
+    if _checks.flag(validate_args, "validate_args") and _checks.has_values(x):
+        _check_grid(x, n_bits, op)
+
+
+# ---- discretized_logistic_nll -------------------------------------------------------------------------------------
+
+def discretized_logistic_nll(x, mean, log_scale, *, n_bits=8, reduction="mean", validate_args=True):
+    """-log P(x), P the mass a logistic(mean, e^log_scale) puts on x's bin of the 2^n_bits grid in [-1, 1] (the edge
+    bins take the tails): per sample, summed over every non-batch dim.
+
+    mean: x's shape, or (k, *x.shape). log_scale: mean's shape, or broadcastable over the trailing (feature) dims of
+    x (e.g. a 0-dim tensor: one learned scale). Stable for every finite input (see the module docstring)."""
+    _checks.reduction(reduction)
+    n = _n_bits(n_bits)
+    _data_operand(x, mean, "mean", "discretized_logistic_nll", n, validate_args, ())
+    _checks.tensor(log_scale, "log_scale")
+    ls = _feature_operand(log_scale, "log_scale", mean, x.shape[1:])
+    dt = _compute_dtype(mean.device, x, mean, ls)
+    ls = ls.to(dt).expand(mean.shape)  # a per-feature scale: the op takes one per element
+    per_sample = routed.discretized_logistic_nll(x.to(dt), None, mean.to(dt).unsqueeze(-1), ls.unsqueeze(-1), n)
+    return _reduce(per_sample, reduction)
+
+
+def discretized_logistic_mixture_nll(x, logit_probs, means, log_scales, *, n_bits=8, reduction="mean",
+                                     validate_args=True):
+    """-log sum_k softmax(logit_probs)_k P_k(x), P_k the discretized logistic(means_k, e^log_scales_k) of
+    discretized_logistic_nll, per sample, summed over every non-batch dim of x.
+
+    logit_probs, means, log_scales: (*x.shape, K) or (k, *x.shape, K), the mixture dim last (all three the same shape;
+    nothing broadcasts). The log-sum-exp over the K components is computed inside the kernel."""
+    _checks.reduction(reduction)
+    n = _n_bits(n_bits)
+    _checks.tensor(means, "means", min_dim=1)
+    K = means.shape[-1]
+    _data_operand(x, means, "means", "discretized_logistic_mixture_nll", n, validate_args, (K,))
+    for t, name in ((logit_probs, "logit_probs"), (log_scales, "log_scales")):
+        _checks.tensor(t, name)
+        _checks.same_device(means, "means", t, name)
+        _checks.same_shape(means, "means", t, name)
+    dt = _compute_dtype(means.device, x, logit_probs, means, log_scales)
+    per_sample = routed.discretized_logistic_nll(x.to(dt), logit_probs.to(dt), means.to(dt), log_scales.to(dt), n)
+    return _reduce(per_sample, reduction)
+
+
+@torch.library.register_fake(LIB + "discretized_logistic_nll")
+def _(x, logit_probs, means, log_scales, n_bits):
+    shape = (means.shape[0], x.shape[0]) if means.dim() == x.dim() + 2 else (x.shape[0],)
+    return means.new_empty(shape, dtype=_acc(means.dtype))
+
+
+@torch.library.register_fake(LIB + "discretized_logistic_nll_backward")
+def _(grad, x, logit_probs, means, log_scales, n_bits):
+    g_lg = logit_probs.new_empty(logit_probs.shape) if logit_probs is not None else means.new_empty((0,))
+    return g_lg, means.new_empty(means.shape), log_scales.new_empty(log_scales.shape)
+
+
+def _setup(ctx, inputs, output):
+    x, logit_probs, means, log_scales, n_bits = inputs
+    ctx.save_for_backward(x, logit_probs, means, log_scales)  # the inputs only: backward recomputes the rest
+    ctx.n_bits = n_bits
+
+
+def _backward(ctx, grad):
+    x, logit_probs, means, log_scales = ctx.saved_tensors
+    need_x, need_lg, need_m, need_ls = ctx.needs_input_grad[:4]
+    g_lg, g_m, g_ls = fused_backward(ops.discretized_logistic_nll_backward, grad, x, logit_probs, means, log_scales,
+                                     ctx.n_bits)
+    grad_x = torch.zeros_like(x) if need_x else None  # the loss depends on x only through its level
+    return (grad_x, g_lg if need_lg and logit_probs is not None else None, g_m if need_m else None,
+            g_ls if need_ls else None, None)
+
+
+torch.library.register_autograd(LIB + "discretized_logistic_nll", _backward, setup_context=_setup)
+# reached under create_graph=True by the backward itself: that is where a double backward is refused
+not_differentiable("discretized_logistic_nll_backward",
+                   "fastvae.discretized_logistic_nll (discretized_logistic_mixture_nll)", double_backward=False)
