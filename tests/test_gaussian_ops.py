@@ -564,7 +564,7 @@ def test_cpu_half_inputs_compute_in_float32(dtype):
     g = torch.Generator().manual_seed(10)
     x, mean, lv = (randn((4, 33), g, dtype) for _ in range(3))
     for fn, args in ((fastvae.gaussian_nll, (x, mean, lv)), (fastvae.gaussian_nll, (x, mean)),
-                     (fastvae.bernoulli_nll, (mean, x.float().sigmoid().to(dtype))), (fastvae.kl_normal, (mean, lv)),
+                     (fastvae.bernoulli_nll, (x.float().sigmoid().to(dtype), mean)), (fastvae.kl_normal, (mean, lv)),
                      (fastvae.kl_normal, (mean, lv, x, lv[0]))):
         out = fn(*args, reduction="none")
         assert out.dtype == torch.float32
