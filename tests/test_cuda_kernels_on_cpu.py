@@ -73,7 +73,8 @@ def build_driver(out, cu_sources, driver_source, name="driver", cu_flags=()):
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
-    """The driver of the launchers of csrc/cuda/kernels.h linked with gaussian.cu and distances.cu and the model."""
+    """The driver of the launchers of csrc/cuda/{gaussian,distances}_kernels.h and normals.h linked with their .cu
+    files and the model."""
     return build_driver(tmp_path_factory.mktemp("cuda_on_cpu"),
                         [ROOT / "csrc" / "cuda" / n for n in ("gaussian.cu", "distances.cu", "normals.cu")],
                         ROOT / "tests" / "cudasim_kernels" / "fastvae_launchers.cpp", "fastvae_launchers")
