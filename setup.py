@@ -6,9 +6,10 @@ Environment switches:
   TORCH_CUDA_ARCH_LIST  GPU architectures (default: the visible GPU's, else "9.0")
   MAX_JOBS         parallel compile jobs (ninja)
 
-Every source is named below (no file-name patterns). `python -c "import setup; print(*setup.CUDA_KERNELS)"` is how
-the Makefile's cuda-check reads the lists.
+The sources are found by their place (a new op family is new files: docs/add-a-family.md), into the lists below;
+`python -c "import setup; print(*setup.CUDA_KERNELS)"` is how the Makefile's cuda-check reads them.
 """
+import glob
 import os
 import shutil
 import sysconfig
@@ -20,27 +21,23 @@ from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
-# The torch binding (csrc/torch): schemas, the backend-generic ops, the CPU backends and the Python module.
-BINDING = [
-    "csrc/torch/module.cpp",
-    "csrc/torch/gaussian/schema.cpp",
-    "csrc/torch/gaussian/cpu.cpp",
-    "csrc/torch/distances/schema.cpp",
-    "csrc/torch/distances/cpu.cpp",
-    "csrc/torch/logistic/schema.cpp",
-    "csrc/torch/logistic/cpu.cpp",
-    "csrc/torch/dropin/schema.cpp",
-    "csrc/torch/dropin/cpu.cpp",
-]
+
+def sources(pattern):
+    """The files of `pattern`, relative to the checkout, sorted (not in the order of the directory)."""
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+# The torch binding (csrc/torch): the Python module, and per family (csrc/torch/<family>/) its schemas and its CPU
+# backend (the backend-generic ops are headers).
+BINDING = ["csrc/torch/module.cpp"] + sources("csrc/torch/*/schema.cpp") + sources("csrc/torch/*/cpu.cpp")
 # The CPU kernel files, each compiled once per instruction set of CPU_ISAS (-DFV_ISA=<name>, see csrc/cpu/isa.h)
-# into objects of their own, and the one run-time dispatch between them (csrc/cpu/isa.cpp).
-CPU_KERNELS = ["csrc/cpu/gaussian.cpp", "csrc/cpu/distances.cpp", "csrc/cpu/logistic.cpp", "csrc/cpu/dropin.cpp"]
-CPU_ISAS = ["avx512", "avx2", "baseline"]
+# into objects of their own (each registers its own tables), and the one run-time choice between them.
 CPU_DISPATCH = ["csrc/cpu/isa.cpp"]
+CPU_KERNELS = [s for s in sources("csrc/cpu/*.cpp") if s not in CPU_DISPATCH]
+CPU_ISAS = ["avx512", "avx2", "baseline"]
 # With CUDA: the CUDA backends of the binding, and the kernels with their launchers.
-CUDA_BINDING = ["csrc/torch/gaussian/cuda.cpp", "csrc/torch/distances/cuda.cpp", "csrc/torch/logistic/cuda.cpp",
-                "csrc/torch/dropin/cuda.cpp"]
-CUDA_KERNELS = ["csrc/cuda/gaussian.cu", "csrc/cuda/distances.cu", "csrc/cuda/logistic.cu", "csrc/cuda/dropin.cu"]
+CUDA_BINDING = sources("csrc/torch/*/cuda.cpp")
+CUDA_KERNELS = sources("csrc/cuda/*.cu")
 INCLUDE_DIRS = ["csrc/include", "csrc"]
 CXX_FLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 

@@ -2,8 +2,9 @@
 
   python scripts/wheel_check.py contents WHEEL
       what the wheel holds: the fastvae package (every module of the checkout's, nothing else), one compiled _C,
-      its dist-info; no tests, csrc (cudasim included), build folders or C/CUDA sources; METADATA names the
-      distribution DIST_NAME at fastvae.__version__, requires torch and numpy only; the `fastvae` console script.
+      its dist-info; no tests (the CUDA execution model tests/cudasim included), csrc, build folders or C/CUDA
+      sources; METADATA names the distribution DIST_NAME at fastvae.__version__, requires torch and numpy only; the
+      `fastvae` console script.
   VENV/bin/python -I scripts/wheel_check.py smoke CHECKOUT
       run from a temporary folder in a virtualenv that holds the installed wheel, torch and numpy: fastvae is
       imported from that install (not from CHECKOUT), ops agree with fastvae.reference forward and backward, and

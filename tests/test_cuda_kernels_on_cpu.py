@@ -1,6 +1,6 @@
 """The CUDA launchers of csrc/cuda/{gaussian,distances}.cu executed on the CPU and checked against the CPU ops.
 
-The two .cu files are compiled unchanged with g++ against the CUDA execution model (csrc/cudasim, see its README),
+The two .cu files are compiled unchanged with g++ against the CUDA execution model (tests/cudasim, see its README),
 linked with the driver tests/cudasim_kernels/fastvae_launchers.cpp, once per test run in a temporary directory
 (with UBSan's alignment check). Each case runs the driver in a child process (an out-of-bounds access kills it
 with the model's report) under the three thread/block orders (forward, reverse, seeded random), with every input,
@@ -37,7 +37,7 @@ RUN_TIMEOUT = 60
 FLAGS = ["-std=c++17", "-O1", "-Wall"]
 # a misaligned vector load (float4 from an address not a multiple of 16) would not fault on x86: UBSan reports it
 UBSAN = ["-fsanitize=alignment", "-fno-sanitize-recover=alignment"]
-# the model's race and init checks (csrc/cudasim/README.md): every access of the .cu calls the model's __tsan_*
+# the model's race and init checks (tests/cudasim/README.md): every access of the .cu calls the model's __tsan_*
 # callbacks (libtsan is not linked); -g for the source lines of its reports
 RACECHECK = ["-fsanitize=thread", "-g"]
 # the .cu files build warning-free with -Wconversion (a 64-bit index or size narrowed implicitly), as an error, kernels
@@ -52,7 +52,7 @@ def build_driver(out, cu_sources, driver_source, name="driver", cu_flags=()):
     includes = ["-I", ROOT / "csrc", "-I", ROOT / "csrc" / "include", "-I", SIM / "shim", "-I", CUDA_INCLUDE]
 
     def compile_model(src):
-        # -I csrc/cudasim/shim before the toolkit: <cub/cub.cuh> is the host implementation
+        # -I tests/cudasim/shim before the toolkit: <cub/cub.cuh> is the host implementation
         obj = out / f"{Path(src).stem}.o"
         extra = [*CU_WARNINGS, *cu_flags] if Path(src).suffix == ".cu" else []
         _check([CXX, *FLAGS, *UBSAN, *extra, *includes, "-include", SIM / "cuda_sim.h", "-x", "c++", "-c", src,
@@ -74,15 +74,16 @@ def build_driver(out, cu_sources, driver_source, name="driver", cu_flags=()):
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
-    """The driver of the launchers of csrc/cuda/kernels.h linked with gaussian.cu and distances.cu and the model."""
+    """The driver of the launchers of csrc/cuda/{gaussian,distances}_kernels.h and normals.h linked with their .cu
+    files and the model."""
     return build_driver(tmp_path_factory.mktemp("cuda_on_cpu"),
-                        [ROOT / "csrc" / "cuda" / "gaussian.cu", ROOT / "csrc" / "cuda" / "distances.cu"],
+                        [ROOT / "csrc" / "cuda" / n for n in ("gaussian.cu", "distances.cu", "normals.cu")],
                         ROOT / "tests" / "cudasim_kernels" / "fastvae_launchers.cpp", "fastvae_launchers")
 
 
 def run(driver, tmp_path, op, order, inputs, outputs, env=None, timeout=RUN_TIMEOUT, expect_error=False, **params):
     """Runs `op` under `order`; inputs: name -> tensor; outputs: name -> (dtype, shape); env: extra environment
-    variables of the model (csrc/cudasim/README.md). Returns name -> tensor, or with expect_error the driver's
+    variables of the model (tests/cudasim/README.md). Returns name -> tensor, or with expect_error the driver's
     message of a launcher that returned an error (and nothing else: no crash, no error left pending)."""
     d = tmp_path / f"{op}-{order}"
     d.mkdir(parents=True)

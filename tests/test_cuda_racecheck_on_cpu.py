@@ -1,4 +1,4 @@
-"""The CUDA launchers under the model's race and init checks (csrc/cudasim/README.md, "Race and init checks").
+"""The CUDA launchers under the model's race and init checks (tests/cudasim/README.md, "Race and init checks").
 
 The .cu files are compiled with g++ -fsanitize=thread, whose instrumentation calls the model's own __tsan_*
 callbacks before every load and store (libtsan is not linked): each access of a kernel to shared memory or to a
@@ -35,7 +35,7 @@ FLAGS = [*K.RACECHECK, "-DFV_MAX_GRID=3", "-DFV_MAX_GRID_Y=1"]
 def driver(tmp_path_factory):
     """gaussian.cu and distances.cu race-checked, with the launchers' driver and the model."""
     return K.build_driver(tmp_path_factory.mktemp("race_on_cpu"),
-                          [ROOT / "csrc" / "cuda" / "gaussian.cu", ROOT / "csrc" / "cuda" / "distances.cu"],
+                          [ROOT / "csrc" / "cuda" / n for n in ("gaussian.cu", "distances.cu", "normals.cu")],
                           ROOT / "tests" / "cudasim_kernels" / "fastvae_launchers.cpp", "fastvae_launchers_race",
                           cu_flags=FLAGS)
 

@@ -1,4 +1,4 @@
-"""Self-tests of the CUDA execution model in csrc/cudasim.
+"""Self-tests of the CUDA execution model in tests/cudasim.
 
 Each program in tests/cudasim_kernels is a small CUDA program (kernels, fv_launch launchers, a main that runs one
 named case). It is built twice: with g++ as C++ against the execution model (run here as a child process, under
@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SIM = ROOT / "csrc" / "cudasim"
+SIM = ROOT / "tests" / "cudasim"
 KERNELS = ROOT / "tests" / "cudasim_kernels"
 PROGRAMS = ("sync", "warp", "limits", "memory", "sort", "race")
 ORDERS = ("forward", "reverse", "random")
 CXX = os.environ.get("CXX", "g++")
 NVCC = shutil.which("nvcc")
 CXXFLAGS = ["-std=c++17", "-O1", "-Wall"]
-# the race-checking build (csrc/cudasim/README.md): compiled with these, linked without (the model implements the
+# the race-checking build (tests/cudasim/README.md): compiled with these, linked without (the model implements the
 # __tsan_* callbacks; libtsan is not linked)
 RACECHECK = ["-fsanitize=thread", "-g"]
 RUN_TIMEOUT = 60
@@ -82,7 +82,7 @@ class Builds:
     def _program(self, name, extra, exe_name=None, link_extra=True):
         exe = self.out / (exe_name or name)
         obj = self.out / f"{exe.name}.o"
-        # -I csrc/cudasim/shim first: <cub/cub.cuh> is the host implementation
+        # -I tests/cudasim/shim first: <cub/cub.cuh> is the host implementation
         _check([CXX, *CXXFLAGS, *extra, "-I", ROOT / "csrc", "-I", SIM / "shim", "-I", CUDA_INCLUDE,
                 "-include", SIM / "cuda_sim.h", "-x", "c++", "-c", KERNELS / f"{name}.cu", "-o", obj])
         _check([CXX, *(extra if link_extra else []), obj, self.runtime.result(), "-o", exe])

@@ -1,6 +1,6 @@
 """The CUDA launchers of csrc/cuda/dropin.cu executed on the CPU and checked against the CPU ops.
 
-dropin.cu is compiled unchanged with g++ against the CUDA execution model (csrc/cudasim, see its README), linked with
+dropin.cu is compiled unchanged with g++ against the CUDA execution model (tests/cudasim, see its README), linked with
 the driver tests/cudasim_kernels/dropin_launchers.cpp, once per test run in a temporary directory (with UBSan's
 alignment check), by the `build_driver` of tests/test_cuda_kernels_on_cpu.py (whose `run`, `close` and orders this
 file reuses too). Each case runs under the three thread/block orders, every buffer guarded, and compares with

@@ -1,5 +1,6 @@
-// CPU kernels of the sample distances, compiled once per instruction set like gaussian.cpp (-DFV_ISA, see isa.h,
-// which also sets FV_VEC_BYTES, the vector width); isa.cpp picks the table of the instruction set in use.
+// CPU kernels of the sample distances, compiled once per instruction set like every CPU kernel file (-DFV_ISA, see
+// isa.h, which also sets FV_VEC_BYTES, the vector width); its registration (the last line) picks the table of the
+// instruction set in use.
 //
 // MMD: the pair sums are computed in tiles of kRg rows x kTile columns, never as an N x M matrix.
 //   dot_tile    kRg x kTile dot products, register-blocked (kRg x CV vector accumulators), vectorised over
@@ -26,7 +27,7 @@
 #include <string>
 #include <vector>
 
-#include "cpu/kernels.h"  // declarations only
+#include "cpu/distances_kernels.h"  // declarations only
 #include "cpu/isa.h"
 #include "fastvae/distance_math.h"
 
@@ -706,9 +707,8 @@ DistanceKernels<T> make_distance_table(const char* isa) {
 #undef FV_R
 
 }  // namespace
-
-extern const DistanceKernels<float> distances_f32 = make_distance_table<float>(FV_ISA_NAME);
-extern const DistanceKernels<double> distances_f64 = make_distance_table<double>(FV_ISA_NAME);
 }  // namespace FV_ISA
 }  // namespace cpu
 }  // namespace fastvae
+
+FV_REGISTER_KERNELS(DistanceKernels, distance_kernels, make_distance_table)

@@ -1,4 +1,4 @@
-// The parallel drivers shared by the CPU kernel files (gaussian.cpp, logistic.cpp): a row of D columns is cut into
+// The parallel drivers shared by the CPU kernel files: a row of D columns is cut into
 // segments of at most `chunk` columns; a row no longer than `chunk` is one segment, and short rows are grouped so
 // that a task handles about `chunk` columns. The split depends on the sizes only, so results are the same for any
 // thread count. Include after cpu/isa.h (and so after every standard header, <algorithm> and <vector> among them):

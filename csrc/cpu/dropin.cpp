@@ -1,5 +1,6 @@
 // CPU kernels of the drop-in ops (cpu/dropin_kernels.h has the layout, fastvae/dropin_math.h the per-element
-// math). The build compiles this file once per instruction set (-DFV_ISA, see isa.h); isa.cpp picks one at run time.
+// math). The build compiles this file once per instruction set (-DFV_ISA, see isa.h); its registration (the
+// last line) picks one at run time.
 //
 // Every op is one pass over its operands in blocks of kBlock output elements, each block a `#pragma omp simd` loop
 // over restrict pointers. An operand of period P >= kBlock is read in place (a block is cut where the operand wraps
@@ -370,7 +371,7 @@ void bwd_driver(const Op& op, const T* g, const Periodic<T>* in, T factor, index
         op.bwd(g + b, factor, p, d, n);
         continue;
       }
-      // the row's gradient, one copy per element (see fill_row_gradient in gaussian.cpp)
+      // the row's gradient, one copy per element (GCC vectorises the g == 0 select on an array, not on a scalar)
       for (index_t pos = b, re; pos < b + n; pos = re) {
         const index_t row = pos / R;
         re = std::min(b + n, (row + 1) * R);
@@ -546,10 +547,8 @@ DropinKernels<T> make_table(const char* isa) {
 }
 
 }  // namespace
-
-extern const DropinKernels<float> dropin_f32 = make_table<float>(FV_ISA_NAME);
-extern const DropinKernels<double> dropin_f64 = make_table<double>(FV_ISA_NAME);
-
 }  // namespace FV_ISA
 }  // namespace cpu
 }  // namespace fastvae
+
+FV_REGISTER_KERNELS(DropinKernels, dropin_kernels, make_table)

@@ -1,5 +1,5 @@
 // The CPU kernels of the drop-in ops (dropin.cpp; math in fastvae/dropin_math.h): raw pointers and sizes in, no
-// framework types. dropin_kernels<T>() returns the table built for the instruction set in use (isa.cpp).
+// framework types. dropin_kernels<T>() returns the table built for the instruction set in use (isa.h).
 //
 // Layout ("period"): the output has N elements in flat order; an operand of P elements (P divides N) is read as
 // p[i % P] for output element i: P = N a full operand, P = 1 a scalar, P = the product of trailing dims a
@@ -9,7 +9,6 @@
 #pragma once
 #include <cstdint>
 
-#include "cpu/kernels.h"
 #include "fastvae/types.h"
 
 namespace fastvae {

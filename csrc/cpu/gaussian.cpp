@@ -1,6 +1,6 @@
 // CPU kernels of the Gaussian VAE ops. The build compiles this file once per instruction set (-DFV_ISA, see
-// isa.h), so the same loops are vectorised for AVX-512, AVX2+FMA and baseline x86-64; isa.cpp picks one at run
-// time.
+// isa.h), so the same loops are vectorised for AVX-512, AVX2+FMA and baseline x86-64; its registration (the last
+// line, isa.h) picks one at run time.
 //
 // Work split (deterministic for any thread count): a row longer than kChunk is cut into fixed chunks whose
 // partial sums are added in order; shorter rows are each reduced by one task. Inside a task, blocks of
@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "cpu/kernels.h"  // declarations only
+#include "cpu/gaussian_kernels.h"  // declarations only
 #include "cpu/isa.h"
 #include "cpu/drivers.h"
 #include "cpu/normals.h"
@@ -465,8 +465,8 @@ void tril_bwd(const T* gz, const T* glogq, const T* L, T* grad_mu, T* grad_L, in
 }
 
 template <class T>
-Kernels<T> make_table(const char* isa) {
-  return Kernels<T>{isa,
+GaussianKernels<T> make_table(const char* isa) {
+  return GaussianKernels<T>{isa,
                     &reparam_fwd<T>,
                     &reparam_bwd<T>,
                     &reparam_kl_fwd<T>,
@@ -478,15 +478,12 @@ Kernels<T> make_table(const char* isa) {
                     &kl_normal_fwd<T>,
                     &kl_normal_bwd<T>,
                     &tril_fwd<T>,
-                    &tril_bwd<T>,
-                    &normals};
+                    &tril_bwd<T>};
 }
 
 }  // namespace
-
-extern const Kernels<float> table_f32 = make_table<float>(FV_ISA_NAME);
-extern const Kernels<double> table_f64 = make_table<double>(FV_ISA_NAME);
-
 }  // namespace FV_ISA
 }  // namespace cpu
 }  // namespace fastvae
+
+FV_REGISTER_KERNELS(GaussianKernels, gaussian_kernels, make_table)

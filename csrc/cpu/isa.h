@@ -1,11 +1,14 @@
-// The instruction set a CPU kernel file is being compiled for. The build (setup.py, CPU_ISAS) compiles each
-// kernel file of csrc/cpu (gaussian.cpp, distances.cpp) once per instruction set, with -DFV_ISA=avx512, avx2 or
-// baseline, into differently named objects; isa.cpp picks one set of tables at run time. This header turns the
-// name into the GCC target of the code that follows it, the namespace of its tables (fastvae::cpu::FV_ISA) and
-// the vector width. Include it after every standard header: the target then applies to fastvae's own code only,
-// never to inline library code (an inline function such as std::sort<float*> built for AVX-512 could otherwise be
-// the copy the linker keeps for every caller, baseline ones included).
+// The instruction set a CPU kernel file is being compiled for, and the registration of its tables. The build
+// (setup.py, CPU_ISAS) compiles each kernel file of csrc/cpu once per instruction set, with -DFV_ISA=avx512, avx2
+// or baseline, into differently named objects; the registration below lets a family's getter pick the build of
+// its table for the instruction set in use at run time (isa.cpp). This header turns the name into the GCC target
+// of the code that follows it, the namespace of its tables (fastvae::cpu::FV_ISA) and the vector width. Include it
+// after every standard header: the target then applies to fastvae's own code only, never to inline library code
+// (an inline function such as std::sort<float*> built for AVX-512 could otherwise be the copy the linker keeps for
+// every caller, baseline ones included).
 #pragma once
+
+#include "cpu/common.h"  // isa_level(); before the target below, as every standard header
 
 #define FV_ISA_ID_baseline 1
 #define FV_ISA_ID_avx2 2
@@ -30,3 +33,47 @@
 #endif
 
 #define FV_ISA_NAME FV_STR(FV_ISA)
+
+// ---- registration of a kernel file's tables ------------------------------------------------------------------
+// FV_REGISTER_TABLE(Type, var, init, getter): at namespace scope, after the code `init` calls. Every build defines
+// `const Type var = init` in its namespace fastvae::cpu::<isa>; the baseline build (the one compiled for every CPU)
+// also defines `getter` (a declaration, e.g. `const Foo& foo()` or `template <> const Foo<float>& foo<float>()`,
+// declared in the family's header) returning the var of the instruction set in use. No list elsewhere names it.
+#define FV_ISA_DEFINE_(Type, var, init)   \
+  namespace fastvae {                     \
+  namespace cpu {                         \
+  namespace FV_ISA {                      \
+  extern const Type var = init;           \
+  }                                       \
+  }                                       \
+  }
+#if FV_CAT(FV_ISA_ID_, FV_ISA) == 1
+#define FV_REGISTER_TABLE(Type, var, init, getter)                                               \
+  FV_ISA_DEFINE_(Type, var, init)                                                                \
+  namespace fastvae {                                                                            \
+  namespace cpu {                                                                                \
+  namespace avx512 {                                                                             \
+  extern const Type var;                                                                         \
+  }                                                                                              \
+  namespace avx2 {                                                                               \
+  extern const Type var;                                                                         \
+  }                                                                                              \
+  getter {                                                                                       \
+    const int level = isa_level();                                                               \
+    return level == 2 ? avx512::var : level == 1 ? avx2::var : baseline::var;                    \
+  }                                                                                              \
+  }                                                                                              \
+  }
+#else
+#define FV_REGISTER_TABLE(Type, var, init, getter) FV_ISA_DEFINE_(Type, var, init)
+#endif
+
+// FV_REGISTER_KERNELS(Table, getter, make): a family's tables Table<float> and Table<double>, built by
+// make<T>(isa name) (a function template of the kernel file), and the specialisations getter<float>() and
+// getter<double>() of the getter its header declares (template <class T> const Table<T>& getter();). One line at
+// the end of the family's kernel file.
+#define FV_REGISTER_KERNELS(Table, getter, make)                                                           \
+  FV_REGISTER_TABLE(Table<float>, getter##_f32, make<float>(FV_ISA_NAME),                                \
+                    template <> const Table<float>& getter<float>())                                        \
+  FV_REGISTER_TABLE(Table<double>, getter##_f64, make<double>(FV_ISA_NAME),                              \
+                    template <> const Table<double>& getter<double>())

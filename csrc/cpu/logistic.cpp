@@ -1,5 +1,6 @@
 // CPU kernels of the discretized-logistic likelihoods (csrc/include/fastvae/logistic_math.h has the per-element
-// math). The build compiles this file once per instruction set (-DFV_ISA, see isa.h); isa.cpp picks one at run time.
+// math). The build compiles this file once per instruction set (-DFV_ISA, see isa.h); its registration (the
+// last line) picks one at run time.
 //
 // One logistic per pixel: flat loops over the row, vectorised over pixels. A mixture (logits, means, log_scales of
 // shape (rows, D, K), mixture dim last): blocks of kPix pixels are transposed into K x kPix buffers (structure of
@@ -19,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "cpu/kernels.h"  // declarations only
+#include "cpu/logistic_kernels.h"  // declarations only
 #include "cpu/isa.h"
 #include "cpu/drivers.h"
 #include "fastvae/logistic_math.h"
@@ -49,8 +50,8 @@ T single_fwd_block(const T* FV_R x, const T* FV_R m, const T* FV_R ls, LogisticG
   return s;
 }
 
-// gv: the row's incoming gradient, one copy per pixel (GCC does not vectorise a select on a loop-invariant scalar,
-// see fill_row_gradient in gaussian.cpp)
+// gv: the row's incoming gradient, one copy per pixel (GCC does not vectorise the g == 0 select on a loop-invariant
+// scalar, only on an array)
 template <class T>
 void single_bwd_block(const T* FV_R gv, const T* FV_R x, const T* FV_R m, const T* FV_R ls, LogisticGrid<T> g,
                       T* FV_R gm, T* FV_R gs, index_t n) {
@@ -278,10 +279,8 @@ LogisticKernels<T> make_table(const char* isa) {
 }
 
 }  // namespace
-
-extern const LogisticKernels<float> logistic_f32 = make_table<float>(FV_ISA_NAME);
-extern const LogisticKernels<double> logistic_f64 = make_table<double>(FV_ISA_NAME);
-
 }  // namespace FV_ISA
 }  // namespace cpu
 }  // namespace fastvae
+
+FV_REGISTER_KERNELS(LogisticKernels, logistic_kernels, make_table)

@@ -1,8 +1,8 @@
 // The CPU stream of standard normals (philox.h: eps[j] is lane j % 4 of Box-Muller of philox(j / 4, key)), in
-// blocks of kNormalBlock, vectorised over counters. Shared by the kernel files that draw noise (gaussian.cpp,
-// dropin.cpp): the same key gives the same eps in every op. Include after cpu/isa.h (and so after every standard
-// header, <immintrin.h> among them): the code is compiled for the instruction set of the including file, in its
-// namespace fastvae::cpu::FV_ISA.
+// blocks of kNormalBlock, vectorised over counters. Shared by the kernel files that draw noise and by normals.cpp
+// (the stream's own table, cpu/common.h): the same key gives the same eps in every op. Include after cpu/isa.h
+// (and so after every standard header, <immintrin.h> among them): the code is compiled for the instruction set of
+// the including file, in its namespace fastvae::cpu::FV_ISA.
 #pragma once
 
 #ifndef FV_ISA_NAME
@@ -141,15 +141,6 @@ void fill_normals(uint64_t key, index_t j0, index_t n, float* out) {
   normals_of_groups(key, g0, tmp);
   if (off + n > kNormalBlock) normal4(g0 + kGroups, key, tmp + kNormalBlock);  // the block straddles one more counter
   for (index_t t = 0; t < n; ++t) out[t] = tmp[off + t];
-}
-
-void normals(float* out, index_t start, index_t n, uint64_t key) {
-  parallel_for(0, (n + kNormalBlock - 1) / kNormalBlock, 16, [&](index_t b, index_t e) {
-    for (index_t blk = b; blk < e; ++blk) {
-      const index_t i0 = blk * kNormalBlock, len = std::min(kNormalBlock, n - i0);
-      fill_normals(key, start + i0, len, out + i0);
-    }
-  });
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// Helpers shared by the CUDA kernel files (gaussian.cu, logistic.cu): the accumulation type of each element type,
+// Helpers shared by the CUDA kernel files (csrc/cuda/*.cu): the accumulation type of each element type,
 // its conversions, the dtype dispatch and the stream of a launcher. Each .cu file is its own translation unit: they
 // live in its unnamed namespace.
 #pragma once
@@ -6,7 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include "cuda/kernels.h"
+#include "fastvae/types.h"
 
 // The largest grid of the grid-stride kernels (2^19 blocks: enough to fill any GPU). A test build may shrink it
 // (-DFV_MAX_GRID=3) so that their loops iterate at test sizes.

@@ -28,8 +28,8 @@
 #include <cub/cub.cuh>
 #include <type_traits>
 
-#include "cuda/kernels.h"
-#include "cudasim/launch.h"
+#include "cuda/distances_kernels.h"
+#include "cuda/launch.h"
 #include "fastvae/distance_math.h"
 #include "fastvae/philox.h"
 
@@ -847,8 +847,6 @@ int mmd_backward(const MmdProblem<T>& a, const T* g, T* grad_x, T* grad_y, void*
     return 0;
   });
 }
-
-const char* error_string(int err) { return cudaGetErrorString(static_cast<cudaError_t>(err)); }
 
 template <class T>
 size_t sw_workspace_bytes(index_t B, index_t L, index_t N, bool with_y) {

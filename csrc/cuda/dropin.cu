@@ -20,8 +20,8 @@
 #include <cstdint>
 
 #include "cuda/common.cuh"
-#include "cuda/kernels.h"
-#include "cudasim/launch.h"
+#include "cuda/dropin_kernels.h"
+#include "cuda/launch.h"
 #include "fastvae/dropin_math.h"
 #include "fastvae/philox.h"
 

@@ -15,8 +15,8 @@
 #include <cstdint>
 
 #include "cuda/common.cuh"
-#include "cuda/kernels.h"
-#include "cudasim/launch.h"
+#include "cuda/gaussian_kernels.h"
+#include "cuda/launch.h"
 #include "fastvae/gaussian_math.h"
 #include "fastvae/philox.h"
 
@@ -599,13 +599,6 @@ __global__ void __launch_bounds__(kThreads) tril_bwd_kernel(const S* gz, const t
   }
 }
 
-__global__ void normals_kernel(float* out, index_t start, index_t n, const int64_t* seed) {
-  const uint64_t key = key_of(seed);
-  for (index_t k = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x; k < n;
-       k += static_cast<index_t>(gridDim.x) * kThreads)
-    out[k] = normal_at(static_cast<uint64_t>(start + k), key);
-}
-
 }  // namespace
 
 size_t reduce_workspace_bytes(index_t rows, index_t D) {
@@ -779,12 +772,6 @@ int tril_bwd(DType t, const void* gz, const void* glogq, const void* L, void* gr
               static_cast<const T*>(glogq), static_cast<const S*>(L), static_cast<T*>(grad_mu), static_cast<T*>(grad_L),
               R, d, n_samples, seed);
   });
-  return static_cast<int>(cudaGetLastError());
-}
-
-int normals(float* out, index_t start, index_t n, const int64_t* seed, void* stream) {
-  if (n == 0) return 0;  // nothing to launch
-  fv_launch(normals_kernel, grid_for((n + 3) / 4), kThreads, 0, as_stream(stream), out, start, n, seed);
   return static_cast<int>(cudaGetLastError());
 }
 

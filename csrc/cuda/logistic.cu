@@ -15,8 +15,8 @@
 #include <cstdint>
 
 #include "cuda/common.cuh"
-#include "cuda/kernels.h"
-#include "cudasim/launch.h"
+#include "cuda/logistic_kernels.h"
+#include "cuda/launch.h"
 #include "fastvae/logistic_math.h"
 
 namespace fastvae {

@@ -1,8 +1,9 @@
 // What the CPU backends of every op family share: the dtype dispatch onto the CPU kernel tables (csrc/cpu), raw
-// pointers of prepared tensors, the seed's key and the raw normal stream. A family's backend (gaussian/cpu.cpp,
-// distances/cpu.cpp) derives from CpuBackend and adds only its kernel calls.
+// pointers of prepared tensors, the seed's key and the raw normal stream. A family's backend
+// (csrc/torch/<family>/cpu.cpp) derives from CpuBackend and adds only its kernel calls (the tables of its
+// csrc/cpu/<family>_kernels.h).
 #pragma once
-#include "cpu/kernels.h"
+#include "cpu/common.h"
 #include "torch/checks.h"
 
 namespace fastvae {
@@ -32,9 +33,9 @@ struct CpuBackend {
   // The seed's value: the CPU kernels take it as the Philox key (a CPU tensor: no device copy).
   static uint64_t seed_key(const at::Tensor& seed) { return static_cast<uint64_t>(seed.item<int64_t>()); }
 
-  // out (float32) = eps[start .. start + out.numel()) of the seed's stream
+  // out (float32) = eps[start .. start + out.numel()) of the seed's stream (cpu/common.h)
   static void normals(at::Tensor& out, int64_t start, const at::Tensor& seed) {
-    cpu::kernels<float>().normals(out.data_ptr<float>(), start, out.numel(), seed_key(seed));
+    cpu::normal_stream().normals(out.data_ptr<float>(), start, out.numel(), seed_key(seed));
   }
 };
 

@@ -1,13 +1,15 @@
 // What the CUDA backends of every op family share: the device guard, the current stream, the element type of a
-// tensor, the seed as a device pointer (the kernels read it there: no host synchronisation, graph-capturable),
-// workspaces from torch's caching allocator and the one check of a launcher's error code. A family's backend
-// (gaussian/cuda.cpp, distances/cuda.cpp) derives from CudaBackend and adds only its launcher calls
-// (csrc/cuda/kernels.h).
+// tensor, the seed as a device pointer (the kernels read it there: no host synchronisation, graph-capturable), the
+// raw normal stream, workspaces from torch's caching allocator and the one check of a launcher's error code. A
+// family's backend (csrc/torch/<family>/cuda.cpp) derives from CudaBackend and adds only its launcher calls (the
+// ones its csrc/cuda/<family>_kernels.h declares).
 #pragma once
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 
-#include "cuda/kernels.h"
+#include "cuda/normals.h"
+#include "fastvae/types.h"
 #include "torch/checks.h"
 
 namespace fastvae {
@@ -57,12 +59,14 @@ struct CudaBackend {
   }
   static void* ptr(at::Tensor& ws) { return ws.numel() ? ws.data_ptr() : nullptr; }
 
-  // A launcher's error code (csrc/cuda/kernels.h): 0, or the op fails with the CUDA runtime's message.
+  // A launcher's error code (a cudaError_t as int, csrc/cuda/<family>_kernels.h): 0, or the op fails with the
+  // CUDA runtime's message.
   static void check_launch(const char* op, int err) {
-    TORCH_CHECK(err == 0, "fastvae.", op, ": CUDA error ", err, " (", cuda::error_string(err), ")");
+    TORCH_CHECK(err == 0, "fastvae.", op, ": CUDA error ", err, " (",
+                cudaGetErrorString(static_cast<cudaError_t>(err)), ")");
   }
 
-  // out (float32) = eps[start .. start + out.numel()) of the seed's stream, drawn on the device
+  // out (float32) = eps[start .. start + out.numel()) of the seed's stream, drawn on the device (cuda/normals.h)
   static void normals(at::Tensor& out, int64_t start, const at::Tensor& seed) {
     check_launch("normals", cuda::normals(out.data_ptr<float>(), start, out.numel(), seed_ptr(seed), stream()));
   }

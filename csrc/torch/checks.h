@@ -76,7 +76,7 @@ inline void check_n_samples(const char* op, std::optional<int64_t> k) {
 }
 
 // The one dtype rule: float64 data is computed (and reduced) in float64, every other floating dtype in float32
-// (the per-sample losses of 16-bit inputs, the distances of 16-bit inputs on CUDA).
+// (the per-sample losses and the sums of every op of 16-bit inputs).
 inline at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 // The main floating operand of an op: floating, of a dtype the backend's kernels are built for.

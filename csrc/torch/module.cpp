@@ -4,7 +4,7 @@
 
 #include <ATen/Parallel.h>
 
-#include "cpu/kernels.h"
+#include "cpu/common.h"
 #include "fastvae/philox.h"
 #include "torch/checks.h"
 
@@ -25,14 +25,14 @@ std::vector<uint32_t> philox_kat(std::vector<uint32_t> ctr, std::vector<uint32_t
 at::Tensor normals_cpu(int64_t start, int64_t n, int64_t key) {
   check_stream_range("normals_cpu", start, n);
   auto res = at::empty({n}, at::kFloat);
-  cpu::kernels<float>().normals(res.data_ptr<float>(), start, n, static_cast<uint64_t>(key));
+  cpu::normal_stream().normals(res.data_ptr<float>(), start, n, static_cast<uint64_t>(key));
   return res;
 }
 
 }  // namespace
 }  // namespace fastvae
 
-// The namespace of every op; gaussian/schema.cpp and distances/schema.cpp add their schemas as fragments.
+// The namespace of every op; each family adds its schemas as a fragment (csrc/torch/<family>/schema.cpp).
 TORCH_LIBRARY(fastvae, m) {}
 
 #ifndef FASTVAE_TORCH_VERSION

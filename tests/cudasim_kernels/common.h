@@ -1,5 +1,5 @@
 // Host helpers shared by the cudasim test programs. Plain CUDA runtime calls only: every program here builds with
-// nvcc (and would run on a GPU) as well as with g++ against csrc/cudasim (see tests/test_cudasim_core.py).
+// nvcc (and would run on a GPU) as well as with g++ against tests/cudasim (see tests/test_cudasim_core.py).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -8,7 +8,7 @@
 #include <cstring>
 #include <vector>
 
-#include "cudasim/launch.h"
+#include "cuda/launch.h"
 
 // Prints "error <name> <message>" for a failed call and returns true.
 inline bool report(const char* what, cudaError_t e) {

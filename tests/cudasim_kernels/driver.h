@@ -1,6 +1,6 @@
-// The shared part of the launcher drivers (fastvae_launchers.cpp, logistic_launchers.cpp): each is built with g++
-// together with the .cu files it drives (compiled unchanged, -include cudasim/cuda_sim.h) and csrc/cudasim/cudasim.cpp,
-// and keeps only its own op dispatch, `int run(const std::string& op)`, which driver_main calls.
+// The shared part of the launcher drivers (*_launchers.cpp): each is built with g++ together with the .cu files it
+// drives (compiled unchanged, -include cudasim/cuda_sim.h) and tests/cudasim/cudasim.cpp, and keeps only its own op
+// dispatch, `int run(const std::string& op)`, which driver_main calls.
 //
 //   DRIVER OP DIR
 //
@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda/kernels.h"
+#include "fastvae/types.h"
 
 namespace driver {
 

@@ -1,6 +1,6 @@
-// Driver of the drop-in CUDA launchers (csrc/cuda/dropin.cu) under the execution model (csrc/cudasim), for
+// Driver of the drop-in CUDA launchers (csrc/cuda/dropin.cu) under the execution model (tests/cudasim), for
 // tests/test_dropin_cuda_on_cpu.py. Built with g++ together with csrc/cuda/dropin.cu (compiled unchanged,
-// -include cudasim/cuda_sim.h) and csrc/cudasim/cudasim.cpp.
+// -include cudasim/cuda_sim.h) and tests/cudasim/cudasim.cpp.
 //
 //   dropin_launchers OP DIR     OP: nll_fwd, nll_bwd, kl_fwd, kl_bwd, bce_fwd, bce_bwd, rsample_fwd, rsample_bwd
 //
@@ -9,6 +9,7 @@
 // outputs out (N / row_len), d0 .. d3 (N; need_dK 0 passes null). The rest: driver.h.
 #include <string>
 
+#include "cuda/dropin_kernels.h"
 #include "driver.h"
 
 using namespace fastvae;

@@ -1,6 +1,7 @@
-// Driver of the fastvae CUDA launchers (csrc/cuda/kernels.h) under the execution model (csrc/cudasim), for
-// tests/test_cuda_kernels_on_cpu.py. Built with g++ together with csrc/cuda/gaussian.cu, csrc/cuda/distances.cu
-// (compiled unchanged, -include cudasim/cuda_sim.h) and csrc/cudasim/cudasim.cpp.
+// Driver of the Gaussian and distance CUDA launchers (csrc/cuda/gaussian_kernels.h, distances_kernels.h) under
+// the execution model (tests/cudasim), for tests/test_cuda_kernels_on_cpu.py. Built with g++ together with
+// csrc/cuda/gaussian.cu, csrc/cuda/distances.cu (compiled unchanged, -include cudasim/cuda_sim.h) and
+// tests/cudasim/cudasim.cpp.
 //
 //   fastvae_launchers OP DIR
 //
@@ -9,6 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "cuda/distances_kernels.h"
+#include "cuda/gaussian_kernels.h"
+#include "cuda/normals.h"
 #include "driver.h"
 
 using namespace fastvae;

@@ -1,5 +1,5 @@
 // CUB as the project uses it: device-wide radix and segmented sorts (under the execution model: the host
-// implementations in csrc/cudasim/shim/cub), and block / warp reductions inside kernels.
+// implementations in tests/cudasim/shim/cub), and block / warp reductions inside kernels.
 #include <cub/cub.cuh>
 
 #include <algorithm>

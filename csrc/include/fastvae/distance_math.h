@@ -13,6 +13,7 @@
 #include <cfloat>
 #include <cmath>
 
+#include "fastvae/distances_types.h"
 #include "fastvae/types.h"
 #include "fastvae/vmath.h"
 

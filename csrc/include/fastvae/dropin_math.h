@@ -5,9 +5,10 @@
 //
 // Every term is the negative log density (a loss); log_prob is the op with factor -1. Gradient helpers take the
 // incoming gradient g first and fold it in before anything that can overflow: a zero g gives 0 where the
-// derivative itself is infinite (mul0, gaussian_math.h), as the existing kernels do; a NaN anywhere gives NaN.
+// derivative itself is infinite (mul0, finite_math.h), as the existing kernels do; a NaN anywhere gives NaN.
 #pragma once
-#include "fastvae/gaussian_math.h"
+#include "fastvae/finite_math.h"
+#include "fastvae/gaussian_math.h"  // gaussian_nll_term_grad: the log-variance derivatives, bit for bit
 #include "fastvae/types.h"
 #include "fastvae/vmath.h"
 
@@ -89,7 +90,7 @@ FV_HD void nll_var_grad(T g, T x, T m, T v, T floor, T* dx, T* dm, T* dv) {
   *dv = T(0.5) * mul0(g, T(1) - d * t) / vf;
 }
 
-// param 2 (log-variance lv): 0.5 ((x - m)^2 e^-lv + lv) + c, with gaussian_math.h's split exponentials.
+// param 2 (log-variance lv): 0.5 ((x - m)^2 e^-lv + lv) + c, with finite_math.h's split exponentials.
 template <class T>
 FV_HD T nll_logvar_term(T x, T m, T lv, T c) {
   const T s = mul_q2(x - m, quarter_exp(-lv));

@@ -18,7 +18,7 @@
 // d log P / dls = -H sigmoid(-H) + L sigmoid(L) - d / (e^d - 1); products of a vanishing sigmoid and an infinite end
 // are 0 (their limit).
 #pragma once
-#include "fastvae/gaussian_math.h"
+#include "fastvae/finite_math.h"
 #include "fastvae/types.h"
 #include "fastvae/vmath.h"
 

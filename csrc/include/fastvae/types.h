@@ -22,21 +22,6 @@ enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
 // (rows, D):  absent, one value per feature repeated over rows, or one value per element.
 enum class Layout : int { None = 0, PerFeature = 1, Full = 2 };
 
-// The pair kernel of a sample distance; the order is that of the op schema's `kernel` names.
-enum class DistKernel : int { Rbf = 0, Imq = 1, Laplacian = 2, Energy = 3 };
-
-// One MMD problem, as the CPU and the CUDA kernels take it (raw pointers into contiguous row-major tensors).
-template <class T>
-struct MmdProblem {
-  const T* x;  // (B, N, d)
-  const T* y;  // (B, M, d); null: the standard normal prior with the rbf kernel, in closed form
-  index_t B, N, M, d;
-  DistKernel kernel;
-  const double* bandwidths;  // n_bw values > 0, in host memory (the energy kernel has n_bw = 1 and ignores it)
-  int n_bw;
-  bool unbiased;
-};
-
 constexpr double kLog2Pi = 1.8378770664093454836;  // log(2*pi)
 
 }  // namespace fastvae

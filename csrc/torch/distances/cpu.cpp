@@ -1,7 +1,8 @@
 // The CPU backend of the sample-distance ops: the kernel calls of DistanceOps<DistancesCpu> (ops.h) on the tables
-// of csrc/cpu/kernels.h.
+// of csrc/cpu/distances_kernels.h.
 #include <ATen/Parallel.h>
 
+#include "cpu/distances_kernels.h"
 #include "torch/backend_cpu.h"
 #include "torch/distances/ops.h"
 

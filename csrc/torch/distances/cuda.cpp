@@ -1,6 +1,7 @@
 // The CUDA backend of the sample-distance ops: the launcher calls of DistanceOps<DistancesCuda> (ops.h) on the
-// current stream of the inputs' device (csrc/cuda/kernels.h), workspaces from torch's caching allocator, and the
-// limits of the CUDA kernels. 16-bit inputs are computed in float32 (compute_type), as on CPU.
+// current stream of the inputs' device (csrc/cuda/distances_kernels.h), workspaces from torch's caching allocator,
+// and the limits of the CUDA kernels. 16-bit inputs are computed in float32 (compute_type), as on CPU.
+#include "cuda/distances_kernels.h"
 #include "torch/backend_cuda.h"
 #include "torch/distances/ops.h"
 

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "fastvae/distances_types.h"
 #include "torch/checks.h"
 
 namespace fastvae {

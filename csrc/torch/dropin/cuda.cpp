@@ -1,5 +1,6 @@
 // The CUDA backend of the drop-in ops: the launcher calls of DropinOps<DropinCuda> (ops.h) on the current stream of
-// the inputs' device (csrc/cuda/kernels.h).
+// the inputs' device (csrc/cuda/dropin_kernels.h).
+#include "cuda/dropin_kernels.h"
 #include "torch/backend_cuda.h"
 #include "torch/dropin/ops.h"
 

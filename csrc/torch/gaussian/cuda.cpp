@@ -1,5 +1,6 @@
 // The CUDA backend of the Gaussian ops: the launcher calls of Ops<GaussianCuda> (ops.h) on the current stream of
-// the inputs' device (csrc/cuda/kernels.h).
+// the inputs' device (csrc/cuda/gaussian_kernels.h).
+#include "cuda/gaussian_kernels.h"
 #include "torch/backend_cuda.h"
 #include "torch/gaussian/ops.h"
 
@@ -91,8 +92,7 @@ struct GaussianCuda : CudaBackend {
     check_launch("kl_normal_bwd",
                  cuda::kl_normal_bwd(dtype_of(mu), in(g), in(mu), in(lv), in(mp), lm, in(lp), ll, out(g_mu), out(g_lv),
                         out(g_mp), out(g_lp), rows_of(mu), per_row(mu), ptr(ws), stream()));
-  }
-};
+  }};
 
 }  // namespace
 }  // namespace fastvae

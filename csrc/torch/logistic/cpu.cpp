@@ -1,5 +1,6 @@
 // The CPU backend of the discretized-logistic likelihoods: the kernel calls of LogisticOps<LogisticCpu> (ops.h) on
-// the tables of csrc/cpu/kernels.h.
+// the tables of csrc/cpu/logistic_kernels.h.
+#include "cpu/logistic_kernels.h"
 #include "torch/backend_cpu.h"
 #include "torch/logistic/ops.h"
 

@@ -1,5 +1,6 @@
 // The CUDA backend of the discretized-logistic likelihoods: the launcher calls of LogisticOps<LogisticCuda> (ops.h)
-// on the current stream of the inputs' device (csrc/cuda/kernels.h).
+// on the current stream of the inputs' device (csrc/cuda/logistic_kernels.h).
+#include "cuda/logistic_kernels.h"
 #include "torch/backend_cuda.h"
 #include "torch/logistic/ops.h"
 

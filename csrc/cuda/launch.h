@@ -1,5 +1,5 @@
 // The two constructs a .cu source writes differently so that it builds both with nvcc and, as C++, against the
-// execution model in cuda_sim.h (no #ifdef in kernel code):
+// CUDA execution model of the tests (tests/cudasim/cuda_sim.h; no #ifdef in kernel code):
 //
 //   fv_launch(kernel, grid, block, smem, stream, args...)   in place of kernel<<<grid, block, smem, stream>>>(args...);
 //       returns cudaPeekAtLastError() (cudaError_t): the launch's error, which also stays pending for a later
@@ -30,9 +30,11 @@ inline cudaError_t launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t sm
 #define fv_launch(...) ::fv_launch_detail::launch(__VA_ARGS__)
 #define FV_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
 
-#else  // the execution model
+#else  // the execution model: its builds force-include tests/cudasim/cuda_sim.h (g++ -include)
 
-#include "cuda_sim.h"
+#if !defined(CUDASIM)
+#error "a .cu is compiled by nvcc, or by g++ with -include tests/cudasim/cuda_sim.h (see tests/cudasim/README.md)"
+#endif
 
 #define fv_launch(...) ::cudasim::launch(#__VA_ARGS__, __VA_ARGS__)
 #define FV_DYNAMIC_SHARED(T, name) T* const name = static_cast<T*>(::cudasim::detail::dynamic_shared())

@@ -2,9 +2,9 @@
 // A check of logic, not of speed: see README.md (how to build a .cu for it, what it checks, what it does not).
 //
 // Build a .cu as C++ against it:
-//   g++ -std=c++17 -O1 -I csrc -I csrc/cudasim/shim -I <cuda include dir>
-//       -include csrc/cudasim/cuda_sim.h -x c++ FILE.cu -x none cudasim.o
-// (cudasim.o is csrc/cudasim/cudasim.cpp compiled with the same flags; the shim directory must come before the
+//   g++ -std=c++17 -O1 -I csrc -I tests/cudasim/shim -I <cuda include dir>
+//       -include tests/cudasim/cuda_sim.h -x c++ FILE.cu -x none cudasim.o
+// (cudasim.o is tests/cudasim/cudasim.cpp compiled with the same flags; the shim directory must come before the
 // CUDA include directory so that <cub/cub.cuh> is the host implementation in shim/cub.)
 //
 // The toolkit's own headers are used for every type (dim3, float4, cudaError_t, cudaStream_t, ...) and for the
