@@ -22,17 +22,7 @@ settings.load_profile(os.environ.get("FASTVAE_HYPOTHESIS", "fastvae"))
 
 HAS_CUDA = torch.cuda.is_available()
 
-# Slow tests marked from here rather than in their files (being edited elsewhere when the marker came into use; a
-# `pytestmark` or `@pytest.mark.slow` there can replace the entry): `make test-fast` leaves them out.
-SLOW_FILES = {"test_dropin_cuda_on_cpu.py"}  # dropin.cu executed on the CPU, like test_cuda_kernels_on_cpu.py
-SLOW_TESTS = {}
-
-
-@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS.get(item.path.name, ()):
-            item.add_marker(pytest.mark.slow)
     if HAS_CUDA:
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -22,7 +22,7 @@ def seed_t(v=1234):
 
 
 def _cases():
-    """name -> a function of no arguments calling one op on fixed CUDA inputs (every op of both families)."""
+    """name -> a function of no arguments calling one op on fixed CUDA inputs (every op of every family)."""
     mu, lv = rand(6, 5, seed=1), rand(6, 5, seed=2, scale=0.3)
     gz, g6 = rand(6, 5, seed=3), rand(6, seed=4)
     L = torch.linalg.cholesky(torch.eye(4, device=DEV) + 0.1 * (lambda a: a @ a.mT)(rand(3, 4, 4, seed=5)))

@@ -16,8 +16,9 @@ import fastvae  # noqa: F401  (registers torch.ops.fastvae)
 from test_cudasim_core import CUDA_INCLUDE, CXX, ROOT
 from test_cuda_kernels_on_cpu import HALF_DTYPES, ORDERS, build_driver, close, run
 
-pytestmark = pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
-                                reason="needs g++ and the CUDA toolkit headers")
+pytestmark = [pytest.mark.slow,  # (make test-fast leaves the CUDA sources on the CPU out)
+              pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
+                                 reason="needs g++ and the CUDA toolkit headers")]
 
 DTYPES = {torch.float32: 0, torch.float64: 1}
 ops = torch.ops.fastvae
