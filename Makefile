@@ -44,7 +44,7 @@ wheel-check: build
 
 # Every CUDA kernel file must compile for sm_80 and sm_90 (the kernels are torch-free: CUDA runtime + CCCL only), with
 # no implicit narrowing conversion in its host code (-Wconversion as an error; the device code is checked so by the
-# g++ builds against tests/cudasim in tests/test_cuda_kernels_on_cpu.py), and
+# g++ builds against tests/cudasim in tests/cuda_on_cpu/test_cuda_kernels_on_cpu.py), and
 # the CUDA backends of the binding must pass a syntax check against torch's headers (a CPU torch ships the c10/cuda
 # headers but not their generated macro file, which build/stub provides). The file lists are setup.py's.
 SETUP_LIST = $(BIN)/python -c 'import setup; print(" ".join(setup.$(1)))'

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs the DDP tests (tests/test_ddp.py: 2-process gloo runs under torchrun) N times in a row while the machine is
-# loaded, and reports how many runs passed. Not part of CI: it is the evidence that distributed runs exit cleanly
+# Runs the DDP tests (tests/train/test_ddp.py: 2-process gloo runs under torchrun) N times in a row while the machine
+# is loaded, and reports how many runs passed. Not part of CI: it is the evidence that distributed runs exit cleanly
 # (issue 9: rank 0 could abort at exit, "terminate called without an active exception", when its gloo worker
 # threads were slowed down by a busy machine).
 #
@@ -28,12 +28,12 @@ for _ in $(seq "$LOAD"); do
     hogs+=($!)
 done
 
-echo "ddp_stress: $N runs of tests/test_ddp.py with $LOAD CPU-bound load process(es); python $PYTHON; logs of failures in $KEEP"
+echo "ddp_stress: $N runs of tests/train/test_ddp.py with $LOAD CPU-bound load process(es); python $PYTHON; logs of failures in $KEEP"
 pass=0 fail=0 start=$SECONDS
 for i in $(seq "$N"); do
     t0=$SECONDS
     log="$KEEP/run$i.log"
-    if timeout 900 "$PYTHON" -m pytest -q -x -p no:cacheprovider tests/test_ddp.py >"$log" 2>&1; then
+    if timeout 900 "$PYTHON" -m pytest -q -x -p no:cacheprovider tests/train/test_ddp.py >"$log" 2>&1; then
         pass=$((pass + 1)); rm -f "$log"; what=ok
     else
         fail=$((fail + 1))

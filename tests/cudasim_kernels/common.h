@@ -1,5 +1,5 @@
 // Host helpers shared by the cudasim test programs. Plain CUDA runtime calls only: every program here builds with
-// nvcc (and would run on a GPU) as well as with g++ against tests/cudasim (see tests/test_cudasim_core.py).
+// nvcc (and would run on a GPU) as well as with g++ against tests/cudasim (see tests/cuda_on_cpu/test_cudasim_core.py).
 #pragma once
 #include <cuda_runtime.h>
 

@@ -1,5 +1,5 @@
 // Driver of the drop-in CUDA launchers (csrc/cuda/dropin.cu) under the execution model (tests/cudasim), for
-// tests/test_dropin_cuda_on_cpu.py. Built with g++ together with csrc/cuda/dropin.cu (compiled unchanged,
+// tests/cuda_on_cpu/test_dropin_cuda_on_cpu.py. Built with g++ together with csrc/cuda/dropin.cu (compiled unchanged,
 // -include cudasim/cuda_sim.h) and tests/cudasim/cudasim.cpp.
 //
 //   dropin_launchers OP DIR     OP: nll_fwd, nll_bwd, kl_fwd, kl_bwd, bce_fwd, bce_bwd, rsample_fwd, rsample_bwd

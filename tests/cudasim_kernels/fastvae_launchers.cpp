@@ -1,5 +1,5 @@
 // Driver of the Gaussian and distance CUDA launchers (csrc/cuda/gaussian_kernels.h, distances_kernels.h) under
-// the execution model (tests/cudasim), for tests/test_cuda_kernels_on_cpu.py. Built with g++ together with
+// the execution model (tests/cudasim), for tests/cuda_on_cpu/test_cuda_kernels_on_cpu.py. Built with g++ together with
 // csrc/cuda/gaussian.cu, csrc/cuda/distances.cu (compiled unchanged, -include cudasim/cuda_sim.h) and
 // tests/cudasim/cudasim.cpp.
 //

@@ -1,6 +1,6 @@
 // Driver of the discretized-logistic CUDA launchers (csrc/cuda/logistic.cu) under the execution model (tests/cudasim),
-// for tests/test_logistic_cuda_on_cpu.py. Built with g++ together with csrc/cuda/logistic.cu (compiled unchanged,
-// -include cudasim/cuda_sim.h) and tests/cudasim/cudasim.cpp.
+// for tests/cuda_on_cpu/test_logistic_cuda_on_cpu.py. Built with g++ together with csrc/cuda/logistic.cu (compiled
+// unchanged, -include cudasim/cuda_sim.h) and tests/cudasim/cudasim.cpp.
 //
 //   logistic_launchers OP DIR        OP: logistic_fwd or logistic_bwd
 //

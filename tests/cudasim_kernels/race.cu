@@ -1,6 +1,7 @@
 // Races, uninitialised reads and shared-memory bounds: each case is a small kernel with one such bug, or the correct
 // form of the same pattern. Built as usual (where nothing of this is checked, and every case runs) and with
-// -fsanitize=thread -g, where the model's racecheck / initcheck report the bugs (tests/test_cudasim_core.py).
+// -fsanitize=thread -g, where the model's racecheck / initcheck report the bugs
+// (tests/cuda_on_cpu/test_cudasim_core.py).
 #include "common.h"
 
 constexpr int kN = 128;

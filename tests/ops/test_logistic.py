@@ -11,7 +11,7 @@ from hypothesis import given, strategies as st
 
 import fastvae
 from fastvae import reference
-from conftest import OPCHECK_UTILS, assert_within, gen
+from helpers import OPCHECK_UTILS, assert_within, gen
 
 NLL = fastvae.discretized_logistic_nll
 MIX = fastvae.discretized_logistic_mixture_nll

@@ -13,7 +13,7 @@ import torch
 
 from fastvae.ops import dropin as dr
 
-from conftest import OPCHECK_UTILS, gen
+from helpers import OPCHECK_UTILS, gen
 
 # The two paths differ only in where the incoming gradient g and the factor are multiplied in: g * (factor * d)
 # against (g * factor) * d, with d's own rounding the same: at most a few roundings apart, relative to each element.

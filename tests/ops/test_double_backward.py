@@ -10,7 +10,7 @@ from torch.autograd import gradgradcheck
 import fastvae
 from fastvae import reference as ref
 
-from conftest import assert_grad_close, f64, gen, kernel_eps, key_of
+from helpers import assert_grad_close, f64, gen, kernel_eps, key_of
 
 ops = torch.ops.fastvae
 

@@ -2,7 +2,7 @@
 
 logistic.cu is compiled unchanged with g++ against the CUDA execution model (tests/cudasim, see its README), linked
 with the driver tests/cudasim_kernels/logistic_launchers.cpp, once per test run in a temporary directory (with
-UBSan's alignment check), by the `build_driver` of tests/test_cuda_kernels_on_cpu.py (whose `run`, `close` and
+UBSan's alignment check), by the `build_driver` of tests/helpers.py (whose `run`, `close` and
 orders this file reuses too). Each case runs under the three thread/block orders, every buffer guarded, and compares
 with torch.ops.fastvae.discretized_logistic_nll(_backward) on CPU tensors."""
 import shutil
@@ -11,8 +11,7 @@ import pytest
 import torch
 
 import fastvae  # noqa: F401  (registers torch.ops.fastvae)
-from test_cudasim_core import CUDA_INCLUDE, CXX, ROOT
-from test_cuda_kernels_on_cpu import HALF_DTYPES, ORDERS, build_driver, close, run, same_special
+from helpers import CUDA_INCLUDE, CXX, HALF_DTYPES, ORDERS, ROOT, build_driver, close, run, same_special
 
 pytestmark = [pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
                                  reason="needs g++ and the CUDA toolkit headers"),
@@ -120,7 +119,7 @@ def test_16_bit_inputs(driver, tmp_path, order, dtype, offset):
 @pytest.mark.parametrize("name", ["x", "logits", "means", "log_scales"])
 def test_nan_and_inf_inputs(driver, tmp_path, dtype, mix, name):
     """Issue 20, class 1, on the CUDA sources: NaN in row 0, +inf in row 1, -inf in row 2 of one input give the
-    CPU op's outputs (NaN where it has NaN: tests/test_nan_sweep.py checks that against the inputs), forward and
+    CPU op's outputs (NaN where it has NaN: tests/ops/test_nan_sweep.py checks that against the inputs), forward and
     backward. The mixture's log-sum-exp turned a NaN pixel into +inf (a select on s2 > 0), and the float32 log
     read a NaN as 88.7: a finite loss."""
     if name == "logits" and not mix:

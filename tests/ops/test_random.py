@@ -14,7 +14,7 @@ from scipy import stats
 import fastvae
 from fastvae import reference as ref
 
-from conftest import (EPS, OPCHECK_UTILS, assert_grad_close, assert_within, f64, gen, grad_tol, kernel_eps, key_of,
+from helpers import (EPS, OPCHECK_UTILS, assert_grad_close, assert_within, f64, gen, grad_tol, kernel_eps, key_of,
                       supported_isas, sum_tol)
 
 DTYPES = [torch.float32, torch.float64]

@@ -11,7 +11,7 @@ import torch
 
 from fastvae import train as tr
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 _spec = importlib.util.spec_from_file_location("make_main_fixtures", os.path.join(FIXTURES, "make_main_fixtures.py"))
 fx = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fx)

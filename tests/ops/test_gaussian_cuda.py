@@ -10,7 +10,7 @@ import torch
 import fastvae
 from fastvae import reference as ref
 
-from conftest import gen, kernel_eps, key_of
+from helpers import gen, kernel_eps, key_of
 
 pytestmark = pytest.mark.cuda
 DEV = "cuda"

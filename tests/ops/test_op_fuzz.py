@@ -3,11 +3,11 @@ shapes (0-sized and mismatched included), dtypes, values (NaN, inf, huge), optio
 devices, and index tensors out of range, negative, repeated or of the wrong dtype: each call must return or raise
 a Python exception, never kill the process.
 
-The calls run in a child process (`python tests/test_op_fuzz.py --child SEED`), which announces each case before
+The calls run in a child process (`python tests/ops/test_op_fuzz.py --child SEED`), which announces each case before
 making it; a signal (segfault, abort) fails the test naming that case, regenerated from its seed. Each case is a
 valid call of the op from a random-size template, then (most of the time) one or two mutations of it; the
 template and mutations come from random.Random(f"{SEED}:{op}:{i}"), so a case is reproducible on its own:
-`python tests/test_op_fuzz.py --case mmd_backward.default 17` prints it and makes the call."""
+`python tests/ops/test_op_fuzz.py --case mmd_backward.default 17` prints it and makes the call."""
 import faulthandler
 import math
 import os

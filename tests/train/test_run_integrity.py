@@ -14,7 +14,7 @@ from fastvae.cli import main
 
 TINY = ["--hidden-dims", "8", "--latent-dim", "2", "--batch-size", "512", "--eval-k", "0", "--no-progress",
         "--threads", "1"]
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

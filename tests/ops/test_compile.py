@@ -5,7 +5,7 @@ import torch
 
 import fastvae
 
-from conftest import gen
+from helpers import gen
 
 
 def vae_loss(x, mu, lv, w, lvx, mp, lp):

@@ -11,15 +11,15 @@ moves the output. Then, with the element set to
     element must be it; where the op converged there to a finite limit, the element is that limit (up to 1e-4 of
     it) or NaN; elsewhere (no limit in reach) NaN, +-inf or any value.
 The public functions (validate_args=False included) and 16-bit data are swept in test_public_functions_*; the CUDA
-sources run the same cases under the CPU execution model in tests/test_cuda_kernels_on_cpu.py and
-tests/test_logistic_cuda_on_cpu.py."""
+sources run the same cases under the CPU execution model in tests/cuda_on_cpu/test_cuda_kernels_on_cpu.py and
+tests/cuda_on_cpu/test_logistic_cuda_on_cpu.py."""
 import math
 
 import pytest
 import torch
 
 import fastvae
-from conftest import supported_isas
+from helpers import supported_isas
 
 ops = torch.ops.fastvae
 DTYPES = (torch.float32, torch.float64)

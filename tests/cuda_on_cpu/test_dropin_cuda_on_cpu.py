@@ -2,7 +2,7 @@
 
 dropin.cu is compiled unchanged with g++ against the CUDA execution model (tests/cudasim, see its README), linked with
 the driver tests/cudasim_kernels/dropin_launchers.cpp, once per test run in a temporary directory (with UBSan's
-alignment check), by the `build_driver` of tests/test_cuda_kernels_on_cpu.py (whose `run`, `close` and orders this
+alignment check), by the `build_driver` of tests/helpers.py (whose `run`, `close` and orders this
 file reuses too). Each case runs under the three thread/block orders, every buffer guarded, and compares with
 torch.ops.fastvae.dropin_* on CPU tensors: every reduction regime of the launchers (element-wise, a thread, a warp
 or chunked blocks per row, one total), operands of every period (scalar, per-feature, an in-place period longer
@@ -13,8 +13,7 @@ import pytest
 import torch
 
 import fastvae  # noqa: F401  (registers torch.ops.fastvae)
-from test_cudasim_core import CUDA_INCLUDE, CXX, ROOT
-from test_cuda_kernels_on_cpu import HALF_DTYPES, ORDERS, build_driver, close, run
+from helpers import CUDA_INCLUDE, CXX, HALF_DTYPES, ORDERS, ROOT, build_driver, close, run
 
 pytestmark = [pytest.mark.slow,  # (make test-fast leaves the CUDA sources on the CPU out)
               pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
@@ -120,7 +119,7 @@ def test_forward_and_backward(driver, tmp_path, order, dtype, op, N, R, periods)
 @pytest.mark.parametrize("numel,k", [(37, 1), (111, 3), (256, 2)])
 def test_rsample(driver, tmp_path, order, dtype, numel, k):
     """The stream of reparameterize (Philox + Box-Muller: libm under the model, the CPU kernels' vectorised
-    log/sin/cos on the CPU: a few float32 ulps of eps; 2e-5 as tests/test_cuda_kernels_on_cpu.py allows)."""
+    log/sin/cos on the CPU: a few float32 ulps of eps; 2e-5 as tests/cuda_on_cpu/test_cuda_kernels_on_cpu.py allows)."""
     code = {**DTYPES, **HALF_DTYPES}[dtype]
     loc, scale = operands("kl", (numel, numel), dtype, seed=numel)
     seed = 98765

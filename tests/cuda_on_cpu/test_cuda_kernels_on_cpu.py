@@ -9,67 +9,23 @@ with torch.ops.fastvae on CPU tensors at the same seed. The CUDA kernels read th
 the model a host pointer works, so the driver hands them a guarded host int64.
 """
 import math
-import os
 import shutil
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import fastvae  # noqa: F401  (registers torch.ops.fastvae)
 from fastvae import reference
-from test_cudasim_core import CUDA_INCLUDE, CXX, ROOT, SIM, _check
+from helpers import (CUDA_INCLUDE, CXX, HALF_DTYPES, ORDERS, ROOT, SEED, build_driver, close, data, run, same_special,
+                     seed_tensor)
 
 pytestmark = [pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
                                  reason="needs g++ and the CUDA toolkit headers"),
               pytest.mark.slow]  # the CUDA sources executed on the CPU: `make test` runs them, `make test-fast` not
 
-ORDERS = ("forward", "reverse", "random")
 DTYPES = {torch.float32: 0, torch.float64: 1}  # fastvae::DType; the distance launchers take these two
-HALF_DTYPES = {torch.float16: 2, torch.bfloat16: 3}
 LAYOUT = {None: 0, "feature": 1, "full": 2}
 KERNELS = {"rbf": 0, "imq": 1, "laplacian": 2, "energy": 3}
-SEED = 1234567
-RUN_TIMEOUT = 60
-FLAGS = ["-std=c++17", "-O1", "-Wall"]
-# a misaligned vector load (float4 from an address not a multiple of 16) would not fault on x86: UBSan reports it
-UBSAN = ["-fsanitize=alignment", "-fno-sanitize-recover=alignment"]
-# the model's race and init checks (tests/cudasim/README.md): every access of the .cu calls the model's __tsan_*
-# callbacks (libtsan is not linked); -g for the source lines of its reports
-RACECHECK = ["-fsanitize=thread", "-g"]
-# the .cu files build warning-free with -Wconversion (a 64-bit index or size narrowed implicitly), as an error, kernels
-# included; nvcc's host pass is checked the same way by `make cuda-check`
-CU_WARNINGS = ["-Wconversion", "-Werror=conversion"]
-
-
-def build_driver(out, cu_sources, driver_source, name="driver", cu_flags=()):
-    """An executable of `driver_source` linked with the .cu files `cu_sources` (compiled unchanged against the
-    model, with UBSan's alignment check, and `cu_flags`: RACECHECK for the race-checking build) and the model's
-    runtime, in the folder `out`; two compilers at a time."""
-    includes = ["-I", ROOT / "csrc", "-I", ROOT / "csrc" / "include", "-I", SIM / "shim", "-I", CUDA_INCLUDE]
-
-    def compile_model(src):
-        # -I tests/cudasim/shim before the toolkit: <cub/cub.cuh> is the host implementation
-        obj = out / f"{Path(src).stem}.o"
-        extra = [*CU_WARNINGS, *cu_flags] if Path(src).suffix == ".cu" else []
-        _check([CXX, *FLAGS, *UBSAN, *extra, *includes, "-include", SIM / "cuda_sim.h", "-x", "c++", "-c", src,
-                "-o", obj])
-        return obj
-
-    def compile_runtime():
-        obj = out / "cudasim.o"
-        _check([CXX, *FLAGS, "-I", CUDA_INCLUDE, "-c", SIM / "cudasim.cpp", "-o", obj])
-        return obj
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        jobs = [pool.submit(compile_model, s) for s in [*cu_sources, driver_source]] + [pool.submit(compile_runtime)]
-        objs = [j.result() for j in jobs]
-    exe = out / name
-    _check([CXX, *UBSAN, *objs, "-o", exe])
-    return exe
 
 
 @pytest.fixture(scope="module")
@@ -81,52 +37,9 @@ def driver(tmp_path_factory):
                         ROOT / "tests" / "cudasim_kernels" / "fastvae_launchers.cpp", "fastvae_launchers")
 
 
-def run(driver, tmp_path, op, order, inputs, outputs, env=None, timeout=RUN_TIMEOUT, expect_error=False, **params):
-    """Runs `op` under `order`; inputs: name -> tensor; outputs: name -> (dtype, shape); env: extra environment
-    variables of the model (tests/cudasim/README.md). Returns name -> tensor, or with expect_error the driver's
-    message of a launcher that returned an error (and nothing else: no crash, no error left pending)."""
-    d = tmp_path / f"{op}-{order}"
-    d.mkdir(parents=True)
-    for name, t in inputs.items():
-        t.contiguous().view(torch.uint8).numpy().tofile(d / f"{name}.bin")
-    (d / "params").write_text("".join(f"{k} {v}\n" for k, v in params.items()))
-    env = {**os.environ, "CUDASIM_ORDER": order, "CUDASIM_SEED": "7", **(env or {})}
-    env.pop("CUDASIM_ABORT", None)
-    r = subprocess.run([driver, op, d], capture_output=True, text=True, timeout=timeout, env=env)
-    if expect_error:
-        assert r.returncode == 1 and r.stdout.startswith("error launcher"), f"{op} {params}\n{r.stdout}{r.stderr}"
-        return r.stdout
-    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), f"{op} {order} {params}\n{r.stdout}{r.stderr}"
-    return {name: torch.from_numpy(np.fromfile(d / f"out_{name}.bin", dtype=np.uint8)).view(dt).reshape(shape)
-            for name, (dt, shape) in outputs.items()}
-
-
-def seed_tensor():
-    return torch.tensor([SEED], dtype=torch.int64)
-
-
-def data(*shape, dtype=torch.float32, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
-
-
-def close(sim, cpu, rtol, atol, what):
-    torch.testing.assert_close(sim.double(), cpu.double(), rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
-
-
-def same_special(sim, cpu, rtol, atol, what):
-    """NaN exactly where the CPU op has NaN (tests/test_nan_sweep.py checks the CPU ops against their inputs), the
-    same infinities, the finite values close."""
-    sim, cpu = sim.double(), cpu.double()
-    assert torch.equal(sim.isnan(), cpu.isnan()), (f"{what}: NaN at {sim.isnan().nonzero().tolist()} under the "
-                                                   f"model, at {cpu.isnan().nonzero().tolist()} on the CPU")
-    assert torch.equal(sim.isinf(), cpu.isinf()) and torch.equal(sim[sim.isinf()], cpu[cpu.isinf()]), what
-    fin = cpu.isfinite()
-    close(sim[fin], cpu[fin], rtol=rtol, atol=atol, what=what)
-
-
 # Tolerances. z = mu + exp(lv / 2) eps: the same Philox stream and Box-Muller formula, computed with libm under the
 # model and with the CPU kernels' vectorised log/sin/cos: a few float32 ulps of eps (|eps| < 5), times
-# exp(lv / 2) < e^2 for these inputs; rtol = atol = 2e-5 as tests/test_gaussian_cuda.py allows a GPU (measured:
+# exp(lv / 2) < e^2 for these inputs; rtol = atol = 2e-5 as tests/ops/test_gaussian_cuda.py allows a GPU (measured:
 # 1.4e-6). float64 data draws the same float32 eps: the same bound.
 # Row sums (kl, nll) of D float32 terms of magnitude O(1..10), added in another order than the CPU's (lanes and a
 # shuffle tree, or block sums and double chunk partials, against the CPU's SIMD lanes): the error of either sum is

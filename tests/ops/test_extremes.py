@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fastvae
-from conftest import gen, kernel_eps
+from helpers import gen, kernel_eps
 from fastvae import reference as ref
 
 mp = mpmath.mp

@@ -13,7 +13,7 @@ from torch.distributions import Normal, kl_divergence
 import fastvae
 from fastvae.ops import dropin as dr
 
-from conftest import EPS, OPCHECK_UTILS, assert_within, gen, kernel_eps
+from helpers import EPS, OPCHECK_UTILS, assert_within, gen, kernel_eps
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 EPS16 = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}  # half an ulp: the rounding of a result to 16 bits

@@ -9,7 +9,7 @@ import torch
 import fastvae
 from fastvae.bench import overhead
 
-from conftest import OPCHECK_UTILS, f64
+from helpers import OPCHECK_UTILS, f64
 
 ops = torch.ops.fastvae
 SUM, MEAN = 1, 2

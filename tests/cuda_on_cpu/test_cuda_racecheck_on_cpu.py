@@ -9,8 +9,8 @@ fails the launch (cudaErrorLaunchFailure, with the source lines of both accesses
 
 The grid caps are shrunk in this build (FLAGS). A chosen subset: every launcher once, in the forward order, at sizes
 that take each of its code paths (the lanes-per-row and the chunked "last block" row reductions, the column
-reduction, tiles and partial tiles, ...), reusing the checks of tests/test_cuda_kernels_on_cpu.py and
-tests/test_logistic_cuda_on_cpu.py, whose outputs are compared with the CPU ops as there.
+reduction, tiles and partial tiles, ...), reusing the checks of tests/cuda_on_cpu/test_cuda_kernels_on_cpu.py and
+tests/cuda_on_cpu/test_logistic_cuda_on_cpu.py, whose outputs are compared with the CPU ops as there.
 """
 import shutil
 
@@ -19,7 +19,7 @@ import torch
 
 import test_cuda_kernels_on_cpu as K
 import test_logistic_cuda_on_cpu as L
-from test_cudasim_core import CUDA_INCLUDE, CXX, ROOT
+from helpers import CUDA_INCLUDE, CXX, RACECHECK, ROOT, SEED, build_driver, data, run
 
 pytestmark = [pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is None,
                                  reason="needs g++ and the CUDA toolkit headers"),
@@ -28,23 +28,23 @@ pytestmark = [pytest.mark.skipif(CUDA_INCLUDE is None or shutil.which(CXX) is No
 F32, F64, F16, BF16 = torch.float32, torch.float64, torch.float16, torch.bfloat16
 # The grid caps shrunk (csrc/cuda/common.cuh, distances.cu): 3 blocks at most for the grid-stride kernels and 1
 # batch per launch group, so that their loops iterate at these sizes (and overlapping strides would race).
-FLAGS = [*K.RACECHECK, "-DFV_MAX_GRID=3", "-DFV_MAX_GRID_Y=1"]
+FLAGS = [*RACECHECK, "-DFV_MAX_GRID=3", "-DFV_MAX_GRID_Y=1"]
 
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
     """gaussian.cu and distances.cu race-checked, with the launchers' driver and the model."""
-    return K.build_driver(tmp_path_factory.mktemp("race_on_cpu"),
-                          [ROOT / "csrc" / "cuda" / n for n in ("gaussian.cu", "distances.cu", "normals.cu")],
-                          ROOT / "tests" / "cudasim_kernels" / "fastvae_launchers.cpp", "fastvae_launchers_race",
-                          cu_flags=FLAGS)
+    return build_driver(tmp_path_factory.mktemp("race_on_cpu"),
+                        [ROOT / "csrc" / "cuda" / n for n in ("gaussian.cu", "distances.cu", "normals.cu")],
+                        ROOT / "tests" / "cudasim_kernels" / "fastvae_launchers.cpp", "fastvae_launchers_race",
+                        cu_flags=FLAGS)
 
 
 @pytest.fixture(scope="module")
 def logistic_driver(tmp_path_factory):
-    return K.build_driver(tmp_path_factory.mktemp("race_logistic"), [ROOT / "csrc" / "cuda" / "logistic.cu"],
-                          ROOT / "tests" / "cudasim_kernels" / "logistic_launchers.cpp", "logistic_launchers_race",
-                          cu_flags=FLAGS)
+    return build_driver(tmp_path_factory.mktemp("race_logistic"), [ROOT / "csrc" / "cuda" / "logistic.cu"],
+                        ROOT / "tests" / "cudasim_kernels" / "logistic_launchers.cpp", "logistic_launchers_race",
+                        cu_flags=FLAGS)
 
 
 CHUNKED = 2 * 8192 + 13  # three chunks per row: the "last block" ticket reduction
@@ -96,8 +96,8 @@ def test_logistic_race_free(logistic_driver, tmp_path, x_rows, k, D, K_, offset)
 def test_the_checks_are_live_in_this_build(driver, tmp_path):
     """An input the driver marks as never written (`uninit`): the kernel reading it fails with the initcheck's
     report, naming the buffer and the line of gaussian.cu, so the runs above were checked."""
-    mu, lv = K.data(4, 7, seed=1), K.data(4, 7, seed=2)
-    msg = K.run(driver, tmp_path, "reparam_fwd", "forward", {"mu": mu, "lv": lv}, {"z": (F32, (4, 7))},
-                expect_error=True, dtype=0, numel=28, n_samples=1, seed=K.SEED, uninit="lv")
+    mu, lv = data(4, 7, seed=1), data(4, 7, seed=2)
+    msg = run(driver, tmp_path, "reparam_fwd", "forward", {"mu": mu, "lv": lv}, {"z": (F32, (4, 7))},
+              expect_error=True, dtype=0, numel=28, n_samples=1, seed=SEED, uninit="lv")
     assert "racecheck: initcheck: read of" in msg and "global buffer 'lv' at byte offset" in msg, msg
     assert "gaussian.cu:" in msg, msg

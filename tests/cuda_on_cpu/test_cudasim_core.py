@@ -7,54 +7,20 @@ live in a pytest temporary directory for the session.
 """
 import math
 import os
-import re
-import shutil
 import struct
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SIM = ROOT / "tests" / "cudasim"
+from helpers import CUDA_INCLUDE, CXX, FLAGS, NVCC, ORDERS, RACECHECK, ROOT, RUN_TIMEOUT, SIM, run_checked
+
 KERNELS = ROOT / "tests" / "cudasim_kernels"
 PROGRAMS = ("sync", "warp", "limits", "memory", "sort", "race")
-ORDERS = ("forward", "reverse", "random")
-CXX = os.environ.get("CXX", "g++")
-NVCC = shutil.which("nvcc")
-CXXFLAGS = ["-std=c++17", "-O1", "-Wall"]
-# the race-checking build (tests/cudasim/README.md): compiled with these, linked without (the model implements the
-# __tsan_* callbacks; libtsan is not linked)
-RACECHECK = ["-fsanitize=thread", "-g"]
-RUN_TIMEOUT = 60
-
-
-def cuda_include():
-    """The CUDA toolkit's include directory (cuda_runtime.h, cuda_fp16.h), as nvcc reports it."""
-    if NVCC:
-        out = subprocess.run([NVCC, "--dryrun", "-c", "-x", "cu", "/dev/null", "-o", "/dev/null"],
-                             capture_output=True, text=True).stderr
-        m = re.search(r'INCLUDES="-I([^"]*?)"', out)
-        if m and (Path(m.group(1)) / "cuda_runtime.h").exists():
-            return Path(m.group(1))
-    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
-        if home and (Path(home) / "include" / "cuda_runtime.h").exists():
-            return Path(home) / "include"
-    return None
-
-
-CUDA_INCLUDE = cuda_include()
+CXXFLAGS = FLAGS
 pytestmark = [pytest.mark.skipif(CUDA_INCLUDE is None, reason="needs the CUDA toolkit headers"),
               pytest.mark.slow]  # a compile (g++, nvcc) per case: `make test` runs them, `make test-fast` not
-
-
-def _check(cmd):
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd))}\n{r.stdout}{r.stderr}")
-    return r
 
 
 class Builds:
@@ -76,16 +42,16 @@ class Builds:
 
     def _runtime(self):
         obj = self.out / "cudasim.o"
-        _check([CXX, *CXXFLAGS, "-I", CUDA_INCLUDE, "-c", SIM / "cudasim.cpp", "-o", obj])
+        run_checked([CXX, *CXXFLAGS, "-I", CUDA_INCLUDE, "-c", SIM / "cudasim.cpp", "-o", obj])
         return obj
 
     def _program(self, name, extra, exe_name=None, link_extra=True):
         exe = self.out / (exe_name or name)
         obj = self.out / f"{exe.name}.o"
         # -I tests/cudasim/shim first: <cub/cub.cuh> is the host implementation
-        _check([CXX, *CXXFLAGS, *extra, "-I", ROOT / "csrc", "-I", SIM / "shim", "-I", CUDA_INCLUDE,
-                "-include", SIM / "cuda_sim.h", "-x", "c++", "-c", KERNELS / f"{name}.cu", "-o", obj])
-        _check([CXX, *(extra if link_extra else []), obj, self.runtime.result(), "-o", exe])
+        run_checked([CXX, *CXXFLAGS, *extra, "-I", ROOT / "csrc", "-I", SIM / "shim", "-I", CUDA_INCLUDE,
+                     "-include", SIM / "cuda_sim.h", "-x", "c++", "-c", KERNELS / f"{name}.cu", "-o", obj])
+        run_checked([CXX, *(extra if link_extra else []), obj, self.runtime.result(), "-o", exe])
         return exe
 
     def _nvcc(self, name):

@@ -12,7 +12,7 @@ from hypothesis import given, strategies as st
 import fastvae
 from fastvae import reference as ref
 
-from conftest import EPS, OPCHECK_UTILS, assert_grad_close, assert_within, f64, grad_tol, sum_tol
+from helpers import EPS, OPCHECK_UTILS, assert_grad_close, assert_within, f64, grad_tol, sum_tol
 
 LOG_2PI = math.log(2 * math.pi)
 DTYPES = [torch.float32, torch.float64]

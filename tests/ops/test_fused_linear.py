@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import fastvae
 from fastvae.ops.fused_linear import _CHUNK_BYTES, _chunks
 
-from conftest import gen
+from helpers import gen
 
 L = fastvae.linear_bce_with_logits
 
