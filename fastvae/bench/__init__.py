@@ -216,15 +216,20 @@ def _run(args, argv):
         return md
 
     rows = []
-    large_batch_md = ""
     for name in wanted:
         if name == "large_batch_memory":  # a whole training step's peak memory, each provider in a fresh process
             from .large_batch import step_peaks, table as large_batch_table
             batch = sizes[0] if sizes else (4096 if args.quick else 65536)
             provs = providers or (("eager", "fastvae") if args.quick else ("eager", "fastvae", "compile"))
             _log(f"{name}: batch {batch}, {', '.join(provs)}")
-            large_batch_md = large_batch_table(step_peaks(batch, device, provs, log=_log), batch, device)
-            env["large_batch_memory"] = large_batch_md
+            peaks = step_peaks(batch, device, provs, log=_log)
+            env["large_batch_memory"] = large_batch_table(peaks, batch, device)
+            rows += [dict(op=name, provider=p, mode="full", dtype="float32", size=batch, shape=f"batch {batch}",
+                          device=device, mem_method="fresh-process peak RSS above setup" if device == "cpu" else
+                          "max_memory_allocated above the start",
+                          **(dict(status="ok", peak_mem_mib=v / 2**20) if isinstance(v, int) else dict(status=v)))
+                     for p, v in peaks.items()]
+            write(rows)
             continue
         if name == "call_overhead":  # the fixed cost of a call: 1x1 inputs, every public op (bench/overhead.py)
             _log(f"{name}: 1x1 inputs, every public op")

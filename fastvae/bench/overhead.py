@@ -46,7 +46,10 @@ def _captured(name, public):
         public()
     finally:
         setattr(ns, name, original)
-    return seen[0]
+    # intermediate tensors the public call computed (the projections of sliced_wasserstein) as leaves: each rep's
+    # backward then stops at them, instead of running through the recorded call's graph a second time
+    return tuple(a.detach().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) and a.grad_fn is not None
+                 else a for a in seen[0])
 
 
 def _cases(device, dtype, grad):

@@ -16,7 +16,7 @@ def derive(rows, env):
     by_key = {(r["op"], r["provider"], r["mode"], r["dtype"], r["size"], r.get("shape"), r["device"]): r for r in rows}
     for r in rows:
         r.update(timestamp=env["timestamp"], git_commit=env["git_commit"], torch=env["torch"],
-                 machine=env["machine"], mem_method=env["mem_method"])
+                 machine=env["machine"], mem_method=r.get("mem_method") or env["mem_method"])
         p50 = r.get("p50_ms")
         if p50 is None:
             continue
