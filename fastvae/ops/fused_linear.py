@@ -18,7 +18,6 @@ its gradient, a torch.func transform and forward-mode AD take the unfused form (
 import torch
 import torch.nn.functional as F
 
-from . import dropin as dropin_ops
 from ._transforms import fused_call_ok
 
 __all__ = ["linear_bce_with_logits"]
@@ -68,12 +67,14 @@ def _chunks(B, D, chunk_size):
     return [(i, min(B, i + c)) for i in range(0, B, c)]
 
 
-def _rows_and_dlogits(logits, target, factor):
-    """(factor * the per-row BCE sums, d of them / d logits) of one chunk (fastvae's fused kernel)."""
+def _rows_and_dlogits(logits, target, factor, want_grad):
+    """(factor * the per-row BCE sums, d of them / d logits or None) of one chunk (fastvae's fused kernel)."""
     D = logits.shape[1]
     if logits.dtype not in (torch.float32, torch.float64):  # (16-bit logits under autocast: the loss in float32)
         logits = logits.float()
     target = target.to(logits.dtype)
+    if not want_grad:
+        return torch.ops.fastvae.dropin_bce_with_logits(logits, target, None, None, factor, D), None
     if logits.device.type == "cpu":
         out, _, dl, _ = torch.ops.fastvae.dropin_bce_with_logits_with_grad(logits, target, None, None, factor, D,
                                                                           [True, False])
@@ -82,6 +83,18 @@ def _rows_and_dlogits(logits, target, factor):
         dl, _ = torch.ops.fastvae.dropin_bce_with_logits_backward(torch.ones_like(out), logits, target, None, None,
                                                                   factor, D, [True, False])
     return out, dl.view(logits.shape)
+
+
+def _factor(reduction, target):
+    """The kernel's factor: 1 / (B D) for torch's "mean" over elements, else 1."""
+    n = target.numel()
+    return 1.0 / n if reduction == "mean" else 1.0
+
+
+def _reduce(rows, reduction, dtype):
+    """The (B,) per-row sums (factor included) as the reduction asks, in the input's dtype."""
+    out = rows if reduction == "none" else rows.sum()
+    return out if out.dtype == dtype else out.to(dtype)
 
 
 def _pass(h, weight, target, bias, factor, chunk_size, row_scale=None, want=(True, True, True)):
@@ -96,8 +109,10 @@ def _pass(h, weight, target, bias, factor, chunk_size, row_scale=None, want=(Tru
         if want[2] and bias is not None else None
     for i, j in _chunks(B, D, chunk_size):
         logits = F.linear(h[i:j], weight, bias)
-        out, dl = _rows_and_dlogits(logits, target[i:j], factor)
+        out, dl = _rows_and_dlogits(logits, target[i:j], factor, any(want))
         rows[i:j] = out
+        if dl is None:
+            continue
         if row_scale is not None:
             dl = dl * row_scale[i:j, None].to(dl.dtype)
         dl = dl.to(logits.dtype)
@@ -114,14 +129,12 @@ def _pass(h, weight, target, bias, factor, chunk_size, row_scale=None, want=(Tru
 class _LinearBce(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, target, bias, reduction, chunk_size):
-        B, D = target.shape
-        factor = 1.0 / (B * D) if reduction == "mean" and B * D else 1.0
+        factor = _factor(reduction, target)
         want = ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[3]
         rows, gh, gw, gb = _pass(h, weight, target, bias, factor, chunk_size, want=want)
         ctx.reduction, ctx.chunk_size, ctx.factor = reduction, chunk_size, factor
         ctx.save_for_backward(h, weight, target, bias, gh, gw, gb)
-        out = rows if reduction == "none" else rows.sum()
-        return out.to(h.dtype) if h.dtype != out.dtype else out
+        return _reduce(rows, reduction, h.dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -153,14 +166,10 @@ def linear_bce_with_logits(input, weight, target, bias=None, *, reduction="mean"
     reduction "mean" (over all elements, torch's), "sum", or "none" (the (B,) per-row sums). chunk_size: rows per
     chunk (default: about 16 MiB of logits and gradient per chunk)."""
     _check(input, weight, target, bias, reduction, chunk_size)
-    if target.requires_grad or not fused_call_ok() or any(t is not None and t.dtype == torch.float64
-                                                           and t.dtype != input.dtype for t in (weight, bias)):
+    mixed64 = any(t is not None and t.dtype == torch.float64 and t.dtype != input.dtype for t in (weight, bias))
+    if target.requires_grad or target.numel() == 0 or mixed64 or not fused_call_ok():
         return _unfused(input, weight, target, bias, reduction)
     if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (input, weight, bias)):
-        B, D = target.shape
-        factor = 1.0 / (B * D) if reduction == "mean" and B * D else 1.0
-        rows = torch.cat([dropin_ops.bce_with_logits(F.linear(input[i:j], weight, bias), target[i:j],
-                                                     factor=factor, event_dims=1)
-                          for i, j in _chunks(B, D, chunk_size)]) if B else input.new_zeros(0)
-        return rows if reduction == "none" else rows.sum()
+        rows = _pass(input, weight, target, bias, _factor(reduction, target), chunk_size, want=(False,) * 3)[0]
+        return _reduce(rows, reduction, input.dtype)
     return _LinearBce.apply(input, weight, target, bias, reduction, chunk_size)

@@ -87,6 +87,12 @@ def test_a_target_that_needs_its_gradient_takes_the_unfused_form():
     torch.testing.assert_close(gx, want)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_an_empty_batch_gives_torchs_value(reduction):
+    h, w, b, x = _inputs(B=0)
+    torch.testing.assert_close(L(h, w, x, b, reduction=reduction), _ref(h, w, b, x, reduction), equal_nan=True)
+
+
 def test_nan_in_is_nan_out():
     h, w, b, x = _inputs()
     h = h.detach().clone()
