@@ -14,7 +14,8 @@ backward), the backward recomputes from the saved inputs, chunk by chunk, or thr
 
 Reductions as torch's: "mean" over all B x D elements, "sum", and "none" gives the (B,) per-row sums (the per-sample
 negative log-likelihood a VAE wants; the (B, D) elements are what this op exists not to build). A target that needs
-its gradient, a torch.func transform and forward-mode AD take the unfused form (F.linear, then the loss)."""
+its gradient, an empty batch, a torch.func transform and forward-mode AD take the unfused form (F.linear, then the
+loss)."""
 import torch
 import torch.nn.functional as F
 
