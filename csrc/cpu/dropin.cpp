@@ -107,6 +107,26 @@ void bce_bwd_block(const T* FV_R gv, T f, const T* FV_R l, const T* FV_R y, cons
   }
 }
 
+// The same loops without weight and pos_weight (both 1: the common call, and torch.distributions' Bernoulli): the
+// same formulas with constants, so the same bits, without two operand streams and their multiplies.
+template <class T>
+void bce_plain_fwd_block(const T* FV_R l, const T* FV_R y, T f, T* FV_R dst, index_t n) {
+#pragma omp simd
+  for (index_t t = 0; t < n; ++t) dst[t] = f * bce_logits_term(l[t], y[t], T(1), T(1));
+}
+
+template <class T, bool kWantY>
+void bce_plain_bwd_block(const T* FV_R gv, T f, const T* FV_R l, const T* FV_R y, T* FV_R dl, T* FV_R dy,
+                         index_t n) {
+#pragma omp simd
+  for (index_t t = 0; t < n; ++t) {
+    T a, b = 0;
+    bce_logits_grad<kWantY>(f * gv[t], l[t], y[t], T(1), T(1), &a, &b);
+    dl[t] = a;
+    if (kWantY) dy[t] = b;
+  }
+}
+
 // ---- forward with gradients: the terms and their derivatives (incoming gradient f) in one pass -----------------
 // For the CPU, where the per-element math (not memory) bounds these ops: the backward then only scales the stored
 // derivatives by the rows' gradients (fastvae/dropin_ops.py), instead of recomputing the exponentials and logs.
@@ -134,6 +154,19 @@ void bce_fwd_grad_block(const T* FV_R l, const T* FV_R y, const T* FV_R w, const
     dst[t] = fo * bce_logits_term(l[t], y[t], w[t], pw[t]);
     T a, b = 0;
     bce_logits_grad<kWantY>(f, l[t], y[t], w[t], pw[t], &a, &b);
+    dl[t] = a;
+    if (kWantY) dy[t] = b;
+  }
+}
+
+template <class T, bool kWantY>
+void bce_plain_fwd_grad_block(const T* FV_R l, const T* FV_R y, T fo, T f, T* FV_R dst, T* FV_R dl, T* FV_R dy,
+                              index_t n) {
+#pragma omp simd
+  for (index_t t = 0; t < n; ++t) {
+    dst[t] = fo * bce_logits_term(l[t], y[t], T(1), T(1));
+    T a, b = 0;
+    bce_logits_grad<kWantY>(f, l[t], y[t], T(1), T(1), &a, &b);
     dl[t] = a;
     if (kWantY) dy[t] = b;
   }
@@ -233,6 +266,28 @@ struct BceOp {
       bce_fwd_grad_block<T, true>(p[0], p[1], p[2], p[3], fo, f, dst, d[0], d[1], n);
     } else {
       bce_fwd_grad_block<T, false>(p[0], p[1], p[2], p[3], fo, f, dst, d[0], d[1], n);
+    }
+  }
+};
+
+// BceOp without weight and pos_weight: operands (logits, target)
+template <class T>
+struct BcePlainOp {
+  static constexpr int K = 2;
+  bool want_y;
+  void fwd(const T* const* p, T f, T* dst, index_t n) const { bce_plain_fwd_block(p[0], p[1], f, dst, n); }
+  void bwd(const T* gv, T f, const T* const* p, T* const* d, index_t n) const {
+    if (want_y) bce_plain_bwd_block<T, true>(gv, f, p[0], p[1], d[0], d[1], n);
+    else bce_plain_bwd_block<T, false>(gv, f, p[0], p[1], d[0], d[1], n);
+  }
+  void fwd_grad(const T* const* p, T fo, T f, T* dst, T* const* d, index_t n) const {
+    if constexpr (kSeparate<T>) {
+      fwd(p, fo, dst, n);
+      bwd(unit_block<T>(), f, p, d, n);
+    } else if (want_y) {
+      bce_plain_fwd_grad_block<T, true>(p[0], p[1], fo, f, dst, d[0], d[1], n);
+    } else {
+      bce_plain_fwd_grad_block<T, false>(p[0], p[1], fo, f, dst, d[0], d[1], n);
     }
   }
 };
@@ -435,6 +490,10 @@ void normal_kl_bwd(const T* g, Periodic<T> lp, Periodic<T> sp, Periodic<T> lq, P
 
 template <class T>
 void bce_fwd(Periodic<T> l, Periodic<T> y, Periodic<T> w, Periodic<T> pw, T factor, index_t N, index_t R, T* out) {
+  if (!w.p && !pw.p) {
+    const Periodic<T> in[2] = {l, y};
+    return fwd_driver(BcePlainOp<T>{false}, in, factor, N, R, out);
+  }
   const Periodic<T> in[4] = {l, y, or_one(w), or_one(pw)};
   fwd_driver(BceOp<T>{false}, in, factor, N, R, out);
 }
@@ -442,6 +501,11 @@ void bce_fwd(Periodic<T> l, Periodic<T> y, Periodic<T> w, Periodic<T> pw, T fact
 template <class T>
 void bce_bwd(const T* g, Periodic<T> l, Periodic<T> y, Periodic<T> w, Periodic<T> pw, T factor, index_t N, index_t R,
              T* gl, T* gy) {
+  if (!w.p && !pw.p) {
+    const Periodic<T> in[2] = {l, y};
+    T* const grads[2] = {gl, gy};
+    return bwd_driver(BcePlainOp<T>{gy != nullptr}, g, in, factor, N, R, grads);
+  }
   const Periodic<T> in[4] = {l, y, or_one(w), or_one(pw)};
   T* const grads[4] = {gl, gy, nullptr, nullptr};
   bwd_driver(BceOp<T>{gy != nullptr}, g, in, factor, N, R, grads);
@@ -476,6 +540,11 @@ void normal_kl_fwd_grad(Periodic<T> lp, Periodic<T> sp, Periodic<T> lq, Periodic
 template <class T>
 void bce_fwd_grad(Periodic<T> l, Periodic<T> y, Periodic<T> w, Periodic<T> pw, T factor, index_t N, index_t R, T* out,
                   T* gl, T* gy, int* nonfinite) {
+  if (!w.p && !pw.p) {
+    const Periodic<T> in[2] = {l, y};
+    T* const grads[2] = {gl, gy};
+    return fwd_grad_driver(BcePlainOp<T>{gy != nullptr}, in, factor, N, R, out, grads, nonfinite);
+  }
   const Periodic<T> in[4] = {l, y, or_one(w), or_one(pw)};
   T* const grads[4] = {gl, gy, nullptr, nullptr};
   fwd_grad_driver(BceOp<T>{gy != nullptr}, in, factor, N, R, out, grads, nonfinite);
