@@ -209,3 +209,22 @@ def test_the_gradients_equal_the_backward_op_at_a_unit_incoming_gradient():
     assert torch.equal(out, torch.ops.fastvae.dropin_bce_with_logits(l, y, w, pw, 0.25, 4))
     torch.testing.assert_close(gl, want_l, rtol=1e-15, atol=0)
     torch.testing.assert_close(gy, want_y, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_bce_without_weights_gives_the_values_of_unit_weights(dtype, each_isa):
+    """No weight and no pos_weight take the kernels' two-operand path (the same formulas with the constant 1):
+    element-wise values and gradients bitwise those of explicit unit weights, targets with gradient too, on every
+    CPU build; inf and NaN logits and targets included (a NaN in is a NaN out on both paths)."""
+    l = _r(7, 300, dtype=dtype, seed=1, scale=8.0)
+    l[0, :4] = torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0], dtype=dtype)
+    y = torch.rand(7, 300, generator=gen(2), dtype=torch.float64).to(dtype)
+    y[1, :3] = torch.tensor([float("nan"), 0.0, 1.0], dtype=dtype)
+    ones = torch.ones(300, dtype=dtype)
+    outs = []
+    for w in (None, ones):
+        lg, yg = l.clone().requires_grad_(), y.clone().requires_grad_()
+        out = dr.bce_with_logits(lg, yg, w, w, factor=1.0, event_dims=0)
+        outs.append((out.detach(), *torch.autograd.grad(out, [lg, yg], torch.ones_like(out))))
+    for a, b in zip(*outs):
+        assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)) and torch.equal(a.isnan(), b.isnan())
