@@ -8,8 +8,10 @@ import torch
 
 import fastvae
 from fastvae import bench
-from fastvae.bench import report
-from fastvae.bench.ops import Op, Unavailable
+from fastvae.bench import report, targets
+from fastvae.bench.ops import LATENT, Op, Unavailable
+from fastvae.bench.ops.gaussian import (VAE_HEAD_MODES, VAE_HEAD_PROBE, _vae_head_op, vae_head_bytes, vae_head_plain,
+                                        vae_head_provider)
 from fastvae.bench.run import Runner
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -55,6 +57,16 @@ def test_quick_writes_wellformed_csv(quick_run):
     # the fused Gaussian ops exist from the foundation on: they must have measured rows
     assert any(r["op"] == "vae_head" and r["provider"] == "fastvae" and r["status"] == "ok" for r in rows)
     assert any(r["provider"] == "compile" and r["status"].startswith("skipped") for r in rows)
+    # the fused head in every decoder variance, against the plain and the reference eager forms, and the floor probe
+    head = {(r["provider"], r["mode"]): r for r in rows if r["op"] == "vae_head"}
+    for mode, *_ in VAE_HEAD_MODES:
+        for base in ("fastvae", "eager", "eager (reference)"):
+            r = head[(vae_head_provider(base, mode), "full")]
+            assert r["status"] == "ok", r
+            # each mode's rows carry its own bytes model (the targets' fix-up of report.derive's columns)
+            assert int(float(r["bytes_model"])) == vae_head_bytes(mode)(128, 4, "full")
+        assert head[(vae_head_provider("eager", mode), "full")]["speedup_vs_eager"] == "1"
+    assert head[(VAE_HEAD_PROBE, "full")]["status"] == "ok" and head[(VAE_HEAD_PROBE, "full")]["bytes_model"] == ""
 
 
 @pytest.mark.slow
@@ -63,6 +75,7 @@ def test_quick_writes_markdown_tables(quick_run):
     md = (out / "results.md").read_text()
     assert md.strip() == stdout.strip()
     assert "## vae_head" in md and "### Target: fused VAE head speed-up" in md
+    assert "size 4096, mode full not selected" in md  # --quick: the smallest size only
     assert "### Per-call overhead" in md and "| kl_normal | no_grad | float32 |" in md
     table = [ln for ln in md.splitlines() if ln.startswith("|")]
     assert table
@@ -85,6 +98,116 @@ def test_quick_writes_pngs(quick_run):
     assert {p.stem for p in pngs} >= {"vae_head", "reparameterize", "mmd"}
     for p in pngs:
         assert p.read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.slow
+def test_quick_vae_head_target_reads_every_mode_and_its_floor(quick_run):
+    """The target table at the quick size: every decoder variance's rows, the floor of each, and either a share of
+    it (at most 100%) or the statement that it was measured wrong."""
+    out, _ = quick_run
+    with open(out / "results.csv", newline="") as f:
+        rows = [_typed(r) for r in csv.DictReader(f)]
+    info, md = targets.vae_head_speedup(rows, n=128)
+    for mode, *_ in VAE_HEAD_MODES:
+        assert f"| {mode} | {vae_head_provider('eager (reference)', mode)} |" in md
+        fl = info["floor"][mode]
+        assert fl["draws"] == 2 * 128 * LATENT and fl["bytes"] == vae_head_bytes(mode)(128, 4, "full")
+        assert fl["pct_floor"] is None or 0 < fl["pct_floor"] <= 100
+    assert "| % of floor |" in md
+
+
+def _typed(r):
+    r = {k: (None if v == "" else v) for k, v in r.items()}
+    r["size"] = int(r["size"])
+    for k in ("p20_ms", "p50_ms", "p80_ms", "saved_mib", "saved_extra_mib", "peak_mem_mib", "loop_copy_gbps"):
+        r[k] = None if r.get(k) is None else float(r[k])
+    return r
+
+
+# ---- the fused VAE head's providers and its target table --------------------------------------------------------
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("mode", [m for m, *_ in VAE_HEAD_MODES])
+def test_vae_head_providers_compute_the_same_loss(mode):
+    """Every provider of a mode computes the same loss and gradients: with a latent variance of e^-40 the draw does
+    not matter (z = mu to float32 precision), so the plain form, the reference, torch.distributions and fastvae must
+    agree, dec_logvar's gradient included (in float64: the float32 kernels' sums are not the oracle here)."""
+    op = _vae_head_op()
+    g = torch.Generator().manual_seed(3)
+    mu, _, x, feature, element = op.make(16, torch.float32, "cpu", g)
+    lv = torch.full_like(mu, -40.0).requires_grad_()
+    args = (mu, lv, x, feature, element)
+    results = {}
+    for base in ("fastvae", "eager", "eager (reference)", "torch.distributions"):
+        name = vae_head_provider(base, mode)
+        if name not in op.providers:
+            continue
+        loss = op.providers[name]()(*args)
+        grads = torch.autograd.grad(loss, [t for t in args if t.requires_grad], allow_unused=True)
+        results[name] = (loss.detach(), grads)
+    assert len(results) >= 3
+    dec = {"unit": None, "per-feature": feature, "per-element": element}[mode]
+    m64, x64 = mu.detach().double(), x.double()
+    want = vae_head_plain(m64, lv.detach().double(), x64, None if dec is None else dec.detach().double())
+    for name, (loss, grads) in results.items():
+        torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-3, msg=name)
+        gmu, gdec = grads[0], {"unit": None, "per-feature": grads[2], "per-element": grads[3]}[mode]
+        ref_mu, ref_dec = results[vae_head_provider("eager", mode)][1][0], (
+            None if dec is None else results[vae_head_provider("eager", mode)][1][2 if dec is feature else 3])
+        torch.testing.assert_close(gmu, ref_mu, rtol=1e-4, atol=1e-6, msg=name)
+        if dec is not None:
+            torch.testing.assert_close(gdec, ref_dec, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _head_rows(n, fastvae_ms, eager_ms, ns_per_normal, copy_gbps):
+    """Synthetic measured rows of vae_head in full mode at size n (p20 = p80 = p50: a tight spread)."""
+    def row(provider, ms):
+        return dict(op="vae_head", provider=provider, mode="full", dtype="float32", size=n, device="cpu",
+                    status="ok", p20_ms=ms, p50_ms=ms, p80_ms=ms, loop_copy_gbps=copy_gbps,
+                    speedup_vs_eager=123.0, speedup_vs_compile=4.0, bytes_model=1.0, gbps=9.0)
+    rows = [row(VAE_HEAD_PROBE, 2 * n * LATENT * ns_per_normal / 1e6)]
+    for mode, *_ in VAE_HEAD_MODES:
+        rows += [row(vae_head_provider("fastvae", mode), fastvae_ms), row(vae_head_provider("eager", mode), eager_ms)]
+    return rows
+
+
+def test_vae_head_floor_is_bytes_over_copy_plus_draws_times_normal():
+    n = 4096
+    rows = _head_rows(n, fastvae_ms=100.0, eager_ms=900.0, ns_per_normal=2.0, copy_gbps=10.0)
+    info, md = targets.vae_head_speedup(rows)
+    for mode, *_, fwd, bwd in VAE_HEAD_MODES:
+        fl = info["floor"][mode]
+        floor = (fwd + bwd) * n * LATENT * 4 / 10e9 * 1e3 + 2 * n * LATENT * 2.0 / 1e6
+        assert fl["floor_ms"] == pytest.approx(floor)
+        assert fl["pct_floor"] == pytest.approx(100 * floor / 100.0)
+        assert fl["ceiling"] == pytest.approx(900.0 / floor)
+        assert info[vae_head_provider("fastvae", mode)]["p50_ms"] == 100.0
+    # unit: 21.8 ms of bytes + 16.8 ms of draws, a ceiling of 23x; per element 43.6 ms, 21x: reachable
+    assert "unreachable" not in md and "9.00x (meets >= 8.0x)" in md
+    # each mode's rows now carry their mode's bytes and their mode's eager; the probe none of the derived columns
+    by = {r["provider"]: r for r in rows}
+    assert by[vae_head_provider("fastvae", "per-element")]["bytes_model"] == vae_head_bytes("per-element")(n, 4, "full")
+    assert by[vae_head_provider("fastvae", "per-element")]["speedup_vs_eager"] == pytest.approx(9.0)
+    assert "speedup_vs_compile" not in by[vae_head_provider("fastvae", "per-feature")]
+    assert not {"bytes_model", "gbps", "speedup_vs_eager"} & set(by[VAE_HEAD_PROBE])
+
+
+def test_vae_head_floor_says_when_the_target_is_unreachable_or_the_floor_wrong():
+    # a slow RNG: the draws alone take 8 x 2 x 4M ns = 67 ms (floors 89-94 ms); eager at 300 ms: a ceiling under 8x
+    info, md = targets.vae_head_speedup(_head_rows(4096, fastvae_ms=150.0, eager_ms=300.0, ns_per_normal=8.0,
+                                                   copy_gbps=10.0))
+    assert all(info["floor"][m]["ceiling"] < 8 for m, *_ in VAE_HEAD_MODES)
+    assert "the 8x target is unreachable on this machine" in md
+    # a floor above the measured time: no share above 100%, a statement instead
+    info, md = targets.vae_head_speedup(_head_rows(4096, fastvae_ms=20.0, eager_ms=300.0, ns_per_normal=8.0,
+                                                   copy_gbps=10.0))
+    assert all(info["floor"][m]["pct_floor"] is None for m, *_ in VAE_HEAD_MODES)
+    assert md.count("the floor was measured wrong") == 3 and "unreachable" not in md
+    # no probe row: the floor says why it is missing
+    rows = [r for r in _head_rows(4096, 80.0, 300.0, 8.0, 10.0) if r["provider"] != VAE_HEAD_PROBE]
+    info, md = targets.vae_head_speedup(rows)
+    assert info["floor"]["unit"] == f"{VAE_HEAD_PROBE} not measured (not run)"
+    assert targets.vae_head_speedup([])[0] is None
 
 
 def _toy_op(providers):

@@ -7,7 +7,7 @@ import torch
 import fastvae
 from fastvae import reference
 
-from .common import LATENT, Op, TRIL_D, _bytes, _compile, _dist, _elems, _need_fastvae, _randn
+from .common import LATENT, Op, TRIL_D, Unavailable, _bytes, _compile, _dist, _elems, _need_fastvae, _randn
 
 
 # ---- Gaussian (elementwise) ops --------------------------------------------------------------------------------
@@ -173,37 +173,138 @@ def _likelihood_ops():
 
 
 # ---- the fused VAE head: the workload of the vae_head_speedup target ------------------------------------------
+# One op, every decoder variance: its providers are named "<provider><suffix>" per decoder-variance mode, so that
+# all of them (and the Philox floor probe) are timed side by side in the same interleaved rounds.
+
+# (mode, provider-name suffix, decoder log-variance, forward passes, backward passes). Passes of B x D elements
+# per the fused kernels' design: reparameterize_kl fwd reads mu, logvar, writes z (3); gaussian_nll fwd reads x, z
+# (+ a per-element logvar); gaussian_nll bwd reads x, z (+ logvar), writes grad_z (+ grad_logvar);
+# reparameterize_kl bwd reads grad_z, mu, logvar, writes grad_mu, grad_logvar (5). A (D,) per-feature logvar and
+# its gradient, and the (B,) per-sample vectors, are negligible and not counted.
+VAE_HEAD_MODES = (
+    ("unit", "", None, 3 + 2, 3 + 5),
+    ("per-feature", ":feature-var", "feature", 3 + 2, 3 + 5),
+    ("per-element", ":element-var", "element", 3 + 3, 5 + 5),
+)
+VAE_HEAD_BASES = ("fastvae", "eager", "eager (reference)", "compile", "torch.distributions")
+# torch.compile and torch.distributions for the unit variance only: the suite knows a compiling provider by its
+# exact name ("compile": skipped under --quick, its compile seconds reported), a compile per mode would triple the
+# compile time, and every provider lengthens the interleaved rounds (--quick too)
+VAE_HEAD_UNIT_ONLY = ("compile", "torch.distributions")
+VAE_HEAD_PROBE = "philox-draws"   # the floor probe's provider name
+DRAWS_PER_ELEMENT = {"forward": 1, "backward": 1, "full": 2}  # eps drawn in the forward, regenerated in the backward
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def vae_head_bytes(mode):
+    """The bytes model of the fused head with decoder variance `mode` (a VAE_HEAD_MODES name)."""
+    fwd, bwd = next((f, b) for m, _, _, f, b in VAE_HEAD_MODES if m == mode)
+    return _bytes(_elems(fwd), _elems(bwd))
+
+
+def vae_head_provider(base, mode):
+    return base + next(sfx for m, sfx, *_ in VAE_HEAD_MODES if m == mode)
+
+
+def vae_head_plain(mu, logvar, x, dec_logvar=None):
+    """The fused head as a user writes it in plain PyTorch (the eager baseline of the target)."""
+    std = torch.exp(0.5 * logvar)
+    z = mu + std * torch.randn_like(std)
+    kl = -0.5 * torch.sum(1 + logvar - mu ** 2 - torch.exp(logvar), -1)
+    if dec_logvar is None:
+        nll = 0.5 * torch.sum((x - z) ** 2, -1)
+    else:
+        nll = 0.5 * torch.sum((x - z) ** 2 * torch.exp(-dec_logvar) + dec_logvar, -1)
+    nll = nll + x.shape[-1] * _HALF_LOG_2PI
+    return (nll + kl).mean()
+
+
+class _Draws(torch.autograd.Function):
+    """The floor probe: the Philox normals the fused head draws, and nothing else. The forward draws one normal per
+    element of mu (torch.ops.fastvae._normals, one call: one parallel region, as the fused kernel's pass), the
+    backward regenerates them (a second call); the output is a 0-dim zero, so the suite can time fwd and bwd."""
+
+    @staticmethod
+    def forward(ctx, mu, seed):
+        ctx.n, ctx.seed = mu.numel(), seed
+        torch.ops.fastvae._normals(seed, 0, ctx.n)
+        return mu.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad):
+        torch.ops.fastvae._normals(ctx.seed, 0, ctx.n)
+        return None, None
+
 
 def _vae_head_op():
     def make(n, dtype, device, gen):
         mu, lv = _make_mu_logvar(n, dtype, device, gen)
-        return mu, lv, _randn((n, LATENT), dtype, device, gen)
+        x = _randn((n, LATENT), dtype, device, gen)
+        dec_feature = _randn((LATENT,), dtype, device, gen, grad=True, scale=0.5)
+        dec_element = _randn((n, LATENT), dtype, device, gen, grad=True, scale=0.5)
+        return mu, lv, x, dec_feature, dec_element
 
-    def head(ns):
+    def pick(dec, feature, element):
+        return None if dec is None else feature if dec == "feature" else element
+
+    def head(ns, dec):
         rkl = _need_fastvae("reparameterize_kl", ns) if ns is fastvae else ns.reparameterize_kl
         nll = _need_fastvae("gaussian_nll", ns) if ns is fastvae else ns.gaussian_nll
 
-        def vae_head(mu, logvar, x):
+        def vae_head(mu, logvar, x, feature, element):
             z, kl = rkl(mu, logvar)
-            return (nll(x, z, reduction="none") + kl).mean()
+            return (nll(x, z, pick(dec, feature, element), reduction="none") + kl).mean()
         return vae_head
 
-    def head_dist(mu, lv, x):
-        D = _dist()
-        z = _td_normal(mu, lv).rsample()
-        nll = -D.Normal(z, torch.ones((), dtype=z.dtype, device=z.device), validate_args=False).log_prob(x).sum(-1)
-        return (nll + _td_kl(mu, lv)).mean()
+    def plain(dec):
+        return lambda mu, logvar, x, feature, element: vae_head_plain(mu, logvar, x, pick(dec, feature, element))
+
+    def dist(dec):
+        def head_dist(mu, lv, x, feature, element):
+            D = _dist()
+            z = _td_normal(mu, lv).rsample()
+            dlv = pick(dec, feature, element)
+            scale = (torch.ones((), dtype=z.dtype, device=z.device) if dlv is None else torch.exp(0.5 * dlv))
+            nll = -D.Normal(z, scale, validate_args=False).log_prob(x).sum(-1)
+            return (nll + _td_kl(mu, lv)).mean()
+        return lambda: (_dist(), head_dist)[1]
+
+    def probe():
+        _need_fastvae("reparameterize_kl")
+        if not hasattr(torch.ops.fastvae, "_normals"):
+            raise Unavailable("torch.ops.fastvae._normals does not exist in this build")
+        seeds = {}
+
+        def draws(mu, *_):
+            if mu.device not in seeds:
+                seeds[mu.device] = torch.tensor([0x5EED], dtype=torch.int64, device=mu.device)
+            return _Draws.apply(mu, seeds[mu.device])
+        return draws
+
+    providers = {}
+    for mode, _, dec, _, _ in VAE_HEAD_MODES:
+        builders = {
+            "fastvae": lambda dec=dec: head(fastvae, dec),
+            "eager": lambda dec=dec: plain(dec),
+            "eager (reference)": lambda dec=dec: head(reference, dec),
+            "compile": lambda dec=dec: _compile(plain(dec)),
+            "torch.distributions": dist(dec),
+        }
+        providers.update({vae_head_provider(b, mode): builders[b] for b in VAE_HEAD_BASES
+                          if mode == "unit" or b not in VAE_HEAD_UNIT_ONLY})
+    providers[VAE_HEAD_PROBE] = probe
 
     return Op(
-        "vae_head", "elementwise", [256, 1024, 4096], [128], make,
-        {
-            "fastvae": lambda: head(fastvae),
-            "eager": lambda: head(reference),
-            "compile": lambda: _compile(head(reference)),
-            "torch.distributions": lambda: (_dist(), head_dist)[1],
-        },
+        "vae_head", "elementwise", [256, 1024, 4096], [128], make, providers,
         lambda n: f"{n}x{LATENT}",
-        _bytes(_elems(5), _elems(8)),
+        vae_head_bytes("unit"),
         budget_scale=4.0,
-        doc="the fused VAE head: z, kl = reparameterize_kl(mu, logvar); loss = (gaussian_nll(x, z) + kl).mean() "
-            "(unit-variance decoder). Bytes as the two ops: fwd 3+2 passes, bwd 3+5 passes")
+        doc="the fused VAE head: z, kl = reparameterize_kl(mu, logvar); loss = (gaussian_nll(x, z, dec_logvar) + kl)"
+            ".mean(), per decoder variance: unit (dec_logvar None; providers without a suffix), per feature (a (D,) "
+            "log-variance, ':feature-var') and per element (a (B, D) one, ':element-var'). eager = the plain form "
+            "a user writes (exp, randn_like, sums); eager (reference) = fastvae.reference (overflow-safe); compile = "
+            "torch.compile of the plain form (compile and torch.distributions: unit variance only). Bytes "
+            "(fastvae's, per mode; the other providers' GB/s are the same bytes over their time): unit and per "
+            "feature fwd 3+2, bwd 3+5 passes; per element fwd 3+3, bwd 5+5. "
+            f"{VAE_HEAD_PROBE}: the floor probe, the head's Philox normals alone (torch.ops.fastvae._normals of "
+            "B x D in the forward, again in the backward; no bytes model, no speed-ups)")
