@@ -335,3 +335,25 @@ def test_the_overhead_rows_and_table():
     assert all(r["p50_ms"] > 0 for r in rows if r["status"] == "ok")
     table = overhead.overhead_table(rows)
     assert "| kl_normal | no_grad | float32 |" in table and "public / op" in table
+
+
+@pytest.mark.slow
+def test_the_functions_with_a_fast_path_compile_without_a_graph_break():
+    """torch.compile traces the checked path (fused_call_ok is False while tracing): no graph break, the values of
+    eager for the same seed (tril's value checks skipped while tracing, as documented)."""
+    def f(x, y, mu, L):
+        z, log_q = fastvae.reparameterize_tril(mu, L)
+        return (fastvae.mmd(x, y) + fastvae.energy_distance(x) + fastvae.sliced_wasserstein(x, y, n_projections=3)
+                + z.square().mean() - log_q.mean())
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    args = (f64(6, 3), f64(6, 3, seed=1), f64(4, 3, seed=2).requires_grad_(), _tril(4, 3).requires_grad_())
+    torch.manual_seed(0)
+    want = f(*args)
+    g_want = torch.autograd.grad(want, args[2:])
+    torch.manual_seed(0)
+    got = compiled(*args)
+    g_got = torch.autograd.grad(got, args[2:])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
