@@ -16,6 +16,7 @@ import torch
 
 from . import reference
 from ._registry import ops
+from ._transforms import plain
 from ._transforms import routed as _routed
 
 
@@ -54,8 +55,15 @@ def reparameterize_kl(mu, logvar, seed):
     return z.to(mu.dtype), kl
 
 
-def reparameterize_tril(mu, scale_tril, seed, n_samples):
+def reparameterize_tril(mu, scale_tril, seed, n_samples, validate=False):
     # the kernels read the lower triangle only: the entries above the diagonal have no effect (zero derivative)
+    if validate:  # the op's value check, on every vmapped element (plain)
+        L = plain(scale_tril)
+        if torch.any(torch.triu(L, diagonal=1) != 0):
+            raise ValueError("fastvae.reparameterize_tril: scale_tril must be lower triangular: it has non-zero "
+                             "entries above the diagonal")
+        if torch.any(torch.diagonal(L, dim1=-2, dim2=-1) == 0):
+            raise ValueError("fastvae.reparameterize_tril: scale_tril is singular: its diagonal has zero entries")
     m, L = _up(mu, torch.tril(scale_tril))
     z, log_q = reference.reparameterize_tril(m, L, n_samples=n_samples, eps=_eps(seed, _sampled(mu, n_samples),
                                                                                  m.dtype))

@@ -19,10 +19,14 @@ import torch
 
 from .. import _checks
 from ._composites import routed
-from ._registry import LIB, compute_dtype, create_graph, draw_seed, fused_backward, not_differentiable, ops
+from ._operands import _FAILED, _PLAIN, _fast_seed
+from ._registry import (LIB, compute_dtype, create_graph, direct, draw_seed, fused_backward, not_differentiable,
+                        ops)
+from ._transforms import fused_call_ok
 
 KERNELS = ("rbf", "imq", "laplacian", "energy")
 ESTIMATORS = ("unbiased", "biased")
+_UNBIASED = {"unbiased": True, "biased": False}
 
 
 def _compute_dtype(*tensors):
@@ -104,6 +108,33 @@ def _projections(projections, x):
     return projections
 
 
+# ---- the fast path -----------------------------------------------------------------------------------------------
+# As in the Gaussian family (_operands.py): a call whose samples the ops take as they are (plain tensors of one
+# float32/float64 dtype, (N, d) or (B, N, d), nothing empty, no generator) goes straight to the op and its autograd
+# formula (`direct`); the binding's checks are then the only ones. When the op refuses, the checks of the public
+# function run and raise their own error; the rest (16-bit or mixed dtypes, subclasses, meta and fake tensors,
+# torch.compile, torch.func transforms) takes the checked path.
+
+def _fast_samples(x, y):
+    if not fused_call_ok() or type(x) not in _PLAIN:
+        return False
+    dt, nd = x.dtype, x.dim()
+    if not (dt is torch.float32 or dt is torch.float64) or not (nd == 2 or nd == 3) or x.is_meta or not x.numel():
+        return False
+    return y is None or (type(y) in _PLAIN and y.dtype is dt and y.dim() == nd and not y.is_meta and y.numel() > 0)
+
+
+def _fast_bandwidths(bandwidth):
+    """bandwidth as the op takes it (a list of floats) when it is a float or a list/tuple of floats, else None
+    (ints, numpy scalars and the rest take the checked path, which converts or refuses them)."""
+    t = type(bandwidth)
+    if t is float:
+        return [bandwidth]
+    if (t is list or t is tuple) and all(type(h) is float for h in bandwidth):
+        return list(bandwidth)
+    return None
+
+
 # ---- mmd ---------------------------------------------------------------------------------------------------------
 
 def mmd(x, y=None, *, kernel="imq", bandwidth=1.0, estimator="unbiased", generator=None):
@@ -116,6 +147,19 @@ def mmd(x, y=None, *, kernel="imq", bandwidth=1.0, estimator="unbiased", generat
     y None: the standard normal prior N(0, I_d); exact closed-form prior terms for "rbf", N samples drawn from
     `generator` for the other kernels.
     Limit: on CUDA the backward takes d <= 256 (ValueError otherwise); any number of bandwidths and batches."""
+    unbiased = _UNBIASED.get(estimator) if type(estimator) is str else None
+    seed = None
+    if unbiased is not None and generator is None and type(kernel) is str and _fast_samples(x, y):
+        bws = _fast_bandwidths(bandwidth)
+        if bws is not None:
+            if y is None and kernel != "rbf":
+                seed = _fast_seed(x)  # kept for the checked path: a refused call draws no second seed
+            try:
+                if x.dim() == 3:
+                    return _mmd(x, y, seed, kernel, bws, unbiased)
+                return _mmd(x.unsqueeze(0), None if y is None else y.unsqueeze(0), seed, kernel, bws, unbiased)[0]
+            except _FAILED:
+                pass  # the checks below say why
     kernel, bws, unbiased = _mmd_options(kernel, bandwidth, estimator)
     xb, yb, batched = _pair(x, y)
     _checks.generator(generator, xb.device)
@@ -124,7 +168,8 @@ def mmd(x, y=None, *, kernel="imq", bandwidth=1.0, estimator="unbiased", generat
     if unbiased and yb is not None and yb.shape[1] < 2:
         raise ValueError(f"y needs at least 2 samples for the unbiased estimator; got M = {yb.shape[1]}")
     dt = _compute_dtype(xb, yb)
-    seed = draw_seed(xb.device, generator) if yb is None and kernel != "rbf" else None
+    if seed is None and yb is None and kernel != "rbf":
+        seed = draw_seed(xb.device, generator)
     out = routed.mmd(xb.to(dt), None if yb is None else yb.to(dt), seed, kernel, bws, unbiased)
     return out if batched else out[0]
 
@@ -160,6 +205,7 @@ def _mmd_backward(ctx, grad):
 
 
 torch.library.register_autograd(LIB + "mmd", _mmd_backward, setup_context=_mmd_setup)
+_mmd = direct(ops.mmd, _mmd_setup, _mmd_backward)
 # reached under create_graph=True by the backward of mmd itself: that is where a double backward is refused
 not_differentiable("mmd_backward", "fastvae.mmd (energy_distance, MMDLoss)", double_backward=False)
 
@@ -174,6 +220,14 @@ def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, g
     drawn from `generator`. y None: the standard normal prior, whose sorted projection is the exact normal
     quantile Phi^-1((i + 1/2) / N) (no prior samples).
     Limit: on CUDA fewer than 2^31 projected values B L N (ValueError otherwise)."""
+    tp, seed = type(p), None
+    if (projections is None and generator is None and type(n_projections) is int and (tp is float or tp is int)
+            and 1 <= n_projections <= _checks.INT64_MAX and _fast_samples(x, y) and (y is None or y.shape == x.shape)):
+        seed = _fast_seed(x)  # kept for the checked path: a refused call draws no second seed
+        try:
+            return _sw_fast(x, y, seed, n_projections, p)
+        except _FAILED:
+            pass  # the checks below say why
     n_projections, p = _sw_options(n_projections, p)
     xb, yb, batched = _pair(x, y)
     N, d = xb.shape[1], xb.shape[2]
@@ -185,7 +239,9 @@ def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, g
     dt = _compute_dtype(xb, yb, projections)
     if projections is None:
         # drawn on x's device from the seed there (no host copy: graph-capturable), the same on every device
-        theta = ops.random_directions(draw_seed(xb.device, generator), d, n_projections).to(dt)
+        if seed is None:
+            seed = draw_seed(xb.device, generator)
+        theta = ops.random_directions(seed, d, n_projections).to(dt)
     else:
         theta = projections.to(dt)
     B, L = xb.shape[0], theta.shape[1]
@@ -201,6 +257,30 @@ def sliced_wasserstein(x, y=None, *, n_projections=128, p=2, projections=None, g
     py = None if yb is None else project(yb)
     out, _, _ = routed.sliced_wasserstein_projected(px, py, p)
     return out if batched else out[0]
+
+
+def _sw_fast(x, y, seed, n_projections, p):
+    """sliced_wasserstein's fast path: the same directions (the seed's stream), the same projections (one 2-D
+    matmul each, in the samples' dtype) and the same op, without the checked path's casts, and without an autocast
+    context when autocast is off (entering one costs more than the matmul at small sizes)."""
+    dev = x.device.type
+    if (dev == "cpu" or dev == "cuda") and torch.is_autocast_enabled(dev):
+        with torch.autocast(dev, enabled=False):
+            return _sw_fast(x, y, seed, n_projections, p)
+    shape = x.shape
+    d = shape[-1]
+    theta = ops.random_directions(seed, d, n_projections)
+    if x.dtype is not torch.float32:
+        theta = theta.to(x.dtype)
+    rows = theta.mT
+    if len(shape) == 2:  # B = 1: (L, N) -> (1, L, N)
+        px = (rows @ x.mT).unsqueeze(0)
+        py = None if y is None else (rows @ y.mT).unsqueeze(0)
+        return _sliced_wasserstein_projected(px, py, float(p))[0][0]
+    B, N = shape[0], shape[1]
+    px = (rows @ x.reshape(B * N, d).mT).view(n_projections, B, N).permute(1, 0, 2)
+    py = None if y is None else (rows @ y.reshape(B * N, d).mT).view(n_projections, B, N).permute(1, 0, 2)
+    return _sliced_wasserstein_projected(px, py, float(p))[0]
 
 
 @torch.library.register_fake(LIB + "sliced_wasserstein_projected")
@@ -256,6 +336,7 @@ def _sw_grads(grad, px, py, perm_x, perm_y, p):
 
 
 torch.library.register_autograd(LIB + "sliced_wasserstein_projected", _sw_backward, setup_context=_sw_setup)
+_sliced_wasserstein_projected = direct(ops.sliced_wasserstein_projected, _sw_setup, _sw_backward)
 not_differentiable("sliced_wasserstein_projected_backward", "fastvae.sliced_wasserstein")
 
 

@@ -30,7 +30,6 @@ from ._operands import (_FAILED, _REDUCTION, _acc, _cast, _compute_dtype, _empty
                         _feature_operand, _likelihood_operands, _loss_shape, _per_sample_shape, _rows, _sampled,
                         _spread, _sum_samples)
 from ._registry import LIB, create_graph, direct, draw_seed, fused_backward, not_differentiable, ops
-from ._transforms import plain
 
 
 # ---- reparameterize ----------------------------------------------------------------------------------------------
@@ -163,10 +162,18 @@ def reparameterize_tril(mu, scale_tril, *, n_samples=None, generator=None, valid
     z = mu + L eps and log q(z|x) = -|eps|^2/2 - sum(log|diag L|) - d/2 log(2 pi), per sample.
 
     mu (*batch, d), scale_tril (*batch, d, d); returns z (*batch, d) and log_q (*batch), with a leading
-    n_samples dim when given. validate_args=False skips the triangularity and singularity checks (each reads
-    L once and synchronises with the device); they are skipped while torch.compile traces (a data-dependent
-    branch would break the graph) and on meta or fake tensors (no values to read).
+    n_samples dim when given. validate_args=False skips the triangularity and singularity checks (made by the op:
+    one read of L, and on CUDA one synchronisation with the device); they are skipped while torch.compile traces (a
+    data-dependent branch would break the graph) and on meta or fake tensors (no values to read).
     Limit: on CUDA d <= 6144 (ValueError otherwise)."""
+    seed = None
+    if (generator is None and (n_samples is None or type(n_samples) is int) and type(validate_args) is bool
+            and _fast(mu, scale_tril) and mu.dim() == 2):
+        seed = _fast_seed(mu)  # kept for the checked path: a refused call draws no second seed
+        try:  # the op checks the values of L (validate); refused, the checks below say why
+            return _reparameterize_tril(mu, scale_tril, seed, n_samples, validate_args)
+        except _FAILED:
+            pass
     _checks.tensor(mu, "mu", min_dim=1)
     _checks.tensor(scale_tril, "scale_tril", min_dim=2)
     _checks.same_device(mu, "mu", scale_tril, "scale_tril")
@@ -175,22 +182,21 @@ def reparameterize_tril(mu, scale_tril, *, n_samples=None, generator=None, valid
         raise ValueError(f"scale_tril must have shape (*mu.shape, d) = {(*mu.shape, d)}; got {tuple(scale_tril.shape)}")
     _checks.nonempty_batch(mu, "mu")
     k = _checks.n_samples(n_samples)
-    if _checks.flag(validate_args, "validate_args") and _checks.has_values(scale_tril):
-        if torch.any(plain(torch.triu(scale_tril.detach(), diagonal=1) != 0)):  # plain: the values, under vmap too
-            raise ValueError("scale_tril must be lower triangular: it has non-zero entries above the diagonal")
-        if torch.any(plain(torch.diagonal(scale_tril.detach(), dim1=-2, dim2=-1) == 0)):
-            raise ValueError("scale_tril is singular: its diagonal has zero entries")
+    # the op checks the values (its composite under a transform reads them through plain, on every vmapped element)
+    validate = _checks.flag(validate_args, "validate_args") and _checks.has_values(scale_tril)
     out_dtype = torch.promote_types(mu.dtype, scale_tril.dtype)
     dt = _compute_dtype(mu.device, mu, scale_tril)
     batch = mu.shape[:-1]
-    seed = draw_seed(mu.device, generator)
-    z, log_q = routed.reparameterize_tril(mu.to(dt).reshape(-1, d), scale_tril.to(dt).reshape(-1, d, d), seed, k)
+    if seed is None:
+        seed = draw_seed(mu.device, generator)
+    z, log_q = routed.reparameterize_tril(mu.to(dt).reshape(-1, d), scale_tril.to(dt).reshape(-1, d, d), seed, k,
+                                          validate)
     lead = () if k is None else (k,)
     return z.reshape(*lead, *batch, d).to(out_dtype), log_q.reshape((*lead, *batch))
 
 
 @torch.library.register_fake(LIB + "reparameterize_tril")
-def _(mu, scale_tril, seed, n_samples):
+def _(mu, scale_tril, seed, n_samples, validate=False):
     lead = (n_samples,) if n_samples is not None else ()
     return mu.new_empty((*lead, *mu.shape)), mu.new_empty((*lead, mu.shape[0]), dtype=_acc(mu.dtype))
 
@@ -201,7 +207,7 @@ def _(grad_z, grad_log_q, scale_tril, seed, n_samples):
 
 
 def _tril_setup(ctx, inputs, output):
-    mu, scale_tril, seed, n_samples = inputs
+    mu, scale_tril, seed, n_samples, _ = inputs
     ctx.save_for_backward(scale_tril, seed)
     ctx.n_samples = n_samples
 
@@ -221,12 +227,13 @@ def _tril_backward(ctx, grad_z, grad_log_q):
         outer = torch.tril(grad_z.unsqueeze(-1) * eps.unsqueeze(-2))
         grad_L = _sum_samples(outer, ctx.n_samples) - torch.diag_embed(
             _sum_samples(grad_log_q, ctx.n_samples).unsqueeze(-1) / torch.diagonal(L, dim1=-2, dim2=-1))
-        return _sum_samples(grad_z, ctx.n_samples).to(L.dtype), grad_L.to(L.dtype), None, None
+        return _sum_samples(grad_z, ctx.n_samples).to(L.dtype), grad_L.to(L.dtype), None, None, None
     grad_mu, grad_L = fused_backward(ops.reparameterize_tril_backward, grad_z, grad_log_q, L, seed, ctx.n_samples)
-    return grad_mu, grad_L, None, None
+    return grad_mu, grad_L, None, None, None
 
 
 torch.library.register_autograd(LIB + "reparameterize_tril", _tril_backward, setup_context=_tril_setup)
+_reparameterize_tril = direct(ops.reparameterize_tril, _tril_setup, _tril_backward)
 not_differentiable("reparameterize_tril_backward", "fastvae.reparameterize_tril")
 
 

@@ -157,6 +157,31 @@ def _pairs():
         ("bernoulli_nll", lambda f: fastvae.bernoulli_nll(f(x), f(m), reduction="sum")),
         ("reparameterize", lambda f: fastvae.reparameterize(f(mu), f(lv), n_samples=2)),
         ("reparameterize_kl", lambda f: fastvae.reparameterize_kl(f(mu), f(lv))),
+        ("reparameterize_tril", lambda f: fastvae.reparameterize_tril(f(mu), f(_tril(4, 3)))),
+        ("reparameterize_tril n_samples", lambda f: fastvae.reparameterize_tril(f(mu), f(_tril(4, 3)), n_samples=2)),
+    ] + _distance_pairs(r)
+
+
+def _tril(R, d):
+    """A valid Cholesky factor (R, d, d), float64: a lower triangle with a diagonal away from zero."""
+    A = f64(R, d, d, seed=9)
+    return torch.tril(A, -1) + torch.diag_embed(1 + A.diagonal(dim1=-2, dim2=-1).abs())
+
+
+def _distance_pairs(r):
+    x, y, xb, yb = r(6, 3), r(6, 3), r(2, 5, 3), r(2, 5, 3)
+    return [
+        ("mmd", lambda f: fastvae.mmd(f(x), f(y))),
+        ("mmd rbf bandwidths", lambda f: fastvae.mmd(f(x), f(y), kernel="rbf", bandwidth=[0.5, 2.0])),
+        ("mmd prior imq", lambda f: fastvae.mmd(f(x))),
+        ("mmd prior rbf biased", lambda f: fastvae.mmd(f(x), kernel="rbf", estimator="biased")),
+        ("mmd batched", lambda f: fastvae.mmd(f(xb), f(yb), kernel="laplacian", bandwidth=(1.5,))),
+        ("energy_distance", lambda f: fastvae.energy_distance(f(x), f(y))),
+        ("energy_distance prior", lambda f: fastvae.energy_distance(f(xb))),
+        ("sliced_wasserstein", lambda f: fastvae.sliced_wasserstein(f(x), f(y), n_projections=4)),
+        ("sliced_wasserstein prior p=1", lambda f: fastvae.sliced_wasserstein(f(x), n_projections=3, p=1)),
+        ("sliced_wasserstein batched", lambda f: fastvae.sliced_wasserstein(f(xb), f(yb), n_projections=5, p=1.5)),
+        ("sliced_wasserstein batched prior", lambda f: fastvae.sliced_wasserstein(f(xb), n_projections=2)),
     ]
 
 
@@ -171,6 +196,110 @@ def test_the_fast_path_equals_the_checked_path(case):
     for a, b in zip(fast, checked):
         assert type(a) is torch.Tensor
         torch.testing.assert_close(a, b.as_subclass(torch.Tensor), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", [c for c in _pairs() if c[0].split()[0] in (
+    "reparameterize_tril", "mmd", "energy_distance", "sliced_wasserstein")], ids=lambda c: c[0])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_fast_path_gradients_equal_the_checked_path(case, dtype):
+    """The fast path's autograd (`direct`: an autograd.Function of the op's formulas) against the checked path's
+    (torch's registered autograd kernel), bitwise, with the same seed."""
+    _, call = case
+
+    def run(sub):
+        leaves = []
+
+        def f(t):
+            leaf = t.to(dtype).requires_grad_()
+            leaves.append(leaf)
+            return leaf.as_subclass(_Sub) if sub else leaf
+        torch.manual_seed(3)
+        out = call(f)
+        out = out if isinstance(out, tuple) else (out,)
+        loss = sum((o.as_subclass(torch.Tensor).double() * (i + 1)).sum() for i, o in enumerate(out))
+        return [o.as_subclass(torch.Tensor) for o in out], torch.autograd.grad(loss, leaves)
+    out_fast, g_fast = run(False)
+    out_checked, g_checked = run(True)
+    for a, b in zip(out_fast + list(g_fast), out_checked + list(g_checked)):
+        torch.testing.assert_close(a, b.as_subclass(torch.Tensor), rtol=0, atol=0)
+
+
+def test_the_tril_op_checks_the_values_when_asked():
+    mu, seed = torch.zeros(2, 3), torch.zeros(1, dtype=torch.int64)
+    good = _tril(2, 3).float()
+    ops.reparameterize_tril(mu, good, seed, None, True)
+    nan_diag = good.clone()
+    nan_diag[1, 2, 2] = float("nan")
+    assert ops.reparameterize_tril(mu, nan_diag, seed, None, True)[1][1].isnan()  # NaN passes on the diagonal
+    upper, nan_upper, zero = good.clone(), good.clone(), good.clone()
+    upper[1, 0, 2] = 1e-30
+    nan_upper[0, 1, 2] = float("nan")  # NaN is not zero: refused above the diagonal
+    zero[1, 1, 1] = 0.0
+    for bad, message in ((upper, "lower triangular"), (nan_upper, "lower triangular"), (zero, "singular")):
+        with pytest.raises(ValueError, match=f"fastvae.reparameterize_tril: scale_tril (must be|is) {message}"):
+            ops.reparameterize_tril(mu, bad, seed, None, True)
+        ops.reparameterize_tril(mu, bad, seed, None, False)  # unchecked
+        ops.reparameterize_tril(mu, bad, seed, None)  # unchecked by default
+        with pytest.raises(ValueError, match=f"^fastvae.reparameterize_tril: scale_tril (must be|is) {message}"):
+            fastvae.reparameterize_tril(mu, bad)
+        fastvae.reparameterize_tril(mu, bad, validate_args=False)
+
+
+def test_opcheck_tril_with_the_value_check():
+    torch.library.opcheck(ops.reparameterize_tril.default, (f64(3, 4).requires_grad_(), _tril(3, 4).requires_grad_(),
+                                                            torch.zeros(1, dtype=torch.int64), 2, True),
+                          test_utils=OPCHECK_UTILS)
+
+
+def test_a_refused_random_call_draws_one_seed():
+    """A call the op refuses on the fast path is refused by the checked path with the seed already drawn: the
+    generator moves as for one call."""
+    torch.manual_seed(5)
+    torch.randint(0, 2**62, (1,))
+    want = torch.randint(0, 2**62, (1,))
+    bad, x = _tril(2, 3), f64(4, 3)
+    bad[0, 0, 2] = 1.0
+    for refused in (lambda: fastvae.reparameterize_tril(x[:2], bad),
+                    lambda: fastvae.mmd(x, bandwidth=-1.0),
+                    lambda: fastvae.sliced_wasserstein(x, p=0.5)):
+        torch.manual_seed(5)
+        with pytest.raises(ValueError):
+            refused()
+        assert torch.equal(torch.randint(0, 2**62, (1,)), want)
+
+
+def test_the_distances_fast_path_refuses_what_the_checked_path_refuses():
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"^y must have 2 dims like x"):
+        fastvae.mmd(x, x.unsqueeze(0))  # the op would take (1, 4, 3) against x unsqueezed
+    with pytest.raises(ValueError, match=r"^bandwidth must be positive and finite; got nan"):
+        fastvae.mmd(x, x, bandwidth=float("nan"))
+    with pytest.raises(ValueError, match=r"^bandwidth must not be an empty sequence"):
+        fastvae.mmd(x, x, bandwidth=[])
+    with pytest.raises(ValueError, match=r"^kernel must be one of"):
+        fastvae.mmd(x, x, kernel="gauss")
+    with pytest.raises(ValueError, match=r"^x needs at least 2 samples"):
+        fastvae.mmd(x[:1], x)
+    xb = torch.randn(2, 3, 5)
+    with pytest.raises(ValueError, match=r"^y must have the batch size 2 of x; got 3"):
+        fastvae.sliced_wasserstein(xb, torch.randn(3, 2, 5))  # B N equal: the projections alone would not tell
+    with pytest.raises(ValueError, match=r"^y must have the dimension d = 5"):
+        fastvae.sliced_wasserstein(xb, torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match=r"^p must be a finite number >= 1; got inf"):
+        fastvae.sliced_wasserstein(xb, p=float("inf"))
+    with pytest.raises(ValueError, match=r"is empty"):
+        fastvae.mmd(torch.randn(0, 4, 3), torch.randn(0, 4, 3))
+
+
+def test_sliced_wasserstein_under_autocast_projects_in_the_samples_dtype():
+    x, y = torch.randn(64, 8), torch.randn(64, 8)
+    torch.manual_seed(1)
+    want = fastvae.sliced_wasserstein(x, y, n_projections=16)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fastvae.sliced_wasserstein(x, y, n_projections=16)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_a_refused_fast_call_gives_the_public_message_and_consumes_no_extra_seed():
@@ -206,3 +335,25 @@ def test_the_overhead_rows_and_table():
     assert all(r["p50_ms"] > 0 for r in rows if r["status"] == "ok")
     table = overhead.overhead_table(rows)
     assert "| kl_normal | no_grad | float32 |" in table and "public / op" in table
+
+
+@pytest.mark.slow
+def test_the_functions_with_a_fast_path_compile_without_a_graph_break():
+    """torch.compile traces the checked path (fused_call_ok is False while tracing): no graph break, the values of
+    eager for the same seed (tril's value checks skipped while tracing, as documented)."""
+    def f(x, y, mu, L):
+        z, log_q = fastvae.reparameterize_tril(mu, L)
+        return (fastvae.mmd(x, y) + fastvae.energy_distance(x) + fastvae.sliced_wasserstein(x, y, n_projections=3)
+                + z.square().mean() - log_q.mean())
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    args = (f64(6, 3), f64(6, 3, seed=1), f64(4, 3, seed=2).requires_grad_(), _tril(4, 3).requires_grad_())
+    torch.manual_seed(0)
+    want = f(*args)
+    g_want = torch.autograd.grad(want, args[2:])
+    torch.manual_seed(0)
+    got = compiled(*args)
+    g_got = torch.autograd.grad(got, args[2:])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -216,9 +216,38 @@ struct Ops {
     B::check_tril_dim(op, L.size(1));
   }
 
+  // scale_tril a Cholesky factor (validate): no non-zero entry above the diagonal (NaN counts as non-zero), no zero
+  // on the diagonal; one read of L, no copy on the CPU (the kernels read the lower triangle only). On CUDA the
+  // answer is read back: one synchronisation, as the Python check it replaces had. fastvae.reparameterize_tril
+  // words the refusal in its own terms (its checked path).
+  static void check_tril_values(const char* op, const at::Tensor& L) {
+    bool upper = false, singular = false;
+    if (L.is_cpu()) {
+      const auto Lc = L.contiguous();
+      const int64_t d = Lc.size(1), R = Lc.size(0);
+      auto scan = [&](const auto* p) {
+        for (int64_t r = 0; r < R; ++r, p += d * d)
+          for (int64_t i = 0; i < d; ++i) {
+            for (int64_t j = i + 1; j < d; ++j) upper |= p[i * d + j] != 0;
+            singular |= p[i * d + i] == 0;
+          }
+      };
+      if (Lc.scalar_type() == at::kDouble) scan(Lc.data_ptr<double>());
+      else scan(Lc.data_ptr<float>());
+    } else if (L.numel() > 0) {
+      const auto flags = at::stack({at::triu(L, 1).ne(0).any(), L.diagonal(0, -2, -1).eq(0).any()}).cpu();
+      upper = flags[0].item<bool>();
+      singular = flags[1].item<bool>();
+    }
+    TORCH_CHECK_VALUE(!upper, "fastvae.", op,
+                      ": scale_tril must be lower triangular: it has non-zero entries above the diagonal");
+    TORCH_CHECK_VALUE(!singular, "fastvae.", op, ": scale_tril is singular: its diagonal has zero entries");
+  }
+
   // mu (R, d), scale_tril (R, d, d); log_q and the backward's accumulators in the accumulation dtype
   static std::tuple<at::Tensor, at::Tensor> reparameterize_tril(const at::Tensor& mu_, const at::Tensor& L_,
-                                                                const at::Tensor& seed, std::optional<int64_t> k) {
+                                                                const at::Tensor& seed, std::optional<int64_t> k,
+                                                                bool validate) {
     constexpr const char* op = "reparameterize_tril";
     check_main<B>(op, mu_, "mu");
     check_like(op, mu_, "mu", L_, "scale_tril");
@@ -227,6 +256,7 @@ struct Ops {
     check_shape(op, L_, "scale_tril", {mu_.size(0), mu_.size(1), mu_.size(1)});
     check_tril(op, L_);
     check_n_samples(op, k);
+    if (validate) check_tril_values(op, L_);
     Guard g(mu_);
     const auto mu = mu_.contiguous(), L = L_.contiguous();
     const int64_t R = mu.size(0);

@@ -9,7 +9,8 @@ TORCH_LIBRARY_FRAGMENT(fastvae, m) {
   m.def("reparameterize_kl(Tensor mu, Tensor logvar, Tensor seed) -> (Tensor, Tensor)");
   m.def("reparameterize_kl_backward(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor logvar, Tensor seed)"
         " -> (Tensor, Tensor)");
-  m.def("reparameterize_tril(Tensor mu, Tensor scale_tril, Tensor seed, int? n_samples) -> (Tensor, Tensor)");
+  m.def("reparameterize_tril(Tensor mu, Tensor scale_tril, Tensor seed, int? n_samples, bool validate=False)"
+        " -> (Tensor, Tensor)");
   m.def("reparameterize_tril_backward(Tensor grad_z, Tensor grad_log_q, Tensor scale_tril, Tensor seed,"
         " int? n_samples) -> (Tensor, Tensor)");
   m.def("gaussian_nll(Tensor x, Tensor mean, Tensor? logvar, int reduction=0) -> Tensor");
