@@ -108,31 +108,32 @@ def discretized_logistic_mixture_nll(x, logit_probs, means, log_scales, *, n_bit
 
 
 @torch.library.register_fake(LIB + "discretized_logistic_nll")
-def _(x, logit_probs, means, log_scales, n_bits):
+def _(x, logit_probs, means, log_scales, n_bits, reduction=0, validate_x=False):
+    if reduction:
+        return means.new_empty((), dtype=_acc(means.dtype))
     shape = (means.shape[0], x.shape[0]) if means.dim() == x.dim() + 2 else (x.shape[0],)
     return means.new_empty(shape, dtype=_acc(means.dtype))
 
 
 @torch.library.register_fake(LIB + "discretized_logistic_nll_backward")
-def _(grad, x, logit_probs, means, log_scales, n_bits):
+def _(grad, x, logit_probs, means, log_scales, n_bits, reduction=0):
     g_lg = logit_probs.new_empty(logit_probs.shape) if logit_probs is not None else means.new_empty((0,))
     return g_lg, means.new_empty(means.shape), log_scales.new_empty(log_scales.shape)
 
 
 def _setup(ctx, inputs, output):
-    x, logit_probs, means, log_scales, n_bits = inputs
+    x, logit_probs, means, log_scales, ctx.n_bits, ctx.reduction, _ = inputs
     ctx.save_for_backward(x, logit_probs, means, log_scales)  # the inputs only: backward recomputes the rest
-    ctx.n_bits = n_bits
 
 
 def _backward(ctx, grad):
     x, logit_probs, means, log_scales = ctx.saved_tensors
     need_x, need_lg, need_m, need_ls = ctx.needs_input_grad[:4]
     g_lg, g_m, g_ls = fused_backward(ops.discretized_logistic_nll_backward, grad, x, logit_probs, means, log_scales,
-                                     ctx.n_bits)
+                                     ctx.n_bits, ctx.reduction)
     grad_x = torch.zeros_like(x) if need_x else None  # the loss depends on x only through its level
     return (grad_x, g_lg if need_lg and logit_probs is not None else None, g_m if need_m else None,
-            g_ls if need_ls else None, None)
+            g_ls if need_ls else None, None, None, None)
 
 
 torch.library.register_autograd(LIB + "discretized_logistic_nll", _backward, setup_context=_setup)
