@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import fastvae
+from fastvae.bench import overhead
 from fastvae.ops import logistic as L
 from helpers import OPCHECK_UTILS, f64, gen
 
@@ -174,3 +175,101 @@ def test_validate_x_judges_a_quarter_bin_as_the_public_check():
                     except ValueError:
                         refused = True
                     assert refused == bad, (frac, sign, dtype, float(xi))
+
+
+# ---- the public functions: fast path and checked path -------------------------------------------------------------
+
+class _Sub(torch.Tensor):
+    """A tensor subclass: the public functions take their checked path for it."""
+
+
+def _public_calls():
+    x, x5 = data((3, 2, 4)), data((3, 2, 4), n_bits=5)
+    m, ls = f64(3, 2, 4, seed=1), 0.5 * f64(3, 2, 4, seed=2) - 1
+    ms, lss = f64(2, 3, 2, 4, seed=3), 0.5 * f64(2, 3, 2, 4, seed=4) - 1
+    lg, mm, lls = f64(3, 2, 4, 5, seed=5), f64(3, 2, 4, 5, seed=6), 0.5 * f64(3, 2, 4, 5, seed=7) - 1
+    return [
+        ("nll", lambda f: NLL(f(x), f(m), f(ls))),
+        ("nll none", lambda f: NLL(f(x), f(m), f(ls), reduction="none")),
+        ("nll sampled sum", lambda f: NLL(f(x), f(ms), f(lss), reduction="sum")),
+        ("nll sampled none, 5 bits", lambda f: NLL(f(x5), f(ms), f(lss), reduction="none", n_bits=5)),
+        ("mixture", lambda f: MIX(f(x), f(lg), f(mm), f(lls))),
+        ("mixture none", lambda f: MIX(f(x), f(lg), f(mm), f(lls), reduction="none")),
+        ("mixture sampled", lambda f: MIX(f(x), *(f(t.expand(2, *t.shape)) for t in (lg, mm, lls)),
+                                          reduction="sum")),
+    ]
+
+
+@pytest.mark.parametrize("case", _public_calls(), ids=lambda c: c[0])
+def test_the_fast_path_equals_the_checked_path(case):
+    _, call = case
+
+    def run(wrap):
+        leaves = []
+
+        def f(t):
+            t = t.detach().clone().requires_grad_(t.dtype.is_floating_point)
+            leaves.append(t)
+            return wrap(t)
+        out = call(f)
+        out.sum().backward()
+        return out.as_subclass(torch.Tensor).detach(), [t.grad for t in leaves]
+
+    fast, g_fast = run(lambda t: t)
+    checked, g_checked = run(lambda t: t.as_subclass(_Sub))
+    torch.testing.assert_close(fast, checked, rtol=0, atol=0)
+    for a, b in zip(g_fast, g_checked):
+        torch.testing.assert_close(a, b.as_subclass(torch.Tensor), rtol=0, atol=0)
+
+
+def test_the_fast_path_takes_the_op_once_and_saves_only_the_inputs():
+    x, m, ls = data((2, 3)), f64(2, 3, seed=1).requires_grad_(), f64(2, 3, seed=2).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        loss = NLL(x, m, ls)
+    assert {t.data_ptr() for t in saved if t.numel()} <= {x.data_ptr(), m.data_ptr(), ls.data_ptr()}
+    assert type(loss.grad_fn).__name__ == "FusedBackward"  # _registry.direct: the formula without the op wrapper
+    loss.backward()
+    assert m.grad.shape == m.shape and ls.grad.shape == ls.shape
+
+
+def test_a_refused_fast_call_gives_the_public_message():
+    x, m = data((2, 3)), torch.zeros(2, 3, dtype=torch.float64)
+    xb = x.clone()
+    xb[1, 2] = 0.0  # between two levels of the 8-bit grid
+    for f, args in ((NLL, (m, m)), (MIX, (m[..., None], m[..., None], m[..., None]))):
+        name = f.__name__
+        want = (rf"^fastvae.{name}: x must lie in \[-1, 1\] on the grid of 2\*\*n_bits = 256 levels 2k / 255 - 1 "
+                r"\(8-bit pixels v as 2 v / 255 - 1\); got 0.0$")
+        with pytest.raises(ValueError, match=want):
+            f(xb, *args)
+        f(xb, *args, validate_args=False)
+    with pytest.raises(ValueError, match=r"^mean must have shape \(\*x.shape\) or \(k, \*x.shape\)"):
+        NLL(x, m[:, :2], m[:, :2])
+    with pytest.raises(ValueError, match=r"^mean must have shape"):
+        NLL(x, m[:, 0], m[:, 0])  # one dim fewer: not taken for x's shape with the component dim
+    with pytest.raises(TypeError, match="n_bits must be a positive int"):
+        NLL(x, m, m, n_bits=True)
+    with pytest.raises(TypeError, match="validate_args must be"):
+        NLL(x, m, m, validate_args=1)
+
+
+@pytest.mark.parametrize("x_dtype,dtype", [(torch.float32, torch.float64), (torch.float16, torch.float32),
+                                           (torch.bfloat16, torch.float64)])
+def test_an_x_of_another_dtype_than_the_parameters_is_checked(x_dtype, dtype):
+    """(the checked path: the op judges x in the compute dtype where that is the precision of x's own check, the
+    Python check elsewhere: a float32 x of a float64 loss is judged in float32, as before)"""
+    x = data((1, 3), n_bits=5, dtype=x_dtype)
+    m = torch.zeros(1, 3, dtype=dtype)
+    NLL(x, m, m, n_bits=5)
+    x[0, 2] = 7.5 * 2 / 31 - 1  # half a bin off
+    with pytest.raises(ValueError, match=r"^fastvae.discretized_logistic_nll: x must lie in \[-1, 1\] on the grid"):
+        NLL(x, m, m, n_bits=5)
+
+
+@pytest.mark.parametrize("mode", overhead.MODES)
+def test_the_bench_rows_call_the_op_as_the_public_function(mode):
+    cases = overhead._cases("cpu", torch.float32, grad=mode != "no_grad")
+    for name in ("discretized_logistic_nll", "discretized_logistic_mixture_nll"):
+        pub, o = cases[name]["fastvae"](), cases[name]["op"]()
+        torch.testing.assert_close(pub, o, rtol=0, atol=0)
