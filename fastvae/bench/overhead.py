@@ -13,6 +13,10 @@ registered op's own cost, with and without grad.
 
 Measured in rounds: each round times one rep (`inner` calls in a loop, perf_counter around it) of every provider of
 an op in turn, so a loaded machine slows all providers alike; p20/p50/p80 over the rounds, in microseconds per call.
+Each rep makes one untimed call first (in every mode; "full" always did, for its gradients' shapes): the first call
+after another provider pays for what that one left behind, 100-250 us after eager's 1x1 mixture (whose
+aten::log_sigmoid_forward takes milliseconds), which in 20 calls made the provider timed next 2x slower, whichever
+it was.
 """
 import math
 import time
@@ -135,11 +139,13 @@ def _grad_outputs(out):
 def _rep(call, mode, inner):
     if mode == "no_grad":
         with torch.no_grad():
+            call()  # untimed (see the module docstring)
             t0 = time.perf_counter()
             for _ in range(inner):
                 call()
             return time.perf_counter() - t0
     if mode == "forward":
+        call()
         t0 = time.perf_counter()
         for _ in range(inner):
             call()
