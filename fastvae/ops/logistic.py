@@ -89,14 +89,15 @@ def _checked_call(op, x, lg, m, ls, n, r, validate, dt):
         raise
 
 
-def _fast_logistic(x, main, others, n_bits, validate_args):
+def _fast_logistic(x, main, others, n_bits, validate_args, broadcast=False):
     """Whether a call can go to the op as it is (_operands._fast): plain tensors of one dtype, the other parameters
-    of main's shape, n_bits an int and validate_args a bool (the op's checks are then the only ones; a refusal is
-    worded by the checked path)."""
+    of main's shape (broadcast: or of no more dims, for an expand to it), n_bits an int and validate_args a bool (the
+    op's checks are then the only ones; a refusal is worded by the checked path)."""
     if type(n_bits) is not int or type(validate_args) is not bool or not _fast(x, main):
         return False
     dt, shape = main.dtype, main.shape
-    return all(type(t) in _PLAIN and t.dtype is dt and t.shape == shape for t in others)
+    return all(type(t) in _PLAIN and t.dtype is dt and (t.shape == shape or broadcast and t.dim() <= len(shape))
+               for t in others)
 
 
 # ---- discretized_logistic_nll -------------------------------------------------------------------------------------
@@ -108,12 +109,15 @@ def discretized_logistic_nll(x, mean, log_scale, *, n_bits=8, reduction="mean", 
     mean: x's shape, or (k, *x.shape). log_scale: mean's shape, or broadcastable over the trailing (feature) dims of
     x (e.g. a 0-dim tensor: one learned scale). Stable for every finite input (see the module docstring)."""
     r = _REDUCTION.get(reduction) if type(reduction) is str else None
-    if r is not None and _fast_logistic(x, mean, (log_scale,), n_bits, validate_args) and \
+    if r is not None and _fast_logistic(x, mean, (log_scale,), n_bits, validate_args, broadcast=True) and \
             0 <= mean.dim() - x.dim() <= 1:
         try:  # mean of x's shape goes as it is (K = 1 implied), a sampled one (k, *x.shape) with a trailing dim of 1
+            # a log_scale that broadcasts to mean's shape (a per-feature or 0-dim one: what _feature_operand takes
+            # with no more dims than mean) as an expanded view: the op copies it, autograd sums its gradient back
+            ls = log_scale if log_scale.shape == mean.shape else log_scale.expand(mean.shape)
             if mean.dim() == x.dim():
-                return _nll(x, None, mean, log_scale, n_bits, r, validate_args)
-            return _nll(x, None, mean.unsqueeze(-1), log_scale.unsqueeze(-1), n_bits, r, validate_args)
+                return _nll(x, None, mean, ls, n_bits, r, validate_args)
+            return _nll(x, None, mean.unsqueeze(-1), ls.unsqueeze(-1), n_bits, r, validate_args)
         except _FAILED:
             pass  # the checks below say why
     r = _REDUCTION[_checks.reduction(reduction)]
