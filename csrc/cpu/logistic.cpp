@@ -273,9 +273,25 @@ void logistic_bwd(const T* gout, const T* x, const T* logits, const T* means, co
   });
 }
 
+// One read of x, vectorised over blocks of kPix values; the block holding the first refused value is searched again.
+template <class T>
+index_t first_off_grid(const T* x, index_t n, int n_bits) {
+  const LogisticGrid<T> g = logistic_grid<T>(n_bits);
+  for (index_t p = 0; p < n; p += kPix) {
+    const index_t e = std::min(kPix, n - p);
+    int bad = 0;
+#pragma omp simd reduction(| : bad)
+    for (index_t t = 0; t < e; ++t) bad |= static_cast<int>(logistic_off_grid(x[p + t], g));
+    if (bad)
+      for (index_t t = 0; t < e; ++t)
+        if (logistic_off_grid(x[p + t], g)) return p + t;
+  }
+  return -1;
+}
+
 template <class T>
 LogisticKernels<T> make_table(const char* isa) {
-  return LogisticKernels<T>{isa, &logistic_fwd<T>, &logistic_bwd<T>};
+  return LogisticKernels<T>{isa, &logistic_fwd<T>, &logistic_bwd<T>, &first_off_grid<T>};
 }
 
 }  // namespace

@@ -21,6 +21,9 @@ struct LogisticKernels {
   // the gradients of sum_r g[r] out[r] with respect to logits (skipped when null), means and log_scales
   void (*bwd)(const T* g, const T* x, const T* logits, const T* means, const T* log_scales, T* grad_logits,
               T* grad_means, T* grad_log_scales, index_t rows, index_t D, index_t K, index_t x_rows, int n_bits);
+  // the index of the first of x[0 .. n) that is not data on the grid of 2^n_bits levels (logistic_off_grid: NaN,
+  // outside [-1, 1] or more than a quarter bin from a level), -1 when there is none (the ops' validate_x)
+  index_t (*first_off_grid)(const T* x, index_t n, int n_bits);
 };
 
 template <class T>

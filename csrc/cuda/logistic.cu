@@ -84,19 +84,25 @@ __device__ double block_sum(double v) {  // every thread calls it; the sum is va
   return v;
 }
 
+// off_grid (null: no check): the blocks of the first x_rows rows, which read every value of x once, lower it to
+// the flat index of each x value that logistic_off_grid refuses (atomicMin: the first one in the end)
 template <class S>
 __global__ void __launch_bounds__(kThreads)
     fwd_kernel(const S* x, const S* lg, const S* m, const S* ls, double* partial, index_t D, index_t K,
-               index_t x_rows, index_t nchunks, LogisticGrid<typename AccOf<S>::type> g) {
+               index_t x_rows, index_t nchunks, LogisticGrid<typename AccOf<S>::type> g,
+               unsigned long long* off_grid) {
   using T = typename AccOf<S>::type;
   const index_t b = blockIdx.x;
   const index_t row = b / nchunks, c = b % nchunks;
   const index_t p1 = (c + 1) * kChunk < D ? (c + 1) * kChunk : D;
   const S* xr = x + (row % x_rows) * D;
+  const bool check = off_grid != nullptr && row < x_rows;
   T s = 0;
   for (index_t p = c * kChunk + threadIdx.x; p < p1; p += kThreads) {
     const index_t o = (row * D + p) * K;
-    s += pixel_nll(to_acc(xr[p]), lg ? lg + o : nullptr, m + o, ls + o, K, g);
+    const T xv = to_acc(xr[p]);
+    if (check && logistic_off_grid(xv, g)) atomicMin(off_grid, static_cast<unsigned long long>(row * D + p));
+    s += pixel_nll(xv, lg ? lg + o : nullptr, m + o, ls + o, K, g);
   }
   const double total = block_sum<T>(static_cast<double>(s));
   if (threadIdx.x == 0) partial[b] = total;
@@ -158,9 +164,15 @@ size_t logistic_workspace_bytes(index_t rows, index_t D) {
 }
 
 int logistic_fwd(DType t, const void* x, const void* logits, const void* means, const void* log_scales, void* out,
-                 index_t rows, index_t D, index_t K, index_t x_rows, int n_bits, void* workspace, void* stream) {
-  if (rows == 0) return 0;  // nothing to launch
+                 index_t rows, index_t D, index_t K, index_t x_rows, int n_bits, void* workspace, void* stream,
+                 int64_t* first_off_grid) {
   const cudaStream_t st = as_stream(stream);
+  unsigned long long* off_grid = reinterpret_cast<unsigned long long*>(first_off_grid);
+  if (off_grid) {  // 0x7f7f...: above every index
+    const cudaError_t e = cudaMemsetAsync(off_grid, 0x7f, sizeof(*off_grid), st);
+    if (e != cudaSuccess) return static_cast<int>(e);
+  }
+  if (rows == 0) return 0;  // nothing to launch
   dispatch(t, [&](auto tag) {
     using S = decltype(tag);
     using T = typename AccOf<S>::type;
@@ -172,7 +184,7 @@ int logistic_fwd(DType t, const void* x, const void* logits, const void* means, 
     double* partial = static_cast<double*>(workspace);
     fv_launch(fwd_kernel<S>, static_cast<unsigned int>(rows * nchunks), kThreads, 0, st, static_cast<const S*>(x),
               static_cast<const S*>(logits), static_cast<const S*>(means), static_cast<const S*>(log_scales), partial,
-              D, K, x_rows, nchunks, logistic_grid<T>(n_bits));
+              D, K, x_rows, nchunks, logistic_grid<T>(n_bits), off_grid);
     fv_launch(finish_kernel<T>, static_cast<unsigned int>((rows + kThreads - 1) / kThreads), kThreads, 0, st,
               static_cast<const double*>(partial), static_cast<T*>(out), rows, nchunks);
   });

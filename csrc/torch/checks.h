@@ -7,8 +7,11 @@
 #pragma once
 #include <torch/extension.h>
 
+#include <charconv>
+#include <cmath>
 #include <limits>
 #include <optional>
+#include <string>
 
 #include "fastvae/types.h"
 
@@ -73,6 +76,36 @@ inline void check_stream_range(const char* op, int64_t start, int64_t n) {
 inline void check_n_samples(const char* op, std::optional<int64_t> k) {
   TORCH_CHECK_VALUE(!k.has_value() || *k >= 1, "fastvae.", op, ": n_samples must be >= 1 or None; got ",
                     k.value_or(0));
+}
+
+// v as Python's repr(float) writes it (the shortest digits that read back as v; positional for decimal
+// exponents -4 to 15, else d.ddde+XX; a '.0' on an integer; nan, inf, -inf): for messages that must read as the
+// Python ones.
+inline std::string python_repr(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  char buf[64];
+  const auto res = std::to_chars(buf, buf + sizeof(buf), v, std::chars_format::scientific);  // shortest round trip
+  const std::string sci(buf, res.ptr);
+  const size_t e = sci.find('e');
+  const bool neg = sci[0] == '-';
+  std::string digits;
+  for (size_t i = neg ? 1 : 0; i < e; ++i)
+    if (sci[i] != '.') digits += sci[i];
+  const int exp10 = std::stoi(sci.substr(e + 1));
+  const int decpt = exp10 + 1;  // v = 0.digits x 10^decpt
+  const int n = static_cast<int>(digits.size());
+  std::string out = neg ? "-" : "";
+  if (decpt > -4 && decpt <= 16) {
+    if (decpt <= 0) out += "0." + std::string(-decpt, '0') + digits;
+    else if (decpt >= n) out += digits + std::string(decpt - n, '0') + ".0";
+    else out += digits.substr(0, decpt) + "." + digits.substr(decpt);
+  } else {
+    out += digits.substr(0, 1) + (n > 1 ? "." + digits.substr(1) : "") + "e" + (exp10 < 0 ? "-" : "+");
+    const std::string mag = std::to_string(exp10 < 0 ? -exp10 : exp10);
+    out += (mag.size() < 2 ? "0" : "") + mag;
+  }
+  return out;
 }
 
 // The one dtype rule: float64 data is computed (and reduced) in float64, every other floating dtype in float32

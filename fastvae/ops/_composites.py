@@ -111,11 +111,15 @@ def sliced_wasserstein_projected(px, py, p):
     return out, perm_x.int(), perm_y
 
 
-def discretized_logistic_nll(x, logit_probs, means, log_scales, n_bits):
+def discretized_logistic_nll(x, logit_probs, means, log_scales, n_bits, reduction=0, validate_x=False):
+    """(validate_x: the public function has checked x's values already, through plain())"""
     x, lg, m, ls = _up(x, logit_probs, means, log_scales)
-    if lg is None:  # one component: the op takes means, log_scales of shape (..., 1)
-        return reference.discretized_logistic_nll(x, m.squeeze(-1), ls.squeeze(-1), n_bits=n_bits, reduction="none")
-    return reference.discretized_logistic_mixture_nll(x, lg, m, ls, n_bits=n_bits, reduction="none")
+    r = _REDUCTIONS[reduction]
+    if lg is None:  # one component: means, log_scales of x's shape or with a trailing dim of 1
+        if m.dim() != x.dim():
+            m, ls = m.squeeze(-1), ls.squeeze(-1)
+        return reference.discretized_logistic_nll(x, m, ls, n_bits=n_bits, reduction=r)
+    return reference.discretized_logistic_mixture_nll(x, lg, m, ls, n_bits=n_bits, reduction=r)
 
 
 routed = _routed(ops, reparameterize=reparameterize, reparameterize_kl=reparameterize_kl,

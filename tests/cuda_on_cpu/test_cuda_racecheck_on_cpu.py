@@ -93,6 +93,12 @@ def test_logistic_race_free(logistic_driver, tmp_path, x_rows, k, D, K_, offset)
     L.test_forward_and_backward(logistic_driver, tmp_path, "forward", F32, True, x_rows, k, D, K_, offset)
 
 
+@pytest.mark.parametrize("x_rows,k,D,bad", [(3, 2, 7, [19, 4, 12]), (2, 1, 2 * 256 + 9, [400, 300])])
+def test_logistic_checked_forward_race_free(logistic_driver, tmp_path, x_rows, k, D, bad):
+    """validate_x: the blocks lower one index with atomicMin (after the launcher's memset)"""
+    L.test_the_forward_checks_x(logistic_driver, tmp_path, "forward", F32, x_rows, k, D, bad)
+
+
 def test_the_checks_are_live_in_this_build(driver, tmp_path):
     """An input the driver marks as never written (`uninit`): the kernel reading it fails with the initcheck's
     report, naming the buffer and the line of gaussian.cu, so the runs above were checked."""

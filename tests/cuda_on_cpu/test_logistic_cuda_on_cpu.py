@@ -5,6 +5,7 @@ with the driver tests/cudasim_kernels/logistic_launchers.cpp, once per test run 
 UBSan's alignment check), by the `build_driver` of tests/helpers.py (whose `run`, `close` and
 orders this file reuses too). Each case runs under the three thread/block orders, every buffer guarded, and compares
 with torch.ops.fastvae.discretized_logistic_nll(_backward) on CPU tensors."""
+import re
 import shutil
 
 import pytest
@@ -157,3 +158,34 @@ def test_nan_and_inf_inputs(driver, tmp_path, dtype, mix, name):
                      atol=(tol(acc, D, True)["atol"] + 2 * ulp) * scale, what=n)
         if name == "logits":
             assert got[n][1, 1, 0].isnan(), f"{n} of the +inf logit's component"
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("x_rows,k,D,bad", [(3, 1, 7, []), (3, 2, 7, [19, 4, 12]), (2, 1, 2 * 256 + 9, [400, 300]),
+                                            (2, 2, 300, [599])])
+def test_the_forward_checks_x(driver, tmp_path, order, dtype, x_rows, k, D, bad):
+    """validate_x on the CUDA sources: the forward lowers first_off_grid to the flat index of the first value of x
+    off the grid (the CPU op's refusal names that value), >= x_rows D when there is none; the losses as unchecked.
+    Values refused: NaN, outside [-1, 1], 0.3 of a bin off a level (5-bit grid: on it in bfloat16 too)."""
+    rows, K = x_rows * k, 3
+    x, lg, m, ls = inputs(rows, x_rows, D, K, 5, dtype, seed=D)
+    for j, i in enumerate(bad):
+        x.view(-1)[i] = (float("nan"), 1.5, (2 * 9.3 / 31 - 1))[j % 3]
+    ins = {"x": x, "logits": lg, "means": m, "log_scales": ls}
+    p = dict(dtype={**DTYPES, **HALF_DTYPES}[dtype], rows=rows, D=D, K=K, x_rows=x_rows, n_bits=5, mix=1, offset=0,
+             checked=1)
+    acc = torch.float32 if dtype in HALF_DTYPES else dtype
+    got = run(driver, tmp_path, "logistic_fwd", order, ins, {"out": (acc, (rows,)), "first_off_grid":
+                                                             (torch.int64, (1,))}, **p)
+    first = int(got["first_off_grid"][0])
+    if bad:
+        assert first == min(bad)
+        args, _ = cpu_op(x, lg, m, ls, k, 5, True)
+        with pytest.raises(ValueError, match=re.escape(f"got {float(x.view(-1)[first].float())!r}")):
+            torch.ops.fastvae.discretized_logistic_nll(*args, 0, True)
+    else:
+        assert first >= x_rows * D
+    unchecked = run(driver, tmp_path / "unchecked", "logistic_fwd", order, ins, {"out": (acc, (rows,))},
+                    **{**p, "checked": 0})
+    same_special(got["out"], unchecked["out"], rtol=0, atol=0, what="nll")

@@ -4,6 +4,8 @@
 //
 //   logistic_launchers OP DIR        OP: logistic_fwd or logistic_bwd
 //
+// logistic_fwd with `checked 1` in the params also checks x (validate_x): the output first_off_grid (one int64).
+//
 // The params, the guarded buffers, the outputs and the checks after the launch: driver.h (shared with
 // fastvae_launchers.cpp, which this driver does not link: that one needs gaussian.cu and distances.cu).
 #include <string>
@@ -27,8 +29,10 @@ int run(const std::string& op) {
   const void* ls = input("log_scales", rows * D * K, e);
   if (op == "logistic_fwd") {
     void* ws = workspace(cuda::logistic_workspace_bytes(rows, D), false);  // needs no initialisation
-    return cuda::logistic_fwd(t, x, lg, m, ls, output("out", rows, acc), rows, D, K, x_rows,
-                              static_cast<int>(n_bits), ws, nullptr);
+    void* out = output("out", rows, acc);
+    int64_t* first = ip_or("checked", 0) ? static_cast<int64_t*>(output("first_off_grid", 1, 8)) : nullptr;
+    return cuda::logistic_fwd(t, x, lg, m, ls, out, rows, D, K, x_rows, static_cast<int>(n_bits), ws, nullptr,
+                              first);
   }
   if (op == "logistic_bwd") {
     const void* g = input("g", rows, acc);

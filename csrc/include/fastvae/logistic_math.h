@@ -49,6 +49,17 @@ FV_HD double lg_round(double v) {
 FV_HD float lg_log(float v) { return fv_logf_pos(v); }
 FV_HD double lg_log(double v) { return log(v); }
 
+// Whether x is refused as data (the ops' validate_x, the check of the public functions): NaN, outside [-1, 1], or
+// more than a quarter bin from the nearest level. Judged as fastvae/ops/logistic.py's _check_grid judged it in
+// Python: t = (x + 1) (L - 1) / 2 in T (float32 for float32 and 16-bit data, float64 for float64), |t - round(t)|
+// > 1/4. ((x + 1) / 2 is exact, so ((x + 1) / 2) (L - 1) is the one rounding of (x + 1) ((L - 1) / 2).)
+template <class T>
+FV_HD bool logistic_off_grid(T x, const LogisticGrid<T>& g) {
+  const T t = (x + T(1)) * T(0.5) * g.levels;  // in [0, L - 1] for x in [-1, 1]: lg_round's range
+  const T d = t - lg_round(t);
+  return !(x >= T(-1)) | (x > T(1)) | (d > T(0.25)) | (d < T(-0.25));
+}
+
 // log P(x) of one logistic (m, ls) on the grid g; with kGrad also d log P / dm and d log P / dls. x is snapped to
 // the nearest level (clamped to [-1, 1]; the public functions refuse x off the grid).
 template <class T, bool kGrad>

@@ -10,13 +10,20 @@ namespace {
 struct LogisticCpu : CpuBackend {
   static constexpr const char* kOp = "discretized_logistic_nll";
 
-  static void logistic_fwd(const at::Tensor& x, const std::optional<at::Tensor>& lg, const at::Tensor& m,
-                           const at::Tensor& ls, at::Tensor& res, const LogisticShape& sh, int n_bits) {
+  // validate_x: one vectorised pass over x before the kernel (nothing computed when it finds a value off the grid);
+  // returns the flat index of the first such value, or -1
+  static int64_t logistic_fwd(const at::Tensor& x, const std::optional<at::Tensor>& lg, const at::Tensor& m,
+                              const at::Tensor& ls, at::Tensor& res, const LogisticShape& sh, int n_bits,
+                              bool validate_x) {
+    int64_t bad = -1;
     dispatch(kOp, m.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
-      cpu::logistic_kernels<T>().fwd(in<T>(x), in<T>(lg), in<T>(m), in<T>(ls), out<T>(res), sh.rows, sh.D, sh.K,
-                                     sh.x_rows, n_bits);
+      const auto& k = cpu::logistic_kernels<T>();
+      if (validate_x) bad = k.first_off_grid(in<T>(x), x.numel(), n_bits);
+      if (bad < 0)
+        k.fwd(in<T>(x), in<T>(lg), in<T>(m), in<T>(ls), out<T>(res), sh.rows, sh.D, sh.K, sh.x_rows, n_bits);
     });
+    return bad;
   }
   static void logistic_bwd(const at::Tensor& g, const at::Tensor& x, const std::optional<at::Tensor>& lg,
                            const at::Tensor& m, const at::Tensor& ls, at::Tensor& g_lg, at::Tensor& g_m,

@@ -8,12 +8,21 @@ namespace fastvae {
 namespace {
 
 struct LogisticCuda : CudaBackend {
-  static void logistic_fwd(const at::Tensor& x, const std::optional<at::Tensor>& lg, const at::Tensor& m,
-                           const at::Tensor& ls, at::Tensor& res, const LogisticShape& sh, int n_bits) {
+  // validate_x: the kernel lowers a device int64 to the index of each value of x off the grid while it reads x;
+  // one synchronising read of it after the launch. Returns the flat index of the first such value, or -1.
+  static int64_t logistic_fwd(const at::Tensor& x, const std::optional<at::Tensor>& lg, const at::Tensor& m,
+                              const at::Tensor& ls, at::Tensor& res, const LogisticShape& sh, int n_bits,
+                              bool validate_x) {
     auto ws = workspace(m, cuda::logistic_workspace_bytes(sh.rows, sh.D));
+    at::Tensor first;
+    if (validate_x) first = at::empty({1}, m.options().dtype(at::kLong));
     check_launch("discretized_logistic_nll",
                  cuda::logistic_fwd(dtype_of(m), in(x), in(lg), in(m), in(ls), out(res), sh.rows, sh.D, sh.K,
-                                    sh.x_rows, n_bits, ptr(ws), stream()));
+                                    sh.x_rows, n_bits, ptr(ws), stream(),
+                                    validate_x ? first.data_ptr<int64_t>() : nullptr));
+    if (!validate_x) return -1;
+    const int64_t i = first.item<int64_t>();
+    return i >= 0 && i < x.numel() ? i : -1;
   }
   static void logistic_bwd(const at::Tensor& g, const at::Tensor& x, const std::optional<at::Tensor>& lg,
                            const at::Tensor& m, const at::Tensor& ls, at::Tensor& g_lg, at::Tensor& g_m,
