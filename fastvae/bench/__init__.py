@@ -30,8 +30,9 @@ GROUPS = {
     "e2e": ["vae_train_step", "vae_train_amp"],
     "dropin": ["td_vae_loss", "gaussian_nll_loss", "bce_with_logits"],
     "overhead": ["call_overhead", "vae_head_small"],
-    "memory": ["large_batch_memory"],
+    "memory": ["large_batch_memory", "large_batch_memory_logistic"],
 }
+LARGE_BATCH = GROUPS["memory"]
 GROUPS["all"] = (GROUPS["gaussian"] + GROUPS["logistic"] + GROUPS["distances"] + GROUPS["dropin"] + GROUPS["e2e"] +
                  GROUPS["overhead"] + GROUPS["memory"])
 
@@ -204,8 +205,8 @@ def _run(args, argv):
             md2 += "\n\n" + targets.copy_bandwidth_fraction(rows)
         md5 = dropin_targets(rows)
         md6 = small_batch_targets(rows) + "\n\n" + overhead_table(rows)
-        if env.get("large_batch_memory"):
-            md6 += "\n\n" + env["large_batch_memory"]
+        for md_mem in env.get("large_batch_memory", {}).values():
+            md6 += "\n\n" + md_mem
         md = report.markdown(rows, env, list(ops.values()),
                              targets_md=md2 + "\n\n" + md4 + "\n\n" + md3 + "\n\n" + md5 + "\n\n" + md6)
         report.write_csv(rows, os.path.join(out_dir, "results.csv"))
@@ -217,13 +218,17 @@ def _run(args, argv):
 
     rows = []
     for name in wanted:
-        if name == "large_batch_memory":  # a whole training step's peak memory, each provider in a fresh process
-            from .large_batch import step_peaks, table as large_batch_table
-            batch = sizes[0] if sizes else (4096 if args.quick else 65536)
-            provs = providers or (("eager", "fastvae") if args.quick else ("eager", "fastvae", "compile"))
+        if name in LARGE_BATCH:  # a whole training step's peak memory, each provider in a fresh process
+            from . import large_batch
+            w = large_batch.WORKLOADS[name]
+            batch, note = sizes[0] if sizes else w.quick_batch if args.quick else None, ""
+            if batch is None:
+                batch, note = large_batch.pick_batch(device, log=_log, workload=name) if w.sized else (
+                    large_batch.MAX_BATCH, "")
+            provs = providers or (("eager", "fastvae") if args.quick else large_batch.PROVIDERS)
             _log(f"{name}: batch {batch}, {', '.join(provs)}")
-            peaks = step_peaks(batch, device, provs, log=_log)
-            env["large_batch_memory"] = large_batch_table(peaks, batch, device)
+            peaks = large_batch.step_peaks(batch, device, provs, log=_log, workload=name)
+            env.setdefault("large_batch_memory", {})[name] = large_batch.table(peaks, batch, device, name, note)
             rows += [dict(op=name, provider=p, mode="full", dtype="float32", size=batch, shape=f"batch {batch}",
                           device=device, mem_method="fresh-process peak RSS above setup" if device == "cpu" else
                           "max_memory_allocated above the start",
