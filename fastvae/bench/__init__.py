@@ -27,7 +27,8 @@ GROUPS = {
                  "kl_normal", "vae_head"],
     "distances": ["mmd", "energy_distance", "sliced_wasserstein"],
     "logistic": ["discretized_logistic_mixture_nll"],
-    "e2e": ["vae_train_step", "vae_train_amp"],
+    "e2e": ["vae_train_step", "vae_train_amp", "vae_train_epoch"],
+    "epoch": ["vae_train_epoch"],
     "dropin": ["td_vae_loss", "gaussian_nll_loss", "bce_with_logits"],
     "overhead": ["call_overhead", "vae_head_small"],
     "memory": ["large_batch_memory", "large_batch_memory_logistic"],
@@ -41,8 +42,8 @@ def _parser():
     p = argparse.ArgumentParser(prog="fastvae bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", default="all",
-                   help="comma list of ops or groups (gaussian, logistic, distances, dropin, e2e, overhead, memory, "
-                        "all); ops: " + ", ".join(GROUPS["all"]))
+                   help="comma list of ops or groups (gaussian, logistic, distances, dropin, e2e, epoch, overhead, "
+                        "memory, all); ops: " + ", ".join(GROUPS["all"]))
     p.add_argument("--sizes", default=None,
                    help="comma list of sizes for every selected op (batch rows for the Gaussian ops, N for the "
                         "distances, batch for vae_train_step); default: each op's own sweep")
@@ -120,6 +121,7 @@ def main(argv=None):
 def _run(args, argv):
     from . import measure, report, targets
     from .e2e import vae_amp_op, vae_train_op
+    from .epoch import epoch_table, vae_epoch_op
     from .ops import all_ops
     from .dropin import dropin_ops, speedup_targets as dropin_targets
     from .overhead import overhead_rows, overhead_table, small_batch_targets, small_head_op
@@ -187,7 +189,8 @@ def _run(args, argv):
     _log(f"  copy {env['copy_gbps']:.1f} GB/s; matmul " +
          ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in env["matmul_gflops"].items()))
 
-    ops = {op.name: op for op in all_ops() + dropin_ops() + [vae_train_op(), vae_amp_op(), small_head_op()]}
+    ops = {op.name: op for op in all_ops() + dropin_ops() + [vae_train_op(), vae_amp_op(), vae_epoch_op(),
+                                                              small_head_op()]}
     # --quick skips the providers that compile on first use (seconds each), unless --providers names them
     skip = args.quick and not providers
     runner = Runner(device, modes, args.quick, budget_s=args.budget, log=_log, skip_compiling=skip,
@@ -204,6 +207,8 @@ def _run(args, argv):
         if cuda:
             md2 += "\n\n" + targets.copy_bandwidth_fraction(rows)
         md5 = dropin_targets(rows)
+        if any(r["op"] == "vae_train_epoch" for r in rows):
+            md5 += "\n\n" + epoch_table(rows)
         md6 = small_batch_targets(rows) + "\n\n" + overhead_table(rows)
         for md_mem in env.get("large_batch_memory", {}).values():
             md6 += "\n\n" + md_mem
