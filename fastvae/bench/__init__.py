@@ -46,7 +46,7 @@ def _parser():
                         "memory, all); ops: " + ", ".join(GROUPS["all"]))
     p.add_argument("--sizes", default=None,
                    help="comma list of sizes for every selected op (batch rows for the Gaussian ops, N for the "
-                        "distances, batch for vae_train_step); default: each op's own sweep")
+                        "distances, the batch for the e2e and memory ops); default: each op's own sweep")
     p.add_argument("--dtype", default="float32", help="comma list: float32, float64, float16, bfloat16")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--mode", default=None,
