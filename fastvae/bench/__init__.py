@@ -226,10 +226,10 @@ def _run(args, argv):
         if name in LARGE_BATCH:  # a whole training step's peak memory, each provider in a fresh process
             from . import large_batch
             w = large_batch.WORKLOADS[name]
-            batch, note = sizes[0] if sizes else w.quick_batch if args.quick else None, ""
-            if batch is None:
-                batch, note = large_batch.pick_batch(device, log=_log, workload=name) if w.sized else (
-                    large_batch.MAX_BATCH, "")
+            if sizes or args.quick or not w.sized:
+                batch, note = sizes[0] if sizes else w.quick_batch if args.quick else large_batch.MAX_BATCH, ""
+            else:  # the largest batch whose eager step fits the memory this run allows itself
+                batch, note = large_batch.pick_batch(device, log=_log, workload=name)
             provs = providers or (("eager", "fastvae") if args.quick else large_batch.PROVIDERS)
             _log(f"{name}: batch {batch}, {', '.join(provs)}")
             peaks = large_batch.step_peaks(batch, device, provs, log=_log, workload=name)
