@@ -56,6 +56,16 @@ def test_quick_writes_wellformed_csv(quick_run):
             assert r["p50_ms"] == ""
     # the fused Gaussian ops exist from the foundation on: they must have measured rows
     assert any(r["op"] == "vae_head" and r["provider"] == "fastvae" and r["status"] == "ok" for r in rows)
+    # the epoch rows: per-epoch seconds from the step's p50, and the fused ops' share of fastvae's step
+    epoch = {r["provider"]: r for r in rows if r["op"] == "vae_train_epoch"}
+    for name in ("fastvae", "fastvae-bf16", "eager", "eager-bf16"):
+        r = epoch[name]
+        assert r["status"] == "ok" and r["size"] == "128", r
+        assert float(r["epoch_s"]) == pytest.approx(float(r["p50_ms"]) / 1e3 * 60000 / 128, rel=1e-4)
+        assert (0 < float(r["fused_share"]) < 1) if name.startswith("fastvae") else r["fused_share"] == "", r
+    assert {"pythae", "pythae-bf16"} <= set(epoch)  # measured, or a row saying pythae is not installed
+    logistic = {r["provider"]: r for r in rows if r["op"] == "large_batch_memory_logistic"}
+    assert set(logistic) == {"eager", "fastvae"} and all(r["status"] == "ok" for r in logistic.values()), logistic
     assert any(r["provider"] == "compile" and r["status"].startswith("skipped") for r in rows)
     # the fused head in every decoder variance, against the plain and the reference eager forms, and the floor probe
     head = {(r["provider"], r["mode"]): r for r in rows if r["op"] == "vae_head"}
@@ -77,6 +87,8 @@ def test_quick_writes_markdown_tables(quick_run):
     assert "## vae_head" in md and "### Target: fused VAE head speed-up" in md
     assert "size 4096, mode full not selected" in md  # --quick: the smallest size only
     assert "### Per-call overhead" in md and "| kl_normal | no_grad | float32 |" in md
+    assert "### Training epoch on Fashion-MNIST (60000 images)" in md and "| 128 | bf16 autocast |" in md
+    assert "### Target: peak memory of a training step at batch 32 (discretized logistic mixture" in md
     table = [ln for ln in md.splitlines() if ln.startswith("|")]
     assert table
     # every table row has as many cells as its header
@@ -293,3 +305,50 @@ def test_a_pythae_model_is_evaluated_by_fastvaes_estimator_on_the_same_networks(
         assert fv.likelihood == "bernoulli"
     step = pp.pythae_step("wae-mmd", "cpu", latent_dim=3, hidden_dims=(16,))
     assert torch.isfinite(step(_x()))
+
+
+# ---- the epoch rows and the logistic memory workload --------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_fused_share_counts_the_fastvae_ops_only():
+    from fastvae.bench.epoch import fused_share
+    w = torch.randn(256, 256)
+    mu, logvar = torch.randn(64, 256, requires_grad=True), torch.randn(64, 256, requires_grad=True)
+
+    def plain(x):
+        return (x @ w @ w).sum()
+
+    def fused(x):
+        (fastvae.kl_normal(mu, logvar).sum() + plain(x)).backward()
+
+    x = torch.randn(64, 256)
+    assert fused_share(plain, [(x,)]) == 0
+    share = fused_share(fused, [(x,)])
+    assert 0 < share < 1
+
+
+def test_epoch_table_has_a_cell_for_every_provider():
+    from fastvae.bench.epoch import epoch_table
+    base = dict(op="vae_train_epoch", mode="full", dtype="float32", device="cpu")
+    rows = [dict(base, provider="fastvae", size=1024, p50_ms=20.0, epoch_s=20e-3 * 60000 / 1024, fused_share=0.05),
+            dict(base, provider="eager", size=1024, p50_ms=30.0, epoch_s=30e-3 * 60000 / 1024),
+            dict(base, provider="pythae", size=1024, status="unavailable: pythae is not installed or not importable "
+                 "(ImportError: x | y); pip install pythae")]
+    md = epoch_table(rows)
+    assert "| 1024 | float32 | 1.17 | 1.76 | unavailable: pythae is not installed or not importable | 1.50x |  " \
+           "| 5.0% |" in md, md
+    assert "bf16 autocast" not in md   # no -bf16 rows: no line for them
+    widths = {ln.count("|") for ln in md.splitlines() if ln.startswith("|")}
+    assert len(widths) == 1
+
+
+def test_the_logistic_workload_batch_is_the_largest_that_fits(monkeypatch):
+    from fastvae.bench import large_batch, run
+    per_image = 4 * 2**20
+    monkeypatch.setattr(large_batch, "_peak", lambda w, b, device, p: b * per_image)
+    monkeypatch.setattr(run, "_free_memory_bytes", lambda device: 9 * 2**30)   # 2304 images' worth
+    batch, note = large_batch.pick_batch(log=lambda m: None)
+    assert batch == 2048 and "batch 65536 would need ~256 GiB" in note and "measured at batch 2048" in note
+    monkeypatch.setattr(run, "_free_memory_bytes", lambda device: 300 * 2**30)
+    assert large_batch.pick_batch(log=lambda m: None) == (65536, "")

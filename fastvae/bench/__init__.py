@@ -27,11 +27,13 @@ GROUPS = {
                  "kl_normal", "vae_head"],
     "distances": ["mmd", "energy_distance", "sliced_wasserstein"],
     "logistic": ["discretized_logistic_mixture_nll"],
-    "e2e": ["vae_train_step", "vae_train_amp"],
+    "e2e": ["vae_train_step", "vae_train_amp", "vae_train_epoch"],
+    "epoch": ["vae_train_epoch"],
     "dropin": ["td_vae_loss", "gaussian_nll_loss", "bce_with_logits"],
     "overhead": ["call_overhead", "vae_head_small"],
-    "memory": ["large_batch_memory"],
+    "memory": ["large_batch_memory", "large_batch_memory_logistic"],
 }
+LARGE_BATCH = GROUPS["memory"]
 GROUPS["all"] = (GROUPS["gaussian"] + GROUPS["logistic"] + GROUPS["distances"] + GROUPS["dropin"] + GROUPS["e2e"] +
                  GROUPS["overhead"] + GROUPS["memory"])
 
@@ -40,11 +42,11 @@ def _parser():
     p = argparse.ArgumentParser(prog="fastvae bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", default="all",
-                   help="comma list of ops or groups (gaussian, logistic, distances, dropin, e2e, overhead, memory, "
-                        "all); ops: " + ", ".join(GROUPS["all"]))
+                   help="comma list of ops or groups (gaussian, logistic, distances, dropin, e2e, epoch, overhead, "
+                        "memory, all); ops: " + ", ".join(GROUPS["all"]))
     p.add_argument("--sizes", default=None,
                    help="comma list of sizes for every selected op (batch rows for the Gaussian ops, N for the "
-                        "distances, batch for vae_train_step); default: each op's own sweep")
+                        "distances, the batch for the e2e and memory ops); default: each op's own sweep")
     p.add_argument("--dtype", default="float32", help="comma list: float32, float64, float16, bfloat16")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--mode", default=None,
@@ -119,6 +121,7 @@ def main(argv=None):
 def _run(args, argv):
     from . import measure, report, targets
     from .e2e import vae_amp_op, vae_train_op
+    from .epoch import epoch_table, vae_epoch_op
     from .ops import all_ops
     from .dropin import dropin_ops, speedup_targets as dropin_targets
     from .overhead import overhead_rows, overhead_table, small_batch_targets, small_head_op
@@ -186,7 +189,8 @@ def _run(args, argv):
     _log(f"  copy {env['copy_gbps']:.1f} GB/s; matmul " +
          ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in env["matmul_gflops"].items()))
 
-    ops = {op.name: op for op in all_ops() + dropin_ops() + [vae_train_op(), vae_amp_op(), small_head_op()]}
+    ops = {op.name: op for op in all_ops() + dropin_ops() + [vae_train_op(), vae_amp_op(), vae_epoch_op(),
+                                                              small_head_op()]}
     # --quick skips the providers that compile on first use (seconds each), unless --providers names them
     skip = args.quick and not providers
     runner = Runner(device, modes, args.quick, budget_s=args.budget, log=_log, skip_compiling=skip,
@@ -203,9 +207,11 @@ def _run(args, argv):
         if cuda:
             md2 += "\n\n" + targets.copy_bandwidth_fraction(rows)
         md5 = dropin_targets(rows)
+        if any(r["op"] == "vae_train_epoch" for r in rows):
+            md5 += "\n\n" + epoch_table(rows)
         md6 = small_batch_targets(rows) + "\n\n" + overhead_table(rows)
-        if env.get("large_batch_memory"):
-            md6 += "\n\n" + env["large_batch_memory"]
+        for md_mem in env.get("large_batch_memory", {}).values():
+            md6 += "\n\n" + md_mem
         md = report.markdown(rows, env, list(ops.values()),
                              targets_md=md2 + "\n\n" + md4 + "\n\n" + md3 + "\n\n" + md5 + "\n\n" + md6)
         report.write_csv(rows, os.path.join(out_dir, "results.csv"))
@@ -217,13 +223,17 @@ def _run(args, argv):
 
     rows = []
     for name in wanted:
-        if name == "large_batch_memory":  # a whole training step's peak memory, each provider in a fresh process
-            from .large_batch import step_peaks, table as large_batch_table
-            batch = sizes[0] if sizes else (4096 if args.quick else 65536)
-            provs = providers or (("eager", "fastvae") if args.quick else ("eager", "fastvae", "compile"))
+        if name in LARGE_BATCH:  # a whole training step's peak memory, each provider in a fresh process
+            from . import large_batch
+            w = large_batch.WORKLOADS[name]
+            if sizes or args.quick or not w.sized:
+                batch, note = sizes[0] if sizes else w.quick_batch if args.quick else large_batch.MAX_BATCH, ""
+            else:  # the largest batch whose eager step fits the memory this run allows itself
+                batch, note = large_batch.pick_batch(device, log=_log, workload=name)
+            provs = providers or (("eager", "fastvae") if args.quick else large_batch.PROVIDERS)
             _log(f"{name}: batch {batch}, {', '.join(provs)}")
-            peaks = step_peaks(batch, device, provs, log=_log)
-            env["large_batch_memory"] = large_batch_table(peaks, batch, device)
+            peaks = large_batch.step_peaks(batch, device, provs, log=_log, workload=name)
+            env.setdefault("large_batch_memory", {})[name] = large_batch.table(peaks, batch, device, name, note)
             rows += [dict(op=name, provider=p, mode="full", dtype="float32", size=batch, shape=f"batch {batch}",
                           device=device, mem_method="fresh-process peak RSS above setup" if device == "cpu" else
                           "max_memory_allocated above the start",

@@ -68,7 +68,8 @@ def make_binary(n, dtype, device, gen):
     return (torch.bernoulli(torch.rand((n, INPUT_DIM), generator=gen), generator=gen).to(device=device, dtype=dtype),)
 
 
-def vae_amp_op():
+def _amp_providers():
+    """fastvae, its reference ops (eager) and pythae, each in float32 and under bf16 autocast ('-bf16')."""
     providers = {}
     for amp, suffix in ((None, ""), ("bf16", "-bf16")):
         providers["fastvae" + suffix] = lambda device, dtype, a=amp: _model("fastvae", device, dtype,
@@ -76,10 +77,14 @@ def vae_amp_op():
         providers["eager" + suffix] = lambda device, dtype, a=amp: _model("reference", device, dtype,
                                                                             likelihood="bernoulli", amp=a)
         providers["pythae" + suffix] = lambda device, dtype, a=amp: _pythae(device, dtype, amp=a)
-    return Op(
-        "vae_train_amp", "e2e", [64, 128, 256, 1024, 4096], [64, 128, 256], make_binary, providers,
-        lambda n: f"batch {n}",
-        cuda_sizes=[64, 256, 1024, 4096],
-        doc=f"fastvae.VAE({INPUT_DIM}, {LATENT_DIM}, likelihood='bernoulli'), hidden 512, 256 (SiLU), on binary "
+    return providers
+
+
+_AMP_DOC = (f"fastvae.VAE({INPUT_DIM}, {LATENT_DIM}, likelihood='bernoulli'), hidden 512, 256 (SiLU), on binary "
             "data; one step = forward, loss, backward, Adam step, in float32 and under bf16 autocast ('-bf16'); "
             "pythae: its VAE (bce) with the same MLP; the size is the batch")
+
+
+def vae_amp_op():
+    return Op("vae_train_amp", "e2e", [64, 128, 256, 1024, 4096], [64, 128, 256], make_binary, _amp_providers(),
+              lambda n: f"batch {n}", cuda_sizes=[64, 256, 1024, 4096], doc=_AMP_DOC)

@@ -5,8 +5,8 @@ import os
 
 FIELDS = ["op", "provider", "mode", "dtype", "size", "shape", "device", "status", "p20_ms", "p50_ms", "p80_ms",
           "reps", "compile_s", "peak_mem_mib", "mem_method", "saved_mib", "saved_extra_mib", "bytes_model", "gbps",
-          "loop_copy_gbps", "pct_copy_bw", "spread", "flops_model", "gflops", "pct_matmul", "samples_per_s",
-          "speedup_vs_eager", "speedup_vs_compile", "timestamp", "git_commit", "torch", "machine"]
+          "loop_copy_gbps", "pct_copy_bw", "spread", "flops_model", "gflops", "pct_matmul", "samples_per_s", "epoch_s",
+          "fused_share", "speedup_vs_eager", "speedup_vs_compile", "timestamp", "git_commit", "torch", "machine"]
 
 
 def derive(rows, env):

@@ -249,6 +249,11 @@ class Runner:
                     row.update(saved_mib=p.saved[0] / 2**20, saved_extra_mib=p.saved[1] / 2**20)
                 if e2e:
                     row["samples_per_s"] = n / (r["p50"] / 1e3)
+                    if op.annotate is not None:
+                        try:
+                            row.update(op.annotate(name, p.fn, p.sets, row))
+                        except Exception as e:  # the row keeps its times; the log says what is missing
+                            self.log(f"  {op.name} {op.size_label(n)} {name}: annotate failed ({_short(e)})")
                 if op.bytes_model is not None:
                     row["bytes_model"] = op.bytes_model(n, torch.empty((), dtype=dtype).element_size(), mode)
                 if op.flops_model is not None:

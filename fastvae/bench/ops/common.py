@@ -36,10 +36,11 @@ def _import(name):
 class Op:
     """One benchmarked op. `make(n, dtype, device, gen)` returns the inputs (tuple); `providers` maps a provider
     name to a builder returning a callable; `bytes_model(n, itemsize, mode)` / `flops_model(n, mode)` give the
-    work of one call in that mode (None where not modelled)."""
+    work of one call in that mode (None where not modelled). `annotate(provider, fn, input_sets, row)`, where given,
+    returns extra fields for each measured row of an e2e op (e.g. per-epoch seconds, a profiled share)."""
 
     def __init__(self, name, kind, sizes, quick_sizes, make, providers, size_label, bytes_model=None,
-                 flops_model=None, doc="", cuda_sizes=None, budget_scale=1.0, mem_model=None):
+                 flops_model=None, doc="", cuda_sizes=None, budget_scale=1.0, mem_model=None, annotate=None):
         self.name, self.kind, self.sizes, self.quick_sizes = name, kind, sizes, quick_sizes
         # provider -> (n, itemsize) -> bytes a call (forward + backward) needs at least: providers that would
         # exceed the machine's free memory are skipped with a row saying so, not run into the OOM killer
@@ -49,6 +50,7 @@ class Op:
                                          "e2e": [256, 1024, 4096]}.get(kind, sizes)
         self.make, self.providers, self.size_label = make, providers, size_label
         self.bytes_model, self.flops_model, self.doc = bytes_model, flops_model, doc
+        self.annotate = annotate
 
 
 def _randn(shape, dtype, device, gen, grad=False, scale=1.0, shift=0.0):
