@@ -4,7 +4,9 @@ samples), where the time is the cost of the call itself and not of its data.
 Per op, per-call times of
 - fastvae: the public function (fastvae.kl_normal(mu, logvar), ...);
 - op: the registered op torch.ops.fastvae.* with the arguments the public function hands it (the dispatcher, torch's
-  register_autograd wrapper and the C++ binding's checks): the floor a public function can reach;
+  register_autograd wrapper and the C++ binding's checks): the floor a public function can reach. sliced_wasserstein
+  is a composite of registered ops (random_directions, a matmul per sample set, sliced_wasserstein_projected): its
+  op row calls that chain directly, and a "projected op" row times the last op alone;
 - eager: the same loss written with torch ops (fastvae.reference, or the few ops a user writes);
 - torch: torch's own fused op where one exists (F.binary_cross_entropy_with_logits, F.gaussian_nll_loss);
 in three modes: no_grad (inputs without requires_grad, under torch.no_grad), forward (inputs requiring grad: the
@@ -88,6 +90,12 @@ def _cases(device, dtype, grad):
         op = getattr(ops, name)
         return lambda: op(*args)
 
+    def sw_ops(a, b):
+        """sliced_wasserstein's floor: the registered ops the public function calls, called directly (the seed's
+        random_directions, one matmul per sample set, sliced_wasserstein_projected), without its Python."""
+        rows = ops.random_directions(seed, a.shape[-1], 1).mT
+        return ops.sliced_wasserstein_projected((rows @ a.mT).unsqueeze(0), (rows @ b.mT).unsqueeze(0), 2.0)[0][0]
+
     cases = {
         "reparameterize": {
             "fastvae": lambda: fastvae.reparameterize(mu, lv),
@@ -131,10 +139,11 @@ def _cases(device, dtype, grad):
             "fastvae": lambda: fastvae.energy_distance(xs, ys),
             "op": op_of("mmd", lambda: fastvae.energy_distance(xs, ys)),
             "eager": lambda: reference.energy_distance(xs, ys)},
-        "sliced_wasserstein": {  # op: the projected op only (the public call also draws the directions and
-            # projects the samples: a seed, random_directions and one matmul per sample set before the op)
+        "sliced_wasserstein": {  # a composite: op = the registered ops it calls, in turn (below)
             "fastvae": lambda: fastvae.sliced_wasserstein(xs, ys, n_projections=1),
-            "op": op_of("sliced_wasserstein_projected", lambda: fastvae.sliced_wasserstein(xs, ys, n_projections=1)),
+            "op": lambda: sw_ops(xs, ys),
+            "projected op": op_of("sliced_wasserstein_projected",
+                                  lambda: fastvae.sliced_wasserstein(xs, ys, n_projections=1)),
             "eager": lambda: reference.sliced_wasserstein(xs, ys, n_projections=1)},
     }
     return cases
