@@ -148,8 +148,8 @@ TEMPLATES = {
     "reparameterize_kl_backward": lambda G: (lambda S: [G.t(*S), G.t(S[0], dtype=torch.float64 if G.dtype ==
                                                                     torch.float64 else torch.float32),
                                                         G.t(*S), G.t(*S), G.seed()])([G.size(), *G.feats()]),
-    "reparameterize_tril": lambda G: (lambda R, d, k: [G.t(R, d), G.t(R, d, d).tril(), G.seed(), k])(
-        G.size(), G.size(0, 4), G.k()),
+    "reparameterize_tril": lambda G: (lambda R, d, k: [G.t(R, d), G.t(R, d, d).tril(), G.seed(), k,
+                                                       G.r.random() < 0.5])(G.size(), G.size(0, 4), G.k()),
     "reparameterize_tril_backward": lambda G: (lambda R, d, k: [
         G.t(*([k] if k else []), R, d), G.t(*([k] if k else []), R), G.t(R, d, d).tril(), G.seed(), k])(
         G.size(), G.size(0, 4), G.k()),
@@ -174,8 +174,11 @@ TEMPLATES = {
         G.t(px.shape[0]), px, py, _perm(G, px), _perm(G, px) if py is not None else
         torch.empty(0, dtype=torch.int32, device=px.device), p, G.r.random() < 0.7])(*_sw_args(G)),
     "random_directions": lambda G: [G.seed(), G.size(1, 6), G.size(1, 6)],
-    "discretized_logistic_nll": lambda G: _logistic_args(G)[1],
-    "discretized_logistic_nll_backward": lambda G: (lambda out, a: [G.t(*out), *a])(*_logistic_args(G)),
+    # reduction 0 / 1 / 2 (none / sum / mean), and the x-on-the-grid check in the op on or off; the backward's grad
+    # of per-sample shape or 0-dim, whatever the reduction (a mismatch must be refused, not read out of bounds)
+    "discretized_logistic_nll": lambda G: _logistic_args(G)[1] + [G.r.choice([0, 1, 2]), G.r.random() < 0.5],
+    "discretized_logistic_nll_backward": lambda G: (lambda out, a: [G.t(*G.r.choice([out, out, []])), *a,
+                                                                    G.r.choice([0, 1, 2])])(*_logistic_args(G)),
     "dropin_normal_nll": lambda G: _dropin(G, 3, _nll_extra(G), False, 3),
     "dropin_normal_nll_backward": lambda G: _dropin(G, 3, _nll_extra(G), True, 3),
     "dropin_normal_kl": lambda G: _dropin(G, 4, [0.5], False, 4),
