@@ -16,7 +16,7 @@ from .ops.gaussian import (  # noqa: E402
 from .ops.distances import energy_distance, mmd, sliced_wasserstein  # noqa: E402
 from .ops.logistic import discretized_logistic_mixture_nll, discretized_logistic_nll  # noqa: E402
 from . import distances, dropin_ops, functional, logistic  # noqa: E402,F401  (the ops' former paths)
-from .ops.fused_linear import linear_bce_with_logits  # noqa: E402
+from .ops.fused_linear import linear_bce_with_logits, silu_linear  # noqa: E402
 from .nn import MMDLoss, SlicedWassersteinLoss  # noqa: E402
 from . import distributions  # noqa: E402,F401
 from ._patching import is_patched, patch, unpatch  # noqa: E402
@@ -39,6 +39,7 @@ __all__ = [
     "energy_distance",
     "sliced_wasserstein",
     "linear_bce_with_logits",
+    "silu_linear",
     "MMDLoss",
     "distributions",
     "patch",

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ._transforms import fused_call_ok
 
-__all__ = ["linear_bce_with_logits"]
+__all__ = ["linear_bce_with_logits", "silu_linear"]
 
 _REDUCTIONS = ("none", "mean", "sum")
 _CHUNK_BYTES = 16 * 2**20  # logits and their gradient of one chunk, float32
@@ -174,3 +174,66 @@ def linear_bce_with_logits(input, weight, target, bias=None, *, reduction="mean"
         rows = _pass(input, weight, target, bias, _factor(reduction, target), chunk_size, want=(False,) * 3)[0]
         return _reduce(rows, reduction, input.dtype)
     return _LinearBce.apply(input, weight, target, bias, reduction, chunk_size)
+
+
+# ---- SiLU then a linear layer, the activation recomputed in the backward ----------------------------------------
+
+def silu_linear(input, weight, bias=None):
+    """F.linear(F.silu(input), weight, bias), keeping for the backward only `input` (and the parameters): SiLU's output,
+    which the linear layer would save for its weight gradient, is recomputed there from `input` (one SiLU per
+    backward). In an MLP of Linear, SiLU, Linear, ... layers written as Linear, silu_linear, silu_linear, ... each
+    hidden layer then keeps one activation for the backward where nn.SiLU and nn.Linear keep two (the pre-activation
+    and the activation): the memory of a large-batch training step, the same values (the same torch ops: F.silu,
+    matmuls, aten.silu_backward) and gradients to rounding. No grad wanted, autocast, a torch.func transform,
+    forward-mode AD or torch.compile take the plain form (F.silu then F.linear); a double backward differentiates the
+    backward's own torch ops (SiLU's derivative written out, aten.silu_backward having no derivative)."""
+    name = "fastvae.silu_linear"
+    for arg, t in (("input", input), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: {arg} must be a tensor; got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name}: {arg} must be a floating-point tensor; got {t.dtype}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"{name}: bias must be a tensor or None; got {type(bias).__name__}")
+    if input.dim() < 1:
+        raise ValueError(f"{name}: input must have a feature dim (..., H); got a 0-dim tensor")
+    if weight.dim() != 2 or weight.shape[1] != input.shape[-1]:
+        raise ValueError(f"{name}: weight must be (D, H) with H = {input.shape[-1]} (input's last dim, as nn.Linear's "
+                         f"weight); got shape {tuple(weight.shape)}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"{name}: bias must be ({weight.shape[0]},) (weight's first dim); got shape "
+                         f"{tuple(bias.shape)}")
+    for arg, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.device != input.device:
+            raise ValueError(f"{name}: {arg} is on {t.device}, input on {input.device}")
+        if t is not None and t.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
+            raise TypeError(f"{name}: {arg} must have input's dtype {input.dtype}; got {t.dtype}")
+    wanted = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias))
+    if not wanted or not fused_call_ok() or torch.is_autocast_enabled(input.device.type):
+        return F.linear(F.silu(input), weight, bias)
+    return _SiLULinear.apply(input, weight, bias)
+
+
+class _SiLULinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight, bias)
+        return F.linear(F.silu(x), weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, bias = ctx.saved_tensors
+        g2 = g.reshape(-1, g.shape[-1])
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = g @ weight
+            if torch.is_grad_enabled():  # a double backward: silu's derivative in differentiable ops
+                s = torch.sigmoid(x)
+                gx = ga * (s * (1 + x * (1 - s)))
+            else:
+                gx = torch.ops.aten.silu_backward(ga, x)
+        if ctx.needs_input_grad[1]:
+            gw = g2.mT @ F.silu(x).reshape(-1, x.shape[-1])  # the activation, recomputed
+        if bias is not None and ctx.needs_input_grad[2]:
+            gb = g2.sum(0)
+        return gx, gw, gb
