@@ -27,15 +27,20 @@ _REDUCTIONS = ("none", "mean", "sum")
 _CHUNK_BYTES = 16 * 2**20  # logits and their gradient of one chunk, float32
 
 
-def _check(h, weight, target, bias, reduction, chunk_size):
-    name = "fastvae.linear_bce_with_logits"
-    for arg, t in (("input", h), ("weight", weight), ("target", target)):
+def _check_tensors(name, tensors, bias):
+    """Each (arg, t) of tensors a floating-point tensor, bias a tensor or None: else a TypeError naming name and arg."""
+    for arg, t in tensors:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: {arg} must be a tensor; got {type(t).__name__}")
         if not t.is_floating_point():
             raise TypeError(f"{name}: {arg} must be a floating-point tensor; got {t.dtype}")
     if bias is not None and not isinstance(bias, torch.Tensor):
         raise TypeError(f"{name}: bias must be a tensor or None; got {type(bias).__name__}")
+
+
+def _check(h, weight, target, bias, reduction, chunk_size):
+    name = "fastvae.linear_bce_with_logits"
+    _check_tensors(name, (("input", h), ("weight", weight), ("target", target)), bias)
     if h.dim() != 2:
         raise ValueError(f"{name}: input must be (B, H); got shape {tuple(h.shape)}")
     if weight.dim() != 2 or weight.shape[1] != h.shape[1]:
@@ -188,13 +193,7 @@ def silu_linear(input, weight, bias=None):
     forward-mode AD or torch.compile take the plain form (F.silu then F.linear); a double backward differentiates the
     backward's own torch ops (SiLU's derivative written out, aten.silu_backward having no derivative)."""
     name = "fastvae.silu_linear"
-    for arg, t in (("input", input), ("weight", weight)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: {arg} must be a tensor; got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name}: {arg} must be a floating-point tensor; got {t.dtype}")
-    if bias is not None and not isinstance(bias, torch.Tensor):
-        raise TypeError(f"{name}: bias must be a tensor or None; got {type(bias).__name__}")
+    _check_tensors(name, (("input", input), ("weight", weight)), bias)
     if input.dim() < 1:
         raise ValueError(f"{name}: input must have a feature dim (..., H); got a 0-dim tensor")
     if weight.dim() != 2 or weight.shape[1] != input.shape[-1]:
