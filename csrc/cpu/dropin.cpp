@@ -88,40 +88,29 @@ void kl_bwd_block(const T* FV_R gv, T f, const T* FV_R lp, const T* FV_R sp, con
   }
 }
 
-template <class T>
+// weight or pos_weight at t; kPlain: neither given (both 1: the common call, and torch.distributions' Bernoulli),
+// the same formulas with the constant, without their two operand streams and multiplies (w, pw unread, null)
+template <bool kPlain, class T>
+T bce_weight(const T* FV_R w, index_t t) {
+  if constexpr (kPlain) return T(1);
+  else return w[t];
+}
+
+template <class T, bool kPlain>
 void bce_fwd_block(const T* FV_R l, const T* FV_R y, const T* FV_R w, const T* FV_R pw, T f, T* FV_R dst,
                    index_t n) {
 #pragma omp simd
-  for (index_t t = 0; t < n; ++t) dst[t] = f * bce_logits_term(l[t], y[t], w[t], pw[t]);
+  for (index_t t = 0; t < n; ++t)
+    dst[t] = f * bce_logits_term(l[t], y[t], bce_weight<kPlain>(w, t), bce_weight<kPlain>(pw, t));
 }
 
-template <class T, bool kWantY>
+template <class T, bool kPlain, bool kWantY>
 void bce_bwd_block(const T* FV_R gv, T f, const T* FV_R l, const T* FV_R y, const T* FV_R w, const T* FV_R pw,
                    T* FV_R dl, T* FV_R dy, index_t n) {
 #pragma omp simd
   for (index_t t = 0; t < n; ++t) {
     T a, b = 0;
-    bce_logits_grad<kWantY>(f * gv[t], l[t], y[t], w[t], pw[t], &a, &b);
-    dl[t] = a;
-    if (kWantY) dy[t] = b;
-  }
-}
-
-// The same loops without weight and pos_weight (both 1: the common call, and torch.distributions' Bernoulli): the
-// same formulas with constants, so the same bits, without two operand streams and their multiplies.
-template <class T>
-void bce_plain_fwd_block(const T* FV_R l, const T* FV_R y, T f, T* FV_R dst, index_t n) {
-#pragma omp simd
-  for (index_t t = 0; t < n; ++t) dst[t] = f * bce_logits_term(l[t], y[t], T(1), T(1));
-}
-
-template <class T, bool kWantY>
-void bce_plain_bwd_block(const T* FV_R gv, T f, const T* FV_R l, const T* FV_R y, T* FV_R dl, T* FV_R dy,
-                         index_t n) {
-#pragma omp simd
-  for (index_t t = 0; t < n; ++t) {
-    T a, b = 0;
-    bce_logits_grad<kWantY>(f * gv[t], l[t], y[t], T(1), T(1), &a, &b);
+    bce_logits_grad<kWantY>(f * gv[t], l[t], y[t], bce_weight<kPlain>(w, t), bce_weight<kPlain>(pw, t), &a, &b);
     dl[t] = a;
     if (kWantY) dy[t] = b;
   }
@@ -146,27 +135,15 @@ void kl_fwd_grad_block(const T* FV_R lp, const T* FV_R sp, const T* FV_R lq, con
   }
 }
 
-template <class T, bool kWantY>
+template <class T, bool kPlain, bool kWantY>
 void bce_fwd_grad_block(const T* FV_R l, const T* FV_R y, const T* FV_R w, const T* FV_R pw, T fo, T f,
                         T* FV_R dst, T* FV_R dl, T* FV_R dy, index_t n) {
 #pragma omp simd
   for (index_t t = 0; t < n; ++t) {
-    dst[t] = fo * bce_logits_term(l[t], y[t], w[t], pw[t]);
+    const T wt = bce_weight<kPlain>(w, t), pwt = bce_weight<kPlain>(pw, t);
+    dst[t] = fo * bce_logits_term(l[t], y[t], wt, pwt);
     T a, b = 0;
-    bce_logits_grad<kWantY>(f, l[t], y[t], w[t], pw[t], &a, &b);
-    dl[t] = a;
-    if (kWantY) dy[t] = b;
-  }
-}
-
-template <class T, bool kWantY>
-void bce_plain_fwd_grad_block(const T* FV_R l, const T* FV_R y, T fo, T f, T* FV_R dst, T* FV_R dl, T* FV_R dy,
-                              index_t n) {
-#pragma omp simd
-  for (index_t t = 0; t < n; ++t) {
-    dst[t] = fo * bce_logits_term(l[t], y[t], T(1), T(1));
-    T a, b = 0;
-    bce_logits_grad<kWantY>(f, l[t], y[t], T(1), T(1), &a, &b);
+    bce_logits_grad<kWantY>(f, l[t], y[t], wt, pwt, &a, &b);
     dl[t] = a;
     if (kWantY) dy[t] = b;
   }
@@ -249,45 +226,34 @@ struct KlOp {
   }
 };
 
-template <class T>
+// kPlain: no weight and no pos_weight, the operands (logits, target) only
+template <class T, bool kPlain>
 struct BceOp {
-  static constexpr int K = 4;
+  static constexpr int K = kPlain ? 2 : 4;
   bool want_y;  // d/dtarget wanted (else not computed)
-  void fwd(const T* const* p, T f, T* dst, index_t n) const { bce_fwd_block(p[0], p[1], p[2], p[3], f, dst, n); }
+  static const T* w(const T* const* p) {
+    if constexpr (kPlain) return nullptr;
+    else return p[2];
+  }
+  static const T* pw(const T* const* p) {
+    if constexpr (kPlain) return nullptr;
+    else return p[3];
+  }
+  void fwd(const T* const* p, T f, T* dst, index_t n) const {
+    bce_fwd_block<T, kPlain>(p[0], p[1], w(p), pw(p), f, dst, n);
+  }
   void bwd(const T* gv, T f, const T* const* p, T* const* d, index_t n) const {
-    if (want_y) bce_bwd_block<T, true>(gv, f, p[0], p[1], p[2], p[3], d[0], d[1], n);
-    else bce_bwd_block<T, false>(gv, f, p[0], p[1], p[2], p[3], d[0], d[1], n);
+    if (want_y) bce_bwd_block<T, kPlain, true>(gv, f, p[0], p[1], w(p), pw(p), d[0], d[1], n);
+    else bce_bwd_block<T, kPlain, false>(gv, f, p[0], p[1], w(p), pw(p), d[0], d[1], n);
   }
   void fwd_grad(const T* const* p, T fo, T f, T* dst, T* const* d, index_t n) const {
     if constexpr (kSeparate<T>) {
       fwd(p, fo, dst, n);
       bwd(unit_block<T>(), f, p, d, n);
     } else if (want_y) {
-      bce_fwd_grad_block<T, true>(p[0], p[1], p[2], p[3], fo, f, dst, d[0], d[1], n);
+      bce_fwd_grad_block<T, kPlain, true>(p[0], p[1], w(p), pw(p), fo, f, dst, d[0], d[1], n);
     } else {
-      bce_fwd_grad_block<T, false>(p[0], p[1], p[2], p[3], fo, f, dst, d[0], d[1], n);
-    }
-  }
-};
-
-// BceOp without weight and pos_weight: operands (logits, target)
-template <class T>
-struct BcePlainOp {
-  static constexpr int K = 2;
-  bool want_y;
-  void fwd(const T* const* p, T f, T* dst, index_t n) const { bce_plain_fwd_block(p[0], p[1], f, dst, n); }
-  void bwd(const T* gv, T f, const T* const* p, T* const* d, index_t n) const {
-    if (want_y) bce_plain_bwd_block<T, true>(gv, f, p[0], p[1], d[0], d[1], n);
-    else bce_plain_bwd_block<T, false>(gv, f, p[0], p[1], d[0], d[1], n);
-  }
-  void fwd_grad(const T* const* p, T fo, T f, T* dst, T* const* d, index_t n) const {
-    if constexpr (kSeparate<T>) {
-      fwd(p, fo, dst, n);
-      bwd(unit_block<T>(), f, p, d, n);
-    } else if (want_y) {
-      bce_plain_fwd_grad_block<T, true>(p[0], p[1], fo, f, dst, d[0], d[1], n);
-    } else {
-      bce_plain_fwd_grad_block<T, false>(p[0], p[1], fo, f, dst, d[0], d[1], n);
+      bce_fwd_grad_block<T, kPlain, false>(p[0], p[1], w(p), pw(p), fo, f, dst, d[0], d[1], n);
     }
   }
 };
@@ -492,10 +458,10 @@ template <class T>
 void bce_fwd(Periodic<T> l, Periodic<T> y, Periodic<T> w, Periodic<T> pw, T factor, index_t N, index_t R, T* out) {
   if (!w.p && !pw.p) {
     const Periodic<T> in[2] = {l, y};
-    return fwd_driver(BcePlainOp<T>{false}, in, factor, N, R, out);
+    return fwd_driver(BceOp<T, true>{false}, in, factor, N, R, out);
   }
   const Periodic<T> in[4] = {l, y, or_one(w), or_one(pw)};
-  fwd_driver(BceOp<T>{false}, in, factor, N, R, out);
+  fwd_driver(BceOp<T, false>{false}, in, factor, N, R, out);
 }
 
 template <class T>
@@ -504,11 +470,11 @@ void bce_bwd(const T* g, Periodic<T> l, Periodic<T> y, Periodic<T> w, Periodic<T
   if (!w.p && !pw.p) {
     const Periodic<T> in[2] = {l, y};
     T* const grads[2] = {gl, gy};
-    return bwd_driver(BcePlainOp<T>{gy != nullptr}, g, in, factor, N, R, grads);
+    return bwd_driver(BceOp<T, true>{gy != nullptr}, g, in, factor, N, R, grads);
   }
   const Periodic<T> in[4] = {l, y, or_one(w), or_one(pw)};
   T* const grads[4] = {gl, gy, nullptr, nullptr};
-  bwd_driver(BceOp<T>{gy != nullptr}, g, in, factor, N, R, grads);
+  bwd_driver(BceOp<T, false>{gy != nullptr}, g, in, factor, N, R, grads);
 }
 
 template <class T>
@@ -543,11 +509,11 @@ void bce_fwd_grad(Periodic<T> l, Periodic<T> y, Periodic<T> w, Periodic<T> pw, T
   if (!w.p && !pw.p) {
     const Periodic<T> in[2] = {l, y};
     T* const grads[2] = {gl, gy};
-    return fwd_grad_driver(BcePlainOp<T>{gy != nullptr}, in, factor, N, R, out, grads, nonfinite);
+    return fwd_grad_driver(BceOp<T, true>{gy != nullptr}, in, factor, N, R, out, grads, nonfinite);
   }
   const Periodic<T> in[4] = {l, y, or_one(w), or_one(pw)};
   T* const grads[4] = {gl, gy, nullptr, nullptr};
-  fwd_grad_driver(BceOp<T>{gy != nullptr}, in, factor, N, R, out, grads, nonfinite);
+  fwd_grad_driver(BceOp<T, false>{gy != nullptr}, in, factor, N, R, out, grads, nonfinite);
 }
 
 // ---- rsample: the stream of reparameterize ------------------------------------------------------------------------
