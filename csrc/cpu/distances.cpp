@@ -761,7 +761,7 @@ void sw_bwd(const T* g, const T* px, const T* py, const int32_t* perm_x, const i
 }
 
 template <class T>
-DistanceKernels<T> make_distance_table(const char* isa) {
+constexpr DistanceKernels<T> make_distance_table(const char* isa) {
   return DistanceKernels<T>{isa, &mmd_fwd<T>, &mmd_bwd<T>, &sw_fwd<T>, &sw_bwd<T>};
 }
 

@@ -566,7 +566,7 @@ void normal_rsample_bwd(const T* gz, T* gloc, T* gscale, index_t numel, index_t 
 }
 
 template <class T>
-DropinKernels<T> make_table(const char* isa) {
+constexpr DropinKernels<T> make_table(const char* isa) {
   return DropinKernels<T>{isa,
                           &normal_nll_fwd<T>,
                           &normal_nll_bwd<T>,

@@ -465,7 +465,7 @@ void tril_bwd(const T* gz, const T* glogq, const T* L, T* grad_mu, T* grad_L, in
 }
 
 template <class T>
-GaussianKernels<T> make_table(const char* isa) {
+constexpr GaussianKernels<T> make_table(const char* isa) {
   return GaussianKernels<T>{isa,
                     &reparam_fwd<T>,
                     &reparam_bwd<T>,

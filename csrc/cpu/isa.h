@@ -36,14 +36,17 @@
 
 // ---- registration of a kernel file's tables ------------------------------------------------------------------
 // FV_REGISTER_TABLE(Type, var, init, getter): at namespace scope, after the code `init` calls. Every build defines
-// `const Type var = init` in its namespace fastvae::cpu::<isa>; the baseline build (the one compiled for every CPU)
+// `constexpr Type var = init` in its namespace fastvae::cpu::<isa>: a constant, written into the library by the
+// compiler, so that no code of the file runs when the library is loaded (a dynamic initialiser would be compiled
+// for the file's instruction set, and loading the library on a CPU without it would stop with SIGILL before any
+// dispatch; constexpr makes that a compile error). The baseline build (the one compiled for every CPU)
 // also defines `getter` (a declaration, e.g. `const Foo& foo()` or `template <> const Foo<float>& foo<float>()`,
 // declared in the family's header) returning the var of the instruction set in use. No list elsewhere names it.
 #define FV_ISA_DEFINE_(Type, var, init)   \
   namespace fastvae {                     \
   namespace cpu {                         \
   namespace FV_ISA {                      \
-  extern const Type var = init;           \
+  extern constexpr Type var = init;       \
   }                                       \
   }                                       \
   }

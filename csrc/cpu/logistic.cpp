@@ -290,7 +290,7 @@ index_t first_off_grid(const T* x, index_t n, int n_bits) {
 }
 
 template <class T>
-LogisticKernels<T> make_table(const char* isa) {
+constexpr LogisticKernels<T> make_table(const char* isa) {
   return LogisticKernels<T>{isa, &logistic_fwd<T>, &logistic_bwd<T>, &first_off_grid<T>};
 }
 
