@@ -18,9 +18,10 @@ import types
 
 import torch
 
-from ._registry import _16BIT, LIB, compute_dtype, create_graph, draw_seed, ops
+from ._registry import _16BIT, LIB, _below_autograd, compute_dtype, create_graph, direct, draw_seed, ops
 from ._transforms import fused_call_ok
-from .dropin_autograd import _bce_backward, _fold, _kl_backward, _nll_backward
+from .dropin_autograd import (_bce_backward, _fold, _kl_backward, _nll_backward, _rsample_backward, _rsample_setup,
+                              _save)
 
 SPREADS = {"scale": 0, "var": 1, "logvar": 2}
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -88,12 +89,14 @@ def _call(op, shape, dtype, operands, event_dims, *args):
 def _run(op, operands, args, row_len):
     """op(*operands, *args, row_len), as the forward with gradients (_WithGrad) where that is faster: on the CPU, in
     eager mode, when a gradient will be wanted."""
+    if not fused_call_ok():  # torch.compile, torch.func, forward AD: the registered op (its rules, its fake)
+        return op(*operands, *args, row_len)
     spec = _WITH_GRAD.get(op)
-    if spec is not None and torch.is_grad_enabled() and operands[0].device.type == "cpu" and fused_call_ok():
+    if spec is not None and torch.is_grad_enabled() and operands[0].device.type == "cpu":
         mask = [t is not None and t.requires_grad for t in operands]
         if any(mask[:spec.n_grads]) and not any(mask[spec.n_grads:]):
             return _WithGrad.apply(spec, args, row_len, mask[:spec.n_grads], *operands)
-    return op(*operands, *args, row_len)
+    return _DIRECT[op](*operands, *args, row_len)
 
 
 # ---- the wrappers ---------------------------------------------------------------------------------------------------
@@ -139,7 +142,8 @@ def normal_rsample(loc, scale, sample_shape=torch.Size(), generator=None):
         k = math.prod(sample_shape)
         if k == 0:
             return (loc + 0 * scale).expand(*sample_shape, *shape).to(dtype)
-    z = ops.dropin_normal_rsample(loc, scale, draw_seed(loc.device, generator), k)
+    seed = draw_seed(loc.device, generator)
+    z = _rsample(loc, scale, seed, k) if fused_call_ok() else ops.dropin_normal_rsample(loc, scale, seed, k)
     if len(sample_shape) > 1:
         z = z.reshape(*sample_shape, *shape)
     return z if z.dtype == dtype else z.to(dtype)
@@ -165,7 +169,8 @@ class _Spec(types.SimpleNamespace):
 class _WithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec, args, row_len, mask, *operands):
-        out, nonfinite, *derivs = spec.with_grad(*operands, *args, row_len, mask)
+        with _below_autograd():  # (its autograd formula only raises: skipping it saves a Python round trip)
+            out, nonfinite, *derivs = spec.with_grad(*operands, *args, row_len, mask)
         ctx.finite, ctx.used = not nonfinite.item(), False
         ctx.save_for_backward(*operands, *(derivs if ctx.finite else ()))
         ctx.spec, ctx.args, ctx.n = spec, (*args, row_len), len(operands)
@@ -204,6 +209,18 @@ _WITH_GRAD = {
     ops.dropin_bce_with_logits: _Spec(with_grad=ops.dropin_bce_with_logits_with_grad, backward=_bce_backward,
                                       n_grads=2),
 }
+
+
+def _direct(op, backward, n_tensors):
+    # the op with its registered autograd formula (dropin_autograd.py: it saves the n_tensors tensor operands),
+    # without the dispatcher's round trip through torch's Python autograd kernel (_registry.direct)
+    return direct(op, lambda ctx, inputs, output: _save(ctx, inputs, n_tensors), backward)
+
+
+_DIRECT = {ops.dropin_normal_nll: _direct(ops.dropin_normal_nll, _nll_backward, 3),
+           ops.dropin_normal_kl: _direct(ops.dropin_normal_kl, _kl_backward, 4),
+           ops.dropin_bce_with_logits: _direct(ops.dropin_bce_with_logits, _bce_backward, 4)}
+_rsample = direct(ops.dropin_normal_rsample, _rsample_setup, _rsample_backward)
 
 
 def _no_derivative(name, public):
