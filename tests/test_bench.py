@@ -2,6 +2,8 @@
 assertions: the numbers depend on the machine and its load."""
 import csv
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -352,3 +354,30 @@ def test_the_logistic_workload_batch_is_the_largest_that_fits(monkeypatch):
     assert batch == 2048 and "batch 65536 would need ~256 GiB" in note and "measured at batch 2048" in note
     monkeypatch.setattr(run, "_free_memory_bytes", lambda device: 300 * 2**30)
     assert large_batch.pick_batch(log=lambda m: None) == (65536, "")
+
+
+CHATTER_SAMPLES = [
+    "USDT:2026-12-08 01:05:54 31858:31858 SyncActivityProfilerHandler.cpp:52] profiler_start",
+    "STAGE:2026-12-08 01:07:20 32344:32344 SyncActivityProfilerHandler.cpp:51] Completed Stage: Warm Up",
+    "[W1208 01:05:54.453239480 CPUAllocator.cpp:245] Memory block of unknown size was allocated before the profiling "
+    "started, profiler results will not include the deallocation event",
+]
+
+
+def test_profiler_chatter_is_dropped_and_everything_else_kept():
+    """torch's profiler writes lines to fd 2 at each start and stop (1000+ lines in a --quick run before): the suite
+    drops exactly those and passes on what else the measured region writes."""
+    from fastvae.bench.measure import _CHATTER
+    assert all(_CHATTER.match(s) for s in CHATTER_SAMPLES)
+    assert not _CHATTER.match("UserWarning: USDT:2026-12-08 something") and not _CHATTER.match("RuntimeError: x")
+    script = ("import sys, warnings, torch\n"
+              "from fastvae.bench.measure import _cpu_peak_via_profiler\n"
+              "def region():\n"
+              "    torch.ones(1000).sum()\n"
+              "    print('KEEP this line', file=sys.stderr)\n"
+              "    warnings.warn('KEEP this warning')\n"
+              "assert _cpu_peak_via_profiler(region) >= 0\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "KEEP this line" in r.stderr and "KEEP this warning" in r.stderr
+    assert not [line for line in r.stderr.splitlines() if _CHATTER.match(line)], r.stderr

@@ -10,6 +10,7 @@ outermost only, so that none counts twice) is divided by the wall time of its st
 profiler; the median over 5 steps. The Python around each op (argument checks, autograd wiring) is not counted as
 fused time. On CUDA the share is left blank (a kernel's time is not its launch's CPU time)."""
 from . import e2e
+from .measure import quiet_profiler
 from .ops import Op
 
 FASHION_TRAIN = 60000
@@ -42,7 +43,7 @@ def fused_share(step, sets, reps=5):
     module doc): the median over `reps` calls (over the input sets in turn), so that one call slowed by the
     machine's other load does not decide it."""
     from torch.profiler import ProfilerActivity, profile, record_function
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with quiet_profiler(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for i in range(reps):
             with record_function(_STEP):
                 step(*sets[i % len(sets)])

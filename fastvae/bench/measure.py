@@ -12,10 +12,13 @@ running sum is the memory the region allocated above its inputs. Memory that a l
 torch's allocator (KeOps' C++ buffers, say) is not seen by the hook; `rss_peak_above` measures the peak RSS of
 a fresh process instead, for the named memory targets.
 """
+import contextlib
 import math
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -171,11 +174,41 @@ def peak_memory_bytes(region, device):
     return _cpu_peak_via_profiler(region)
 
 
+# What torch's profiler writes to the process's stderr (file descriptor 2, from C++) whenever it starts and stops,
+# which no log level turns off: "USDT:<date> <pid>:<tid> SyncActivityProfilerHandler.cpp:52] profiler_start",
+# "STAGE:... Completed Stage: Warm Up", and c10's warning that a block was allocated before profiling started.
+_CHATTER = re.compile(r"^(USDT|STAGE):\d{4}-\d\d-\d\d "
+                      r"|^\[W\S* [\d:.]+ (\d+ )?CPUAllocator\.cpp:\d+\] Memory block of unknown size")
+
+
+@contextlib.contextmanager
+def quiet_profiler():
+    """While torch.profiler runs inside: file descriptor 2 goes to a temporary file, and on exit what was written
+    there, less the profiler's own chatter (_CHATTER), goes on to stderr: the suite's output stays a table and its
+    progress lines, warnings and errors included."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            rest = [line for line in tmp.read().decode(errors="replace").splitlines(keepends=True)
+                    if not _CHATTER.match(line)]
+            if rest:
+                sys.stderr.write("".join(rest))
+                sys.stderr.flush()
+
+
 def _cpu_peak_via_profiler(region):
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         region()
     allocs = []
     stack = list(prof.profiler.kineto_results.experimental_event_tree())
