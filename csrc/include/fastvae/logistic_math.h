@@ -83,9 +83,9 @@ FV_HD T logistic_logp(T x, T m, T ls, const LogisticGrid<T>& g, T* d_m, T* d_ls)
   const bool lo_inf = kf < T(0.5);
   const bool edge = (k < g.levels - k ? k : g.levels - k) < T(0.5);
   const T aH = H < T(0) ? -H : H;
-  const T t = hi_inf ? T(0) : fv_exp(-aH);  // e^-|H|
+  const T t = hi_inf ? T(0) : fv_exp_nonpos(-aH);  // e^-|H|
   const T h_lin = hi_inf ? T(0) : (H < T(0) ? H : T(0));
-  const T eL = lo_inf ? T(0) : fv_exp(L);  // e^L <= e^0
+  const T eL = lo_inf ? T(0) : fv_exp_nonpos(L);  // e^L <= e^0 (L <= -|H| in the frame)
   // d = 2h e^-ls = (2h q) q (no exp of its own: finite wherever d is, 0 only where d is below the smallest normal and
   // the d < 1 branch carries it as log d = log 2h - ls). An edge bin has one infinite end, so d = inf there, which
   // makes the d terms vanish (e^-d = 0, factor 1, d / (e^d - 1) = 0).
@@ -93,7 +93,7 @@ FV_HD T logistic_logp(T x, T m, T ls, const LogisticGrid<T>& g, T* d_m, T* d_ls)
   const T ld = g.log_2h - ls;
   const bool small = d < T(1);
   const T ratio = T(1) - d * fv_exp_tail_series(small ? -d : T(0));  // (1 - e^-d) / d for d < 1
-  const T emd = small ? T(1) - d * ratio : fv_exp(-d);               // e^-d
+  const T emd = small ? T(1) - d * ratio : fv_exp_nonpos(-d);               // e^-d
   const T f3 = small ? ratio : T(1) - emd;
   const T d_lin = small ? ld : T(0);
   const T pt = T(1) + t, pl = T(1) + eL;  // in [1, 2]
