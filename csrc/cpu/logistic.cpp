@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -163,13 +164,14 @@ void inverse(const T* FV_R s, T* FV_R is, index_t n) {
   for (index_t t = 0; t < n; ++t) is[t] = inverse_or_zero(s[t]);
 }
 
-// The buffers of one task: six K x kPix arrays and six of kPix.
+// The buffers of one task: six K x kPix arrays and six of kPix. Not zeroed (every loop reads only what the block's
+// loops wrote before it): a value-initialised vector cost a memset of the whole (66 KiB at K = 10) per row.
 template <class T>
 struct MixBuffers {
-  std::vector<T> mem;
+  std::unique_ptr<T[]> mem;
   T *lg, *mg, *sg, *lp, *dm, *ds, *mx1, *s1, *mx2, *s2, *gv, *xv;
-  explicit MixBuffers(index_t K) : mem(static_cast<size_t>((6 * K + 6) * kPix)) {
-    T* p = mem.data();
+  explicit MixBuffers(index_t K) : mem(new T[static_cast<size_t>((6 * K + 6) * kPix)]) {
+    T* p = mem.get();
     for (T** b : {&lg, &mg, &sg, &lp, &dm, &ds}) {
       *b = p;
       p += K * kPix;
