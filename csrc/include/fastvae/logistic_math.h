@@ -93,7 +93,7 @@ FV_HD T logistic_logp(T x, T m, T ls, const LogisticGrid<T>& g, T* d_m, T* d_ls)
   const T ld = g.log_2h - ls;
   const bool small = d < T(1);
   const T ratio = T(1) - d * fv_exp_tail_series(small ? -d : T(0));  // (1 - e^-d) / d for d < 1
-  const T emd = small ? T(1) - d * ratio : fv_exp_nonpos(-d);               // e^-d
+  const T emd = small ? T(1) - d * ratio : fv_exp_nonpos(-d);       // e^-d
   const T f3 = small ? ratio : T(1) - emd;
   const T d_lin = small ? ld : T(0);
   const T pt = T(1) + t, pl = T(1) + eL;  // in [1, 2]
