@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -163,13 +164,14 @@ void inverse(const T* FV_R s, T* FV_R is, index_t n) {
   for (index_t t = 0; t < n; ++t) is[t] = inverse_or_zero(s[t]);
 }
 
-// The buffers of one task: six K x kPix arrays and six of kPix.
+// The buffers of one task: six K x kPix arrays and six of kPix. Not zeroed (every loop reads only what the block's
+// loops wrote before it): a value-initialised vector cost a memset of the whole (66 KiB at K = 10) per row.
 template <class T>
 struct MixBuffers {
-  std::vector<T> mem;
+  std::unique_ptr<T[]> mem;
   T *lg, *mg, *sg, *lp, *dm, *ds, *mx1, *s1, *mx2, *s2, *gv, *xv;
-  explicit MixBuffers(index_t K) : mem(static_cast<size_t>((6 * K + 6) * kPix)) {
-    T* p = mem.data();
+  explicit MixBuffers(index_t K) : mem(new T[static_cast<size_t>((6 * K + 6) * kPix)]) {
+    T* p = mem.get();
     for (T** b : {&lg, &mg, &sg, &lp, &dm, &ds}) {
       *b = p;
       p += K * kPix;
@@ -181,15 +183,33 @@ struct MixBuffers {
   }
 };
 
-// sum over pixels [0, n) of the block of the mixture's -log P
+// The cache lines of a[0, n) towards the cache (rw: to be written), one prefetch per 64 bytes. A block reads its
+// inputs in its transposes and then computes from its buffers alone: the next block's inputs (and, in the backward,
+// this block's outputs) are fetched during that compute, a K-th per component's pass, instead of the transposes
+// waiting on memory (fwd+bwd at K = 10, one thread: -6 to -10%).
+template <class T>
+void prefetch(const T* a, index_t n, bool rw = false) {
+  constexpr index_t kLine = 64 / sizeof(T);
+  for (index_t i = 0; i < n; i += kLine) {
+    if (rw) __builtin_prefetch(a + i, 1, 2);
+    else __builtin_prefetch(a + i, 0, 2);
+  }
+}
+
+// sum over pixels [0, n) of the block of the mixture's -log P (n_next: the next block's pixels, 0 for none)
 template <class T>
 T mix_fwd_block(MixBuffers<T>& b, const T* x, const T* logits, const T* means, const T* ls, LogisticGrid<T> g,
-                index_t n, index_t K) {
+                index_t n, index_t K, index_t n_next) {
   to_soa(logits, b.lg, n, K);
   to_soa(means, b.mg, n, K);
   to_soa(ls, b.sg, n, K);
-  for (index_t k = 0; k < K; ++k)
+  for (index_t k = 0; k < K; ++k) {
+    const index_t c = n * K + k * n_next;  // the next block's inputs, a K-th per pass
+    prefetch(logits + c, n_next);
+    prefetch(means + c, n_next);
+    prefetch(ls + c, n_next);
     mix_logp_row(x, b.lg + k * kPix, b.mg + k * kPix, b.sg + k * kPix, g, b.lp + k * kPix, n);
+  }
   lse_soa(b.lg, K, n, b.mx1, b.s1);
   lse_soa(b.lp, K, n, b.mx2, b.s2);
   return mix_nll_sum(b.mx1, b.s1, b.mx2, b.s2, n);
@@ -197,13 +217,21 @@ T mix_fwd_block(MixBuffers<T>& b, const T* x, const T* logits, const T* means, c
 
 template <class T>
 void mix_bwd_block(MixBuffers<T>& b, T gr, const T* x, const T* logits, const T* means, const T* ls,
-                   LogisticGrid<T> g, T* glog, T* gmean, T* gls, index_t n, index_t K) {
+                   LogisticGrid<T> g, T* glog, T* gmean, T* gls, index_t n, index_t K, index_t n_next) {
   to_soa(logits, b.lg, n, K);
   to_soa(means, b.mg, n, K);
   to_soa(ls, b.sg, n, K);
-  for (index_t k = 0; k < K; ++k)
+  for (index_t k = 0; k < K; ++k) {
+    const index_t c = n * K + k * n_next;
+    prefetch(logits + c, n_next);
+    prefetch(means + c, n_next);
+    prefetch(ls + c, n_next);
+    if (glog) prefetch(glog + k * n, n, true);
+    prefetch(gmean + k * n, n, true);
+    prefetch(gls + k * n, n, true);
     mix_logp_grad_row(x, b.lg + k * kPix, b.mg + k * kPix, b.sg + k * kPix, g, b.lp + k * kPix, b.dm + k * kPix,
                       b.ds + k * kPix, n);
+  }
   lse_soa(b.lg, K, n, b.mx1, b.s1);
   lse_soa(b.lp, K, n, b.mx2, b.s2);
   inverse(b.s1, b.mx1, n);  // mx1, mx2 now hold 1 / s1, 1 / s2
@@ -240,7 +268,7 @@ void logistic_fwd(const T* x, const T* logits, const T* means, const T* ls, T* o
     T acc = 0;
     for (index_t p = p0; p < p1; p += kPix)
       acc += mix_fwd_block(b, xr + p, logits + o + p * K, means + o + p * K, ls + o + p * K, g,
-                           std::min(kPix, p1 - p), K);
+                           std::min(kPix, p1 - p), K, std::max<index_t>(0, std::min(kPix, p1 - p - kPix)));
     return acc;
   });
 }
@@ -268,7 +296,7 @@ void logistic_bwd(const T* gout, const T* x, const T* logits, const T* means, co
     for (index_t p = p0; p < p1; p += kPix) {
       const index_t o = (r * D + p) * K;
       mix_bwd_block(b, gout[r], xr + p, logits + o, means + o, ls + o, g, glog + o, gmean + o, gls + o,
-                    std::min(kPix, p1 - p), K);
+                    std::min(kPix, p1 - p), K, std::max<index_t>(0, std::min(kPix, p1 - p - kPix)));
     }
   });
 }

@@ -26,7 +26,7 @@ GROUPS = {
     "gaussian": ["reparameterize", "reparameterize_kl", "reparameterize_tril", "gaussian_nll", "bernoulli_nll",
                  "kl_normal", "vae_head"],
     "distances": ["mmd", "energy_distance", "sliced_wasserstein"],
-    "logistic": ["discretized_logistic_mixture_nll"],
+    "logistic": ["discretized_logistic_nll", "discretized_logistic_mixture_nll"],
     "e2e": ["vae_train_step", "vae_train_amp", "vae_train_epoch"],
     "epoch": ["vae_train_epoch"],
     "dropin": ["td_vae_loss", "gaussian_nll_loss", "bce_with_logits"],
@@ -200,8 +200,11 @@ def _run(args, argv):
         info2, md2 = targets.vae_head_speedup(rows)
         md3 = targets.distance_speedups(rows, mem_target, cuda=cuda)
         info4, md4 = targets.logistic_mixture_speedup(rows, cuda=cuda)
+        info4s, md4s = targets.logistic_single_speedup(rows, cuda=cuda)
+        md4 = md4s + "\n\n" + md4
         env["vae_head_target"] = info2
         env["logistic_mixture_target"] = info4
+        env["logistic_single_target"] = info4s
         env["seconds"] = time.perf_counter() - t_run
         env["loadavg"] = env["loadavg"][:1] + [os.getloadavg()[0]]
         if cuda:

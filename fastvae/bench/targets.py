@@ -259,16 +259,66 @@ def logistic_mixture_speedup(rows, cuda=False):
         lines.append(f"| {name} | {_t(r)} | {rng} | {sp} | {'' if peak is None else f'{peak:.1f}'} | {share} "
                      f"| {saved} |")
         info[name] = dict(p50_ms=r.get("p50_ms"), peak_mem_mib=peak, saved_mib=r.get("saved_mib"), speedup=ratio)
-    rates = []
+    rates = _rates(rows, op, n)
+    if rates:
+        lines += ["", "fastvae bytes moved (inputs read, gradients written): " + "; ".join(rates) + "."]
+    return info, "\n".join(lines)
+
+
+LOGISTIC_SINGLE_GOAL = 5.0  # fastvae vs the plain eager (PixelCNN++) form
+
+
+def logistic_single_speedup(rows, cuda=False):
+    """The single discretized logistic at B = 64, 3 x 32 x 32, float32, forward + backward: >= 5x the plain eager
+    (PixelCNN++) form; fastvae.reference's overflow-safe form and torch.compile of the plain form for reference; with
+    the peak and saved-for-backward memory and the forward and backward rates as shares of the copy bandwidth."""
+    n, op = LOGISTIC_B, "discretized_logistic_nll"
+    title = f"single discretized logistic, {op}, float32, B = {n}, 3 x 32 x 32, forward + backward"
+    provs = ("fastvae", "eager", "eager (reference)", "compile")
+    got = {p: _row(rows, op, p, n) for p in provs}
+    f = got["fastvae"]
+    if f is None and got["eager"] is None:
+        return None, f"### Target: {title}: not run (size {n} not selected)"
+    lines = [f"### Target: {title}", "",
+             f"target: >= {LOGISTIC_SINGLE_GOAL:g}x the plain eager form (PixelCNN++'s: inv_stdv = exp(-log_scale), "
+             "sigmoids of inv_stdv (x - mean +- 1/255), the edge bins and the midpoint fallback by torch.where, log "
+             "of the difference). eager (reference) is fastvae.reference's overflow-safe form, compile "
+             "torch.compile of the plain form (no goals)." +
+             (" (Set on the 2-core CPU; on CUDA the same rows, for reference.)" if cuda else ""), "",
+             "| provider | p50 ms | p20-p80 ms | fastvae speed-up | peak MiB | saved for backward MiB "
+             "(beyond inputs) |",
+             "|---|---|---|---|---|---|"]
+    info = {}
+    for name in provs:
+        r = got[name]
+        if r is None:
+            continue
+        goal = LOGISTIC_SINGLE_GOAL if name == "eager" else None
+        ratio = _ratio(r, f) if name != "fastvae" else None
+        sp = "" if name == "fastvae" else (_verdict(ratio, goal, r, f) if goal else
+                                           (f"{ratio:.2f}x" if ratio else "n/a"))
+        rng = f"{r['p20_ms']:.2f}-{r['p80_ms']:.2f}" if r.get("p50_ms") is not None else ""
+        peak = r.get("peak_mem_mib")
+        saved = (f"{r['saved_mib']:.1f} ({r['saved_extra_mib']:.1f})" if r.get("saved_mib") is not None else "n/a")
+        t = _t(r) if r.get("p50_ms") is None else f"{_ms(r['p50_ms'])} ms"
+        lines.append(f"| {name} | {t} "
+                     f"| {rng} | {sp} | {'' if peak is None else f'{peak:.1f}'} | {saved} |")
+        info[name] = dict(p50_ms=r.get("p50_ms"), peak_mem_mib=peak, saved_mib=r.get("saved_mib"), speedup=ratio)
+    rates = _rates(rows, op, n)
+    if rates:
+        lines += ["", "fastvae bytes moved (inputs read, gradients written): " + "; ".join(rates) + "."]
+    return info, "\n".join(lines)
+
+
+def _rates(rows, op, n):
+    out = []
     for mode in ("forward", "backward", "full"):
         r = _row(rows, op, "fastvae", n, mode)
         if r is not None and r.get("gbps") is not None:
             pct = f", {r['pct_copy_bw']:.0f}% of the copy bandwidth" if r.get("pct_copy_bw") is not None else ""
-            rates.append(f"{mode} {r['p50_ms']:.1f} ms, {r['bytes_model'] / 2**20:.0f} MiB moved, "
-                         f"{r['gbps']:.1f} GB/s{pct}")
-    if rates:
-        lines += ["", "fastvae bytes moved (inputs read, gradients written): " + "; ".join(rates) + "."]
-    return info, "\n".join(lines)
+            out.append(f"{mode} {r['p50_ms']:.2f} ms, {r['bytes_model'] / 2**20:.1f} MiB moved, "
+                       f"{r['gbps']:.1f} GB/s{pct}")
+    return out
 
 
 def distance_speedups(rows, memory=None, cuda=False):

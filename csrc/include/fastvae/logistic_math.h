@@ -30,12 +30,14 @@ struct LogisticGrid {
   T levels;  // L - 1 = 2^n_bits - 1, the index of the highest level
   T h;       // half a bin: 1 / (L - 1)
   T log_2h;  // log(2 h)
+  T two_h;   // 2 h
 };
 
 template <class T>
 inline LogisticGrid<T> logistic_grid(int n_bits) {
   const double levels = static_cast<double>((int64_t(1) << n_bits) - 1);
-  return {static_cast<T>(levels), static_cast<T>(1.0 / levels), static_cast<T>(std::log(2.0 / levels))};
+  return {static_cast<T>(levels), static_cast<T>(1.0 / levels), static_cast<T>(std::log(2.0 / levels)),
+          static_cast<T>(2.0 / levels)};
 }
 
 // round to nearest for |v| < 2^22 (float) / 2^51 (double) without a call (vectorises on baseline x86-64)
@@ -81,22 +83,26 @@ FV_HD T logistic_logp(T x, T m, T ls, const LogisticGrid<T>& g, T* d_m, T* d_ls)
   const bool lo_inf = kf < T(0.5);
   const bool edge = (k < g.levels - k ? k : g.levels - k) < T(0.5);
   const T aH = H < T(0) ? -H : H;
-  const T t = hi_inf ? T(0) : fv_exp(-aH);  // e^-|H|
+  const T t = hi_inf ? T(0) : fv_exp_nonpos(-aH);  // e^-|H|
   const T h_lin = hi_inf ? T(0) : (H < T(0) ? H : T(0));
-  const T eL = lo_inf ? T(0) : fv_exp(L);  // e^L <= e^0
-  // log d; an edge bin has one infinite end, so d = inf there, which makes the d terms vanish (e^-d = 0, factor 1,
-  // d / (e^d - 1) = 0) without a select on `edge` (nested selects on two conditions do not vectorise)
-  const T ld = edge ? T(1000) : g.log_2h - ls;
-  const T d = fv_exp(ld);
+  const T eL = lo_inf ? T(0) : fv_exp_nonpos(L);  // e^L <= e^0 (L <= -|H| in the frame)
+  // d = 2h e^-ls = (2h q) q (no exp of its own: finite wherever d is, 0 only where d is below the smallest normal and
+  // the d < 1 branch carries it as log d = log 2h - ls). An edge bin has one infinite end, so d = inf there, which
+  // makes the d terms vanish (e^-d = 0, factor 1, d / (e^d - 1) = 0).
+  const T d = edge ? T(INFINITY) : (g.two_h * q) * q;
+  const T ld = g.log_2h - ls;
   const bool small = d < T(1);
   const T ratio = T(1) - d * fv_exp_tail_series(small ? -d : T(0));  // (1 - e^-d) / d for d < 1
-  const T emd = small ? T(1) - d * ratio : fv_exp(-d);               // e^-d
+  const T emd = small ? T(1) - d * ratio : fv_exp_nonpos(-d);       // e^-d
   const T f3 = small ? ratio : T(1) - emd;
   const T d_lin = small ? ld : T(0);
-  const T inv_t = T(1) / (T(1) + t);
-  const T inv_l = T(1) / (T(1) + eL);
-  const T logp = h_lin + d_lin + lg_log((inv_t * inv_l) * f3);
-  if constexpr (kGrad) {
+  const T pt = T(1) + t, pl = T(1) + eL;  // in [1, 2]
+  if constexpr (!kGrad) {
+    return h_lin + d_lin + lg_log(f3 / (pt * pl));  // one division where the gradients need none
+  } else {
+    const T inv_t = T(1) / pt;
+    const T inv_l = T(1) / pl;
+    const T logp = h_lin + d_lin + lg_log((inv_t * inv_l) * f3);
     const T s_h = hi_inf ? T(0) : (H < T(0) ? inv_t : t * inv_t);  // sigmoid(-H)
     const T s_l = eL * inv_l;                                       // sigmoid(L), 0 at an infinite end
     const T diff = s_h - s_l;
@@ -104,8 +110,8 @@ FV_HD T logistic_logp(T x, T m, T ls, const LogisticGrid<T>& g, T* d_m, T* d_ls)
     // d / (e^d - 1) = e^-d / ratio (d < 1) or d e^-d / (1 - e^-d)
     const T dr = (small ? emd : mul0(emd, d)) / f3;
     *d_ls = mul0(s_l, L) - mul0(s_h, H) - dr;
+    return logp;
   }
-  return logp;
 }
 
 // -log of a mixture's mass from the two log-sum-exps over its K components, sum_k e^a_k = s e^mx: (mx1, s1) over

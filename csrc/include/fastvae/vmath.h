@@ -41,11 +41,8 @@ FV_HD float fv_round_small(float v) {
   return (v + magic) - magic;
 }
 
-// exp(x) for every float x: overflow gives inf, underflow 0 (through denormals), NaN stays NaN.
-FV_HD float fv_expf(float x) {
-  // clamp with compares, not fminf/fmaxf: those only vectorise under finite-math (NaN is restored below)
-  float xc = x < -104.0f ? -104.0f : x;
-  xc = xc > 89.0f ? 89.0f : xc;
+// e^xc for xc in [-104, 89] (or NaN, which gives NaN): the polynomial and scaling of fv_expf.
+FV_HD float fv_expf_core(float xc) {
   const float n = fv_round_small(xc * 1.44269504088896341f);
   float r = fv_fma(n, -0.693359375f, xc);
   r = fv_fma(n, 2.12194440e-4f, r);
@@ -61,9 +58,21 @@ FV_HD float fv_expf(float x) {
   const int32_t n1 = ni >> 1, n2 = ni - n1;
   const float s1 = fv_bits_to_float((n1 + 127) << 23);
   const float s2 = fv_bits_to_float((n2 + 127) << 23);
-  const float out = y * s1 * s2;
+  return y * s1 * s2;
+}
+
+// exp(x) for every float x: overflow gives inf, underflow 0 (through denormals), NaN stays NaN.
+FV_HD float fv_expf(float x) {
+  // clamp with compares, not fminf/fmaxf: those only vectorise under finite-math (NaN is restored below)
+  float xc = x < -104.0f ? -104.0f : x;
+  xc = xc > 89.0f ? 89.0f : xc;
+  const float out = fv_expf_core(xc);
   return x != x ? x : out;
 }
+
+// exp(x) for x <= 0 or NaN (callers guarantee the sign): fv_expf's values (bitwise, NaN as NaN) without the
+// upper clamp and the NaN select (the compare clamp passes a NaN through, and the core turns it into a NaN).
+FV_HD float fv_expf_nonpos(float x) { return fv_expf_core(x < -104.0f ? -104.0f : x); }
 
 // log(2^fe (1 + f)) for f in [-0.293, 0.415] and an integer fe: the polynomial of fv_logf_pos.
 FV_HD float fv_log_reduced(float f, float fe) {
@@ -126,6 +135,8 @@ FV_HD float fv_log1p_exp_neg(float a) {
 // ---- the overloads the elementwise kernels call: float -> the code above, double -> libm ----
 FV_HD float fv_exp(float x) { return fv_expf(x); }
 FV_HD double fv_exp(double x) { return exp(x); }
+FV_HD float fv_exp_nonpos(float x) { return fv_expf_nonpos(x); }
+FV_HD double fv_exp_nonpos(double x) { return exp(x); }
 FV_HD double fv_log1p_exp_neg(double a) { return log1p(exp(-a)); }
 
 // (e^x - 1 - x) / x^2 = sum_{k >= 2} x^(k-2) / k! for |x| <= 1, by Horner: the Taylor series cut where its next

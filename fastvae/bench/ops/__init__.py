@@ -16,8 +16,9 @@ One module per op family (gaussian.py, logistic.py, distances.py) over the share
 from .common import CODE_D, LATENT, MMD_BANDWIDTHS, MMD_SCALES, SW_PROJECTIONS, TRIL_D, Op, Unavailable  # noqa: F401
 from .distances import _distance_ops
 from .gaussian import _likelihood_ops, _reparameterize_ops, _vae_head_op
-from .logistic import _logistic_op
+from .logistic import _logistic_op, _logistic_single_op
 
 
 def all_ops():
-    return _reparameterize_ops() + _likelihood_ops() + [_vae_head_op(), _logistic_op()] + _distance_ops()
+    return (_reparameterize_ops() + _likelihood_ops() + [_vae_head_op(), _logistic_single_op(), _logistic_op()] +
+            _distance_ops())
