@@ -255,14 +255,11 @@ def logistic_mixture_speedup(rows, cuda=False):
         if name != "fastvae" and peak and fpeak is not None:
             share = f"{fpeak / peak:.3f}" + (f" ({'meets' if fpeak <= peak / 4 else 'misses'} <= 1/4)"
                                              if name == "eager" else "")
-        saved = (f"{r['saved_mib']:.1f} ({r['saved_extra_mib']:.1f})" if r.get("saved_mib") is not None else "n/a")
+        saved = _saved(r)
         lines.append(f"| {name} | {_t(r)} | {rng} | {sp} | {'' if peak is None else f'{peak:.1f}'} | {share} "
                      f"| {saved} |")
-        info[name] = dict(p50_ms=r.get("p50_ms"), peak_mem_mib=peak, saved_mib=r.get("saved_mib"), speedup=ratio)
-    rates = _rates(rows, op, n)
-    if rates:
-        lines += ["", "fastvae bytes moved (inputs read, gradients written): " + "; ".join(rates) + "."]
-    return info, "\n".join(lines)
+        info[name] = _info(r, ratio)
+    return _with_rates(info, lines, rows, op, n)
 
 
 LOGISTIC_SINGLE_GOAL = 5.0  # fastvae vs the plain eager (PixelCNN++) form
@@ -299,11 +296,26 @@ def logistic_single_speedup(rows, cuda=False):
                                            (f"{ratio:.2f}x" if ratio else "n/a"))
         rng = f"{r['p20_ms']:.2f}-{r['p80_ms']:.2f}" if r.get("p50_ms") is not None else ""
         peak = r.get("peak_mem_mib")
-        saved = (f"{r['saved_mib']:.1f} ({r['saved_extra_mib']:.1f})" if r.get("saved_mib") is not None else "n/a")
+        saved = _saved(r)
         t = _t(r) if r.get("p50_ms") is None else f"{_ms(r['p50_ms'])} ms"
         lines.append(f"| {name} | {t} "
                      f"| {rng} | {sp} | {'' if peak is None else f'{peak:.1f}'} | {saved} |")
-        info[name] = dict(p50_ms=r.get("p50_ms"), peak_mem_mib=peak, saved_mib=r.get("saved_mib"), speedup=ratio)
+        info[name] = _info(r, ratio)
+    return _with_rates(info, lines, rows, op, n)
+
+
+def _saved(r):
+    """The saved-for-backward column of a row: all saved MiB (those beyond the inputs)."""
+    return f"{r['saved_mib']:.1f} ({r['saved_extra_mib']:.1f})" if r.get("saved_mib") is not None else "n/a"
+
+
+def _info(r, ratio):
+    return dict(p50_ms=r.get("p50_ms"), peak_mem_mib=r.get("peak_mem_mib"), saved_mib=r.get("saved_mib"),
+                speedup=ratio)
+
+
+def _with_rates(info, lines, rows, op, n):
+    """(info, the table) with the line of fastvae's forward / backward / full rates under it."""
     rates = _rates(rows, op, n)
     if rates:
         lines += ["", "fastvae bytes moved (inputs read, gradients written): " + "; ".join(rates) + "."]
