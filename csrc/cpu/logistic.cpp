@@ -13,6 +13,7 @@
 // grouped into tasks of about chunk_pixels(K) pixels.
 // Every standard header before isa.h (see there).
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -63,6 +64,32 @@ void single_bwd_block(const T* FV_R gv, const T* FV_R x, const T* FV_R m, const 
     gm[t] = mul0(-gv[t], dm);  // a zero gradient times an overflowed derivative: 0
     gs[t] = mul0(-gv[t], ds);
   }
+}
+
+// 1 if any of a[0, n) is inf or NaN (x * 0 is NaN exactly for those)
+template <class T>
+int any_nonfinite(const T* FV_R a, index_t n) {
+  int bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (index_t t = 0; t < n; ++t) bad |= (a[t] * T(0) != T(0));
+  return bad;
+}
+
+// the forward's terms (their sum returned, as single_fwd_block's: the same loop, the same sum) and the gradients of
+// -log P for an incoming gradient of 1 (single_bwd_block's at gv = 1); *bad |= any of those is inf or NaN
+template <class T>
+T single_fwd_grad_block(const T* FV_R x, const T* FV_R m, const T* FV_R ls, LogisticGrid<T> g, T* FV_R gm,
+                        T* FV_R gs, int* bad, index_t n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (index_t t = 0; t < n; ++t) {
+    T dm, ds;
+    s -= logistic_logp<T, true, true>(x[t], m[t], ls[t], g, &dm, &ds);
+    gm[t] = -dm;
+    gs[t] = -ds;
+  }
+  *bad |= any_nonfinite(gm, n) | any_nonfinite(gs, n);
+  return s;
 }
 
 template <class T>
@@ -301,6 +328,25 @@ void logistic_bwd(const T* gout, const T* x, const T* logits, const T* means, co
   });
 }
 
+template <class T>
+void single_fwd_grad(const T* x, const T* means, const T* ls, T* out, T* gmean, T* gls, index_t rows, index_t D,
+                     index_t x_rows, int n_bits, int* nonfinite) {
+  const LogisticGrid<T> g = logistic_grid<T>(n_bits);
+  std::atomic<int> bad{0};
+  row_reduce(rows, D, chunk_pixels(1), out, [&](index_t r, index_t p0, index_t p1) {
+    const T* xr = x + (r % x_rows) * D;
+    T acc = 0;
+    int nf = 0;
+    for (index_t p = p0; p < p1; p += kPix) {
+      const index_t o = r * D + p;
+      acc += single_fwd_grad_block(xr + p, means + o, ls + o, g, gmean + o, gls + o, &nf, std::min(kPix, p1 - p));
+    }
+    if (nf) bad.store(1, std::memory_order_relaxed);
+    return acc;
+  });
+  *nonfinite = bad.load();
+}
+
 // One read of x, vectorised over blocks of kPix values; the block holding the first refused value is searched again.
 template <class T>
 index_t first_off_grid(const T* x, index_t n, int n_bits) {
@@ -319,7 +365,7 @@ index_t first_off_grid(const T* x, index_t n, int n_bits) {
 
 template <class T>
 constexpr LogisticKernels<T> make_table(const char* isa) {
-  return LogisticKernels<T>{isa, &logistic_fwd<T>, &logistic_bwd<T>, &first_off_grid<T>};
+  return LogisticKernels<T>{isa, &logistic_fwd<T>, &logistic_bwd<T>, &first_off_grid<T>, &single_fwd_grad<T>};
 }
 
 }  // namespace

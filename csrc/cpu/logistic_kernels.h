@@ -24,6 +24,11 @@ struct LogisticKernels {
   // the index of the first of x[0 .. n) that is not data on the grid of 2^n_bits levels (logistic_off_grid: NaN,
   // outside [-1, 1] or more than a quarter bin from a level), -1 when there is none (the ops' validate_x)
   index_t (*first_off_grid)(const T* x, index_t n, int n_bits);
+  // One logistic per pixel (K = 1): fwd's out (the same values) and, for an incoming gradient of 1 on every row, the
+  // gradients with respect to means and log_scales; *nonfinite = 1 if any of those is inf or NaN (where a zero
+  // incoming gradient must give 0, the caller then recomputes through bwd).
+  void (*single_fwd_grad)(const T* x, const T* means, const T* log_scales, T* out, T* grad_means,
+                          T* grad_log_scales, index_t rows, index_t D, index_t x_rows, int n_bits, int* nonfinite);
 };
 
 template <class T>

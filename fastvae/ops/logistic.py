@@ -19,15 +19,23 @@ leading sample dim (k decoder samples of one batch). Losses are per-sample sums 
 Not included: PixelCNN++'s autoregressive coupling of the RGB channels (`coeffs`): here the channels of a pixel are
 independent given the decoder's output, as in VAEs whose decoder is not autoregressive.
 
+On the CPU, a single logistic whose parameters need gradients runs the forward with gradients
+(discretized_logistic_nll_with_grad): the kernel computes the per-sample losses' gradients in the forward's pass,
+keeps them for the backward (2 floats per pixel more) and the backward scales them (_SingleWithGrad below): the
+per-element math is compute-bound there, and the backward would compute it all again.
+
 Double backward is not supported (refused with an error when attempted). float32/float64 on every device;
 float16/bfloat16 on CUDA (computed in float32) and, on the CPU, computed in float32; losses of 16-bit inputs are
 float32. torch.compile(fullgraph=True) traces the ops (the value check of x is skipped while tracing)."""
+import types
+
 import torch
 
 from .. import _checks
 from ._composites import routed
 from ._operands import _FAILED, _PLAIN, _REDUCTION, _acc, _compute_dtype, _fast, _feature_operand
-from ._registry import LIB, direct, fused_backward, not_differentiable, ops
+from .dropin import _alias
+from ._registry import LIB, _below_autograd, create_graph, direct, fused_backward, not_differentiable, ops
 from ._transforms import active, plain
 
 MAX_BITS = 16
@@ -115,9 +123,11 @@ def discretized_logistic_nll(x, mean, log_scale, *, n_bits=8, reduction="mean", 
             # a log_scale that broadcasts to mean's shape (a per-feature or 0-dim one: what _feature_operand takes
             # with no more dims than mean) as an expanded view: the op copies it, autograd sums its gradient back
             ls = log_scale if log_scale.shape == mean.shape else log_scale.expand(mean.shape)
-            if mean.dim() == x.dim():
-                return _nll(x, None, mean, ls, n_bits, r, validate_args)
-            return _nll(x, None, mean.unsqueeze(-1), ls.unsqueeze(-1), n_bits, r, validate_args)
+            if mean.dim() != x.dim():
+                mean, ls = mean.unsqueeze(-1), ls.unsqueeze(-1)
+            if mean.device.type == "cpu" and torch.is_grad_enabled() and (mean.requires_grad or ls.requires_grad):
+                return _SingleWithGrad.apply(x, mean, ls, n_bits, r, validate_args)
+            return _nll(x, None, mean, ls, n_bits, r, validate_args)
         except _FAILED:
             pass  # the checks below say why
     r = _REDUCTION[_checks.reduction(reduction)]
@@ -194,3 +204,62 @@ _nll = direct(ops.discretized_logistic_nll, _setup, _backward)  # the fast path'
 # reached under create_graph=True by the backward itself: that is where a double backward is refused
 not_differentiable("discretized_logistic_nll_backward",
                    "fastvae.discretized_logistic_nll (discretized_logistic_mixture_nll)", double_backward=False)
+
+
+# ---- the single logistic's forward with gradients (CPU) -------------------------------------------------------------
+
+@torch.library.register_fake(LIB + "discretized_logistic_nll_with_grad")
+def _(x, means, log_scales, n_bits, reduction=0, validate_x=False):
+    out = torch.ops.fastvae.discretized_logistic_nll.default(x, None, means, log_scales, n_bits, reduction, validate_x)
+    return out, means.new_empty((), dtype=torch.int32), means.new_empty(means.shape), log_scales.new_empty(means.shape)
+
+
+def _with_grad_backward(ctx, *grads):
+    raise RuntimeError("torch.ops.fastvae.discretized_logistic_nll_with_grad (the forward with gradients behind "
+                       "fastvae.discretized_logistic_nll) has no derivative of its own: differentiate "
+                       "fastvae.discretized_logistic_nll")
+
+
+torch.library.register_autograd(LIB + "discretized_logistic_nll_with_grad", _with_grad_backward)
+
+
+class _SingleWithGrad(torch.autograd.Function):
+    """discretized_logistic_nll's fast path on the CPU when means or log_scales need gradients: the op's forward with
+    gradients keeps the per-sample losses' gradients (finite ones) for the backward, which scales them by the
+    incoming gradient in place (they become the gradients: no new memory) to the values of the registered backward,
+    bit for bit. It recomputes through the registered backward (_backward) where a stored gradient is inf or NaN (a
+    zero incoming gradient must give 0 there), for a double backward (refused there) and for a second backward through
+    a retained graph (the stored gradients were used up by the first)."""
+
+    @staticmethod
+    def forward(ctx, x, means, log_scales, n_bits, reduction, validate):
+        with _below_autograd():  # (its autograd formula only raises)
+            out, nonfinite, g_m, g_ls = ops.discretized_logistic_nll_with_grad(x, means, log_scales, n_bits,
+                                                                               reduction, validate)
+        ctx.finite, ctx.used = not nonfinite.item(), False
+        ctx.n_bits, ctx.reduction = n_bits, reduction
+        ctx.save_for_backward(x, means, log_scales, *((g_m, g_ls) if ctx.finite else ()))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, means, log_scales, *derivs = ctx.saved_tensors
+        need_x, need_m, need_ls = ctx.needs_input_grad[:3]
+        first, ctx.used = not ctx.used, True
+        if not ctx.finite or not first or create_graph():
+            redo = types.SimpleNamespace(saved_tensors=(x, None, means, log_scales), n_bits=ctx.n_bits,
+                                         reduction=ctx.reduction, needs_input_grad=(need_x, False, need_m, need_ls))
+            g_x, _, g_m, g_ls = _backward(redo, grad)[:4]
+            return g_x, g_m, g_ls, None, None, None
+        rows = x.shape[0] * (means.shape[0] if means.dim() == x.dim() + 2 else 1)  # the per-sample losses
+        if ctx.reduction == _REDUCTION["none"]:
+            scale = grad.reshape(rows, 1)
+        else:  # the registered backward's per-sample gradient: g (/ rows for "mean") rounded once to the dtype
+            scale = grad.item() / (rows if ctx.reduction == _REDUCTION["mean"] else 1)
+        out = []
+        for d, need in zip(derivs, (need_m, need_ls)):
+            if need:
+                d = _alias(d)  # scaled in place: used up (a second backward recomputes)
+                d.view(rows, -1).mul_(scale)
+            out.append(d if need else None)
+        return (torch.zeros_like(x) if need_x else None), out[0], out[1], None, None, None

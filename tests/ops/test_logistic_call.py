@@ -226,15 +226,25 @@ def test_the_fast_path_equals_the_checked_path(case):
         torch.testing.assert_close(a, b.as_subclass(torch.Tensor), rtol=0, atol=0)
 
 
-def test_the_fast_path_takes_the_op_once_and_saves_only_the_inputs():
+def test_the_fast_path_takes_the_op_once_and_saves_what_its_backward_reads():
+    """The mixture's fast path (_registry.direct: the formula without the op wrapper) saves the inputs only; the
+    single logistic's on the CPU with gradients wanted (_SingleWithGrad, the forward with gradients) saves the inputs
+    and its two per-pixel gradients, nothing else."""
     x, m, ls = data((2, 3)), f64(2, 3, seed=1).requires_grad_(), f64(2, 3, seed=2).requires_grad_()
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        loss = NLL(x, m, ls)
-    assert {t.data_ptr() for t in saved if t.numel()} <= {x.data_ptr(), m.data_ptr(), ls.data_ptr()}
-    assert type(loss.grad_fn).__name__ == "FusedBackward"  # _registry.direct: the formula without the op wrapper
-    loss.backward()
-    assert m.grad.shape == m.shape and ls.grad.shape == ls.shape
+    lg = f64(2, 3, 4, seed=3).requires_grad_()
+    mm, lsm = f64(2, 3, 4, seed=4).requires_grad_(), f64(2, 3, 4, seed=5).requires_grad_()
+    for call, inputs, grad_fn, extra in (
+            (lambda: NLL(x, m, ls), (x, m, ls), "_SingleWithGradBackward", 2),
+            (lambda: MIX(x, lg, mm, lsm), (x, lg, mm, lsm), "FusedBackward", 0)):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            loss = call()
+        ptrs = {t.data_ptr() for t in inputs}
+        others = [t for t in saved if t.numel() and t.data_ptr() not in ptrs]
+        assert len(others) == extra and all(t.shape == m.shape for t in others)
+        assert type(loss.grad_fn).__name__ == grad_fn
+        loss.backward()
+        assert all(t.grad.shape == t.shape for t in inputs[1:])
 
 
 def test_a_refused_fast_call_gives_the_public_message():

@@ -173,6 +173,11 @@ def _logistic(dt):
     return [(n, [x, lg, m, ls, 8]) for n, x, lg, m, ls, _ in _logistic_variants(dt)]
 
 
+def _logistic_with_grad(dt):
+    """The single logistic's forward with gradients (CPU): the K = 1 variants, without logit_probs."""
+    return [(n, [x, m, ls, 8]) for n, x, lg, m, ls, _ in _logistic_variants(dt) if lg is None]
+
+
 def _logistic_bwd(dt):
     return [(n, [_t(*lead, 2, dtype=dt, seed=9), x, lg, m, ls, 8]) for n, x, lg, m, ls, lead in _logistic_variants(dt)]
 
@@ -246,6 +251,7 @@ CASES = {
     "mmd": _mmd, "mmd_backward": _mmd_bwd,
     "sliced_wasserstein_projected": _sw, "sliced_wasserstein_projected_backward": _sw_bwd,
     "discretized_logistic_nll": _logistic, "discretized_logistic_nll_backward": _logistic_bwd,
+    "discretized_logistic_nll_with_grad": _logistic_with_grad,
 }
 NO_FLOAT_INPUT = {"_normals", "random_directions"}  # a seed and sizes only (checked against the schema below)
 

@@ -63,8 +63,9 @@ FV_HD bool logistic_off_grid(T x, const LogisticGrid<T>& g) {
 }
 
 // log P(x) of one logistic (m, ls) on the grid g; with kGrad also d log P / dm and d log P / dls. x is snapped to
-// the nearest level (clamped to [-1, 1]; the public functions refuse x off the grid).
-template <class T, bool kGrad>
+// the nearest level (clamped to [-1, 1]; the public functions refuse x off the grid). kFwdValue (with kGrad): log P
+// by the forward's own expression (one division more), so that a forward with gradients gives the forward's values.
+template <class T, bool kGrad, bool kFwdValue = false>
 FV_HD T logistic_logp(T x, T m, T ls, const LogisticGrid<T>& g, T* d_m, T* d_ls) {
   T k = lg_round((x + T(1)) * T(0.5) * g.levels);
   k = k < T(0) ? T(0) : k;
@@ -102,7 +103,7 @@ FV_HD T logistic_logp(T x, T m, T ls, const LogisticGrid<T>& g, T* d_m, T* d_ls)
   } else {
     const T inv_t = T(1) / pt;
     const T inv_l = T(1) / pl;
-    const T logp = h_lin + d_lin + lg_log((inv_t * inv_l) * f3);
+    const T logp = kFwdValue ? h_lin + d_lin + lg_log(f3 / (pt * pl)) : h_lin + d_lin + lg_log((inv_t * inv_l) * f3);
     const T s_h = hi_inf ? T(0) : (H < T(0) ? inv_t : t * inv_t);  // sigmoid(-H)
     const T s_l = eL * inv_l;                                       // sigmoid(L), 0 at an infinite end
     const T diff = s_h - s_l;

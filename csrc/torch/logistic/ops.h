@@ -96,6 +96,28 @@ struct LogisticOps {
     if (m.numel() > 0) B::logistic_bwd(g, x, lg, m, ls, g_lg, g_m, g_ls, sh, static_cast<int>(n_bits));
     return {g_lg, g_m, g_ls};
   }
+
+  // The forward with gradients (the CPU's, one logistic per pixel: no logit_probs; see schema.cpp): nll's value, a
+  // 0-dim int32 flag (1: a gradient below is inf or NaN), and the gradients of the per-sample losses with respect to
+  // means and log_scales for an incoming gradient of 1 on every sample, whatever the reduction.
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nll_with_grad(
+      const at::Tensor& x_, const at::Tensor& m_, const at::Tensor& ls_, int64_t n_bits, int64_t reduction,
+      bool validate_x) {
+    constexpr const char* op = "discretized_logistic_nll_with_grad";
+    const LogisticShape sh = check(op, x_, std::nullopt, m_, ls_, n_bits);
+    check_reduction(op, reduction);
+    Guard guard(m_);
+    const auto x = x_.contiguous(), m = m_.contiguous(), ls = ls_.contiguous();
+    auto out = at::empty(sh.out_shape, m.options().dtype(compute_type(m.scalar_type())));
+    auto g_m = at::empty_like(m), g_ls = at::empty_like(ls);
+    auto bad = at::zeros({}, m.options().dtype(at::kInt));
+    if (sh.rows > 0) {
+      const int64_t first = B::logistic_fwd_grad(x, m, ls, out, g_m, g_ls, bad, sh, static_cast<int>(n_bits),
+                                                 validate_x);
+      if (first >= 0) refuse_x(op, x, first, n_bits);
+    }
+    return {reduce_rows(out, reduction), bad, g_m, g_ls};
+  }
 };
 
 template <class B>
@@ -103,6 +125,12 @@ void register_logistic_ops(torch::Library& m) {
   using O = LogisticOps<B>;
   m.impl("discretized_logistic_nll", &O::nll);
   m.impl("discretized_logistic_nll_backward", &O::nll_backward);
+}
+
+// The forward with gradients, for a backend that has it (the CPU's).
+template <class B>
+void register_logistic_with_grad_ops(torch::Library& m) {
+  m.impl("discretized_logistic_nll_with_grad", &LogisticOps<B>::nll_with_grad);
 }
 
 }  // namespace fastvae

@@ -12,6 +12,11 @@
 //     message; unchecked, the kernels snap x to the nearest level in [-1, 1].
 //   discretized_logistic_nll_backward(grad, x, logit_probs, means, log_scales, n_bits, reduction=0)
 //     -> (grad_logit_probs (empty without logit_probs), grad_means, grad_log_scales); grad of the forward's shape
+//   discretized_logistic_nll_with_grad(x, means, log_scales, n_bits, reduction=0, validate_x=False)
+//     -> (loss, nonfinite (0-dim int32), grad_means, grad_log_scales): CPU only, one logistic per pixel. The forward
+//     and, in the same pass, the gradients of the per-sample losses for an incoming gradient of 1 on each (the
+//     public function's backward scales them); nonfinite = 1 when one of them is inf or NaN. The per-element math
+//     is compute-bound on the CPU, and the backward would otherwise compute it all again.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(fastvae, m) {
@@ -19,4 +24,6 @@ TORCH_LIBRARY_FRAGMENT(fastvae, m) {
         " int reduction=0, bool validate_x=False) -> Tensor");
   m.def("discretized_logistic_nll_backward(Tensor grad, Tensor x, Tensor? logit_probs, Tensor means,"
         " Tensor log_scales, int n_bits, int reduction=0) -> (Tensor, Tensor, Tensor)");
+  m.def("discretized_logistic_nll_with_grad(Tensor x, Tensor means, Tensor log_scales, int n_bits,"
+        " int reduction=0, bool validate_x=False) -> (Tensor, Tensor, Tensor, Tensor)");
 }
