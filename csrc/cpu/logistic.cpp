@@ -6,7 +6,9 @@
 // shape (rows, D, K), mixture dim last): blocks of kPix pixels are transposed into K x kPix buffers (structure of
 // arrays), so that every loop, the log masses, both log-sum-exps over the K components and the gradients, runs
 // vectorised over pixels with contiguous loads; the gradients are transposed back. Nothing is stored between the
-// forward and the backward: the backward recomputes the log masses from the inputs.
+// forward and the backward: the backward recomputes the log masses from the inputs. (single_fwd_grad, the single
+// form's forward with gradients, is the exception: it writes the gradients for an incoming gradient of 1 in the
+// forward's pass, for the caller to keep and scale.)
 //
 // Work split (deterministic for any thread count, cpu/drivers.h): a row is cut into chunks of at most
 // chunk_pixels(K) pixels, and a row's loss is the sum of its chunks' sums in chunk order; rows of one chunk are

@@ -1,6 +1,7 @@
 """The discretized-logistic likelihoods of 8-bit (n-bit) images, fused: forward and backward are one pass each over
-the inputs, nothing but the inputs is kept for backward, and a mixture's log-sum-exp over its components happens
-inside the kernel (csrc/include/fastvae/logistic_math.h has the math and its stability argument).
+the inputs, nothing but the inputs is kept for backward (except the single form's forward with gradients on the CPU,
+below), and a mixture's log-sum-exp over its components happens inside the kernel
+(csrc/include/fastvae/logistic_math.h has the math and its stability argument).
 
 Data: x in [-1, 1] on the grid of 2^n_bits levels x_k = 2k / (2^n_bits - 1) - 1 (8-bit pixels v as
 x = 2 v / 255 - 1). Each level owns the bin [x_k - h, x_k + h], h = 1 / (2^n_bits - 1); the lowest bin reaches to
