@@ -52,6 +52,16 @@ void for_segments(index_t rows, index_t D, index_t chunk, const F& fn) {
   });
 }
 
+// 1 if any of a[0, n) is inf or NaN (x * 0 is NaN exactly for those): the forwards with gradients' check of what
+// they store (a zero incoming gradient must give 0 where a stored gradient is inf: the backward then recomputes)
+template <class T>
+int any_nonfinite(const T* __restrict__ a, index_t n) {
+  int bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (index_t t = 0; t < n; ++t) bad |= (a[t] * T(0) != T(0));
+  return bad;
+}
+
 }  // namespace
 }  // namespace FV_ISA
 }  // namespace cpu

@@ -167,15 +167,6 @@ const T* unit_block() {
 template <class T>
 constexpr bool kSeparate = std::is_same_v<T, double>;
 
-// 1 if any of a[0, n) is infinite or NaN (x * 0 is NaN exactly for those)
-template <class T>
-int any_nonfinite(const T* FV_R a, index_t n) {
-  int bad = 0;
-#pragma omp simd reduction(| : bad)
-  for (index_t t = 0; t < n; ++t) bad |= (a[t] * T(0) != T(0));
-  return bad;
-}
-
 template <class T>
 T block_sum(const T* FV_R a, index_t n) {
   T s = 0;

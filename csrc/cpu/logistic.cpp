@@ -68,15 +68,6 @@ void single_bwd_block(const T* FV_R gv, const T* FV_R x, const T* FV_R m, const 
   }
 }
 
-// 1 if any of a[0, n) is inf or NaN (x * 0 is NaN exactly for those)
-template <class T>
-int any_nonfinite(const T* FV_R a, index_t n) {
-  int bad = 0;
-#pragma omp simd reduction(| : bad)
-  for (index_t t = 0; t < n; ++t) bad |= (a[t] * T(0) != T(0));
-  return bad;
-}
-
 // the forward's terms (their sum returned, as single_fwd_block's: the same loop, the same sum) and the gradients of
 // -log P for an incoming gradient of 1 (single_bwd_block's at gv = 1); *bad |= any of those is inf or NaN
 template <class T>
