@@ -224,10 +224,11 @@ def _vae_head_floor_table(floors, n):
 
 
 LOGISTIC_B = 64
+LOGISTIC_MIXTURE_GOAL = 8.0  # fastvae vs eager (issue 23; the suite's first target was 4x)
 
 
 def logistic_mixture_speedup(rows, cuda=False):
-    """The discretized logistic mixture at B = 64, 3 x 32 x 32, K = 10, float32, forward + backward: >= 4x eager,
+    """The discretized logistic mixture at B = 64, 3 x 32 x 32, K = 10, float32, forward + backward: >= 8x eager,
     >= 2x torch.compile, peak memory at most 1/4 of eager's; with its saved-for-backward bytes and the forward and
     backward rates as shares of the copy bandwidth."""
     n, op = LOGISTIC_B, "discretized_logistic_mixture_nll"
@@ -237,13 +238,13 @@ def logistic_mixture_speedup(rows, cuda=False):
                       f"not run (size {n} not selected)")
     lines = [f"### Target: discretized logistic mixture, {op}, float32, B = {n}, 3 x 32 x 32, K = 10, "
              "forward + backward", "",
-             "targets: >= 4x eager, >= 2x torch.compile, peak memory <= 1/4 of eager's." +
+             f"targets: >= {LOGISTIC_MIXTURE_GOAL:g}x eager, >= 2x torch.compile, peak memory <= 1/4 of eager's." +
              (" (Set on the 2-core CPU; on CUDA the same rows, for reference.)" if cuda else ""), "",
              "| provider | p50 ms | p20-p80 ms | fastvae speed-up | peak MiB | fastvae peak / this peak "
              "| saved for backward MiB (beyond inputs) |",
              "|---|---|---|---|---|---|---|"]
     info = {}
-    for name, r, goal in (("fastvae", f, None), ("eager", e, 4), ("compile", c, 2)):
+    for name, r, goal in (("fastvae", f, None), ("eager", e, LOGISTIC_MIXTURE_GOAL), ("compile", c, 2)):
         if r is None:
             continue
         ratio = _ratio(r, f) if name != "fastvae" else None
