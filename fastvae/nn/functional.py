@@ -61,8 +61,8 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
             or has_torch_function_variadic(*tensors) or not fusable(*tensors)
             or any(t.dtype != input.dtype or t.device != input.device for t in tensors)
             or target.shape != input.shape or input.numel() == 0
-            or any(t.shape != input.shape for t in tensors)  # (torch.broadcast_shapes costs ~20 us a call)
-            and torch.broadcast_shapes(*(t.shape for t in tensors)) != input.shape):
+            or (any(t.shape != input.shape for t in tensors)  # (torch.broadcast_shapes costs ~20 us a call)
+                and torch.broadcast_shapes(*(t.shape for t in tensors)) != input.shape)):
         return fallback(*args)
     factor, event_dims = _reduce_args(reduction, input.numel())
     return dropin.bce_with_logits(input, target, weight, pos_weight, factor=factor, event_dims=event_dims)

@@ -96,6 +96,25 @@ def direct(op, setup_context, backward):
     return call
 
 
+def no_derivative(with_grad_op, public, *, double_backward=True):
+    """Registers for a forward-with-gradients op (a CPU fast path that also returns its gradients) an autograd
+    formula that raises, naming the public function: its outputs are differentiated through `public`'s own
+    autograd, never through the op. double_backward: whether `public`'s backward is differentiable."""
+    then = ", whose backward is differentiable" if double_backward else ""
+
+    def backward(ctx, *grads):
+        raise RuntimeError(f"torch.ops.fastvae.{with_grad_op} (the forward with gradients behind {public}) has no "
+                           f"derivative of its own: differentiate {public}{then}")
+    torch.library.register_autograd(LIB + with_grad_op, backward)
+
+
+def alias(t):
+    """A tensor on t's memory with a version counter of its own: writing it does not mark the saved t as modified
+    (the forwards with gradients scale their saved gradients in place in the backward, and read them no more)."""
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), t.storage_offset(), t.shape,
+                                                                t.stride())
+
+
 def not_differentiable(backward_op, public, *, double_backward=True):
     """Registers for the fused backward op an autograd formula that raises, naming the public function `public`:
     differentiating the op would otherwise give torch's warning and a silent None. double_backward: whether

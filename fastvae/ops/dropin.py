@@ -18,7 +18,8 @@ import types
 
 import torch
 
-from ._registry import _16BIT, LIB, _below_autograd, compute_dtype, create_graph, direct, draw_seed, ops
+from ._registry import (_16BIT, _below_autograd, alias, compute_dtype, create_graph, direct, draw_seed,
+                        no_derivative, ops)
 from ._transforms import fused_call_ok
 from .dropin_autograd import (_bce_backward, _fold, _kl_backward, _nll_backward, _rsample_backward, _rsample_setup,
                               _save)
@@ -190,17 +191,11 @@ class _WithGrad(torch.autograd.Function):
             grads = [None] * ctx.n
             for k, d in enumerate(derivs):
                 if needs[k] and operands[k] is not None:
-                    g = _alias(d)  # scaled in place: used up (a second backward through a retained graph recomputes)
+                    g = alias(d)  # scaled in place: used up (a second backward through a retained graph recomputes)
                     g.view(-1, ctx.args[-1]).mul_(rows)
                     grads[k] = _fold(g, operands[k])
         return (None, None, None, None, *grads)
 
-
-def _alias(t):
-    """A tensor on t's memory with a version counter of its own: writing it does not mark the saved t as modified
-    (whose values the backward then no longer reads: ctx.used)."""
-    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), t.storage_offset(), t.shape,
-                                                                t.stride())
 
 
 _WITH_GRAD = {
@@ -223,12 +218,5 @@ _DIRECT = {ops.dropin_normal_nll: _direct(ops.dropin_normal_nll, _nll_backward, 
 _rsample = direct(ops.dropin_normal_rsample, _rsample_setup, _rsample_backward)
 
 
-def _no_derivative(name, public):
-    def backward(ctx, *grads):
-        raise RuntimeError(f"torch.ops.fastvae.{name} (the forward with gradients behind {public}) has no derivative "
-                           f"of its own: differentiate {public}, whose backward is differentiable")
-    torch.library.register_autograd(LIB + name, backward)
-
-
 for _name in ("normal_nll", "normal_kl", "bce_with_logits"):
-    _no_derivative(f"dropin_{_name}_with_grad", f"fastvae.dropin_ops.{_name}")
+    no_derivative(f"dropin_{_name}_with_grad", f"fastvae.dropin_ops.{_name}")

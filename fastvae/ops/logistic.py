@@ -35,8 +35,8 @@ import torch
 from .. import _checks
 from ._composites import routed
 from ._operands import _FAILED, _PLAIN, _REDUCTION, _acc, _compute_dtype, _fast, _feature_operand
-from .dropin import _alias
-from ._registry import LIB, _below_autograd, create_graph, direct, fused_backward, not_differentiable, ops
+from ._registry import (LIB, _below_autograd, alias, create_graph, direct, fused_backward, no_derivative,
+                        not_differentiable, ops)
 from ._transforms import active, plain
 
 MAX_BITS = 16
@@ -215,13 +215,7 @@ def _(x, means, log_scales, n_bits, reduction=0, validate_x=False):
     return out, means.new_empty((), dtype=torch.int32), means.new_empty(means.shape), log_scales.new_empty(means.shape)
 
 
-def _with_grad_backward(ctx, *grads):
-    raise RuntimeError("torch.ops.fastvae.discretized_logistic_nll_with_grad (the forward with gradients behind "
-                       "fastvae.discretized_logistic_nll) has no derivative of its own: differentiate "
-                       "fastvae.discretized_logistic_nll")
-
-
-torch.library.register_autograd(LIB + "discretized_logistic_nll_with_grad", _with_grad_backward)
+no_derivative("discretized_logistic_nll_with_grad", "fastvae.discretized_logistic_nll", double_backward=False)
 
 
 class _SingleWithGrad(torch.autograd.Function):
@@ -260,7 +254,7 @@ class _SingleWithGrad(torch.autograd.Function):
         out = []
         for d, need in zip(derivs, (need_m, need_ls)):
             if need:
-                d = _alias(d)  # scaled in place: used up (a second backward recomputes)
+                d = alias(d)  # scaled in place: used up (a second backward recomputes)
                 d.view(rows, -1).mul_(scale)
             out.append(d if need else None)
         return (torch.zeros_like(x) if need_x else None), out[0], out[1], None, None, None
