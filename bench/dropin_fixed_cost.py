@@ -92,8 +92,20 @@ def loop(provider, B, n):
         step()
 
 
+def _count(text, name):
+    if not text.isdigit() or int(text) < 1:
+        sys.exit(f"dropin_fixed_cost.py: {name} must be a positive int; got {text!r} (see the module docstring)")
+    return int(text)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "loop":
-        loop(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    a = sys.argv[1:]
+    if a and a[0] == "loop":
+        if len(a) != 4 or a[1] not in ("eager", "fastvae.distributions", "patch()"):
+            sys.exit("dropin_fixed_cost.py loop PROVIDER B STEPS: PROVIDER one of eager, fastvae.distributions, "
+                     f"patch(); got {a[1:]!r}")
+        loop(a[1], _count(a[2], "B"), _count(a[3], "STEPS"))
+    elif len(a) <= 1:
+        main(_count(a[0], "reps") if a else 400)
     else:
-        main(int(sys.argv[1]) if len(sys.argv) > 1 else 400)
+        sys.exit(f"dropin_fixed_cost.py takes [reps] or loop PROVIDER B STEPS; got {a!r}")

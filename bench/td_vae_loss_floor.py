@@ -71,4 +71,6 @@ def main(reps=40):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2 or (len(sys.argv) == 2 and not (sys.argv[1].isdigit() and int(sys.argv[1]) >= 5)):
+        sys.exit(f"td_vae_loss_floor.py [reps]: reps an int >= 5 (the p20 / p80 need some); got {sys.argv[1:]!r}")
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 40)
