@@ -120,14 +120,15 @@ void bce_bwd_block(const T* FV_R gv, T f, const T* FV_R l, const T* FV_R y, cons
 // For the CPU, where the per-element math (not memory) bounds these ops: the backward then only scales the stored
 // derivatives by the rows' gradients (fastvae/dropin_ops.py), instead of recomputing the exponentials and logs.
 
-template <class T>
+// kNonzeroF: the factor f != 0 (checked once per block by KlOp): the gradients without mul0's selects
+template <class T, bool kNonzeroF>
 void kl_fwd_grad_block(const T* FV_R lp, const T* FV_R sp, const T* FV_R lq, const T* FV_R sq, T fo, T f,
                        T* FV_R dst, T* FV_R dlp, T* FV_R dsp, T* FV_R dlq, T* FV_R dsq, index_t n) {
 #pragma omp simd
   for (index_t t = 0; t < n; ++t) {
     dst[t] = fo * kl_normal_scale_term(lp[t], sp[t], lq[t], sq[t]);
     T a, b, c, d;
-    kl_normal_scale_grad(f, lp[t], sp[t], lq[t], sq[t], &a, &b, &c, &d);
+    kl_normal_scale_grad<T, kNonzeroF>(f, lp[t], sp[t], lq[t], sq[t], &a, &b, &c, &d);
     dlp[t] = a;
     dsp[t] = b;
     dlq[t] = c;
@@ -212,7 +213,8 @@ struct KlOp {
       fwd(p, fo, dst, n);
       bwd(unit_block<T>(), f, p, d, n);
     } else {
-      kl_fwd_grad_block(p[0], p[1], p[2], p[3], fo, f, dst, d[0], d[1], d[2], d[3], n);
+      if (f != T(0)) kl_fwd_grad_block<T, true>(p[0], p[1], p[2], p[3], fo, f, dst, d[0], d[1], d[2], d[3], n);
+      else kl_fwd_grad_block<T, false>(p[0], p[1], p[2], p[3], fo, f, dst, d[0], d[1], d[2], d[3], n);
     }
   }
 };

@@ -25,6 +25,14 @@ FV_HD T mul0(T a, T b) {
   return a == T(0) ? (b == b ? T(0) : b) : a * b;
 }
 
+// mul0 where the caller may know a != 0 (kNonzero: a uniform factor checked once per call, not per element): then
+// a b, bitwise mul0's value, without its two compares and selects.
+template <bool kNonzero, class T>
+FV_HD T mul0_if(T a, T b) {
+  if constexpr (kNonzero) return a * b;
+  else return mul0(a, b);
+}
+
 // q = e^(lv/4) of a log-variance: mul_q2(a, q) = a e^(lv/2) (a times the standard deviation).
 template <class T>
 FV_HD T quarter_exp(T lv) {
