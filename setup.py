@@ -28,8 +28,9 @@ def sources(pattern):
 
 
 # The torch binding (csrc/torch): the Python module, and per family (csrc/torch/<family>/) its schemas and its CPU
-# backend (the backend-generic ops are headers).
-BINDING = ["csrc/torch/module.cpp"] + sources("csrc/torch/*/schema.cpp") + sources("csrc/torch/*/cpu.cpp")
+# backend (the backend-generic ops are headers), and any C++ autograd nodes of its own.
+BINDING = (["csrc/torch/module.cpp"] + sources("csrc/torch/*/schema.cpp") + sources("csrc/torch/*/cpu.cpp")
+           + sources("csrc/torch/*/autograd.cpp"))
 # The CPU kernel files, each compiled once per instruction set of CPU_ISAS (-DFV_ISA=<name>, see csrc/cpu/isa.h)
 # into objects of their own (each registers its own tables), and the one run-time choice between them.
 CPU_DISPATCH = ["csrc/cpu/isa.cpp"]

@@ -7,6 +7,7 @@
 #include "cpu/common.h"
 #include "fastvae/philox.h"
 #include "torch/checks.h"
+#include "torch/dropin/autograd.h"
 
 namespace fastvae {
 
@@ -60,4 +61,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("force_cpu_isa", &fastvae::cpu::force_isa, "use the CPU kernels built for one instruction set (tests)");
   m.def("philox_kat", &fastvae::philox_kat);
   m.def("normals_cpu", &fastvae::normals_cpu, "eps[start:start+n] of the stream of `key`");
+  fastvae::bind_dropin_autograd(m);
 }

@@ -18,10 +18,9 @@ import types
 
 import torch
 
-from ._registry import (_16BIT, _below_autograd, alias, compute_dtype, create_graph, direct, draw_seed,
-                        no_derivative, ops)
+from ._registry import _C, _16BIT, compute_dtype, direct, draw_seed, no_derivative, ops
 from ._transforms import fused_call_ok
-from .dropin_autograd import (_bce_backward, _fold, _kl_backward, _nll_backward, _rsample_backward, _rsample_setup,
+from .dropin_autograd import (_bce_backward, _kl_backward, _nll_backward, _rsample_backward, _rsample_setup,
                               _save)
 
 SPREADS = {"scale": 0, "var": 1, "logvar": 2}
@@ -88,15 +87,15 @@ def _call(op, shape, dtype, operands, event_dims, *args):
 
 
 def _run(op, operands, args, row_len):
-    """op(*operands, *args, row_len), as the forward with gradients (_WithGrad) where that is faster: on the CPU, in
-    eager mode, when a gradient will be wanted."""
+    """op(*operands, *args, row_len), as the forward with gradients (the C++ node, _with_grad) where that is faster:
+    on the CPU, in eager mode, when a gradient will be wanted."""
     if not fused_call_ok():  # torch.compile, torch.func, forward AD: the registered op (its rules, its fake)
         return op(*operands, *args, row_len)
     spec = _WITH_GRAD.get(op)
     if spec is not None and torch.is_grad_enabled() and operands[0].device.type == "cpu":
         mask = [t is not None and t.requires_grad for t in operands]
         if any(mask[:spec.n_grads]) and not any(mask[spec.n_grads:]):
-            return _WithGrad.apply(spec, args, row_len, mask[:spec.n_grads], *operands)
+            return _with_grad_call(spec, operands, args, row_len, mask[:spec.n_grads])
     return _DIRECT[op](*operands, *args, row_len)
 
 
@@ -163,47 +162,38 @@ def normal_rsample(loc, scale, sample_shape=torch.Size(), generator=None):
 # the first).
 
 class _Spec(types.SimpleNamespace):
-    """with_grad: the forward-with-gradients op; backward: the op's autograd formula (fallback); n_grads: how many
-    leading operands it can give gradients of (a gradient wanted for a later operand takes the plain op)."""
+    """kind: the C++ node's code of the op (csrc/torch/dropin/autograd.cpp); backward: the op's autograd formula
+    (the recomputing fallback); n_grads: how many leading operands it can give gradients of (a gradient wanted for a
+    later operand takes the plain op)."""
 
 
-class _WithGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, spec, args, row_len, mask, *operands):
-        with _below_autograd():  # (its autograd formula only raises: skipping it saves a Python round trip)
-            out, nonfinite, *derivs = spec.with_grad(*operands, *args, row_len, mask)
-        ctx.finite, ctx.used = not nonfinite.item(), False
-        ctx.save_for_backward(*operands, *(derivs if ctx.finite else ()))
-        ctx.spec, ctx.args, ctx.n = spec, (*args, row_len), len(operands)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        saved = ctx.saved_tensors
-        operands, derivs = saved[:ctx.n], saved[ctx.n:]
-        needs = ctx.needs_input_grad[4:]
-        first, ctx.used = not ctx.used, True
-        if not ctx.finite or not first or create_graph():
-            redo = types.SimpleNamespace(saved_tensors=operands, args=ctx.args, needs_input_grad=needs)
-            grads = ctx.spec.backward(redo, grad)[:ctx.n]
-        else:
-            rows = grad.reshape(-1, 1)
-            grads = [None] * ctx.n
-            for k, d in enumerate(derivs):
-                if needs[k] and operands[k] is not None:
-                    g = alias(d)  # scaled in place: used up (a second backward through a retained graph recomputes)
-                    g.view(-1, ctx.args[-1]).mul_(rows)
-                    grads[k] = _fold(g, operands[k])
-        return (None, None, None, None, *grads)
+# The node is C++ (fastvae._C.dropin_with_grad): a torch.autograd.Function's Python round trips cost about as much
+# as the kernel itself at small batches. Its backward calls _recompute for what it does not do itself.
+_with_grad = _C.dropin_with_grad
 
 
+def _with_grad_call(spec, operands, args, row_len, mask):
+    return _with_grad(spec.kind, *operands, *(None,) * (4 - len(operands)), args, row_len, mask)
+
+
+def _recompute(kind, operands, args, row_len, needs, grad):
+    """The node's backward where the stored gradients do not serve (non-finite, used up, create_graph=True): the op's
+    registered formula on the saved operands."""
+    spec = _SPECS[kind]
+    if kind == 0:  # normal_nll's param is an int
+        args = (int(args[0]), *args[1:])
+    redo = types.SimpleNamespace(saved_tensors=tuple(operands), args=(*args, row_len), needs_input_grad=tuple(needs))
+    return list(spec.backward(redo, grad)[:len(operands)])
+
+
+_C.set_dropin_recompute(_recompute)
 
 _WITH_GRAD = {
-    ops.dropin_normal_nll: _Spec(with_grad=ops.dropin_normal_nll_with_grad, backward=_nll_backward, n_grads=3),
-    ops.dropin_normal_kl: _Spec(with_grad=ops.dropin_normal_kl_with_grad, backward=_kl_backward, n_grads=4),
-    ops.dropin_bce_with_logits: _Spec(with_grad=ops.dropin_bce_with_logits_with_grad, backward=_bce_backward,
-                                      n_grads=2),
+    ops.dropin_normal_nll: _Spec(kind=0, backward=_nll_backward, n_grads=3),
+    ops.dropin_normal_kl: _Spec(kind=1, backward=_kl_backward, n_grads=4),
+    ops.dropin_bce_with_logits: _Spec(kind=2, backward=_bce_backward, n_grads=2),
 }
+_SPECS = {spec.kind: spec for spec in _WITH_GRAD.values()}
 
 
 def _direct(op, backward, n_tensors):

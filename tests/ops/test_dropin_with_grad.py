@@ -1,7 +1,7 @@
-"""The forward with gradients of the drop-in ops (CPU; fastvae/dropin_ops.py, _WithGrad): when a gradient will be
-wanted, normal_nll, normal_kl and bce_with_logits compute their gradients in the forward's pass and the backward
-scales them. Checked against the plain path (the forward op, then the fused backward op), which the rest of the
-suite checks against float64 torch:
+"""The forward with gradients of the drop-in ops (CPU; fastvae/ops/dropin.py, the C++ autograd node of
+csrc/torch/dropin/autograd.cpp): when a gradient will be wanted, normal_nll, normal_kl and bce_with_logits compute
+their gradients in the forward's pass and the backward scales them. Checked against the plain path (the forward op,
+then the fused backward op), which the rest of the suite checks against float64 torch:
 - the forward's values are bitwise those of the plain forward (grad mode does not change a loss), on every CPU build;
 - the gradients agree to a few roundings (they differ only in where the incoming gradient is multiplied in);
 - a stored inf or NaN gradient, a double backward and a retained graph take the recomputing backward: a zero
@@ -24,7 +24,7 @@ def _with_grad_taken(fn, depth=4):
     """Whether the autograd graph ending at fn (through reshapes and casts) holds the forward with gradients."""
     if fn is None or depth < 0:
         return False
-    return "WithGrad" in type(fn).__name__ or any(_with_grad_taken(f, depth - 1) for f, _ in fn.next_functions)
+    return "WithGrad" in fn.name() or any(_with_grad_taken(f, depth - 1) for f, _ in fn.next_functions)
 
 
 def _plain(monkeypatch):
@@ -228,3 +228,34 @@ def test_bce_without_weights_gives_the_values_of_unit_weights(dtype, each_isa):
         outs.append((out.detach(), *torch.autograd.grad(out, [lg, yg], torch.ones_like(out))))
     for a, b in zip(*outs):
         assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)) and torch.equal(a.isnan(), b.isnan())
+
+
+@pytest.mark.parametrize("name", ["kl both sides", "nll logvar", "bce target grad"])
+def test_a_gradient_asked_for_some_operands_only_is_the_plain_paths(name, monkeypatch):
+    # the C++ node scales only what the graph asks for (torch.autograd.grad of one operand of several needing grad);
+    # its edges are the operands given (None for absent weights), in order
+    case = _cases(torch.float64)[name]
+    f, operands, needs = case
+    ops = [t.clone().requires_grad_(n) for t, n in zip(operands, needs)]
+    out = f(*ops, factor=0.3, event_dims=1)
+    g = _r(*out.shape, dtype=out.dtype, seed=9)
+    (got,) = torch.autograd.grad(out, [ops[1]], g)
+    _plain(monkeypatch)
+    (want,) = torch.autograd.grad(f(*ops, factor=0.3, event_dims=1), [ops[1]], g)
+    torch.testing.assert_close(got, want, rtol=RTOL[torch.float64], atol=0)
+
+
+def test_the_nodes_entry_point_refuses_bad_arguments_by_name():
+    from fastvae.ops._registry import _C
+    a = torch.randn(2, 3, requires_grad=True)
+    with pytest.raises(ValueError, match=r"dropin_with_grad: kind must be 0 .* got 7"):
+        _C.dropin_with_grad(7, a, a, a, None, [1.0], 3, [True, True, True])
+    with pytest.raises(ValueError, match=r"dropin_normal_kl_with_grad takes 1 scalar arguments; got 2"):
+        _C.dropin_with_grad(1, a, a, a, a, [1.0, 2.0], 3, [True] * 4)
+    with pytest.raises(ValueError, match=r"output mask of fastvae::dropin_bce_with_logits_with_grad has 2 entries; "
+                                         r"got 3"):
+        _C.dropin_with_grad(2, a, a, None, None, [1.0], 3, [True] * 3)
+    with pytest.raises(ValueError, match=r"dropin_normal_nll_with_grad takes 3 tensor operands; got a fourth"):
+        _C.dropin_with_grad(0, a, a, a, a, [0, 0.0, 0.0, 1.0], 3, [True] * 3)
+    with pytest.raises(TypeError, match=r"with_grad: spread must have the dtype of x \(Float\); got Long"):  # the op's
+        _C.dropin_with_grad(0, a, a, torch.ones(2, 3, dtype=torch.int64), None, [0, 0.0, 0.0, 1.0], 3, [True] * 3)
