@@ -18,10 +18,9 @@ import types
 
 import torch
 
-from ._registry import _C, _16BIT, compute_dtype, direct, draw_seed, no_derivative, ops
+from ._registry import _C, _16BIT, _below_autograd, compute_dtype, direct, draw_seed, no_derivative, ops
 from ._transforms import fused_call_ok
-from .dropin_autograd import (_bce_backward, _kl_backward, _nll_backward, _rsample_backward, _rsample_setup,
-                              _save)
+from .dropin_autograd import (_bce_backward, _kl_backward, _nll_backward, _rsample_backward, _save)
 
 SPREADS = {"scale": 0, "var": 1, "logvar": 2}
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -179,6 +178,10 @@ def _with_grad_call(spec, operands, args, row_len, mask):
 def _recompute(kind, operands, args, row_len, needs, grad):
     """The node's backward where the stored gradients do not serve (non-finite, used up, create_graph=True): the op's
     registered formula on the saved operands."""
+    if kind == 3:  # rsample: operands (scale, seed), args (n_samples,)
+        redo = types.SimpleNamespace(saved_tensors=tuple(operands), args=tuple(args),
+                                     needs_input_grad=tuple(needs))
+        return list(_rsample_backward(redo, grad)[:2])
     spec = _SPECS[kind]
     if kind == 0:  # normal_nll's param is an int
         args = (int(args[0]), *args[1:])
@@ -205,7 +208,14 @@ def _direct(op, backward, n_tensors):
 _DIRECT = {ops.dropin_normal_nll: _direct(ops.dropin_normal_nll, _nll_backward, 3),
            ops.dropin_normal_kl: _direct(ops.dropin_normal_kl, _kl_backward, 4),
            ops.dropin_bce_with_logits: _direct(ops.dropin_bce_with_logits, _bce_backward, 4)}
-_rsample = direct(ops.dropin_normal_rsample, _rsample_setup, _rsample_backward)
+_rsample_node = _C.dropin_rsample  # (C++: see _with_grad)
+
+
+def _rsample(loc, scale, seed, k):
+    if torch.is_grad_enabled() and (loc.requires_grad or scale.requires_grad):
+        return _rsample_node(loc, scale, seed, k)
+    with _below_autograd():
+        return ops.dropin_normal_rsample(loc, scale, seed, k)
 
 
 for _name in ("normal_nll", "normal_kl", "bce_with_logits"):

@@ -397,3 +397,18 @@ def test_bad_input_names_the_argument():
         dr.normal_nll(x, m[:3], s, "std")
     with pytest.raises(ValueError, match="event_dims must be None or an int in"):
         dr.normal_kl(x, s, x, s, event_dims=3)
+
+
+@pytest.mark.parametrize("sample_shape", [(), (3,)], ids=["no samples", "3 samples"])
+def test_rsample_gradcheck_and_gradgradcheck(sample_shape):
+    # the rsample node (C++, csrc/torch/dropin/autograd.cpp): its first-order backward is the fused backward op, a
+    # create_graph=True backward the differentiable form; both against finite differences, the draws fixed by the
+    # generator given each call
+    m = torch.randn(2, 3, generator=gen(8), dtype=torch.float64, requires_grad=True)
+    s = (torch.rand(2, 3, generator=gen(9), dtype=torch.float64) + 0.5).requires_grad_()
+
+    def f(m, s):
+        return dr.normal_rsample(m, s, sample_shape, generator=torch.Generator().manual_seed(3)) ** 2
+    assert "Rsample" in f(m, s).grad_fn.next_functions[0][0].name()  # (the path under test was taken)
+    assert torch.autograd.gradcheck(f, (m, s))
+    assert torch.autograd.gradgradcheck(f, (m, s))

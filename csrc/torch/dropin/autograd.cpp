@@ -138,6 +138,54 @@ struct WithGrad : public torch::autograd::Function<WithGrad> {
   }
 };
 
+// Normal.rsample's node (dropin_normal_rsample: z = loc + scale * eps, eps drawn from the seed; its backward draws
+// eps again): the fused backward op with grad mode off, else (create_graph=True) the Python fallback (kind 3).
+struct Rsample : public torch::autograd::Function<Rsample> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& loc, const at::Tensor& scale,
+                            const at::Tensor& seed, std::optional<int64_t> k) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fastvae::dropin_normal_rsample", "")
+                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                 std::optional<int64_t>)>();
+    at::AutoDispatchBelowAutograd below;
+    ctx->save_for_backward({scale, seed});
+    ctx->saved_data["k"] = k.has_value() ? c10::IValue(*k) : c10::IValue();
+    return op.call(loc, scale, seed, k);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fastvae::dropin_normal_rsample_backward", "")
+                               .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                         const at::Tensor&, std::optional<int64_t>,
+                                                                         std::array<bool, 2>)>();
+    const variable_list saved = ctx->get_saved_variables();
+    const c10::IValue& kv = ctx->saved_data["k"];
+    const std::optional<int64_t> k = kv.isNone() ? std::nullopt : std::optional<int64_t>(kv.toInt());
+    const bool need_loc = ctx->needs_input_grad(0), need_scale = ctx->needs_input_grad(1);
+    const at::Tensor& grad_z = grads[0];
+    variable_list out(4, at::Tensor());
+    if (!at::GradMode::is_enabled()) {
+      at::AutoDispatchBelowAutograd below;
+      auto [gl, gs] = op.call(grad_z, saved[0], saved[1], k, {need_loc && k.has_value(), need_scale});
+      if (need_loc) out[0] = k.has_value() ? gl : grad_z;  // without samples the loc gradient is grad_z itself
+      if (need_scale) out[1] = gs;
+      return out;
+    }
+    TORCH_CHECK(fallback != nullptr, "fastvae: the drop-ins' recomputing backward is not registered");
+    py::gil_scoped_acquire gil;
+    py::list args_py;
+    args_py.append(k.has_value() ? py::cast(*k) : py::none());
+    py::list needs_py;
+    needs_py.append(py::bool_(need_loc));
+    needs_py.append(py::bool_(need_scale));
+    py::sequence res = (*fallback)(3, py::make_tuple(saved[0], saved[1]), args_py, 0, needs_py, grad_z);
+    for (int i = 0; i < 2; ++i)
+      if (!res[i].is_none()) out[i] = res[i].cast<at::Tensor>();
+    return out;
+  }
+};
+
 at::Tensor with_grad(int64_t kind, const std::optional<at::Tensor>& a, const std::optional<at::Tensor>& b,
                      const std::optional<at::Tensor>& c, const std::optional<at::Tensor>& d,
                      const std::vector<double>& args, int64_t row_len, const std::vector<bool>& mask) {
@@ -161,12 +209,19 @@ void bind_dropin_autograd(pybind11::module_& m) {
         "the forward with gradients of a drop-in op (kind 0 normal_nll, 1 normal_kl, 2 bce_with_logits) as a C++ "
         "autograd node (fastvae/ops/dropin.py)");
   m.def(
+      "dropin_rsample",
+      [](const at::Tensor& loc, const at::Tensor& scale, const at::Tensor& seed, std::optional<int64_t> k) {
+        return Rsample::apply(loc, scale, seed, k);
+      },
+        "dropin_normal_rsample(loc, scale, seed, n_samples) as a C++ autograd node (fastvae/ops/dropin.py)");
+  m.def(
       "set_dropin_recompute",
       [](py::object fn) {
         delete fallback;
         fallback = new py::object(std::move(fn));
       },
-      "the Python fallback of the node's backward: fn(kind, operands, args, row_len, needs, grad) -> grads");
+      "the Python fallback of the nodes' backward: fn(kind, operands, args, row_len, needs, grad) -> grads (kind "
+      "3: rsample, operands (scale, seed), args (n_samples,))");
 }
 
 }  // namespace fastvae
