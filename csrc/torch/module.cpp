@@ -8,6 +8,7 @@
 #include "fastvae/philox.h"
 #include "torch/checks.h"
 #include "torch/dropin/autograd.h"
+#include "torch/logistic/autograd.h"
 
 namespace fastvae {
 
@@ -62,4 +63,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("philox_kat", &fastvae::philox_kat);
   m.def("normals_cpu", &fastvae::normals_cpu, "eps[start:start+n] of the stream of `key`");
   fastvae::bind_dropin_autograd(m);
+  fastvae::bind_logistic_autograd(m);
 }

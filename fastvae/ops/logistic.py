@@ -22,7 +22,7 @@ independent given the decoder's output, as in VAEs whose decoder is not autoregr
 
 On the CPU, a single logistic whose parameters need gradients runs the forward with gradients
 (discretized_logistic_nll_with_grad): the kernel computes the per-sample losses' gradients in the forward's pass,
-keeps them for the backward (2 floats per pixel more) and the backward scales them (_SingleWithGrad below): the
+keeps them for the backward (2 floats per pixel more) and the backward scales them (_single_with_grad): the
 per-element math is compute-bound there, and the backward would compute it all again.
 
 Double backward is not supported (refused with an error when attempted). float32/float64 on every device;
@@ -35,7 +35,7 @@ import torch
 from .. import _checks
 from ._composites import routed
 from ._operands import _FAILED, _PLAIN, _REDUCTION, _acc, _compute_dtype, _fast, _feature_operand
-from ._registry import (LIB, _below_autograd, alias, create_graph, direct, fused_backward, no_derivative,
+from ._registry import (_C, LIB, direct, fused_backward, no_derivative,
                         not_differentiable, ops)
 from ._transforms import active, plain
 
@@ -127,7 +127,7 @@ def discretized_logistic_nll(x, mean, log_scale, *, n_bits=8, reduction="mean", 
             if mean.dim() != x.dim():
                 mean, ls = mean.unsqueeze(-1), ls.unsqueeze(-1)
             if mean.device.type == "cpu" and torch.is_grad_enabled() and (mean.requires_grad or ls.requires_grad):
-                return _SingleWithGrad.apply(x, mean, ls, n_bits, r, validate_args)
+                return _single_with_grad(x, mean, ls, n_bits, r, validate_args)
             return _nll(x, None, mean, ls, n_bits, r, validate_args)
         except _FAILED:
             pass  # the checks below say why
@@ -218,43 +218,22 @@ def _(x, means, log_scales, n_bits, reduction=0, validate_x=False):
 no_derivative("discretized_logistic_nll_with_grad", "fastvae.discretized_logistic_nll", double_backward=False)
 
 
-class _SingleWithGrad(torch.autograd.Function):
-    """discretized_logistic_nll's fast path on the CPU when means or log_scales need gradients: the op's forward with
-    gradients keeps the per-sample losses' gradients (finite ones) for the backward, which scales them by the
-    incoming gradient in place (they become the gradients: no new memory) to the values of the registered backward,
-    bit for bit. It recomputes through the registered backward (_backward) where a stored gradient is inf or NaN (a
-    zero incoming gradient must give 0 there), for a double backward (refused there) and for a second backward through
-    a retained graph (the stored gradients were used up by the first)."""
+def _single_recompute(saved, n_bits, reduction, needs, grad):
+    """The node's backward where its stored gradients do not serve (see _single_with_grad): the registered backward
+    (_backward) on the saved x, means and log_scales."""
+    x, means, log_scales = saved
+    redo = types.SimpleNamespace(saved_tensors=(x, None, means, log_scales), n_bits=n_bits, reduction=reduction,
+                                 needs_input_grad=(needs[0], False, needs[1], needs[2]))
+    g_x, _, g_m, g_ls = _backward(redo, grad)[:4]
+    return g_x, g_m, g_ls
 
-    @staticmethod
-    def forward(ctx, x, means, log_scales, n_bits, reduction, validate):
-        with _below_autograd():  # (its autograd formula only raises)
-            out, nonfinite, g_m, g_ls = ops.discretized_logistic_nll_with_grad(x, means, log_scales, n_bits,
-                                                                               reduction, validate)
-        ctx.finite, ctx.used = not nonfinite.item(), False
-        ctx.n_bits, ctx.reduction = n_bits, reduction
-        ctx.save_for_backward(x, means, log_scales, *((g_m, g_ls) if ctx.finite else ()))
-        return out
 
-    @staticmethod
-    def backward(ctx, grad):
-        x, means, log_scales, *derivs = ctx.saved_tensors
-        need_x, need_m, need_ls = ctx.needs_input_grad[:3]
-        first, ctx.used = not ctx.used, True
-        if not ctx.finite or not first or create_graph():
-            redo = types.SimpleNamespace(saved_tensors=(x, None, means, log_scales), n_bits=ctx.n_bits,
-                                         reduction=ctx.reduction, needs_input_grad=(need_x, False, need_m, need_ls))
-            g_x, _, g_m, g_ls = _backward(redo, grad)[:4]
-            return g_x, g_m, g_ls, None, None, None
-        rows = x.shape[0] * (means.shape[0] if means.dim() == x.dim() + 2 else 1)  # the per-sample losses
-        if ctx.reduction == _REDUCTION["none"]:
-            scale = grad.reshape(rows, 1)
-        else:  # the registered backward's per-sample gradient: g (/ rows for "mean") rounded once to the dtype
-            scale = grad.item() / (rows if ctx.reduction == _REDUCTION["mean"] else 1)
-        out = []
-        for d, need in zip(derivs, (need_m, need_ls)):
-            if need:
-                d = alias(d)  # scaled in place: used up (a second backward recomputes)
-                d.view(rows, -1).mul_(scale)
-            out.append(d if need else None)
-        return (torch.zeros_like(x) if need_x else None), out[0], out[1], None, None, None
+# discretized_logistic_nll's fast path on the CPU when means or log_scales need gradients, a C++ autograd node
+# (csrc/torch/logistic/autograd.cpp; a torch.autograd.Function's Python round trips cost several percent of the time
+# at B = 64): the op's forward with gradients keeps the per-sample losses' gradients (finite ones) for the backward,
+# which scales them by the incoming gradient in place (they become the gradients: no new memory) to the values of the
+# registered backward, bit for bit. It recomputes through _single_recompute where a stored gradient is inf or NaN (a
+# zero incoming gradient must give 0 there), for a double backward (refused there) and for a second backward through
+# a retained graph (the stored gradients were used up by the first).
+_single_with_grad = _C.logistic_single_with_grad
+_C.set_logistic_recompute(_single_recompute)

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "torch/autograd_node.h"
 #include "torch/dropin/autograd.h"
 
 namespace fastvae {
@@ -46,11 +47,7 @@ const c10::OperatorHandle& op_of(int kind) {
   return handles[kind];
 }
 
-py::object* fallback = nullptr;  // set once by fastvae/ops/dropin.py (never freed: it outlives the interpreter's end)
-
-at::Tensor fresh_alias(const at::Tensor& t) {
-  return at::empty({0}, t.options()).set_(t.storage(), t.storage_offset(), t.sizes(), t.strides());
-}
+PyFallback fallback("drop-in");  // fastvae/ops/dropin.py's _recompute
 
 // the gradient of a periodic operand from the full-size one: summed over its tiles
 at::Tensor fold(const at::Tensor& full, const at::Tensor& t) {
@@ -121,7 +118,6 @@ struct WithGrad : public torch::autograd::Function<WithGrad> {
       }
       return out;
     }
-    TORCH_CHECK(fallback != nullptr, "fastvae: the drop-ins' recomputing backward is not registered");
     py::gil_scoped_acquire gil;
     py::list operands, needs_py;
     for (int i = 0; i < k.n_operands; ++i) {
@@ -131,7 +127,7 @@ struct WithGrad : public torch::autograd::Function<WithGrad> {
     const auto args = ctx->saved_data["args"].toDoubleList();
     py::list args_py;
     for (const double v : args) args_py.append(v);
-    py::sequence res = (*fallback)(kind, operands, args_py, row_len, needs_py, grad);
+    py::sequence res = fallback(kind, operands, args_py, row_len, needs_py, grad);
     for (int i = 0; i < k.n_operands; ++i)
       if (!res[i].is_none()) out[1 + i] = res[i].cast<at::Tensor>();
     return out;
@@ -172,14 +168,13 @@ struct Rsample : public torch::autograd::Function<Rsample> {
       if (need_scale) out[1] = gs;
       return out;
     }
-    TORCH_CHECK(fallback != nullptr, "fastvae: the drop-ins' recomputing backward is not registered");
     py::gil_scoped_acquire gil;
     py::list args_py;
     args_py.append(k.has_value() ? py::cast(*k) : py::none());
     py::list needs_py;
     needs_py.append(py::bool_(need_loc));
     needs_py.append(py::bool_(need_scale));
-    py::sequence res = (*fallback)(3, py::make_tuple(saved[0], saved[1]), args_py, 0, needs_py, grad_z);
+    py::sequence res = fallback(3, py::make_tuple(saved[0], saved[1]), args_py, 0, needs_py, grad_z);
     for (int i = 0; i < 2; ++i)
       if (!res[i].is_none()) out[i] = res[i].cast<at::Tensor>();
     return out;
@@ -216,10 +211,7 @@ void bind_dropin_autograd(pybind11::module_& m) {
         "dropin_normal_rsample(loc, scale, seed, n_samples) as a C++ autograd node (fastvae/ops/dropin.py)");
   m.def(
       "set_dropin_recompute",
-      [](py::object fn) {
-        delete fallback;
-        fallback = new py::object(std::move(fn));
-      },
+      [](py::object fn) { fallback.set(std::move(fn)); },
       "the Python fallback of the nodes' backward: fn(kind, operands, args, row_len, needs, grad) -> grads (kind "
       "3: rsample, operands (scale, seed), args (n_samples,))");
 }
