@@ -6,9 +6,9 @@
 // shape (rows, D, K), mixture dim last): blocks of kPix pixels are transposed into K x kPix buffers (structure of
 // arrays), so that every loop, the log masses, both log-sum-exps over the K components and the gradients, runs
 // vectorised over pixels with contiguous loads; the gradients are transposed back. Nothing is stored between the
-// forward and the backward: the backward recomputes the log masses from the inputs. (single_fwd_grad, the single
-// form's forward with gradients, is the exception: it writes the gradients for an incoming gradient of 1 in the
-// forward's pass, for the caller to keep and scale.)
+// forward and the backward: the backward recomputes the log masses from the inputs. (single_fwd_grad and
+// mix_fwd_grad, the forwards with gradients, are the exception: they write the gradients for an incoming gradient of
+// 1 in the forward's pass, for the caller to keep and scale.)
 //
 // Work split (deterministic for any thread count, cpu/drivers.h): a row is cut into chunks of at most
 // chunk_pixels(K) pixels, and a row's loss is the sum of its chunks' sums in chunk order; rows of one chunk are
@@ -114,13 +114,15 @@ void mix_logp_row(const T* FV_R x, const T* FV_R lg, const T* FV_R m, const T* F
   for (index_t t = 0; t < n; ++t) lp[t] = lg[t] + logistic_logp<T, false>(x[t], m[t], ls[t], g, nullptr, nullptr);
 }
 
+// lp = logit + log P with dlogP/dm and dlogP/dls; log P by the forward's own expression (kFwdValue: lp as
+// mix_logp_row's, bit for bit), so that the backward's mixture weights are those of the forward with gradients
 template <class T>
-void mix_logp_grad_row(const T* FV_R x, const T* FV_R lg, const T* FV_R m, const T* FV_R ls, LogisticGrid<T> g,
-                       T* FV_R lp, T* FV_R dm, T* FV_R ds, index_t n) {
+void mix_logp_fwd_grad_row(const T* FV_R x, const T* FV_R lg, const T* FV_R m, const T* FV_R ls, LogisticGrid<T> g,
+                           T* FV_R lp, T* FV_R dm, T* FV_R ds, index_t n) {
 #pragma omp simd
   for (index_t t = 0; t < n; ++t) {
-    T a, b;  // locals, not &dm[t]: GCC vectorises this form
-    lp[t] = lg[t] + logistic_logp<T, true>(x[t], m[t], ls[t], g, &a, &b);
+    T a, b;
+    lp[t] = lg[t] + logistic_logp<T, true, true>(x[t], m[t], ls[t], g, &a, &b);
     dm[t] = a;
     ds[t] = b;
   }
@@ -164,17 +166,18 @@ T mix_nll_sum(const T* FV_R mx1, const T* FV_R s1, const T* FV_R mx2, const T* F
   return acc;
 }
 
-// In place: e1 -> d/dlogit = g (pi - w), dm -> d/dmean = -g w dlogP/dm, ds likewise; pi = e1 / s1, w = e2 / s2.
+// In place: e1 -> d/dlogit = g (pi - w), dm -> d/dmean = g (-w dlogP/dm), ds likewise; pi = e1 / s1, w = e2 / s2.
+// g multiplies last (a zero g times an overflowed product gives 0), so that the values for g are those for 1 times g,
+// bit for bit: the forward with gradients keeps them at g = 1 and its backward multiplies by g.
 template <class T>
 void mix_grad_row(const T* FV_R gv, T* FV_R e1, const T* FV_R e2, const T* FV_R is1, const T* FV_R is2,
                   T* FV_R dm, T* FV_R ds, index_t n) {
 #pragma omp simd
   for (index_t t = 0; t < n; ++t) {
     const T w = e2[t] * is2[t];
-    const T gw = -gv[t] * w;
     e1[t] = gv[t] * (e1[t] * is1[t] - w);
-    dm[t] = mul0(gw, dm[t]);
-    ds[t] = mul0(gw, ds[t]);
+    dm[t] = mul0(gv[t], mul0(-w, dm[t]));
+    ds[t] = mul0(gv[t], mul0(-w, ds[t]));
   }
 }
 
@@ -235,9 +238,12 @@ T mix_fwd_block(MixBuffers<T>& b, const T* x, const T* logits, const T* means, c
   return mix_nll_sum(b.mx1, b.s1, b.mx2, b.s2, n);
 }
 
-template <class T>
-void mix_bwd_block(MixBuffers<T>& b, T gr, const T* x, const T* logits, const T* means, const T* ls,
-                   LogisticGrid<T> g, T* glog, T* gmean, T* gls, index_t n, index_t K, index_t n_next) {
+// The backward's pass over a block (kFwdValue: the forward with gradients', which also returns the sum of the block's
+// -log P; else 0): the log masses with their derivatives, both log-sum-exps, then the gradients for the incoming
+// gradient gr, transposed back.
+template <class T, bool kFwdValue>
+T mix_grad_block(MixBuffers<T>& b, T gr, const T* x, const T* logits, const T* means, const T* ls,
+                 LogisticGrid<T> g, T* glog, T* gmean, T* gls, index_t n, index_t K, index_t n_next) {
   to_soa(logits, b.lg, n, K);
   to_soa(means, b.mg, n, K);
   to_soa(ls, b.sg, n, K);
@@ -249,11 +255,12 @@ void mix_bwd_block(MixBuffers<T>& b, T gr, const T* x, const T* logits, const T*
     if (glog) prefetch(glog + k * n, n, true);
     prefetch(gmean + k * n, n, true);
     prefetch(gls + k * n, n, true);
-    mix_logp_grad_row(x, b.lg + k * kPix, b.mg + k * kPix, b.sg + k * kPix, g, b.lp + k * kPix, b.dm + k * kPix,
-                      b.ds + k * kPix, n);
+    mix_logp_fwd_grad_row(x, b.lg + k * kPix, b.mg + k * kPix, b.sg + k * kPix, g, b.lp + k * kPix,
+                          b.dm + k * kPix, b.ds + k * kPix, n);
   }
   lse_soa(b.lg, K, n, b.mx1, b.s1);
   lse_soa(b.lp, K, n, b.mx2, b.s2);
+  const T sum = kFwdValue ? mix_nll_sum(b.mx1, b.s1, b.mx2, b.s2, n) : T(0);
   inverse(b.s1, b.mx1, n);  // mx1, mx2 now hold 1 / s1, 1 / s2
   inverse(b.s2, b.mx2, n);
   fill(gr, b.gv, n);
@@ -262,6 +269,7 @@ void mix_bwd_block(MixBuffers<T>& b, T gr, const T* x, const T* logits, const T*
   if (glog) from_soa(b.lg, glog, n, K);
   from_soa(b.dm, gmean, n, K);
   from_soa(b.ds, gls, n, K);
+  return sum;
 }
 
 // ---- the ops (their work split: cpu/drivers.h) -----------------------------------------------------------------
@@ -315,8 +323,8 @@ void logistic_bwd(const T* gout, const T* x, const T* logits, const T* means, co
     const T* xr = x + (r % x_rows) * D;
     for (index_t p = p0; p < p1; p += kPix) {
       const index_t o = (r * D + p) * K;
-      mix_bwd_block(b, gout[r], xr + p, logits + o, means + o, ls + o, g, glog + o, gmean + o, gls + o,
-                    std::min(kPix, p1 - p), K, std::max<index_t>(0, std::min(kPix, p1 - p - kPix)));
+      mix_grad_block<T, false>(b, gout[r], xr + p, logits + o, means + o, ls + o, g, glog + o, gmean + o, gls + o,
+                               std::min(kPix, p1 - p), K, std::max<index_t>(0, std::min(kPix, p1 - p - kPix)));
     }
   });
 }
@@ -333,6 +341,30 @@ void single_fwd_grad(const T* x, const T* means, const T* ls, T* out, T* gmean, 
     for (index_t p = p0; p < p1; p += kPix) {
       const index_t o = r * D + p;
       acc += single_fwd_grad_block(xr + p, means + o, ls + o, g, gmean + o, gls + o, &nf, std::min(kPix, p1 - p));
+    }
+    if (nf) bad.store(1, std::memory_order_relaxed);
+    return acc;
+  });
+  *nonfinite = bad.load();
+}
+
+// The mixture's forward with gradients: logistic_fwd's out (the same values: the same log masses, sums and chunks)
+// and logistic_bwd's gradients at g = 1 on every row (the same values); *nonfinite = 1 if any of those is inf or NaN.
+template <class T>
+void mix_fwd_grad(const T* x, const T* logits, const T* means, const T* ls, T* out, T* glog, T* gmean, T* gls,
+                  index_t rows, index_t D, index_t K, index_t x_rows, int n_bits, int* nonfinite) {
+  const LogisticGrid<T> g = logistic_grid<T>(n_bits);
+  std::atomic<int> bad{0};
+  row_reduce(rows, D, chunk_pixels(K), out, [&](index_t r, index_t p0, index_t p1) {
+    MixBuffers<T> b(K);
+    const T* xr = x + (r % x_rows) * D;
+    T acc = 0;
+    int nf = 0;
+    for (index_t p = p0; p < p1; p += kPix) {
+      const index_t o = (r * D + p) * K, n = std::min(kPix, p1 - p);
+      acc += mix_grad_block<T, true>(b, T(1), xr + p, logits + o, means + o, ls + o, g, glog + o, gmean + o, gls + o,
+                                     n, K, std::max<index_t>(0, std::min(kPix, p1 - p - kPix)));
+      nf |= any_nonfinite(glog + o, n * K) | any_nonfinite(gmean + o, n * K) | any_nonfinite(gls + o, n * K);
     }
     if (nf) bad.store(1, std::memory_order_relaxed);
     return acc;
@@ -358,7 +390,8 @@ index_t first_off_grid(const T* x, index_t n, int n_bits) {
 
 template <class T>
 constexpr LogisticKernels<T> make_table(const char* isa) {
-  return LogisticKernels<T>{isa, &logistic_fwd<T>, &logistic_bwd<T>, &first_off_grid<T>, &single_fwd_grad<T>};
+  return LogisticKernels<T>{isa, &logistic_fwd<T>, &logistic_bwd<T>, &first_off_grid<T>, &single_fwd_grad<T>,
+                            &mix_fwd_grad<T>};
 }
 
 }  // namespace

@@ -29,6 +29,11 @@ struct LogisticKernels {
   // incoming gradient must give 0, the caller then recomputes through bwd).
   void (*single_fwd_grad)(const T* x, const T* means, const T* log_scales, T* out, T* grad_means,
                           T* grad_log_scales, index_t rows, index_t D, index_t x_rows, int n_bits, int* nonfinite);
+  // A mixture (logits given): fwd's out (the same values) and, for an incoming gradient of 1 on every row, the
+  // gradients with respect to logits, means and log_scales (bwd's at g = 1, the same values); *nonfinite as above.
+  void (*mix_fwd_grad)(const T* x, const T* logits, const T* means, const T* log_scales, T* out, T* grad_logits,
+                       T* grad_means, T* grad_log_scales, index_t rows, index_t D, index_t K, index_t x_rows,
+                       int n_bits, int* nonfinite);
 };
 
 template <class T>

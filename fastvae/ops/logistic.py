@@ -20,10 +20,11 @@ leading sample dim (k decoder samples of one batch). Losses are per-sample sums 
 Not included: PixelCNN++'s autoregressive coupling of the RGB channels (`coeffs`): here the channels of a pixel are
 independent given the decoder's output, as in VAEs whose decoder is not autoregressive.
 
-On the CPU, a single logistic whose parameters need gradients runs the forward with gradients
-(discretized_logistic_nll_with_grad): the kernel computes the per-sample losses' gradients in the forward's pass,
-keeps them for the backward (2 floats per pixel more) and the backward scales them (_single_with_grad): the
-per-element math is compute-bound there, and the backward would compute it all again.
+On the CPU, a logistic or a mixture whose parameters need gradients runs the forward with gradients
+(discretized_logistic_nll_with_grad, discretized_logistic_mixture_nll_with_grad): the kernel computes the per-sample
+losses' gradients in the forward's pass, keeps them for the backward (2 floats per pixel more, 3 per pixel and
+component for a mixture) and the backward scales them (_with_grad): the per-element math is compute-bound there, and
+the backward would compute it all again.
 
 Double backward is not supported (refused with an error when attempted). float32/float64 on every device;
 float16/bfloat16 on CUDA (computed in float32) and, on the CPU, computed in float32; losses of 16-bit inputs are
@@ -127,7 +128,7 @@ def discretized_logistic_nll(x, mean, log_scale, *, n_bits=8, reduction="mean", 
             if mean.dim() != x.dim():
                 mean, ls = mean.unsqueeze(-1), ls.unsqueeze(-1)
             if mean.device.type == "cpu" and torch.is_grad_enabled() and (mean.requires_grad or ls.requires_grad):
-                return _single_with_grad(x, mean, ls, n_bits, r, validate_args)
+                return _with_grad(x, None, mean, ls, n_bits, r, validate_args)
             return _nll(x, None, mean, ls, n_bits, r, validate_args)
         except _FAILED:
             pass  # the checks below say why
@@ -153,6 +154,9 @@ def discretized_logistic_mixture_nll(x, logit_probs, means, log_scales, *, n_bit
     r = _REDUCTION.get(reduction) if type(reduction) is str else None
     if r is not None and _fast_logistic(x, means, (logit_probs, log_scales), n_bits, validate_args):
         try:
+            if means.device.type == "cpu" and torch.is_grad_enabled() and (
+                    logit_probs.requires_grad or means.requires_grad or log_scales.requires_grad):
+                return _with_grad(x, logit_probs, means, log_scales, n_bits, r, validate_args)
             return _nll(x, logit_probs, means, log_scales, n_bits, r, validate_args)
         except _FAILED:
             pass  # the checks below say why
@@ -218,22 +222,33 @@ def _(x, means, log_scales, n_bits, reduction=0, validate_x=False):
 no_derivative("discretized_logistic_nll_with_grad", "fastvae.discretized_logistic_nll", double_backward=False)
 
 
-def _single_recompute(saved, n_bits, reduction, needs, grad):
-    """The node's backward where its stored gradients do not serve (see _single_with_grad): the registered backward
-    (_backward) on the saved x, means and log_scales."""
-    x, means, log_scales = saved
-    redo = types.SimpleNamespace(saved_tensors=(x, None, means, log_scales), n_bits=n_bits, reduction=reduction,
-                                 needs_input_grad=(needs[0], False, needs[1], needs[2]))
-    g_x, _, g_m, g_ls = _backward(redo, grad)[:4]
-    return g_x, g_m, g_ls
+@torch.library.register_fake(LIB + "discretized_logistic_mixture_nll_with_grad")
+def _(x, logit_probs, means, log_scales, n_bits, reduction=0, validate_x=False):
+    out = torch.ops.fastvae.discretized_logistic_nll.default(x, logit_probs, means, log_scales, n_bits, reduction,
+                                                             validate_x)
+    return (out, means.new_empty((), dtype=torch.int32), logit_probs.new_empty(means.shape),
+            means.new_empty(means.shape), log_scales.new_empty(means.shape))
 
 
-# discretized_logistic_nll's fast path on the CPU when means or log_scales need gradients, a C++ autograd node
+no_derivative("discretized_logistic_mixture_nll_with_grad", "fastvae.discretized_logistic_mixture_nll",
+              double_backward=False)
+
+
+def _recompute(saved, n_bits, reduction, needs, grad):
+    """The node's backward where its stored gradients do not serve (see _with_grad): the registered backward
+    (_backward) on the saved x, logit_probs (None: one logistic per pixel), means and log_scales."""
+    redo = types.SimpleNamespace(saved_tensors=saved, n_bits=n_bits, reduction=reduction, needs_input_grad=needs)
+    return _backward(redo, grad)[:4]
+
+
+# The public functions' fast path on the CPU when the parameters need gradients, a C++ autograd node
 # (csrc/torch/logistic/autograd.cpp; a torch.autograd.Function's Python round trips cost several percent of the time
-# at B = 64): the op's forward with gradients keeps the per-sample losses' gradients (finite ones) for the backward,
-# which scales them by the incoming gradient in place (they become the gradients: no new memory) to the values of the
-# registered backward, bit for bit. It recomputes through _single_recompute where a stored gradient is inf or NaN (a
-# zero incoming gradient must give 0 there), for a double backward (refused there) and for a second backward through
-# a retained graph (the stored gradients were used up by the first).
-_single_with_grad = _C.logistic_single_with_grad
-_C.set_logistic_recompute(_single_recompute)
+# at B = 64): the op's forward with gradients (discretized_logistic_nll_with_grad, or the mixture's with logit_probs)
+# keeps the per-sample losses' gradients (finite ones) for the backward, which scales them by the incoming gradient
+# in place (they become the gradients: no new memory) to the values of the registered backward, bit for bit. It
+# recomputes through _recompute where a stored gradient is inf or NaN (a zero incoming gradient must give 0 there),
+# for a double backward (refused there) and for a second backward through a retained graph (the stored gradients were
+# used up by the first). The price: the gradients are kept from the forward to the backward (2 floats per pixel for
+# the single form, 3 per pixel and component for a mixture).
+_with_grad = _C.logistic_with_grad
+_C.set_logistic_recompute(_recompute)

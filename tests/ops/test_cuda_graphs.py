@@ -101,7 +101,7 @@ NAMES = ["reparameterize", "reparameterize_backward", "reparameterize_kl", "repa
          "discretized_logistic_nll single", "discretized_logistic_nll mixture", "discretized_logistic_nll_backward"]
 # CPU-only ops (the forwards with gradients: the CPU is compute-bound where a GPU is not)
 CPU_ONLY = {"dropin_normal_nll_with_grad", "dropin_normal_kl_with_grad", "dropin_bce_with_logits_with_grad",
-            "discretized_logistic_nll_with_grad"}
+            "discretized_logistic_nll_with_grad", "discretized_logistic_mixture_nll_with_grad"}
 
 
 def test_every_op_has_a_case():

@@ -227,21 +227,22 @@ def test_the_fast_path_equals_the_checked_path(case):
 
 
 def test_the_fast_path_takes_the_op_once_and_saves_what_its_backward_reads():
-    """The mixture's fast path (_registry.direct: the formula without the op wrapper) saves the inputs only; the
-    single logistic's on the CPU with gradients wanted (_single_with_grad, the forward with gradients) saves the inputs
-    and its two per-pixel gradients, nothing else."""
+    """The fast paths on the CPU with gradients wanted (_with_grad, the forward with gradients) save the inputs and
+    the gradients they computed, nothing else: two per pixel for the single logistic, three per pixel and component
+    for the mixture."""
     x, m, ls = data((2, 3)), f64(2, 3, seed=1).requires_grad_(), f64(2, 3, seed=2).requires_grad_()
     lg = f64(2, 3, 4, seed=3).requires_grad_()
     mm, lsm = f64(2, 3, 4, seed=4).requires_grad_(), f64(2, 3, 4, seed=5).requires_grad_()
     for call, inputs, grad_fn, extra in (
-            (lambda: NLL(x, m, ls), (x, m, ls), "CppNode<fastvae::(anonymous namespace)::SingleWithGrad>", 2),
-            (lambda: MIX(x, lg, mm, lsm), (x, lg, mm, lsm), "FusedBackward", 0)):
+            (lambda: NLL(x, m, ls), (x, m, ls), "CppNode<fastvae::(anonymous namespace)::LogisticWithGrad>", 2),
+            (lambda: MIX(x, lg, mm, lsm), (x, lg, mm, lsm), "CppNode<fastvae::(anonymous namespace)::LogisticWithGrad>",
+             3)):
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
             loss = call()
         ptrs = {t.data_ptr() for t in inputs}
         others = [t for t in saved if t.numel() and t.data_ptr() not in ptrs]
-        assert len(others) == extra and all(t.shape == m.shape for t in others)
+        assert len(others) == extra and all(t.shape == inputs[1].shape for t in others)
         assert grad_fn in loss.grad_fn.name()
         loss.backward()
         assert all(t.grad.shape == t.shape for t in inputs[1:])

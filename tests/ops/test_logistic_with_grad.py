@@ -1,4 +1,4 @@
-"""The single discretized logistic's forward with gradients (CPU; fastvae/ops/logistic.py's _single_with_grad, a C++
+"""The single discretized logistic's forward with gradients (CPU; fastvae/ops/logistic.py's _with_grad, a C++
 autograd node, and the op discretized_logistic_nll_with_grad): the kernel computes the per-sample losses' gradients
 in the forward's pass and the backward scales them. It must give the plain path's values and gradients bit for bit
 (the same per-element math, the same sums, the incoming gradient applied as the registered backward applies it),
@@ -20,12 +20,12 @@ def data(shape, seed=0, dtype=torch.float64):
     return (2 * k.to(torch.float64) / 255 - 1).to(dtype)
 
 
-NODE = "torch::autograd::CppNode<fastvae::(anonymous namespace)::SingleWithGrad>"  # the fast path's grad_fn
+NODE = "torch::autograd::CppNode<fastvae::(anonymous namespace)::LogisticWithGrad>"  # the fast path's grad_fn
 
 
 def _plain(monkeypatch):
     """The public function without the forward with gradients: its previous fast path (_registry.direct)."""
-    monkeypatch.setattr(L, "_single_with_grad", lambda x, m, ls, n_bits, r, v: L._nll(x, None, m, ls, n_bits, r, v))
+    monkeypatch.setattr(L, "_with_grad", lambda x, lg, m, ls, n_bits, r, v: L._nll(x, lg, m, ls, n_bits, r, v))
 
 
 def _layouts(dtype):

@@ -178,6 +178,11 @@ def _logistic_with_grad(dt):
     return [(n, [x, m, ls, 8]) for n, x, lg, m, ls, _ in _logistic_variants(dt) if lg is None]
 
 
+def _logistic_mixture_with_grad(dt):
+    """The mixture's forward with gradients (CPU): the variants with logit_probs."""
+    return [(n, [x, lg, m, ls, 8]) for n, x, lg, m, ls, _ in _logistic_variants(dt) if lg is not None]
+
+
 def _logistic_bwd(dt):
     return [(n, [_t(*lead, 2, dtype=dt, seed=9), x, lg, m, ls, 8]) for n, x, lg, m, ls, lead in _logistic_variants(dt)]
 
@@ -252,6 +257,7 @@ CASES = {
     "sliced_wasserstein_projected": _sw, "sliced_wasserstein_projected_backward": _sw_bwd,
     "discretized_logistic_nll": _logistic, "discretized_logistic_nll_backward": _logistic_bwd,
     "discretized_logistic_nll_with_grad": _logistic_with_grad,
+    "discretized_logistic_mixture_nll_with_grad": _logistic_mixture_with_grad,
 }
 NO_FLOAT_INPUT = {"_normals", "random_directions"}  # a seed and sizes only (checked against the schema below)
 

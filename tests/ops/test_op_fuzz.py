@@ -182,6 +182,9 @@ TEMPLATES = {
     # (one logistic per pixel: logit_probs dropped, means of K = 1 most of the time; a K > 1 one must be refused)
     "discretized_logistic_nll_with_grad": lambda G: (lambda a: [a[0], *a[2:], G.r.choice([0, 1, 2]),
                                                                 G.r.random() < 0.5])(_logistic_args(G)[1]),
+    # (a mixture: logit_probs required; the fuzzed None one must be refused)
+    "discretized_logistic_mixture_nll_with_grad": lambda G: _logistic_args(G)[1] + [G.r.choice([0, 1, 2]),
+                                                                                   G.r.random() < 0.5],
     "dropin_normal_nll": lambda G: _dropin(G, 3, _nll_extra(G), False, 3),
     "dropin_normal_nll_backward": lambda G: _dropin(G, 3, _nll_extra(G), True, 3),
     "dropin_normal_kl": lambda G: _dropin(G, 4, [0.5], False, 4),

@@ -1,4 +1,4 @@
-// The single discretized logistic's forward with gradients as a C++ autograd node (autograd.cpp), bound into the
+// The discretized logistics' forward with gradients as a C++ autograd node (autograd.cpp), bound into the
 // module fastvae._C.
 #pragma once
 #include <torch/extension.h>

@@ -118,6 +118,27 @@ struct LogisticOps {
     }
     return {reduce_rows(out, reduction), bad, g_m, g_ls};
   }
+
+  // The mixture's forward with gradients (the CPU's): nll's value, the flag, and the gradients of the per-sample
+  // losses with respect to logit_probs, means and log_scales for an incoming gradient of 1 on every sample.
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_nll_with_grad(
+      const at::Tensor& x_, const at::Tensor& lg_, const at::Tensor& m_, const at::Tensor& ls_, int64_t n_bits,
+      int64_t reduction, bool validate_x) {
+    constexpr const char* op = "discretized_logistic_mixture_nll_with_grad";
+    const LogisticShape sh = check(op, x_, lg_, m_, ls_, n_bits);
+    check_reduction(op, reduction);
+    Guard guard(m_);
+    const auto x = x_.contiguous(), lg = lg_.contiguous(), m = m_.contiguous(), ls = ls_.contiguous();
+    auto out = at::empty(sh.out_shape, m.options().dtype(compute_type(m.scalar_type())));
+    auto g_lg = at::empty_like(lg), g_m = at::empty_like(m), g_ls = at::empty_like(ls);
+    auto bad = at::zeros({}, m.options().dtype(at::kInt));
+    if (sh.rows > 0) {
+      const int64_t first = B::logistic_mix_fwd_grad(x, lg, m, ls, out, g_lg, g_m, g_ls, bad, sh,
+                                                     static_cast<int>(n_bits), validate_x);
+      if (first >= 0) refuse_x(op, x, first, n_bits);
+    }
+    return {reduce_rows(out, reduction), bad, g_lg, g_m, g_ls};
+  }
 };
 
 template <class B>
@@ -131,6 +152,7 @@ void register_logistic_ops(torch::Library& m) {
 template <class B>
 void register_logistic_with_grad_ops(torch::Library& m) {
   m.impl("discretized_logistic_nll_with_grad", &LogisticOps<B>::nll_with_grad);
+  m.impl("discretized_logistic_mixture_nll_with_grad", &LogisticOps<B>::mixture_nll_with_grad);
 }
 
 }  // namespace fastvae

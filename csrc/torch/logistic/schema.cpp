@@ -17,6 +17,9 @@
 //     and, in the same pass, the gradients of the per-sample losses for an incoming gradient of 1 on each (the
 //     public function's backward scales them); nonfinite = 1 when one of them is inf or NaN. The per-element math
 //     is compute-bound on the CPU, and the backward would otherwise compute it all again.
+//   discretized_logistic_mixture_nll_with_grad(x, logit_probs, means, log_scales, n_bits, reduction=0,
+//     validate_x=False) -> (loss, nonfinite, grad_logit_probs, grad_means, grad_log_scales): the same for a mixture
+//     (CPU only); the loss is discretized_logistic_nll's and the gradients its backward's at 1, bit for bit.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(fastvae, m) {
@@ -26,4 +29,6 @@ TORCH_LIBRARY_FRAGMENT(fastvae, m) {
         " Tensor log_scales, int n_bits, int reduction=0) -> (Tensor, Tensor, Tensor)");
   m.def("discretized_logistic_nll_with_grad(Tensor x, Tensor means, Tensor log_scales, int n_bits,"
         " int reduction=0, bool validate_x=False) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("discretized_logistic_mixture_nll_with_grad(Tensor x, Tensor logit_probs, Tensor means, Tensor log_scales,"
+        " int n_bits, int reduction=0, bool validate_x=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
