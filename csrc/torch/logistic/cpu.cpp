@@ -34,34 +34,23 @@ struct LogisticCpu : CpuBackend {
                                      out<T>(g_ls), sh.rows, sh.D, sh.K, sh.x_rows, n_bits);
     });
   }
-  // single_fwd_grad (K = 1) after the same validate_x pass as logistic_fwd
-  static int64_t logistic_fwd_grad(const at::Tensor& x, const at::Tensor& m, const at::Tensor& ls, at::Tensor& res,
+  // single_fwd_grad (K = 1, no logit_probs) or mix_fwd_grad after the same validate_x pass as logistic_fwd
+  static int64_t logistic_fwd_grad(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& lg,
+                                   const at::Tensor& m, const at::Tensor& ls, at::Tensor& res, at::Tensor& g_lg,
                                    at::Tensor& g_m, at::Tensor& g_ls, at::Tensor& bad, const LogisticShape& sh,
                                    int n_bits, bool validate_x) {
     int64_t first = -1;
-    dispatch("discretized_logistic_nll_with_grad", m.scalar_type(), [&](auto tag) {
+    dispatch(op, m.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
       const auto& k = cpu::logistic_kernels<T>();
       if (validate_x) first = k.first_off_grid(in<T>(x), x.numel(), n_bits);
-      if (first < 0)
-        k.single_fwd_grad(in<T>(x), in<T>(m), in<T>(ls), out<T>(res), out<T>(g_m), out<T>(g_ls), sh.rows, sh.D,
-                          sh.x_rows, n_bits, bad.data_ptr<int>());
-    });
-    return first;
-  }
-  // mix_fwd_grad after the same validate_x pass
-  static int64_t logistic_mix_fwd_grad(const at::Tensor& x, const at::Tensor& lg, const at::Tensor& m,
-                                       const at::Tensor& ls, at::Tensor& res, at::Tensor& g_lg, at::Tensor& g_m,
-                                       at::Tensor& g_ls, at::Tensor& bad, const LogisticShape& sh, int n_bits,
-                                       bool validate_x) {
-    int64_t first = -1;
-    dispatch("discretized_logistic_mixture_nll_with_grad", m.scalar_type(), [&](auto tag) {
-      using T = decltype(tag);
-      const auto& k = cpu::logistic_kernels<T>();
-      if (validate_x) first = k.first_off_grid(in<T>(x), x.numel(), n_bits);
-      if (first < 0)
+      if (first >= 0) return;
+      if (lg)
         k.mix_fwd_grad(in<T>(x), in<T>(lg), in<T>(m), in<T>(ls), out<T>(res), out<T>(g_lg), out<T>(g_m),
                        out<T>(g_ls), sh.rows, sh.D, sh.K, sh.x_rows, n_bits, bad.data_ptr<int>());
+      else
+        k.single_fwd_grad(in<T>(x), in<T>(m), in<T>(ls), out<T>(res), out<T>(g_m), out<T>(g_ls), sh.rows, sh.D,
+                          sh.x_rows, n_bits, bad.data_ptr<int>());
     });
     return first;
   }

@@ -109,11 +109,11 @@ struct LogisticOps {
     Guard guard(m_);
     const auto x = x_.contiguous(), m = m_.contiguous(), ls = ls_.contiguous();
     auto out = at::empty(sh.out_shape, m.options().dtype(compute_type(m.scalar_type())));
-    auto g_m = at::empty_like(m), g_ls = at::empty_like(ls);
+    auto g_m = at::empty_like(m), g_ls = at::empty_like(ls), none = at::Tensor();
     auto bad = at::zeros({}, m.options().dtype(at::kInt));
     if (sh.rows > 0) {
-      const int64_t first = B::logistic_fwd_grad(x, m, ls, out, g_m, g_ls, bad, sh, static_cast<int>(n_bits),
-                                                 validate_x);
+      const int64_t first = B::logistic_fwd_grad(op, x, std::nullopt, m, ls, out, none, g_m, g_ls, bad, sh,
+                                                 static_cast<int>(n_bits), validate_x);
       if (first >= 0) refuse_x(op, x, first, n_bits);
     }
     return {reduce_rows(out, reduction), bad, g_m, g_ls};
@@ -133,8 +133,8 @@ struct LogisticOps {
     auto g_lg = at::empty_like(lg), g_m = at::empty_like(m), g_ls = at::empty_like(ls);
     auto bad = at::zeros({}, m.options().dtype(at::kInt));
     if (sh.rows > 0) {
-      const int64_t first = B::logistic_mix_fwd_grad(x, lg, m, ls, out, g_lg, g_m, g_ls, bad, sh,
-                                                     static_cast<int>(n_bits), validate_x);
+      const int64_t first = B::logistic_fwd_grad(op, x, lg, m, ls, out, g_lg, g_m, g_ls, bad, sh,
+                                                 static_cast<int>(n_bits), validate_x);
       if (first >= 0) refuse_x(op, x, first, n_bits);
     }
     return {reduce_rows(out, reduction), bad, g_lg, g_m, g_ls};
