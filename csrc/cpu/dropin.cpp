@@ -101,7 +101,7 @@ void bce_fwd_block(const T* FV_R l, const T* FV_R y, const T* FV_R w, const T* F
                    index_t n) {
 #pragma omp simd
   for (index_t t = 0; t < n; ++t)
-    dst[t] = f * bce_logits_term(l[t], y[t], bce_weight<kPlain>(w, t), bce_weight<kPlain>(pw, t));
+    dst[t] = f * bce_logits_term<T, kPlain>(l[t], y[t], bce_weight<kPlain>(w, t), bce_weight<kPlain>(pw, t));
 }
 
 template <class T, bool kPlain, bool kWantY>
@@ -110,7 +110,8 @@ void bce_bwd_block(const T* FV_R gv, T f, const T* FV_R l, const T* FV_R y, cons
 #pragma omp simd
   for (index_t t = 0; t < n; ++t) {
     T a, b = 0;
-    bce_logits_grad<kWantY>(f * gv[t], l[t], y[t], bce_weight<kPlain>(w, t), bce_weight<kPlain>(pw, t), &a, &b);
+    bce_logits_grad<kWantY, T, kPlain>(f * gv[t], l[t], y[t], bce_weight<kPlain>(w, t), bce_weight<kPlain>(pw, t), &a,
+                                       &b);
     dl[t] = a;
     if (kWantY) dy[t] = b;
   }
@@ -142,9 +143,9 @@ void bce_fwd_grad_block(const T* FV_R l, const T* FV_R y, const T* FV_R w, const
 #pragma omp simd
   for (index_t t = 0; t < n; ++t) {
     const T wt = bce_weight<kPlain>(w, t), pwt = bce_weight<kPlain>(pw, t);
-    dst[t] = fo * bce_logits_term(l[t], y[t], wt, pwt);
+    dst[t] = fo * bce_logits_term<T, kPlain>(l[t], y[t], wt, pwt);
     T a, b = 0;
-    bce_logits_grad<kWantY>(f, l[t], y[t], wt, pwt, &a, &b);
+    bce_logits_grad<kWantY, T, kPlain>(f, l[t], y[t], wt, pwt, &a, &b);
     dl[t] = a;
     if (kWantY) dy[t] = b;
   }

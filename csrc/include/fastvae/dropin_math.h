@@ -141,25 +141,29 @@ FV_HD void kl_normal_scale_grad(T g, T lp, T sp, T lq, T sq, T* dlp, T* dsp, T* 
 //   loss = w (c |l| + A log(1 + e^-|l|)),  A = 1 + (pw - 1) y,
 // no difference of large terms for any logit; a zero c times an infinite logit counts as 0 (the limit, where
 // torch's formula gives NaN), so (l, y) = (+-inf, the matching label) gives 0.
-template <class T>
+// kUnit: w = pw = 1 (no weights: the common call, and torch.distributions' Bernoulli), A = 1 folded in (1 + 0 y is
+// not folded by the compiler): the same values for every finite or NaN target (an infinite one gives inf or NaN
+// where the weighted form gives NaN; torch gives inf or NaN too).
+template <class T, bool kUnit = false>
 FV_HD T bce_logits_term(T l, T y, T w, T pw) {
   const T a = l < T(0) ? -l : l;
-  const T c = l > T(0) ? T(1) - y : pw * y;
+  const T c = l > T(0) ? T(1) - y : (kUnit ? y : pw * y);
   const T lin = c == T(0) ? T(0) : c * a;
-  const T A = T(1) + (pw - T(1)) * y;
-  return w * (lin + A * dropin_log1p_small(fv_exp(-a)));
+  const T L = dropin_log1p_small(fv_exp_nonpos(-a));  // -a <= 0 (or NaN)
+  if constexpr (kUnit) return lin + L;
+  else return w * (lin + (T(1) + (pw - T(1)) * y) * L);
 }
 
 // g d/d(l, y): g w (A sigmoid(l) - pw y) and g w ((pw - 1) softplus(-l) - l), the latter as
 // (l < 0 ? -pw l : -l) + (pw - 1) log(1 + e^-|l|); one exponential for both. kWantY false: d/dy is not computed
 // (the common case, a target without gradient: one log less).
-template <bool kWantY, class T>
+template <bool kWantY, class T, bool kUnit = false>
 FV_HD void bce_logits_grad(T g, T l, T y, T w, T pw, T* dl, T* dy) {
-  const T gw = g * w;
-  const T A = T(1) + (pw - T(1)) * y;
+  const T gw = kUnit ? g : g * w;
   const T a = l < T(0) ? -l : l;
-  const T t = fv_exp(-a);
-  *dl = gw * (A * dropin_sigmoid_given(l, t) - pw * y);
+  const T t = fv_exp_nonpos(-a);
+  if constexpr (kUnit) *dl = gw * (dropin_sigmoid_given(l, t) - y);
+  else *dl = gw * ((T(1) + (pw - T(1)) * y) * dropin_sigmoid_given(l, t) - pw * y);
   if (kWantY) {
     const T lin = mul0(l < T(0) ? pw : T(1), -l);
     *dy = mul0(gw, lin + (pw - T(1)) * dropin_log1p_small(t));
