@@ -108,13 +108,6 @@ def no_derivative(with_grad_op, public, *, double_backward=True):
     torch.library.register_autograd(LIB + with_grad_op, backward)
 
 
-def alias(t):
-    """A tensor on t's memory with a version counter of its own: writing it does not mark the saved t as modified
-    (the forwards with gradients scale their saved gradients in place in the backward, and read them no more)."""
-    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), t.storage_offset(), t.shape,
-                                                                t.stride())
-
-
 def not_differentiable(backward_op, public, *, double_backward=True):
     """Registers for the fused backward op an autograd formula that raises, naming the public function `public`:
     differentiating the op would otherwise give torch's warning and a silent None. double_backward: whether
