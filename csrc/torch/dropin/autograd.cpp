@@ -1,7 +1,6 @@
 // The drop-ins' forward with gradients as a C++ autograd node (fastvae/ops/dropin.py's fast path in eager mode on
 // the CPU): the same graph as the Python torch.autograd.Function it replaces, without that Function's Python round
-// trips (about 15-20 us a call, forward and backward together, against a few for a C++ node): at small batches
-// that fixed cost is most of a drop-in's time.
+// trips: at small batches that fixed cost was most of a drop-in's time.
 //
 // forward: the *_with_grad op below the autograd key (its own autograd formula only raises), keeping the
 // operands and, where every returned gradient is finite, the gradients (for an incoming gradient of 1).
