@@ -257,5 +257,7 @@ def test_the_nodes_entry_point_refuses_bad_arguments_by_name():
         _C.dropin_with_grad(2, a, a, None, None, [1.0], 3, [True] * 3)
     with pytest.raises(ValueError, match=r"dropin_normal_nll_with_grad takes 3 tensor operands; got a fourth"):
         _C.dropin_with_grad(0, a, a, a, a, [0, 0.0, 0.0, 1.0], 3, [True] * 3)
+    with pytest.raises(ValueError, match=r"param of fastvae::dropin_normal_nll_with_grad must be an integer; got 0.5"):
+        _C.dropin_with_grad(0, a, a, a, None, [0.5, 0.0, 0.0, 1.0], 3, [True] * 3)
     with pytest.raises(TypeError, match=r"with_grad: spread must have the dtype of x \(Float\); got Long"):  # the op's
         _C.dropin_with_grad(0, a, a, torch.ones(2, 3, dtype=torch.int64), None, [0, 0.0, 0.0, 1.0], 3, [True] * 3)

@@ -15,6 +15,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <array>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -28,15 +29,17 @@ namespace py = pybind11;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// kind -> (the op, its tensor operands, its scalar arguments between the operands and row_len)
+// kind -> (the op, its tensor operands, its scalar arguments between the operands and row_len, the leading operands
+// it gives gradients of: its output mask's length)
 struct Kind {
   const char* op;
   int n_operands;
   int n_args;
+  int n_grads;
 };
-constexpr std::array<Kind, 3> kKinds{{{"fastvae::dropin_normal_nll_with_grad", 3, 4},
-                                      {"fastvae::dropin_normal_kl_with_grad", 4, 1},
-                                      {"fastvae::dropin_bce_with_logits_with_grad", 4, 1}}};
+constexpr std::array<Kind, 3> kKinds{{{"fastvae::dropin_normal_nll_with_grad", 3, 4, 3},
+                                      {"fastvae::dropin_normal_kl_with_grad", 4, 1, 4},
+                                      {"fastvae::dropin_bce_with_logits_with_grad", 4, 1, 2}}};
 
 const c10::OperatorHandle& op_of(int kind) {
   static const std::array<c10::OperatorHandle, 3> handles{
@@ -66,10 +69,14 @@ struct WithGrad : public torch::autograd::Function<WithGrad> {
     const std::optional<at::Tensor>* operands[4] = {&a, &b, &c, &d};
     for (int i = 0; i < k.n_operands; ++i) stack.emplace_back(*operands[i]);
     for (int i = 0; i < k.n_args; ++i) {
-      if (schema[k.n_operands + i].type()->kind() == c10::TypeKind::IntType)
-        stack.emplace_back(static_cast<int64_t>(args[i]));
-      else
+      const auto& arg = schema[k.n_operands + i];
+      if (arg.type()->kind() != c10::TypeKind::IntType) {
         stack.emplace_back(args[i]);
+        continue;
+      }
+      TORCH_CHECK_VALUE(args[i] == std::floor(args[i]), "fastvae._C.dropin_with_grad: ", arg.name(), " of ", k.op,
+                        " must be an integer; got ", args[i]);
+      stack.emplace_back(static_cast<int64_t>(args[i]));
     }
     stack.emplace_back(row_len);
     c10::List<bool> mask_list;
@@ -188,11 +195,10 @@ at::Tensor with_grad(int64_t kind, const std::optional<at::Tensor>& a, const std
   const Kind& k = kKinds[kind];
   TORCH_CHECK_VALUE(static_cast<int>(args.size()) == k.n_args, "fastvae._C.dropin_with_grad: ", k.op, " takes ",
                     k.n_args, " scalar arguments; got ", args.size());
-  TORCH_CHECK_VALUE(static_cast<int>(mask.size()) == k.n_operands - (kind == 2 ? 2 : 0),
-                    "fastvae._C.dropin_with_grad: the output mask of ", k.op, " has ",
-                    k.n_operands - (kind == 2 ? 2 : 0), " entries; got ", mask.size());
-  TORCH_CHECK_VALUE(kind == 1 || !d.has_value() || kind == 2, "fastvae._C.dropin_with_grad: ", k.op,
-                    " takes 3 tensor operands; got a fourth");
+  TORCH_CHECK_VALUE(static_cast<int>(mask.size()) == k.n_grads, "fastvae._C.dropin_with_grad: the output mask of ",
+                    k.op, " has ", k.n_grads, " entries; got ", mask.size());
+  TORCH_CHECK_VALUE(k.n_operands == 4 || !d.has_value(), "fastvae._C.dropin_with_grad: ", k.op, " takes ",
+                    k.n_operands, " tensor operands; got a fourth");
   return WithGrad::apply(kind, a, b, c, d, args, row_len, mask);
 }
 
